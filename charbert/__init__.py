@@ -1,0 +1,1 @@
+"""charbert package (filled in as modules land)."""
