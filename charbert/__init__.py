@@ -1,1 +1,57 @@
-"""charbert package (filled in as modules land)."""
+"""charbert: CharBERT (character-aware pretrained language models, COLING 2020) on transformers.
+
+Importing the package registers `model_type="charbert"` with AutoConfig, AutoModel and the
+matching AutoModelFor... classes, so a saved CharBERT never silently loads as plain BERT.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMultipleChoice,
+    AutoModelForPreTraining,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+from .chars import CHAR_INPUT_NAMES, CharVocab, align, hide_characters
+from .configuration import CharBertConfig
+from .modeling import (
+    CharBertForMultipleChoice,
+    CharBertForPreTraining,
+    CharBertForQuestionAnswering,
+    CharBertForSequenceClassification,
+    CharBertForTokenClassification,
+    CharBertModel,
+    CharBertPreTrainedModel,
+)
+from .tokenization import CharBertTokenizer
+
+__version__ = "0.1.0"
+
+AutoConfig.register("charbert", CharBertConfig, exist_ok=True)
+for _auto, _cls in (
+    (AutoModel, CharBertModel),
+    (AutoModelForPreTraining, CharBertForPreTraining),
+    (AutoModelForSequenceClassification, CharBertForSequenceClassification),
+    (AutoModelForTokenClassification, CharBertForTokenClassification),
+    (AutoModelForQuestionAnswering, CharBertForQuestionAnswering),
+    (AutoModelForMultipleChoice, CharBertForMultipleChoice),
+):
+    _auto.register(CharBertConfig, _cls, exist_ok=True)
+
+__all__ = [
+    "CHAR_INPUT_NAMES",
+    "CharBertConfig",
+    "CharBertForMultipleChoice",
+    "CharBertForPreTraining",
+    "CharBertForQuestionAnswering",
+    "CharBertForSequenceClassification",
+    "CharBertForTokenClassification",
+    "CharBertModel",
+    "CharBertPreTrainedModel",
+    "CharBertTokenizer",
+    "CharVocab",
+    "align",
+    "hide_characters",
+]

@@ -1,0 +1,228 @@
+"""Character vocabulary and the one alignment routine (offsets -> character ids + token spans).
+
+The character channel reads the *original text*, not subword strings. A fast tokenizer gives
+each token the span of text it covers (its offsets); from those we build, per sequence:
+
+    char_ids   (C,)  [SPECIAL] + chars of segment A's covered text (+ [SEP] + chars of segment B's)
+    starts     (L,)  index in char_ids of each token's first character
+    ends       (L,)  index in char_ids of each token's last character
+
+Special tokens ([CLS], [SEP], <s>, </s>, padding) point at position 0, which holds the
+[SPECIAL] placeholder, so every token has a valid index and never borrows another token's
+characters. WordPiece and byte-level BPE go through the same code: no `##` stripping, an
+[UNK] token still sees its real characters, and the spaces between words stay visible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+CHAR_VOCAB_FILE = "char_vocab.json"
+CHAR_VOCAB_FORMAT = "charbert-char-vocab"
+
+PAD, UNK, MASK, SEP, SPECIAL = "[PAD]", "[UNK]", "[MASK]", "[SEP]", "[SPECIAL]"
+SPECIAL_CHARS = (PAD, UNK, MASK, SEP, SPECIAL)  # ids 0..4, always in this order
+PAD_ID, UNK_ID, MASK_ID, SEP_ID, SPECIAL_ID = range(5)
+
+# The model inputs the character channel adds: named once, here.
+CHAR_INPUT_NAMES = ("char_input_ids", "char_attention_mask", "char_start_positions", "char_end_positions")
+
+# Code points below this always have a slot in the lookup table, so every Unicode space
+# (U+00A0, U+2003, U+3000 ...) can be folded onto " ".
+_MIN_TABLE_SIZE = 0x3001
+
+
+def _default_chars() -> list[str]:
+    """Printable ASCII, Latin-1 letters and common typographic marks: used when no vocabulary
+    was built from a corpus (documented fallback of `CharBertTokenizer.from_pretrained`)."""
+    chars = [chr(c) for c in range(0x20, 0x7F)]
+    chars += [chr(c) for c in range(0xA1, 0x100) if chr(c).isprintable() and c != 0xAD]
+    chars += list("\u2018\u2019\u201c\u201d\u2013\u2014\u2026\u20ac\u2022")
+    return chars
+
+
+class CharVocab:
+    """Characters -> ids. Ids 0-4 are [PAD], [UNK], [MASK], [SEP], [SPECIAL]; then one id per character.
+
+    Every whitespace character maps to the id of " " (tokenizers treat all whitespace alike); any
+    character not in the vocabulary maps to [UNK]. No input string can make `encode` fail.
+    """
+
+    def __init__(self, chars: Sequence[str]):
+        seen = set()
+        for ch in chars:
+            if not isinstance(ch, str) or len(ch) != 1:
+                raise ValueError(f"A character vocabulary holds single characters; got {ch!r}.")
+            if ch in seen:
+                raise ValueError(f"Character {ch!r} appears twice in the vocabulary.")
+            seen.add(ch)
+        self.chars = list(chars)
+        self.char_to_id = {ch: i + len(SPECIAL_CHARS) for i, ch in enumerate(self.chars)}
+        self._table = self._lookup_table()
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def default(cls) -> "CharVocab":
+        return cls(_default_chars())
+
+    @classmethod
+    def from_counts(cls, counts: Counter | dict, max_size: int = 1024, min_count: int = 1) -> "CharVocab":
+        """The most frequent characters (ties broken by code point, so the result is deterministic),
+        at most `max_size` ids in total including the 5 special ids. Whitespace is folded onto " "."""
+        if max_size <= len(SPECIAL_CHARS):
+            raise ValueError(f"max_size must exceed the {len(SPECIAL_CHARS)} special ids; got {max_size}.")
+        folded: Counter = Counter()
+        for ch, n in counts.items():
+            folded[" " if ch.isspace() else ch] += n
+        ranked = sorted((ch for ch, n in folded.items() if n >= min_count and len(ch) == 1), key=lambda c: (-folded[c], c))
+        chars = ranked[: max_size - len(SPECIAL_CHARS)]
+        if " " not in chars:  # the space is what separates words: always keep it
+            chars = chars[:-1] + [" "] if len(chars) == max_size - len(SPECIAL_CHARS) else chars + [" "]
+        return cls(chars)
+
+    @classmethod
+    def build(cls, texts: Iterable[str], max_size: int = 1024, min_count: int = 1) -> "CharVocab":
+        counts: Counter = Counter()
+        for text in texts:
+            counts.update(text)
+        return cls.from_counts(counts, max_size=max_size, min_count=min_count)
+
+    # ---- persistence --------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a readable JSON file (a directory gets `char_vocab.json` inside it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CHAR_VOCAB_FILE
+        payload = {"format": CHAR_VOCAB_FORMAT, "version": 1, "special_tokens": list(SPECIAL_CHARS), "chars": self.chars}
+        path.write_text(json.dumps(payload, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CharVocab":
+        path = Path(path)
+        if path.is_dir():
+            path = path / CHAR_VOCAB_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"No character vocabulary at {path}.")
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not a readable character vocabulary (JSON): {err}") from None
+        if not isinstance(payload, dict) or payload.get("format") != CHAR_VOCAB_FORMAT:
+            raise ValueError(f"{path} is not a charbert character vocabulary (missing format={CHAR_VOCAB_FORMAT!r}).")
+        if payload.get("special_tokens") != list(SPECIAL_CHARS):
+            raise ValueError(f"{path} has special tokens {payload.get('special_tokens')}, expected {list(SPECIAL_CHARS)}.")
+        return cls(payload["chars"])
+
+    # ---- lookup -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(SPECIAL_CHARS) + len(self.chars)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CharVocab) and self.chars == other.chars
+
+    def _lookup_table(self) -> np.ndarray:
+        """Dense code point -> id table; the last slot catches every code point beyond it."""
+        max_cp = max([ord(c) for c in self.chars] + [_MIN_TABLE_SIZE - 1])
+        table = np.full(max_cp + 2, UNK_ID, dtype=np.int64)
+        for ch, i in self.char_to_id.items():
+            table[ord(ch)] = i
+        space_id = self.char_to_id.get(" ", UNK_ID)
+        for cp in range(_MIN_TABLE_SIZE):
+            if chr(cp).isspace():
+                table[cp] = space_id
+        return table
+
+    def encode(self, text: str) -> np.ndarray:
+        """Character ids of `text`, shape (len(text),), int64. Vectorised over code points."""
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        return self._table[np.minimum(codes, len(self._table) - 1)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Inverse of encode for inspection: special ids print as their names."""
+        out = []
+        for i in ids:
+            i = int(i)
+            out.append(SPECIAL_CHARS[i] if i < len(SPECIAL_CHARS) else self.chars[i - len(SPECIAL_CHARS)])
+        return "".join(out)
+
+
+# ---- alignment -------------------------------------------------------------------------
+
+
+def align(
+    offsets: np.ndarray,
+    sequence_ids: Sequence[int | None],
+    texts: Sequence[str],
+    vocab: CharVocab,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Character ids and per-token first/last character positions for one tokenised sequence.
+
+    Args:
+        offsets: (L, 2) character offsets of each token into its own segment's text (fast tokenizer).
+        sequence_ids: length L; 0/1 = which text the token comes from, None = special or padding token.
+        texts: the segment texts (one, or two for a pair such as question/context).
+        vocab: the character vocabulary.
+
+    Returns:
+        char_ids (C,), starts (L,), ends (L,), all int64. Special and padding tokens get 0/0
+        (the [SPECIAL] placeholder). A token with an empty span (possible with byte-level BPE on
+        repeated spaces) points at the character where its span starts.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    seg = np.array([-1 if s is None else s for s in sequence_ids], dtype=np.int64)
+    starts = np.zeros(len(seg), dtype=np.int64)
+    ends = np.zeros(len(seg), dtype=np.int64)
+    pieces = [np.array([SPECIAL_ID], dtype=np.int64)]
+    base = 1
+    for segment_id in range(int(seg.max(initial=-1)) + 1):
+        is_seg = seg == segment_id
+        if not is_seg.any():
+            continue
+        if segment_id >= len(texts):
+            raise ValueError(f"The encoding has segment {segment_id} but only {len(texts)} text(s) were given.")
+        if segment_id > 0:  # a visible boundary between the two segments
+            pieces.append(np.array([SEP_ID], dtype=np.int64))
+            base += 1
+        seg_offsets = offsets[is_seg]
+        first, last = int(seg_offsets[:, 0].min()), int(seg_offsets[:, 1].max())
+        covered = vocab.encode(texts[segment_id][first:last])  # (n,) the text these tokens cover
+        n = len(covered)
+        if n == 0:  # only empty-span tokens: nothing to point at but the placeholder
+            continue
+        pieces.append(covered)
+        s = seg_offsets[:, 0] - first
+        e = np.maximum(seg_offsets[:, 1] - 1 - first, s)  # empty span -> its start character
+        starts[is_seg] = base + np.minimum(s, n - 1)
+        ends[is_seg] = base + np.minimum(e, n - 1)
+        base += n
+    return np.concatenate(pieces), starts, ends
+
+
+def hide_characters(
+    char_ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, hidden: np.ndarray, mask_id: int = MASK_ID
+) -> np.ndarray:
+    """Replace the characters of the tokens flagged in `hidden` by `mask_id` (in a copy).
+
+    Works on one sequence (C,), (L,) or on a padded batch (B, C), (B, L): the spans are
+    marked with a difference array, so the cost is O(C + L), no loop over tokens.
+    """
+    char_ids = np.array(char_ids, copy=True)
+    batched = char_ids.ndim == 2
+    if not batched:
+        char_ids, starts, ends, hidden = char_ids[None], starts[None], ends[None], np.asarray(hidden)[None]
+    n_rows, n_chars = char_ids.shape
+    delta = np.zeros((n_rows, n_chars + 1), dtype=np.int64)
+    rows = np.broadcast_to(np.arange(n_rows)[:, None], starts.shape)
+    flag = np.asarray(hidden, dtype=bool)
+    np.add.at(delta, (rows[flag], starts[flag]), 1)
+    np.add.at(delta, (rows[flag], ends[flag] + 1), -1)
+    covered = np.cumsum(delta, axis=1)[:, :n_chars] > 0
+    char_ids[covered] = mask_id
+    return char_ids if batched else char_ids[0]

@@ -1,0 +1,114 @@
+"""CharBertConfig: the backbone's own configuration plus every character-side size.
+
+The config is *flat*: it carries every field of the backbone's config (BERT or RoBERTa, any
+size) next to the CharBERT fields, and `backbone_type` says which backbone modules to build.
+Being flat means the backbone's own modules (`BertLayer`, `RobertaEmbeddings`...) read it
+directly, and transformers' machinery (attention implementation, gradient checkpointing,
+`num_hidden_layers`...) sees one ordinary config, across transformers 4.40+ and 5.x.
+"""
+
+from __future__ import annotations
+
+from transformers import BertConfig, PretrainedConfig, RobertaConfig
+
+BACKBONE_CONFIGS = {"bert": BertConfig, "roberta": RobertaConfig}
+
+# Fields that belong to CharBERT, never copied from/to a backbone config.
+CHARBERT_FIELDS = (
+    "backbone_type",
+    "char_vocab_size",
+    "char_embedding_size",
+    "char_hidden_size",
+    "fusion_kernel_size",
+    "share_fusion",
+    "word_vocab_size",
+    "char_pad_token_id",
+)
+
+
+class CharBertConfig(PretrainedConfig):
+    r"""Configuration of a CharBERT model.
+
+    Args:
+        backbone_type (`str`, "bert" or "roberta"): which backbone's embeddings and layers to build.
+        char_vocab_size (`int`, 1024): rows of the character embedding (>= the character vocabulary size).
+        char_embedding_size (`int`, 256): size of a character embedding.
+        char_hidden_size (`int`, None): GRU hidden size per direction; default `hidden_size // 4`, so the
+            concatenation of the first- and last-character states (2 directions x 2 ends) is `hidden_size`.
+        fusion_kernel_size (`int`, 3): kernel of the Conv1d fusing the two channels (odd).
+        share_fusion (`bool`, True): one fusion block for all layers (the authors' code; ~5M extra
+            parameters at base size) instead of one per layer.
+        word_vocab_size (`int`, 30001): size of the noisy-LM word vocabulary (words + unk).
+        char_pad_token_id (`int`, 0): padding id of the character sequence.
+        **kwargs: every field of the backbone config (hidden_size, num_hidden_layers, vocab_size, ...).
+    """
+
+    model_type = "charbert"
+
+    def __init__(
+        self,
+        backbone_type: str = "bert",
+        char_vocab_size: int = 1024,
+        char_embedding_size: int = 256,
+        char_hidden_size: int | None = None,
+        fusion_kernel_size: int = 3,
+        share_fusion: bool = True,
+        word_vocab_size: int = 30001,
+        char_pad_token_id: int = 0,
+        **kwargs,
+    ):
+        if backbone_type not in BACKBONE_CONFIGS:
+            raise ValueError(
+                f"CharBERT supports the backbones {sorted(BACKBONE_CONFIGS)}; got backbone_type={backbone_type!r}."
+            )
+        # Fill in the backbone's defaults for every field not given (e.g. RoBERTa's pad_token_id=1).
+        backbone_defaults = BACKBONE_CONFIGS[backbone_type]().to_dict()
+        for key in ("model_type", "transformers_version", "architectures", "_name_or_path"):
+            backbone_defaults.pop(key, None)
+        for key, value in backbone_defaults.items():
+            kwargs.setdefault(key, value)
+        super().__init__(**kwargs)
+        self.backbone_type = backbone_type
+        self.char_vocab_size = char_vocab_size
+        self.char_embedding_size = char_embedding_size
+        self.char_hidden_size = char_hidden_size if char_hidden_size is not None else self.hidden_size // 4
+        if fusion_kernel_size % 2 != 1:
+            raise ValueError(f"fusion_kernel_size must be odd (same-length convolution); got {fusion_kernel_size}.")
+        self.fusion_kernel_size = fusion_kernel_size
+        self.share_fusion = share_fusion
+        self.word_vocab_size = word_vocab_size
+        self.char_pad_token_id = char_pad_token_id
+
+    @property
+    def char_token_size(self) -> int:
+        """Size of a token vector built from characters: 2 ends x 2 directions x GRU size."""
+        return 4 * self.char_hidden_size
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest token sequence the position embeddings allow (RoBERTa reserves padding_idx+1 positions)."""
+        if self.backbone_type == "roberta":
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_backbone_config(cls, backbone_config: PretrainedConfig, **charbert_kwargs) -> "CharBertConfig":
+        """Wrap a BERT or RoBERTa config (e.g. read from a plain checkpoint) into a CharBertConfig."""
+        model_type = getattr(backbone_config, "model_type", None)
+        if model_type not in BACKBONE_CONFIGS:
+            raise ValueError(
+                f"CharBERT can be built on a BERT or RoBERTa checkpoint; this one has model_type={model_type!r}. "
+                f"Supported: {sorted(BACKBONE_CONFIGS)}."
+            )
+        fields = backbone_config.to_dict()
+        for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
+            fields.pop(key, None)
+        fields.update(charbert_kwargs)
+        return cls(backbone_type=model_type, **fields)
+
+    def backbone_config(self) -> PretrainedConfig:
+        """The plain backbone config (for building the baseline model of the same size)."""
+        fields = {k: v for k, v in self.to_dict().items() if k not in CHARBERT_FIELDS}
+        for key in ("model_type", "transformers_version", "architectures", "auto_map"):
+            fields.pop(key, None)
+        return BACKBONE_CONFIGS[self.backbone_type](**fields)

@@ -1,0 +1,663 @@
+"""CharBERT model: character encoder, heterogeneous interaction, the dual-channel encoder and all heads.
+
+    chars (B,C) -> Embedding -> Bi-GRU (padding-exact) -> states (B,C,2G) -> gather first & last -> (B,L,H)  char channel
+    ids   (B,L) -> backbone embeddings                                                          -> (B,L,H)  subword channel
+    for each layer:  [w; c] -> backbone layer (shared weights, one call on the stacked batch)   -> w, c
+                     f = act(Conv1d_k([W_w w ; W_c c]))   (B,L,2H) -> (B,L,H)
+                     w = LN_w(w + f);  c = LN_c(c + f)
+
+The backbone's own modules (BERT or RoBERTa embeddings, encoder layers, pooler) are used as
+they are and keep their names, so a plain checkpoint's weights load under the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.models.bert import modeling_bert
+from transformers.models.roberta import modeling_roberta
+from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
+
+from .chars import CHAR_INPUT_NAMES
+from .configuration import BACKBONE_CONFIGS, CharBertConfig
+
+try:  # transformers 5.x: init functions that skip tensors already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x
+    from torch.nn import init
+
+try:  # transformers >= 4.52: layers that checkpoint themselves
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:
+    GradientCheckpointingLayer = None
+
+try:
+    from transformers.masking_utils import create_bidirectional_mask
+except ImportError:  # transformers 4.x
+    create_bidirectional_mask = None
+
+logger = logging.getLogger(__name__)
+
+# backbone_type -> (embeddings, encoder, pooler) classes from transformers itself
+BACKBONE_MODULES = {
+    "bert": (modeling_bert.BertEmbeddings, modeling_bert.BertEncoder, modeling_bert.BertPooler),
+    "roberta": (modeling_roberta.RobertaEmbeddings, modeling_roberta.RobertaEncoder, modeling_roberta.RobertaPooler),
+}
+# Where a plain *ForMaskedLM checkpoint keeps its MLM head -> our names (loaded when present).
+MLM_HEAD_KEYS = {
+    "bert": {
+        "cls.predictions.transform.dense.weight": "mlm_head.dense.weight",
+        "cls.predictions.transform.dense.bias": "mlm_head.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight": "mlm_head.LayerNorm.weight",
+        "cls.predictions.transform.LayerNorm.bias": "mlm_head.LayerNorm.bias",
+        "cls.predictions.bias": "mlm_head.bias",
+    },
+    "roberta": {
+        "lm_head.dense.weight": "mlm_head.dense.weight",
+        "lm_head.dense.bias": "mlm_head.dense.bias",
+        "lm_head.layer_norm.weight": "mlm_head.LayerNorm.weight",
+        "lm_head.layer_norm.bias": "mlm_head.LayerNorm.bias",
+        "lm_head.bias": "mlm_head.bias",
+    },
+}
+
+_CheckpointableModule = GradientCheckpointingLayer if GradientCheckpointingLayer is not None else nn.Module
+
+
+# ---- outputs ---------------------------------------------------------------------------
+
+
+@dataclass
+class CharBertModelOutput(ModelOutput):
+    """
+    last_hidden_state (B, L, H): subword channel after the last layer.
+    char_last_hidden_state (B, L, H): character channel after the last layer.
+    pooler_output (B, H): the backbone's pooler over the subword channel's first token.
+    hidden_states / char_hidden_states: per-layer states of each channel (embeddings first), when asked for.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    char_last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class CharBertForPreTrainingOutput(ModelOutput):
+    """
+    loss: mlm_loss + nlm_loss (those whose labels were given).
+    mlm_logits: (N_mlm, V) at the labelled positions only when `labels` is given, else (B, L, V).
+    nlm_logits: (N_nlm, W) at the labelled positions only when `nlm_labels` is given, else (B, L, W).
+    """
+
+    loss: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    nlm_loss: torch.FloatTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
+    nlm_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ---- building blocks -------------------------------------------------------------------
+
+
+def reverse_within_length(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B, C) gather index that reverses each row's first `length` items and leaves padding in place.
+
+    Applying it twice is the identity. Running a forward GRU over the reversed rows is an exact
+    backward GRU for right-padded sequences: real positions never see a padding character.
+    """
+    positions = torch.arange(max_len, device=lengths.device).unsqueeze(0)  # (1, C)
+    lengths = lengths.unsqueeze(1)  # (B, 1)
+    return torch.where(positions < lengths, lengths - 1 - positions, positions)
+
+
+def gather_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """states (B, C, D), positions (B, L) -> (B, L, D)."""
+    return states.gather(1, positions.unsqueeze(-1).expand(-1, -1, states.size(-1)))
+
+
+class CharEncoder(nn.Module):
+    """Character embedding -> Bi-GRU over the whole character sequence -> one vector per token.
+
+    A token's vector is [forward, backward] state at its first character concatenated with the
+    same at its last character (4 x char_hidden_size), projected to hidden_size only if those differ.
+    """
+
+    def __init__(self, config: CharBertConfig):
+        super().__init__()
+        self.embeddings = nn.Embedding(config.char_vocab_size, config.char_embedding_size, padding_idx=config.char_pad_token_id)
+        # Two unidirectional GRUs rather than one bidirectional: the backward one runs on each
+        # sequence reversed within its own length (exact under padding, and unpacked, so fast on CPU).
+        self.forward_gru = nn.GRU(config.char_embedding_size, config.char_hidden_size, batch_first=True)
+        self.backward_gru = nn.GRU(config.char_embedding_size, config.char_hidden_size, batch_first=True)
+        if config.char_token_size != config.hidden_size:
+            self.projection = nn.Linear(config.char_token_size, config.hidden_size)
+        else:
+            self.projection = nn.Identity()
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, char_input_ids, char_attention_mask, char_start_positions, char_end_positions):
+        chars = self.embeddings(char_input_ids)  # (B, C, E)
+        lengths = char_attention_mask.sum(1)  # (B,)
+        forward_states, _ = self.forward_gru(chars)  # (B, C, G)
+        reverse = reverse_within_length(lengths, chars.size(1))  # (B, C)
+        backward_states, _ = self.backward_gru(gather_positions(chars, reverse))
+        backward_states = gather_positions(backward_states, reverse)  # (B, C, G), back in text order
+        states = torch.cat([forward_states, backward_states], dim=-1)  # (B, C, 2G)
+        first = gather_positions(states, char_start_positions)  # (B, L, 2G)
+        last = gather_positions(states, char_end_positions)  # (B, L, 2G)
+        tokens = self.projection(torch.cat([first, last], dim=-1))  # (B, L, H)
+        return self.dropout(self.LayerNorm(tokens))
+
+
+class HeterogeneousInteraction(_CheckpointableModule):
+    """The fusion after each layer: each channel's own linear map, a Conv1d over both, residual + LayerNorm."""
+
+    def __init__(self, config: CharBertConfig):
+        super().__init__()
+        hidden = config.hidden_size
+        self.word_proj = nn.Linear(hidden, hidden)
+        self.char_proj = nn.Linear(hidden, hidden)
+        self.fuse = nn.Conv1d(2 * hidden, hidden, config.fusion_kernel_size, padding=config.fusion_kernel_size // 2)
+        self.act = ACT2FN[config.hidden_act]
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.word_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.char_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+
+    def forward(self, word, char, token_mask):
+        # word, char (B, L, H); token_mask (B, L, 1). Padding is zeroed before the convolution
+        # so that it cannot leak into the last real tokens through the kernel.
+        both = torch.cat([self.word_proj(word), self.char_proj(char)], dim=-1) * token_mask  # (B, L, 2H)
+        fused = self.fuse(both.transpose(1, 2)).transpose(1, 2)  # (B, L, H)
+        fused = self.dropout(self.act(fused))
+        return self.word_norm(word + fused), self.char_norm(char + fused)
+
+
+class MaskedLMHead(nn.Module):
+    """dense -> act -> LayerNorm -> vocabulary projection; decoder weight given (tied) or owned."""
+
+    def __init__(self, config: CharBertConfig, vocab_size: int, owns_decoder: bool):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, vocab_size, bias=False) if owns_decoder else None
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, hidden, tied_weight=None):
+        hidden = self.LayerNorm(self.act(self.dense(hidden)))
+        weight = self.decoder.weight if self.decoder is not None else tied_weight
+        return F.linear(hidden, weight, self.bias)
+
+
+# ---- pretrained-model base -------------------------------------------------------------
+
+
+class CharBertPreTrainedModel(PreTrainedModel):
+    config_class = CharBertConfig
+    base_model_prefix = "charbert"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.GRU):
+            for name, param in module.named_parameters():
+                if name.startswith("weight_ih"):
+                    init.xavier_uniform_(param)
+                elif name.startswith("weight_hh"):
+                    init.orthogonal_(param)
+                else:
+                    init.zeros_(param)
+        elif isinstance(module, MaskedLMHead):
+            init.zeros_(module.bias)
+        # The backbone embeddings' index buffers must be rebuilt when the model is created on the meta device.
+        if hasattr(module, "position_ids") and isinstance(module.position_ids, torch.Tensor):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        if hasattr(module, "token_type_ids") and isinstance(module.token_type_ids, torch.Tensor):
+            init.zeros_(module.token_type_ids)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a CharBERT checkpoint, or build CharBERT on a plain BERT/RoBERTa checkpoint folder.
+
+        With a plain checkpoint every backbone weight is copied (and a *ForMaskedLM head, when the
+        checkpoint has one), the character modules and fusion are new; `model.loading_info` lists
+        what was loaded and what was initialised. Extra keyword arguments set CharBertConfig fields
+        (char_vocab_size, word_vocab_size, share_fusion, num_labels, ...).
+        """
+        path = Path(pretrained_model_name_or_path)
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"No model checkpoint at {path} (expected {config_file}); charbert never downloads.")
+        try:
+            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{config_file} is not a readable model config: {err}") from None
+        if model_type == CharBertConfig.model_type:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if model_type in BACKBONE_CONFIGS:
+            return cls.from_backbone(path, **kwargs)
+        raise ValueError(
+            f"{path} holds a {model_type!r} model; CharBERT loads CharBERT checkpoints or plain "
+            f"{' / '.join(sorted(BACKBONE_CONFIGS))} checkpoints."
+        )
+
+    @classmethod
+    def from_backbone(cls, path: str | os.PathLike, **config_kwargs):
+        """A new CharBERT whose backbone (embeddings, layers, pooler) is the plain checkpoint at `path`."""
+        for loader_only in ("output_loading_info", "local_files_only", "trust_remote_code"):
+            config_kwargs.pop(loader_only, None)
+        attn_implementation = config_kwargs.pop("attn_implementation", None)
+        dtype = config_kwargs.pop("dtype", None) or config_kwargs.pop("torch_dtype", None)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # we report what was loaded ourselves, below
+        try:
+            backbone, backbone_info = AutoModel.from_pretrained(str(path), output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        config = CharBertConfig.from_backbone_config(backbone.config, **config_kwargs)
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation
+        model = cls(config)
+        base = model if isinstance(model, CharBertModel) else getattr(model, cls.base_model_prefix)
+        own = base.state_dict()
+        absent = set(backbone_info.get("missing_keys", ()))  # e.g. a pooler the checkpoint never had
+        backbone_state = {k: v for k, v in backbone.state_dict().items() if k in own and k not in absent}
+        missing_backbone = sorted(k for k in base.backbone_state_names() if k not in backbone_state and k not in absent)
+        if missing_backbone:
+            raise ValueError(f"{path} lacks backbone weights CharBERT needs: {missing_backbone[:5]}...")
+        base.load_state_dict(backbone_state, strict=False)
+        loaded = sorted(backbone_state)
+        prefix = "" if base is model else cls.base_model_prefix + "."
+        loaded = [prefix + k for k in loaded]
+        if hasattr(model, "mlm_head"):
+            head_state = read_checkpoint_tensors(path, MLM_HEAD_KEYS[config.backbone_type])
+            if head_state:
+                model.load_state_dict(head_state, strict=False)
+                loaded += sorted(head_state)
+        new = sorted(k for k in model.state_dict() if k not in set(loaded))
+        model.loading_info = {"loaded_keys": loaded, "initialized_keys": new, "source": str(path)}
+        new_modules = sorted({k.rsplit(".", 1)[0] for k in new})
+        logger.warning(
+            "CharBERT built on the %s checkpoint %s: %d backbone tensors loaded; newly initialised: %s",
+            config.backbone_type, path, len(loaded), ", ".join(new_modules),
+        )
+        if dtype is not None and dtype != "auto":
+            model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        return model
+
+
+def read_checkpoint_tensors(path: Path, names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Read the tensors `names` (checkpoint name -> our name) that a checkpoint folder holds, if any."""
+    from safetensors import safe_open
+
+    found: dict[str, torch.Tensor] = {}
+    files = sorted(Path(path).glob("*.safetensors"))
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if key in names:
+                    found[names[key]] = f.get_tensor(key)
+    if not files:
+        for file in sorted(Path(path).glob("pytorch_model*.bin")):
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            found.update({names[k]: v for k, v in state.items() if k in names})
+    return found
+
+
+# ---- the model -------------------------------------------------------------------------
+
+
+class CharBertModel(CharBertPreTrainedModel):
+    """The dual-channel encoder. Inputs: the backbone's (input_ids, attention_mask, token_type_ids)
+    plus the character channel's (char_input_ids, char_attention_mask, char_start_positions,
+    char_end_positions), as `CharBertTokenizer` returns them."""
+
+    def __init__(self, config: CharBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        embeddings_cls, encoder_cls, pooler_cls = BACKBONE_MODULES[config.backbone_type]
+        self.embeddings = embeddings_cls(config)
+        self.encoder = encoder_cls(config)
+        self.pooler = pooler_cls(config) if add_pooling_layer else None
+        self.char_embeddings = CharEncoder(config)
+        n_fusion = 1 if config.share_fusion else config.num_hidden_layers
+        self.fusion = nn.ModuleList([HeterogeneousInteraction(config) for _ in range(n_fusion)])
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def backbone_state_names(self) -> list[str]:
+        """State-dict keys that come from the plain backbone (embeddings, encoder, pooler)."""
+        return [k for k in self.state_dict() if k.split(".", 1)[0] in ("embeddings", "encoder", "pooler")]
+
+    def _check_inputs(self, input_ids, char_input_ids, char_start_positions, char_end_positions):
+        if char_input_ids is None or char_start_positions is None or char_end_positions is None:
+            raise ValueError(
+                f"CharBertModel needs the character inputs {CHAR_INPUT_NAMES}: encode text with CharBertTokenizer."
+            )
+        seq_len, limit = input_ids.size(1), self.config.max_sequence_length
+        if seq_len > limit:
+            raise ValueError(
+                f"Sequence of {seq_len} tokens is longer than this model allows ({limit}, from "
+                f"max_position_embeddings={self.config.max_position_embeddings}): tokenise with truncation=True, max_length={limit}."
+            )
+        if char_start_positions.shape != input_ids.shape or char_end_positions.shape != input_ids.shape:
+            raise ValueError(
+                f"char_start_positions {tuple(char_start_positions.shape)} and char_end_positions "
+                f"{tuple(char_end_positions.shape)} must have the shape of input_ids {tuple(input_ids.shape)}."
+            )
+        # Value checks read the tensors: only where that costs no device synchronisation.
+        if char_input_ids.device.type == "cpu" and char_input_ids.numel():
+            top = int(char_input_ids.max())
+            if top >= self.config.char_vocab_size:
+                raise ValueError(
+                    f"Character id {top} is outside the model's character vocabulary (char_vocab_size="
+                    f"{self.config.char_vocab_size}): the tokenizer's char_vocab.json does not match this model."
+                )
+            if int(torch.maximum(char_start_positions.max(), char_end_positions.max())) >= char_input_ids.size(1):
+                raise ValueError("Character positions point past the end of char_input_ids: inputs were padded inconsistently.")
+
+    def _attention_mask(self, attention_mask, embeddings):
+        """The backbone layers' own mask format for the attention implementation in use."""
+        if create_bidirectional_mask is not None:
+            return create_bidirectional_mask(config=self.config, inputs_embeds=embeddings, attention_mask=attention_mask)
+        return self.get_extended_attention_mask(attention_mask, embeddings.shape[:2])
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        char_input_ids: torch.Tensor | None = None,
+        char_attention_mask: torch.Tensor | None = None,
+        char_start_positions: torch.Tensor | None = None,
+        char_end_positions: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CharBertModelOutput:
+        self._check_inputs(input_ids, char_input_ids, char_start_positions, char_end_positions)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if char_attention_mask is None:
+            char_attention_mask = (char_input_ids != self.config.char_pad_token_id).long()
+        batch = input_ids.size(0)
+
+        word = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)  # (B, L, H)
+        char = self.char_embeddings(char_input_ids, char_attention_mask, char_start_positions, char_end_positions)  # (B, L, H)
+        # Both channels go through each layer as one call on the stacked batch (2B, L, H): the
+        # layer's weights are shared and one large matrix product is faster than two small ones.
+        stacked_mask = self._attention_mask(attention_mask.repeat(2, 1), torch.cat([word, char], 0))
+        token_mask = attention_mask.unsqueeze(-1).to(word.dtype)  # (B, L, 1)
+
+        all_word = (word,) if output_hidden_states else None
+        all_char = (char,) if output_hidden_states else None
+        for i, layer in enumerate(self.encoder.layer):
+            fusion = self.fusion[0 if self.config.share_fusion else i]
+            word, char = self._layer(layer, fusion, word, char, stacked_mask, token_mask)
+            if output_hidden_states:
+                all_word, all_char = all_word + (word,), all_char + (char,)
+
+        pooled = self.pooler(word) if self.pooler is not None else None  # (B, H)
+        return CharBertModelOutput(
+            last_hidden_state=word,
+            char_last_hidden_state=char,
+            pooler_output=pooled,
+            hidden_states=all_word,
+            char_hidden_states=all_char,
+        )
+
+    def _layer(self, layer, fusion, word, char, stacked_mask, token_mask):
+        """One backbone layer on both channels, then the heterogeneous interaction."""
+
+        def block(word, char):
+            out = layer(torch.cat([word, char], 0), stacked_mask)  # (2B, L, H)
+            out = out[0] if isinstance(out, tuple) else out  # transformers 4.x layers return tuples
+            word, char = out.split(word.size(0), 0)
+            return fusion(word, char, token_mask)
+
+        # transformers >= 4.52 layers checkpoint themselves; older ones need the loop to do it.
+        if self.gradient_checkpointing and self.training and GradientCheckpointingLayer is None:
+            return self._gradient_checkpointing_func(block, word, char)
+        return block(word, char)
+
+
+# ---- heads -----------------------------------------------------------------------------
+
+
+def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens: states (B, L, D), mask (B, L) -> (B, D). Padding never counts."""
+    mask = mask.unsqueeze(-1).to(states.dtype)
+    return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _labelled_cross_entropy(logits_fn, states: torch.Tensor, labels: torch.Tensor):
+    """Score only the positions that carry a label (gather first), then mean cross-entropy.
+
+    Returns (loss, logits at the labelled positions (N, V)). With no labelled position the loss
+    is 0 (connected to the graph), never NaN.
+    """
+    selected = labels != -100
+    logits = logits_fn(states[selected])  # (N, V)
+    total = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
+    return total / selected.sum().clamp(min=1), logits
+
+
+def _both_channels(outputs: CharBertModelOutput) -> torch.Tensor:
+    return torch.cat([outputs.last_hidden_state, outputs.char_last_hidden_state], dim=-1)  # (B, L, 2H)
+
+
+def _char_inputs(kwargs: dict) -> dict:
+    return {k: kwargs.get(k) for k in CHAR_INPUT_NAMES}
+
+
+class CharBertForPreTraining(CharBertPreTrainedModel):
+    """MLM on the subword channel (decoder tied to the word embeddings) + NLM on the character channel
+    (over the word vocabulary). Each head computes logits only at its labelled positions."""
+
+    def __init__(self, config: CharBertConfig):
+        super().__init__(config)
+        self.charbert = CharBertModel(config, add_pooling_layer=False)
+        self.mlm_head = MaskedLMHead(config, config.vocab_size, owns_decoder=False)
+        self.nlm_head = MaskedLMHead(config, config.word_vocab_size, owns_decoder=True)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        labels: torch.Tensor | None = None,
+        nlm_labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CharBertForPreTrainingOutput:
+        r"""labels (B, L): subword ids at MLM positions, -100 elsewhere.
+        nlm_labels (B, L): word-vocabulary ids of the original words at noised positions, -100 elsewhere."""
+        outputs = self.charbert(
+            input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, **_char_inputs(kwargs)
+        )
+        tied = self.charbert.embeddings.word_embeddings.weight
+
+        def mlm(h):
+            return self.mlm_head(h, tied)
+
+        word, char = outputs.last_hidden_state, outputs.char_last_hidden_state
+        mlm_loss = nlm_loss = None
+        if labels is not None:
+            mlm_loss, mlm_logits = _labelled_cross_entropy(mlm, word, labels)
+        else:
+            mlm_logits = mlm(word)
+        if nlm_labels is not None:
+            nlm_loss, nlm_logits = _labelled_cross_entropy(self.nlm_head, char, nlm_labels)
+        else:
+            nlm_logits = self.nlm_head(char)
+        losses = [x for x in (mlm_loss, nlm_loss) if x is not None]
+        return CharBertForPreTrainingOutput(
+            loss=sum(losses) if losses else None,
+            mlm_loss=mlm_loss,
+            nlm_loss=nlm_loss,
+            mlm_logits=mlm_logits,
+            nlm_logits=nlm_logits,
+            hidden_states=outputs.hidden_states,
+            char_hidden_states=outputs.char_hidden_states,
+        )
+
+
+class CharBertForSequenceClassification(CharBertPreTrainedModel):
+    """Both channels concatenated and mean-pooled over real tokens -> linear. Regression when num_labels == 1."""
+
+    def __init__(self, config: CharBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.charbert = CharBertModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if getattr(config, "classifier_dropout", None) is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        outputs = self.charbert(input_ids, attention_mask, token_type_ids, **_char_inputs(kwargs))
+        pooled = _masked_mean(_both_channels(outputs), attention_mask)  # (B, 2H)
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            loss = sequence_classification_loss(self.config, logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def sequence_classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The transformers convention: regression (MSE) for one label, multi-label BCE on float
+    multi-hot labels, cross-entropy otherwise."""
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    if config.problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    return F.cross_entropy(logits.float().view(-1, config.num_labels), labels.view(-1))
+
+
+class CharBertForTokenClassification(CharBertPreTrainedModel):
+    """Both channels concatenated -> linear per token; the loss reads labelled positions only."""
+
+    def __init__(self, config: CharBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.charbert = CharBertModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if getattr(config, "classifier_dropout", None) is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
+        outputs = self.charbert(input_ids, attention_mask, token_type_ids, **_char_inputs(kwargs))
+        logits = self.classifier(self.dropout(_both_channels(outputs)))  # (B, L, num_labels)
+        loss = None
+        if labels is not None:
+            selected = labels != -100
+            loss = F.cross_entropy(logits[selected].float(), labels[selected], reduction="sum") / selected.sum().clamp(min=1)
+        return TokenClassifierOutput(loss=loss, logits=logits)
+
+
+class CharBertForQuestionAnswering(CharBertPreTrainedModel):
+    """Both channels concatenated -> start/end logits."""
+
+    def __init__(self, config: CharBertConfig):
+        super().__init__(config)
+        self.charbert = CharBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(2 * config.hidden_size, 2)
+        self.post_init()
+
+    def forward(
+        self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None, end_positions=None, return_dict=None, **kwargs
+    ):
+        outputs = self.charbert(input_ids, attention_mask, token_type_ids, **_char_inputs(kwargs))
+        logits = self.qa_outputs(_both_channels(outputs))  # (B, L, 2)
+        start_logits, end_logits = (x.squeeze(-1).contiguous() for x in logits.split(1, dim=-1))  # (B, L) each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # Positions outside the sequence (answer truncated away) are ignored, as in transformers.
+            ignored = start_logits.size(1)
+            start_positions = start_positions.clamp(0, ignored)
+            end_positions = end_positions.clamp(0, ignored)
+            loss = (
+                F.cross_entropy(start_logits.float(), start_positions, ignore_index=ignored)
+                + F.cross_entropy(end_logits.float(), end_positions, ignore_index=ignored)
+            ) / 2
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+
+class CharBertForMultipleChoice(CharBertPreTrainedModel):
+    """Each (B, K, ...) choice encoded as a sequence; both channels mean-pooled -> one score per choice."""
+
+    def __init__(self, config: CharBertConfig):
+        super().__init__(config)
+        self.charbert = CharBertModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if getattr(config, "classifier_dropout", None) is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
+        batch, choices = input_ids.shape[:2]
+
+        def flat(x):  # (B, K, ...) -> (B*K, ...)
+            return x.reshape(batch * choices, *x.shape[2:]) if x is not None else None
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        chars = {k: flat(v) for k, v in _char_inputs(kwargs).items()}
+        outputs = self.charbert(flat(input_ids), flat(attention_mask), flat(token_type_ids), **chars)
+        pooled = _masked_mean(_both_channels(outputs), flat(attention_mask))  # (B*K, 2H)
+        logits = self.classifier(self.dropout(pooled)).view(batch, choices)  # (B, K)
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return MultipleChoiceModelOutput(loss=loss, logits=logits)

@@ -1,0 +1,127 @@
+"""Tiny tokenizers and checkpoints built from local text: for tests, benchmarks and the default job.
+
+Nothing here downloads. `stdlib_paragraphs()` reads English text that every Python install
+has (the docstrings of the standard library, parsed with `ast`, never imported);
+`train_tokenizer` trains a WordPiece (BERT) or byte-level BPE (RoBERTa) tokenizer on it, and
+`make_tiny_checkpoint` saves a random plain BERT/RoBERTa masked-LM checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sysconfig
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoModelForMaskedLM, BertConfig, PreTrainedTokenizerFast, RobertaConfig
+
+from .chars import CharVocab
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def stdlib_paragraphs(max_paragraphs: int | None = None, min_words: int = 4) -> Iterator[str]:
+    """Paragraphs of English prose from the standard library's docstrings, in a fixed order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    count = 0
+    for path in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py")):
+        if "test" in path.parts[-2:][0] or path.name.startswith("test"):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc:
+                continue
+            for para in doc.split("\n\n"):
+                text = " ".join(para.split())
+                if len(text.split()) >= min_words and not text.startswith(">>>"):
+                    yield text
+                    count += 1
+                    if max_paragraphs is not None and count >= max_paragraphs:
+                        return
+
+
+def train_tokenizer(texts: Iterable[str], backbone: str = "bert", vocab_size: int = 1000, lowercase: bool = False):
+    """A fast tokenizer trained on `texts`: WordPiece with BERT's pipeline, or byte-level BPE with RoBERTa's."""
+    texts = list(texts)
+    if backbone == "bert":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+        steps = [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()] if lowercase else [normalizers.NFC()]
+        tok.normalizer = normalizers.Sequence([normalizers.BertNormalizer(clean_text=True, lowercase=False, strip_accents=False)] + steps)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS))
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        )
+        tok.decoder = decoders.WordPiece()
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+        )
+    if backbone == "roberta":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.train_from_iterator(
+            texts,
+            trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        )
+        tok.post_processor = processors.RobertaProcessing(
+            ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")), add_prefix_space=False, trim_offsets=True
+        )
+        tok.decoder = decoders.ByteLevel()
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="</s>",
+            cls_token="<s>", pad_token="<pad>", mask_token="<mask>",
+        )
+    raise ValueError(f"backbone must be 'bert' or 'roberta'; got {backbone!r}.")
+
+
+def tiny_backbone_config(backbone: str, vocab_size: int, pad_token_id: int, hidden_size: int = 64, layers: int = 2, heads: int = 2, max_len: int = 128):
+    common = dict(
+        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden_size, pad_token_id=pad_token_id,
+    )
+    if backbone == "roberta":
+        return RobertaConfig(max_position_embeddings=max_len + pad_token_id + 1, type_vocab_size=1, **common)
+    return BertConfig(max_position_embeddings=max_len, **common)
+
+
+def make_tiny_checkpoint(
+    out_dir: str | os.PathLike,
+    backbone: str = "bert",
+    texts: Iterable[str] | None = None,
+    vocab_size: int = 1000,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    max_len: int = 128,
+    seed: int = 0,
+    char_vocab: bool = False,
+) -> Path:
+    """Save a random plain *ForMaskedLM checkpoint (config, safetensors weights, tokenizer) to `out_dir`.
+
+    With `char_vocab=True` a character vocabulary built from the same text is saved beside it.
+    """
+    import torch
+
+    texts = list(texts) if texts is not None else list(stdlib_paragraphs(3000))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(texts, backbone, vocab_size)
+    config = tiny_backbone_config(backbone, len(tokenizer), tokenizer.pad_token_id, hidden_size, layers, heads, max_len)
+    torch.manual_seed(seed)
+    model = AutoModelForMaskedLM.from_config(config)
+    model.save_pretrained(out)
+    tokenizer.model_max_length = max_len
+    tokenizer.save_pretrained(out)
+    if char_vocab:
+        CharVocab.build(texts, max_size=256).save(out)
+    return out

@@ -1,0 +1,200 @@
+"""Character vocabulary and the alignment routine (offsets -> character ids + token spans)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from charbert import CharBertTokenizer, CharVocab, hide_characters
+from charbert.chars import MASK_ID, PAD_ID, SEP_ID, SPECIAL_ID, UNK_ID
+from conftest import corpus_lines
+
+HARD_TEXTS = [
+    "C# is not C ## nor #",
+    "#",
+    "## ###hash tags",
+    "Café naïve résumé — “quoted” façade",
+    "emoji 😀👍🏽 and CJK 漢字 and combining e\u0301 marks",
+    "control\x07chars\x00here and tabs\tand\u00a0nbsp",
+    "x" * 500 + " long word",
+    "",
+    "   leading and trailing spaces   ",
+    "under_score snake_case_name 3.14159 1,000,000",
+]
+
+
+# ---- the vocabulary ----------------------------------------------------------------------
+
+
+def test_vocab_build_save_load_roundtrip(tmp_path):
+    vocab = CharVocab.build(["abcabc", "aab ", "xyz\n"], max_size=8)
+    # 5 specials + 3 most frequent: a (4), b (3), c (2); space is always kept -> replaces the last
+    assert vocab.chars == ["a", "b", " "]
+    path = vocab.save(tmp_path)
+    assert path.name == "char_vocab.json" and '"chars"' in path.read_text(encoding="utf-8")
+    again = CharVocab.load(tmp_path)
+    assert again == vocab and len(again) == 8
+    text = "ab c\tz"
+    assert again.encode(text).tolist() == vocab.encode(text).tolist()
+
+
+def test_vocab_unknown_and_whitespace():
+    vocab = CharVocab.build(["hello world"])
+    ids = vocab.encode("h\u00a0é😀\t\u3000o")
+    space = vocab.char_to_id[" "]
+    assert ids.tolist() == [vocab.char_to_id["h"], space, UNK_ID, UNK_ID, space, space, vocab.char_to_id["o"]]
+
+
+@pytest.mark.parametrize("text", HARD_TEXTS + ["\ud800 lone surrogate"])
+def test_vocab_never_crashes(text):
+    vocab = CharVocab.default()
+    ids = vocab.encode(text)
+    assert ids.shape == (len(text),) and ids.dtype == np.int64
+    assert ids.min(initial=5) >= 0 and ids.max(initial=0) < len(vocab)
+
+
+def test_vocab_load_rejects_bad_files(tmp_path):
+    (tmp_path / "a.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="not a readable character vocabulary"):
+        CharVocab.load(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text('{"chars": ["a"]}', encoding="utf-8")
+    with pytest.raises(ValueError, match="not a charbert character vocabulary"):
+        CharVocab.load(tmp_path / "b.json")
+    with pytest.raises(FileNotFoundError):
+        CharVocab.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="twice"):
+        CharVocab(["a", "a"])
+
+
+# ---- alignment ---------------------------------------------------------------------------
+
+
+def check_alignment(tok: CharBertTokenizer, texts, pairs=None, **kwargs):
+    """For every non-special token, the characters between its start and end are exactly the
+    characters its offsets cover; special tokens point at the placeholder. Returns #tokens checked."""
+    enc = tok(texts, pairs, return_offsets_mapping=True, **kwargs)
+    checked = 0
+    sample_of_row = enc.get("overflow_to_sample_mapping")
+    for row in range(len(enc["input_ids"])):
+        sample = sample_of_row[row] if sample_of_row is not None else row
+        chars = np.asarray(enc["char_input_ids"][row])
+        assert chars[0] == SPECIAL_ID
+        segments = (texts[sample],) if pairs is None else (texts[sample], pairs[sample])
+        for t, (seg, (s, e)) in enumerate(zip(enc.sequence_ids(row), enc["offset_mapping"][row])):
+            start, end = enc["char_start_positions"][row][t], enc["char_end_positions"][row][t]
+            if seg is None:
+                assert start == end == 0, "special/padding tokens point at the placeholder"
+                continue
+            assert 1 <= start <= end < len(chars)
+            if e > s:
+                expected = tok.char_vocab.encode(segments[seg][s:e])
+                assert chars[start : end + 1].tolist() == expected.tolist(), (segments[seg][s:e], t)
+                checked += 1
+        if pairs is not None and 1 in enc.sequence_ids(row):
+            assert SEP_ID in chars.tolist(), "the two segments are separated"
+    return checked
+
+
+def test_alignment_hand_cases(backbone_dir):
+    tok = CharBertTokenizer.from_pretrained(backbone_dir)
+    assert check_alignment(tok, HARD_TEXTS) > 50
+
+
+def test_alignment_hash_tokens_do_not_shift_spans(bert_dir):
+    """The authors' strip('##') shifted every later span after a '#' token; offsets cannot."""
+    tok = CharBertTokenizer.from_pretrained(bert_dir)
+    text = "C# and ## then words"
+    enc = tok(text, return_offsets_mapping=True)
+    ids = enc["char_input_ids"]
+    pieces = [tok.char_vocab.decode(ids[s : e + 1]) for s, e in zip(enc["char_start_positions"], enc["char_end_positions"])]
+    tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+    assert pieces[0] == "[SPECIAL]" and pieces[-1] == "[SPECIAL]"
+    assert "".join(pieces[1:-1]) == text.replace(" ", "")
+    # every word piece, '#' tokens and '##'-continuations included, sees exactly its own characters
+    for piece, token in zip(pieces[1:-1], tokens[1:-1]):
+        assert piece == (token[2:] if token.startswith("##") and len(token) > 2 else token)
+
+
+def test_alignment_unk_token_keeps_its_characters(bert_dir):
+    tok = CharBertTokenizer.from_pretrained(bert_dir)
+    text = "漢字 😀"
+    enc = tok(text, return_offsets_mapping=True)
+    tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+    assert "[UNK]" in tokens
+    i = tokens.index("[UNK]")
+    s, e = enc["offset_mapping"][i]
+    span = enc["char_input_ids"][enc["char_start_positions"][i] : enc["char_end_positions"][i] + 1]
+    assert e > s and span == tok.char_vocab.encode(text[s:e]).tolist()
+
+
+def test_alignment_pairs_truncation_and_windows(backbone_dir):
+    tok = CharBertTokenizer.from_pretrained(backbone_dir)
+    questions = ["What does C# mean?", "Who wrote it?"]
+    contexts = [" ".join(HARD_TEXTS[:4]) * 3, "A fairly long context about modules, " * 10]
+    assert check_alignment(tok, questions, contexts) > 20
+    assert check_alignment(tok, questions, contexts, truncation="only_second", max_length=24) > 10
+    n = check_alignment(
+        tok, questions, contexts, truncation="only_second", max_length=32, stride=8, return_overflowing_tokens=True, padding=True
+    )
+    assert n > 40
+    enc = tok(contexts, truncation=True, max_length=10)
+    assert all(len(ids) == 10 for ids in enc["input_ids"])
+    # the character sequence covers only what the kept tokens cover
+    assert all(len(c) < len(t) for c, t in zip(enc["char_input_ids"], contexts))
+
+
+@pytest.mark.data
+def test_alignment_property_on_real_corpus(backbone_dir):
+    tok = CharBertTokenizer.from_pretrained(backbone_dir)
+    lines = corpus_lines(300)
+    assert check_alignment(tok, lines, truncation=True, max_length=128) > 3000
+    assert check_alignment(tok, lines[:100], lines[100:200], truncation=True, max_length=128) > 2000
+
+
+def test_padded_batch_tensors(bert_dir):
+    tok = CharBertTokenizer.from_pretrained(bert_dir)
+    batch = tok(["short", "a much longer sentence here"], padding=True, return_tensors="pt")
+    assert batch["char_input_ids"].shape == batch["char_attention_mask"].shape
+    assert batch["char_start_positions"].shape == batch["input_ids"].shape
+    lengths = batch["char_attention_mask"].sum(1)
+    assert lengths.tolist() == [1 + len("short"), 1 + len("a much longer sentence here")]
+    assert (batch["char_input_ids"][0, lengths[0] :] == PAD_ID).all()
+    # padding tokens point at the placeholder
+    assert (batch["char_start_positions"][batch["attention_mask"] == 0] == 0).all()
+    single = tok("one text")
+    assert isinstance(single["input_ids"][0], int) and isinstance(single["char_input_ids"][0], int)
+
+
+def test_slow_tokenizer_is_rejected():
+    class Slow:
+        is_fast = False
+
+    with pytest.raises(ValueError, match="fast"):
+        CharBertTokenizer(Slow())
+
+
+def test_tokenizer_save_load_roundtrip(bert_dir, tmp_path, tiny_texts):
+    tok = CharBertTokenizer.from_pretrained(bert_dir, char_vocab=None)
+    tok.char_vocab = CharVocab.build(tiny_texts, max_size=64)
+    tok.save_pretrained(tmp_path)
+    again = CharBertTokenizer.from_pretrained(tmp_path)
+    assert again.char_vocab == tok.char_vocab
+    a, b = tok(HARD_TEXTS[:3]), again(HARD_TEXTS[:3])
+    assert {k: a[k] for k in a} == {k: b[k] for k in b}
+
+
+# ---- hiding masked tokens' characters ----------------------------------------------------
+
+
+def test_hide_characters_single_and_batch():
+    chars = np.arange(10, 20)
+    starts, ends = np.array([0, 1, 4, 7]), np.array([0, 3, 6, 9])
+    hidden = np.array([False, True, False, True])
+    out = hide_characters(chars, starts, ends, hidden)
+    assert out.tolist() == [10, MASK_ID, MASK_ID, MASK_ID, 14, 15, 16, MASK_ID, MASK_ID, MASK_ID]
+    assert chars.tolist() == list(range(10, 20)), "input untouched"
+    batch = hide_characters(np.stack([chars, chars]), np.stack([starts, starts]), np.stack([ends, ends]), np.stack([hidden, ~hidden]))
+    assert batch[0].tolist() == out.tolist()
+    assert batch[1].tolist() == [MASK_ID, 11, 12, 13, MASK_ID, MASK_ID, MASK_ID, 17, 18, 19]
+    assert torch.as_tensor(batch).dtype == torch.int64
