@@ -1,0 +1,456 @@
+"""Character-level word noise: the one place where words get misspelt.
+
+Two users share this module:
+
+* pretraining (CharBERT's noisy LM, NLM): a fraction of the words of each
+  sequence gets one character edit and the model predicts the original word;
+* robustness evaluation: Pruthi et al. (2019) style adversarial misspellings
+  (``drop``, ``add``, ``swap``, ``keyboard``, and ``all`` = a random one of
+  those per word), which keep the first and last characters and skip short
+  words and stop-words.
+
+Every random choice is drawn from ONE ``numpy.random.Generator`` that the
+caller passes in; nothing here touches global random state and nothing
+depends on set/dict iteration order, so the same seed yields the same noise
+in any process (independent of ``PYTHONHASHSEED``).
+
+Conventions shared by all edits (see :func:`apply_operation`):
+
+* the *edit region* of a word of length ``n`` is ``[1, n-2]`` with
+  ``keep_first_last`` and ``[0, n-1]`` otherwise; insertions go between two
+  characters of the word when ``keep_first_last`` (never before the first or
+  after the last one), anywhere otherwise;
+* an edit that is returned always differs from the input, is never empty and
+  never contains whitespace;
+* edits that write a letter (``add``, ``replace``, ``keyboard``) follow the
+  case of the place they edit, so ``HELLO`` becomes ``HELKO``, not ``HELkO``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    "OPERATIONS",
+    "ATTACK_TYPES",
+    "NoiseRules",
+    "ENGLISH_STOPWORDS",
+    "PRUTHI_RULES",
+    "PRETRAIN_RULES",
+    "QWERTY_NEIGHBOURS",
+    "is_eligible",
+    "apply_operation",
+    "noise_word",
+    "noise_words",
+    "parse_attack_type",
+]
+
+OPERATIONS: tuple[str, ...] = ("drop", "add", "swap", "keyboard", "replace")
+"""Word-level single character edits."""
+
+ATTACK_TYPES: tuple[str, ...] = ("drop", "add", "swap", "keyboard")
+"""Pruthi et al. (2019) attack types; ``"all"`` means a random one per word."""
+
+OpsSpec = Union[str, Sequence[str]]
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class NoiseRules:
+    """Which words may be edited and where.
+
+    ``stopwords`` may be given as any iterable of strings; it is stored as a
+    lower-cased ``frozenset`` (membership is tested on ``word.lower()``).
+    ``alphabet`` must be non-empty and free of whitespace, because its
+    characters are written into words by ``add`` and ``replace``.
+    """
+
+    min_length: int = 4
+    keep_first_last: bool = True
+    alphabet: str = "abcdefghijklmnopqrstuvwxyz"
+    stopwords: frozenset[str] = field(default_factory=frozenset)
+    letters_only: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_length, bool) or not isinstance(self.min_length, int):
+            raise TypeError(f"min_length must be an int, got {self.min_length!r}")
+        if self.min_length < 0:
+            raise ValueError(f"min_length must be >= 0, got {self.min_length}")
+        if not isinstance(self.alphabet, str) or not self.alphabet:
+            raise ValueError("alphabet must be a non-empty string")
+        if any(ch.isspace() for ch in self.alphabet):
+            raise ValueError("alphabet must not contain whitespace")
+        if isinstance(self.stopwords, str):
+            # frozenset("the") would silently become {"t", "h", "e"}.
+            raise TypeError("stopwords must be an iterable of words, not a single string")
+        normalised = frozenset(str(w).lower() for w in self.stopwords)
+        object.__setattr__(self, "stopwords", normalised)
+
+
+# A standard English stop-word list (function words: articles, pronouns,
+# auxiliaries, prepositions, conjunctions, common adverbs/determiners).
+# Only alphabetic entries: contractions are not eligible words anyway.
+ENGLISH_STOPWORDS: frozenset[str] = frozenset(
+    """
+    a about above after again against all am an and any are as at
+    be because been before being below between both but by
+    can could
+    did do does doing down during
+    each either
+    few for from further
+    had has have having he her here hers herself him himself his how
+    i if in into is it its itself
+    just
+    may me might more most must my myself
+    neither no nor not now
+    of off on once only or other ought our ours ourselves out over own
+    same shall she should so some such
+    than that the their theirs them themselves then there these they this
+    those through to too
+    under until up upon us
+    very
+    was we were what when where which while who whom whose why will with
+    would
+    yet you your yours yourself yourselves
+    also although among around because cannot else ever every however
+    its many much never since though thus unless whether within without
+    """.split()
+)
+
+PRUTHI_RULES = NoiseRules(min_length=4, keep_first_last=True, stopwords=ENGLISH_STOPWORDS)
+"""Default rules for adversarial attacks (Pruthi et al., 2019)."""
+
+PRETRAIN_RULES = NoiseRules(min_length=2, keep_first_last=False, stopwords=frozenset())
+"""Default rules for NLM pretraining noise (any position of any word)."""
+
+
+# --------------------------------------------------------------------------- keyboard
+
+
+def _build_qwerty_neighbours() -> dict[str, str]:
+    """Adjacent letters on a staggered QWERTY keyboard.
+
+    Each row is shifted right by about half a key relative to the row above,
+    so key ``i`` of a lower row touches keys ``i`` and ``i+1`` of the row
+    above, and key ``i`` of an upper row touches keys ``i-1`` and ``i`` of the
+    row below (e.g. ``g`` -> ``f h t y v b``).  Non-letter keys are ignored.
+    """
+    rows = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+    table: dict[str, str] = {}
+    for r, row in enumerate(rows):
+        for i, ch in enumerate(row):
+            near: list[str] = []
+            if i > 0:
+                near.append(row[i - 1])
+            if i + 1 < len(row):
+                near.append(row[i + 1])
+            if r > 0:
+                above = rows[r - 1]
+                near.extend(above[j] for j in (i, i + 1) if 0 <= j < len(above))
+            if r + 1 < len(rows):
+                below = rows[r + 1]
+                near.extend(below[j] for j in (i - 1, i) if 0 <= j < len(below))
+            table[ch] = "".join(near)
+    return table
+
+
+QWERTY_NEIGHBOURS: dict[str, str] = _build_qwerty_neighbours()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _match_case(ch: str, ref: str) -> str:
+    """``ch`` in the case of ``ref`` (unchanged if ``ref`` is uncased or the
+    case mapping is not a single character, e.g. ``'ß'.upper() == 'SS'``)."""
+    if ref.isupper():
+        out = ch.upper()
+    elif ref.islower():
+        out = ch.lower()
+    else:
+        return ch
+    return out if len(out) == 1 else ch
+
+
+@lru_cache(maxsize=64)
+def _alphabet_chars(alphabet: str) -> tuple[str, ...]:
+    """Distinct characters of ``alphabet`` in first-seen order (deterministic)."""
+    return tuple(dict.fromkeys(alphabet))
+
+
+@lru_cache(maxsize=4096)
+def _replacements(alphabet: str, orig: str) -> tuple[str, ...]:
+    """Distinct case-matched alphabet characters that differ from ``orig``."""
+    out = dict.fromkeys(_match_case(c, orig) for c in _alphabet_chars(alphabet))
+    out.pop(orig, None)
+    return tuple(out)
+
+
+def _check_rng(rng: object) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            "rng must be a numpy.random.Generator (e.g. numpy.random.default_rng(seed)), "
+            f"got {type(rng).__name__}"
+        )
+
+
+def _region(n: int, keep_first_last: bool) -> tuple[int, int]:
+    """Half-open range ``[lo, hi)`` of editable character positions."""
+    return (1, n - 1) if keep_first_last else (0, n)
+
+
+def _randint(rng: np.random.Generator, lo: int, hi: int) -> int:
+    """Uniform int in ``[lo, hi)``."""
+    return int(rng.integers(lo, hi))
+
+
+# --------------------------------------------------------------------------- edits
+
+
+def _drop(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
+    n = len(word)
+    lo, hi = _region(n, rules.keep_first_last)
+    # Must leave >= 1 character inside the region (so never an empty word,
+    # and with keep_first_last never a bare first+last pair).
+    if hi - lo < 2:
+        return None
+    i = _randint(rng, lo, hi)
+    return word[:i] + word[i + 1 :]
+
+
+def _add(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
+    n = len(word)
+    # Insertion index k means "insert before word[k]".
+    if rules.keep_first_last:
+        if n < 2:
+            return None
+        lo, hi = 1, n  # k in [1, n-1]: strictly between first and last char
+    else:
+        lo, hi = 0, n + 1
+    k = _randint(rng, lo, hi)
+    chars = _alphabet_chars(rules.alphabet)
+    c = chars[_randint(rng, 0, len(chars))] if len(chars) > 1 else chars[0]
+    neighbours = [word[j] for j in (k - 1, k) if 0 <= j < n]
+    if neighbours and all(ch.isupper() for ch in neighbours):
+        c = _match_case(c, "A")
+    elif any(ch.islower() for ch in neighbours):
+        c = _match_case(c, "a")
+    return word[:k] + c + word[k:]
+
+
+def _swap(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
+    lo, hi = _region(len(word), rules.keep_first_last)
+    # Pairs (i, i+1) with both positions inside the region and different chars.
+    cands = [i for i in range(lo, hi - 1) if word[i] != word[i + 1]]
+    if not cands:
+        return None
+    i = cands[_randint(rng, 0, len(cands))] if len(cands) > 1 else cands[0]
+    return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+
+
+def _keyboard(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
+    lo, hi = _region(len(word), rules.keep_first_last)
+    cands = [i for i in range(lo, hi) if word[i].lower() in QWERTY_NEIGHBOURS]
+    if not cands:
+        return None
+    i = cands[_randint(rng, 0, len(cands))] if len(cands) > 1 else cands[0]
+    near = QWERTY_NEIGHBOURS[word[i].lower()]
+    c = _match_case(near[_randint(rng, 0, len(near))], word[i])
+    return word[:i] + c + word[i + 1 :]
+
+
+def _replace(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
+    lo, hi = _region(len(word), rules.keep_first_last)
+    if hi <= lo:
+        return None
+    i = _randint(rng, lo, hi)
+    repl = _replacements(rules.alphabet, word[i])
+    if not repl:
+        # Rare (tiny alphabets): scan the region for a position that can change.
+        cands = [j for j in range(lo, hi) if _replacements(rules.alphabet, word[j])]
+        if not cands:
+            return None
+        i = cands[_randint(rng, 0, len(cands))]
+        repl = _replacements(rules.alphabet, word[i])
+    c = repl[_randint(rng, 0, len(repl))] if len(repl) > 1 else repl[0]
+    return word[:i] + c + word[i + 1 :]
+
+
+_EDITS = {
+    "drop": _drop,
+    "add": _add,
+    "swap": _swap,
+    "keyboard": _keyboard,
+    "replace": _replace,
+}
+assert tuple(_EDITS) == OPERATIONS
+
+
+def _check_op(op: object) -> str:
+    if op not in _EDITS:
+        raise ValueError(f"unknown noise operation {op!r}; valid operations are {list(OPERATIONS)}")
+    return op  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=256)
+def _normalise_ops_cached(ops: tuple[str, ...]) -> tuple[str, ...]:
+    for op in ops:
+        _check_op(op)
+    out = tuple(dict.fromkeys(ops))  # de-duplicate, keep order (deterministic)
+    if not out:
+        raise ValueError(f"ops must name at least one operation out of {list(OPERATIONS)}")
+    return out
+
+
+def _normalise_ops(ops: OpsSpec) -> tuple[str, ...]:
+    """``"all"`` -> ATTACK_TYPES, ``"drop"`` -> ("drop",), sequence -> validated tuple."""
+    if isinstance(ops, str):
+        if ops == "all":
+            return ATTACK_TYPES
+        return (_check_op(ops),)
+    try:
+        key = tuple(ops)
+    except TypeError:
+        raise TypeError(f"ops must be an operation name, 'all' or a sequence of names, got {ops!r}") from None
+    try:
+        return _normalise_ops_cached(key)
+    except TypeError:  # unhashable elements
+        raise ValueError(f"unknown noise operation in {ops!r}; valid operations are {list(OPERATIONS)}") from None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def is_eligible(word: str, rules: NoiseRules) -> bool:
+    """Whether ``word`` may be edited at all under ``rules``.
+
+    Not eligible: non-strings, empty words, words shorter than
+    ``rules.min_length``, words containing whitespace, non-alphabetic words
+    when ``rules.letters_only`` (``str.isalpha``; CJK counts as letters), and
+    stop-words (compared lower-cased).
+    """
+    if not isinstance(word, str) or not word or len(word) < rules.min_length:
+        return False
+    if rules.letters_only:
+        if not word.isalpha():
+            return False
+    elif any(ch.isspace() for ch in word):
+        return False
+    return word.lower() not in rules.stopwords
+
+
+def apply_operation(word: str, op: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
+    """Apply one edit of type ``op`` to ``word``; ``None`` if it cannot change it.
+
+    ``None`` is returned for ineligible words (see :func:`is_eligible`) and
+    whenever the edit is structurally impossible inside the edit region:
+    ``drop`` needs >= 2 characters in the region (so >= 1 remains; with
+    ``keep_first_last`` that means length >= 4), ``swap`` needs two adjacent
+    differing characters in the region, ``keyboard`` a QWERTY letter in the
+    region, ``replace`` a region position with a different alphabet character.
+
+    A returned string always differs from ``word``, is non-empty and contains
+    no whitespace.  Raises ``ValueError`` for an unknown ``op``.
+    """
+    edit = _EDITS[_check_op(op)]
+    _check_rng(rng)
+    if not is_eligible(word, rules):
+        return None
+    return edit(word, rng, rules)
+
+
+def noise_word(word: str, rng: np.random.Generator, rules: NoiseRules, ops: OpsSpec = OPERATIONS) -> str:
+    """One random edit of ``word`` drawn from ``ops``.
+
+    ``ops`` is a sequence of operation names, a single name, or ``"all"``
+    (= :data:`ATTACK_TYPES`).  A random operation is tried first; if it does
+    not apply, the others are tried in a random order.  Returns ``word``
+    unchanged if the word is not eligible or no operation applies.
+    """
+    ops_t = _normalise_ops(ops)
+    _check_rng(rng)
+    if not is_eligible(word, rules):
+        return word
+    return _noise_eligible(word, rng, rules, ops_t)
+
+
+def _noise_eligible(word: str, rng: np.random.Generator, rules: NoiseRules, ops: tuple[str, ...]) -> str:
+    n = len(ops)
+    first = _randint(rng, 0, n) if n > 1 else 0
+    out = _EDITS[ops[first]](word, rng, rules)
+    if out is not None:
+        return out
+    if n > 1:
+        rest = [op for j, op in enumerate(ops) if j != first]
+        for j in rng.permutation(len(rest)):
+            out = _EDITS[rest[int(j)]](word, rng, rules)
+            if out is not None:
+                return out
+    return word
+
+
+def noise_words(
+    words: list[str],
+    rng: np.random.Generator,
+    rules: NoiseRules,
+    rate: float,
+    ops: OpsSpec = OPERATIONS,
+) -> tuple[list[str], list[int]]:
+    """Noise ``round(rate * n_eligible)`` eligible words of ``words``.
+
+    The words are chosen uniformly without replacement among the eligible
+    ones (``rate=1.0`` -> all of them) and each is edited with
+    :func:`noise_word`.  Python's ``round`` is used (half to even).  Returns a
+    new list (the input is not modified) and the sorted indices of the words
+    that actually changed (a chosen word whose edits are all impossible stays
+    as it is and is not listed).  Raises ``ValueError`` for ``rate`` outside
+    ``[0, 1]`` or an unknown operation.
+    """
+    try:
+        rate_f = float(rate)
+    except (TypeError, ValueError):
+        raise ValueError(f"rate must be a number in [0, 1], got {rate!r}") from None
+    if not 0.0 <= rate_f <= 1.0:  # also rejects NaN
+        raise ValueError(f"rate must be in [0, 1], got {rate!r}")
+    ops_t = _normalise_ops(ops)
+    _check_rng(rng)
+
+    out = list(words)
+    eligible = [i for i, w in enumerate(out) if is_eligible(w, rules)]
+    k = min(len(eligible), int(round(rate_f * len(eligible))))
+    if k == 0:
+        return out, []
+    if k == len(eligible):
+        chosen = eligible
+    else:
+        picks = rng.choice(len(eligible), size=k, replace=False)
+        chosen = [eligible[int(j)] for j in np.sort(picks)]
+    changed: list[int] = []
+    for i in chosen:
+        new = _noise_eligible(out[i], rng, rules, ops_t)
+        if new != out[i]:
+            out[i] = new
+            changed.append(i)
+    return out, changed
+
+
+def parse_attack_type(name: str) -> tuple[str, ...]:
+    """Attack name -> operations: ``"drop"`` -> ``("drop",)``, ``"all"`` -> :data:`ATTACK_TYPES`.
+
+    Case and surrounding whitespace are ignored.  Unknown names raise
+    ``ValueError`` listing the allowed ones (``replace`` is not a Pruthi
+    attack and is rejected here).
+    """
+    allowed = ATTACK_TYPES + ("all",)
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key == "all":
+        return ATTACK_TYPES
+    if key in ATTACK_TYPES:
+        return (key,)
+    raise ValueError(f"unknown attack type {name!r}; allowed: {list(allowed)}")
