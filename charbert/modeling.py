@@ -236,12 +236,15 @@ class CharBertPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, nn.GRU):
             for name, param in module.named_parameters():
-                if name.startswith("weight_ih"):
-                    init.xavier_uniform_(param)
-                elif name.startswith("weight_hh"):
-                    init.orthogonal_(param)
-                else:
-                    init.zeros_(param)
+                if getattr(param, "_is_hf_initialized", False):
+                    continue  # loaded from a checkpoint (the per-gate views below would lose this flag)
+                for gate in param.chunk(3, 0):  # reset, update, new: each block initialised on its own
+                    if name.startswith("weight_ih"):
+                        init.xavier_uniform_(gate)
+                    elif name.startswith("weight_hh"):
+                        init.orthogonal_(gate)
+                    else:
+                        init.zeros_(gate)
         elif isinstance(module, MaskedLMHead):
             init.zeros_(module.bias)
         # The backbone embeddings' index buffers must be rebuilt when the model is created on the meta device.
