@@ -1,0 +1,192 @@
+"""The pretraining batch: character noise (NLM) and whole-word masking (MLM) on text blocks.
+
+Per block (the paper's recipe, rates as parameters):
+  1. words = `split_words(text)`; a share `noise_probability` (15%) of the *eligible* words
+     (noise rules: letters only, length >= 2) get one character edit (`charbert.noise`);
+  2. the edited text is tokenised, so the subword channel sees the noisy words as a user's
+     typos would be seen; NLM labels = the *original* word's id in the word vocabulary on every
+     subword of a noised word (unk when absent);
+  3. from the words NOT noised, whole words are drawn until `mlm_probability` (10%) of the real
+     tokens are chosen; each chosen token is [MASK] (80%), a random token (10%) or kept (10%);
+  4. the character channel is aligned to the edited text (`chars.align`), and the characters of
+     every MLM-chosen token are replaced by the mask character, so they cannot leak the answer.
+Labels are -100 where unused. All randomness comes from the `rng` the training loop passes
+(`needs_rng`), so a batch is the same after a resume, in any process.
+
+`objective="advbert"` gives the paper's AdvBERT baseline batch (same noise, MLM only, subword
+inputs only, for a plain *ForMaskedLM); `objective="mlm"` is plain MLM (no noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .chars import align, hide_characters
+from .noise import OPERATIONS, PRETRAIN_RULES, NoiseRules, noise_words
+from .tokenization import CharBertTokenizer, pad_char_features
+from .vocab import WordVocab, split_words
+
+OBJECTIVES = ("charbert", "advbert", "mlm")
+
+
+def apply_word_edits(text: str, spans: Sequence[tuple[int, int]], new_words: Sequence[str]) -> tuple[str, np.ndarray]:
+    """Replace each word span by its new form; returns the edited text and the words' new starts."""
+    parts, starts, position, shift = [], np.empty(len(spans), dtype=np.int64), 0, 0
+    for k, ((s, e), word) in enumerate(zip(spans, new_words)):
+        parts.append(text[position:s])
+        starts[k] = s + shift
+        parts.append(word)
+        shift += len(word) - (e - s)
+        position = e
+    parts.append(text[position:])
+    return "".join(parts), starts
+
+
+def choose_whole_words(token_word: np.ndarray, candidates: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw whole words (in random order) until `target` tokens are chosen; a word whose tokens
+    would overshoot the target is skipped. Returns a boolean mask over tokens."""
+    chosen = np.zeros(len(token_word), dtype=bool)
+    if target <= 0 or len(candidates) == 0:
+        return chosen
+    sizes = np.bincount(token_word[token_word >= 0], minlength=int(candidates.max()) + 1)
+    count = 0
+    for word in rng.permutation(candidates):
+        size = int(sizes[word])
+        if count + size > target:
+            continue
+        chosen |= token_word == word
+        count += size
+        if count >= target:
+            break
+    return chosen
+
+
+class PretrainingCollator:
+    """Text blocks -> a CharBERT pretraining batch (see the module docstring)."""
+
+    needs_rng = True
+
+    def __init__(
+        self,
+        tokenizer: CharBertTokenizer,
+        word_vocab: WordVocab | None,
+        max_seq_length: int = 128,
+        mlm_probability: float = 0.10,
+        noise_probability: float = 0.15,
+        mask_ratio: float = 0.8,
+        random_ratio: float = 0.1,
+        noise_rules: NoiseRules = PRETRAIN_RULES,
+        noise_operations: Sequence[str] = OPERATIONS,
+        objective: str = "charbert",
+    ):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}.")
+        if objective == "charbert" and word_vocab is None:
+            raise ValueError("The charbert objective needs a word vocabulary for its NLM labels.")
+        for name, p in (("mlm_probability", mlm_probability), ("noise_probability", noise_probability)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]; got {p}.")
+        if mask_ratio < 0 or random_ratio < 0 or mask_ratio + random_ratio > 1:
+            raise ValueError(f"mask_ratio ({mask_ratio}) + random_ratio ({random_ratio}) must lie in [0, 1].")
+        self.tokenizer = tokenizer
+        self.hf_tokenizer = tokenizer.tokenizer if isinstance(tokenizer, CharBertTokenizer) else tokenizer
+        if self.hf_tokenizer.mask_token_id is None:
+            raise ValueError("The tokenizer has no mask token: MLM needs one.")
+        self.word_vocab = word_vocab
+        self.max_seq_length = max_seq_length
+        self.mlm_probability = mlm_probability
+        self.noise_probability = 0.0 if objective == "mlm" else noise_probability
+        self.mask_ratio, self.random_ratio = mask_ratio, random_ratio
+        self.noise_rules, self.noise_operations = noise_rules, tuple(noise_operations)
+        self.objective = objective
+        self.special_ids = np.array(sorted(self.hf_tokenizer.all_special_ids))
+
+    def __call__(self, blocks: Sequence[str], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        if rng is None:
+            raise ValueError("PretrainingCollator draws noise and masks from the rng the training loop passes (needs_rng).")
+        texts, word_starts, noised_words, originals = [], [], [], []
+        for block in blocks:
+            spans = split_words(block)
+            words = [block[s:e] for s, e in spans]
+            if self.noise_probability > 0:
+                new_words, changed = noise_words(words, rng, self.noise_rules, self.noise_probability, self.noise_operations)
+            else:
+                new_words, changed = words, []
+            text, starts = apply_word_edits(block, spans, new_words)
+            texts.append(text)
+            word_starts.append(starts)
+            noised_words.append(np.asarray(changed, dtype=np.int64))
+            originals.append(words)
+        enc = self.hf_tokenizer(texts, truncation=True, max_length=self.max_seq_length, return_offsets_mapping=True)
+        rows = [self._row(enc, i, texts[i], word_starts[i], noised_words[i], originals[i], rng) for i in range(len(texts))]
+        return self._pad(rows)
+
+    def _row(self, enc, i, text, word_starts, noised, words, rng) -> dict:
+        input_ids = np.asarray(enc["input_ids"][i], dtype=np.int64)
+        offsets = np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
+        sequence_ids = enc.sequence_ids(i)
+        real = np.array([s is not None for s in sequence_ids]) & (offsets[:, 1] > offsets[:, 0])
+        # Each real token belongs to the word its first character falls in (-1 for special tokens).
+        token_word = np.where(real, np.searchsorted(word_starts, offsets[:, 0], side="right") - 1, -1)
+
+        nlm_labels = np.full(len(input_ids), -100, dtype=np.int64)
+        is_noised = np.isin(token_word, noised) & real
+        if self.objective == "charbert" and is_noised.any():
+            word_ids = {int(w): self.word_vocab.id(words[int(w)]) for w in np.unique(token_word[is_noised])}
+            nlm_labels[is_noised] = [word_ids[int(w)] for w in token_word[is_noised]]
+
+        candidates = np.setdiff1d(np.unique(token_word[real]), noised)
+        target = int(round(self.mlm_probability * int(real.sum())))
+        chosen = choose_whole_words(token_word, candidates, target, rng)
+        labels = np.where(chosen, input_ids, -100)
+        draw = rng.random(len(input_ids))
+        masked = chosen & (draw < self.mask_ratio)
+        randomised = chosen & (draw >= self.mask_ratio) & (draw < self.mask_ratio + self.random_ratio)
+        input_ids = input_ids.copy()
+        input_ids[masked] = self.hf_tokenizer.mask_token_id
+        if randomised.any():
+            input_ids[randomised] = self._random_tokens(int(randomised.sum()), rng)
+
+        row = {"input_ids": input_ids, "labels": labels}
+        if "token_type_ids" in enc:
+            row["token_type_ids"] = np.asarray(enc["token_type_ids"][i], dtype=np.int64)
+        if self.objective == "charbert":
+            row["nlm_labels"] = nlm_labels
+            char_ids, starts, ends = align(offsets, sequence_ids, (text,), self.tokenizer.char_vocab)
+            row["char_input_ids"] = hide_characters(char_ids, starts, ends, chosen)
+            row["char_start_positions"], row["char_end_positions"] = starts, ends
+        return row
+
+    def _random_tokens(self, n: int, rng) -> np.ndarray:
+        """Random non-special token ids."""
+        vocab = len(self.hf_tokenizer)
+        ids = rng.integers(0, vocab - len(self.special_ids), size=n)
+        # shift past the special ids so none is drawn (special_ids sorted)
+        for special in self.special_ids:
+            ids = ids + (ids >= special)
+        return ids
+
+    def _pad(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(r["input_ids"]) for r in rows)
+        pad_id = self.hf_tokenizer.pad_token_id
+
+        def stack(key, value):
+            out = np.full((len(rows), length), value, dtype=np.int64)
+            for i, r in enumerate(rows):
+                out[i, : len(r[key])] = r[key]
+            return torch.from_numpy(out)
+
+        batch = {"input_ids": stack("input_ids", pad_id), "labels": stack("labels", -100)}
+        mask = np.zeros((len(rows), length), dtype=np.int64)
+        for i, r in enumerate(rows):
+            mask[i, : len(r["input_ids"])] = 1
+        batch["attention_mask"] = torch.from_numpy(mask)
+        if "token_type_ids" in rows[0]:
+            batch["token_type_ids"] = stack("token_type_ids", 0)
+        if self.objective == "charbert":
+            batch["nlm_labels"] = stack("nlm_labels", -100)
+            batch.update(pad_char_features(rows))
+        return batch

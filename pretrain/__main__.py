@@ -1,0 +1,141 @@
+"""python -m pretrain: CharBERT pretraining (MLM + noisy LM) on accelerate.
+
+    python -m pretrain                      # the built-in default job: a tiny CharBERT on stdlib docstrings
+    accelerate launch -m pretrain --model_name_or_path bert-dir --train_file corpus/*.txt --word_vocab vocab/ \\
+        --max_seq_length 384 --per_device_train_batch_size 4 --gradient_accumulation_steps 8 \\
+        --learning_rate 3e-5 --max_train_steps 320000 --checkpointing_steps 10000 --output_dir run1
+    accelerate launch -m pretrain ... --resume_from_checkpoint latest
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_OUTPUT_DIR = "runs/pretrain-default"
+# What `python -m pretrain` with no model and no data runs (each can still be overridden by a flag).
+DEFAULT_JOB_FLAGS = dict(
+    per_device_train_batch_size=16, learning_rate=1e-3, num_warmup_steps=40, max_train_steps=400,
+    logging_steps=20, checkpointing_steps=200, max_seq_length=128, eval_steps=200,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from charbert.collator import OBJECTIVES
+    from charbert.training import add_training_args
+
+    parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", help="a CharBERT checkpoint, or a plain BERT/RoBERTa checkpoint folder to start from")
+    parser.add_argument("--train_file", nargs="+", help="text files or glob patterns (plain or .gz), one line a unit")
+    parser.add_argument("--validation_file", nargs="+", help="held-out text for MLM perplexity and NLM accuracy")
+    parser.add_argument("--word_vocab", help="folder (or word_vocab.txt) from python -m pretrain.vocab; its char_vocab.json is used too")
+    parser.add_argument("--char_vocab", help="a char_vocab.json (default: beside --word_vocab, then in the checkpoint)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="charbert",
+                        help="charbert: MLM+NLM; advbert: plain model, MLM on the same noised text; mlm: plain MLM")
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--mlm_probability", type=float, default=0.10, help="share of tokens chosen for MLM (whole words)")
+    parser.add_argument("--noise_probability", type=float, default=0.15, help="share of eligible words given character noise")
+    parser.add_argument("--packing_slack", type=float, default=0.1,
+                        help="blocks are packed to (1 - slack) x max_seq_length clean tokens: noise adds subwords")
+    parser.add_argument("--cache_dir", help="where packed corpora are stored (default: OUTPUT_DIR/cache)")
+    parser.add_argument("--max_eval_blocks", type=int, default=2000, help="evaluate on at most this many validation blocks")
+    add_training_args(parser)
+    parser.set_defaults(output_dir=None, logging_steps=50)
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.default_job = args.model_name_or_path is None and args.train_file is None
+    if args.default_job:
+        given = {a.split("=")[0].lstrip("-") for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+        for key, value in DEFAULT_JOB_FLAGS.items():
+            if key not in given:
+                setattr(args, key, value)
+        args.output_dir = args.output_dir or DEFAULT_OUTPUT_DIR
+    elif args.model_name_or_path is None or args.train_file is None:
+        parser.error("--model_name_or_path and --train_file go together (or give neither for the built-in default job)")
+    if args.output_dir is None:
+        parser.error("--output_dir is required")
+    return args
+
+
+def run(args) -> dict:
+    from charbert.collator import PretrainingCollator
+    from charbert.data import pack_corpus
+    from charbert.pretraining import load_pretraining_model, pretraining_metrics, prepare_default_job, resolve_vocabularies
+    from charbert.training import create_accelerator, save_model, train, training_config_from_args
+
+    start = time.time()
+    config = training_config_from_args(args)
+    accelerator = create_accelerator(config)
+    if args.default_job:
+        with accelerator.main_process_first():
+            job = prepare_default_job(Path(args.output_dir) / "default-job", seed=args.seed)
+        args.model_name_or_path, args.train_file = job["model"], [job["train_file"]]
+        args.validation_file = args.validation_file or [job["validation_file"]]
+        args.word_vocab = args.word_vocab or job["vocab"]
+        accelerator.print(f"Default job: a tiny CharBERT from scratch on Python's stdlib docstrings ({job['train_file']}).")
+
+    word_vocab, char_vocab = resolve_vocabularies(args.model_name_or_path, args.word_vocab, args.char_vocab)
+    model, tokenizer = load_pretraining_model(args.model_name_or_path, args.objective, word_vocab, char_vocab, args.max_seq_length)
+    budget = int((args.max_seq_length - 2) * (1 - args.packing_slack))
+    cache = args.cache_dir or str(Path(args.output_dir) / "cache")
+    with accelerator.main_process_first():
+        train_blocks = pack_corpus(args.train_file, tokenizer.tokenizer, cache, budget, accelerator.is_main_process)
+        eval_blocks = None
+        if args.validation_file:
+            eval_blocks = pack_corpus(args.validation_file, tokenizer.tokenizer, cache, budget, accelerator.is_main_process)
+    if eval_blocks is not None and len(eval_blocks) > args.max_eval_blocks:
+        from torch.utils.data import Subset
+
+        eval_blocks = Subset(eval_blocks, range(args.max_eval_blocks))
+    skipped = train_blocks.meta["read_stats"]
+    accelerator.print(
+        f"{len(train_blocks)} training blocks of <= {budget} tokens from {skipped['lines']} lines "
+        f"(skipped: {skipped['empty_lines']} empty, {skipped['skipped_non_utf8']} not UTF-8)"
+    )
+    collator = PretrainingCollator(
+        tokenizer, word_vocab, args.max_seq_length, args.mlm_probability, args.noise_probability, objective=args.objective
+    )
+    result = train(
+        model, train_blocks, config, collator, eval_fn=pretraining_metrics if eval_blocks is not None else None,
+        accelerator=accelerator, eval_dataset=eval_blocks,
+    )
+    extra = {"pretraining_args.json": json.dumps(vars(args), indent=1, default=str)}
+    if word_vocab is not None:
+        extra["word_vocab.txt"] = "\n".join([word_vocab.UNK, *word_vocab.words]) + "\n"
+    save_model(accelerator, model, args.output_dir, tokenizer=tokenizer if args.objective == "charbert" else tokenizer.tokenizer, extra_files=extra)
+    summary = {
+        "output_dir": args.output_dir,
+        "objective": args.objective,
+        "steps": result.global_step,
+        "train_loss": result.train_loss,
+        "eval": result.last_eval,
+        "wall_time_s": round(time.time() - start, 1),
+        "log": str(result.log_path),
+    }
+    accelerator.print(json.dumps(summary, indent=1))
+    accelerator.print(f"The pretrained model, tokenizer and vocabularies are in {args.output_dir} "
+                      f"(fine-tune it with python -m finetune.glue --model_name_or_path {args.output_dir} ...).")
+    return summary
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"python -m pretrain: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

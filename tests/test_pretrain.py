@@ -1,0 +1,279 @@
+"""Pretraining: packing, the MLM + NLM collator, the pretrain program (default job, resume, 2 processes, bad input)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from charbert import CharBertForPreTraining, CharBertTokenizer
+from charbert.chars import MASK_ID
+from charbert.collator import PretrainingCollator, apply_word_edits, choose_whole_words
+from charbert.data import LINE_SEPARATOR, PackedBlocks, pack_corpus, pack_lines
+from charbert.training import read_log
+from charbert.vocab import WordVocab, split_words
+from conftest import corpus_lines
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def blocks(tiny_texts) -> list[str]:
+    return [t for t in tiny_texts if len(t.split()) > 20][:400]
+
+
+@pytest.fixture(scope="module")
+def tok(bert_dir) -> CharBertTokenizer:
+    return CharBertTokenizer.from_pretrained(bert_dir)
+
+
+@pytest.fixture(scope="module")
+def word_vocab(tiny_texts) -> WordVocab:
+    return WordVocab.build(tiny_texts, max_size=800)
+
+
+# ---- packing --------------------------------------------------------------------------------
+
+
+def test_packing_keeps_lines_whole_and_separated(tok, tiny_texts, tmp_path):
+    lines = tiny_texts[:300]
+    packed = list(pack_lines(lines, tok.tokenizer, max_tokens=60))
+    rebuilt = LINE_SEPARATOR.join(packed).split(LINE_SEPARATOR)
+    # every line appears whole, in order, separated from its neighbours (long lines split into pieces)
+    joined = " ".join(lines)
+    assert " ".join(rebuilt) == joined.replace("  ", " ") or " ".join(rebuilt).split() == joined.split()
+    for block in packed:
+        assert len(tok.tokenizer(block, add_special_tokens=False)["input_ids"]) <= 60
+    short = [ln for ln in lines if len(tok.tokenizer(ln, add_special_tokens=False)["input_ids"]) <= 60]
+    assert set(short) <= set(rebuilt), "a line that fits is never cut"
+
+
+def test_pack_corpus_files_gz_and_cache(tok, tiny_texts, tmp_path):
+    (tmp_path / "a.txt").write_text("\n".join(tiny_texts[:50]) + "\n\n\n", encoding="utf-8")
+    with gzip.open(tmp_path / "b.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(tiny_texts[50:100]))
+    (tmp_path / "c.txt").write_bytes(b"valid line one\n\xff\xfe broken bytes\nvalid line two\n")
+    data = pack_corpus([str(tmp_path / "*.txt*")], tok.tokenizer, tmp_path / "cache", 100, show_progress=False)
+    assert isinstance(data, PackedBlocks) and len(data) > 5
+    text = LINE_SEPARATOR.join(data[i] for i in range(len(data)))
+    assert tiny_texts[0] in text and tiny_texts[99] in text and "valid line two" in text
+    assert data.meta["read_stats"]["skipped_non_utf8"] == 1 and data.meta["read_stats"]["empty_lines"] == 2
+    again = pack_corpus([str(tmp_path / "*.txt*")], tok.tokenizer, tmp_path / "cache", 100, show_progress=False)
+    assert again.directory == data.directory, "a finished build is reused"
+    with pytest.raises(FileNotFoundError):
+        pack_corpus([str(tmp_path / "missing.txt")], tok.tokenizer, tmp_path / "cache", 100)
+
+
+# ---- the collator ---------------------------------------------------------------------------
+
+
+def test_apply_word_edits_and_whole_word_choice():
+    text = "Hello, big world"
+    spans = split_words(text)
+    edited, starts = apply_word_edits(text, spans, ["Helo", ",", "bigg", "world"])
+    assert edited == "Helo, bigg world" and starts.tolist() == [0, 4, 6, 11]
+    token_word = np.array([-1, 0, 0, 1, 2, 2, 2, -1])
+    chosen = choose_whole_words(token_word, np.array([0, 1, 2]), target=2, rng=np.random.default_rng(0))
+    assert chosen.sum() == 2 and set(token_word[chosen]) in ({0}, {1}) or chosen.sum() == 1
+
+
+def collate_many(collator, blocks, seed=0, batch=16):
+    rng = np.random.default_rng(seed)
+    return [collator(blocks[i : i + batch], rng=rng) for i in range(0, len(blocks), batch)]
+
+
+def test_collator_rates_disjointness_and_labels(tok, word_vocab, blocks):
+    collator = PretrainingCollator(tok, word_vocab, max_seq_length=128)
+    batches = collate_many(collator, blocks)
+    real = mlm = nlm = masked = randomised = 0
+    for b in batches:
+        labels, nlm_labels = b["labels"], b["nlm_labels"]
+        special = torch.isin(b["input_ids"], torch.tensor(tok.all_special_ids)) & (labels == -100)
+        real += int((b["attention_mask"].bool() & ~special).sum())
+        mlm += int((labels != -100).sum())
+        nlm += int((nlm_labels != -100).sum())
+        assert not ((labels != -100) & (nlm_labels != -100)).any(), "MLM and NLM positions never overlap"
+        chosen = labels != -100
+        masked += int((b["input_ids"][chosen] == tok.mask_token_id).sum())
+        randomised += int(((b["input_ids"] != labels) & chosen & (b["input_ids"] != tok.mask_token_id)).sum())
+        # characters of every MLM-chosen token are hidden
+        for row, pos in chosen.nonzero().tolist():
+            s, e = b["char_start_positions"][row, pos], b["char_end_positions"][row, pos]
+            assert (b["char_input_ids"][row, s : e + 1] == MASK_ID).all()
+    assert abs(mlm / real - 0.10) < 0.01, mlm / real
+    assert 0.08 < nlm / real < 0.25, nlm / real  # 15% of words; noised words often split into several subwords
+    assert abs(masked / mlm - 0.8) < 0.03 and abs(randomised / mlm - 0.1) < 0.03
+
+
+def test_collator_nlm_labels_on_every_subword_of_noised_words(tok, word_vocab, blocks):
+    collator = PretrainingCollator(tok, word_vocab, max_seq_length=128, noise_probability=0.15)
+    rng = np.random.default_rng(3)
+    block = blocks[0]
+    batch = collator([block], rng=rng)
+    # redo the same draws to know which words were noised
+    from charbert.noise import PRETRAIN_RULES, noise_words
+
+    spans = split_words(block)
+    words = [block[s:e] for s, e in spans]
+    new_words, changed = noise_words(words, np.random.default_rng(3), PRETRAIN_RULES, 0.15)
+    edited, starts = apply_word_edits(block, spans, new_words)
+    enc = tok.tokenizer(edited, truncation=True, max_length=128, return_offsets_mapping=True)
+    assert enc["input_ids"][:5] == [t if t != tok.mask_token_id else t for t in enc["input_ids"][:5]]
+    nlm = batch["nlm_labels"][0].tolist()
+    n_checked = 0
+    for t, (s, e) in enumerate(enc["offset_mapping"]):
+        if e <= s:
+            continue
+        w = int(np.searchsorted(starts, s, side="right") - 1)
+        if w in changed:
+            assert nlm[t] == word_vocab.id(words[w]), (words[w], new_words[w])
+            n_checked += 1
+        else:
+            assert nlm[t] == -100
+    assert n_checked >= 3
+
+
+def test_collator_is_deterministic_and_objectives(tok, word_vocab, blocks):
+    collator = PretrainingCollator(tok, word_vocab, max_seq_length=64)
+    a = collator(blocks[:4], rng=np.random.default_rng(7))
+    b = collator(blocks[:4], rng=np.random.default_rng(7))
+    c = collator(blocks[:4], rng=np.random.default_rng(8))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["labels"], c["labels"])
+    adv = PretrainingCollator(tok, None, max_seq_length=64, objective="advbert")(blocks[:4], rng=np.random.default_rng(7))
+    assert {"input_ids", "attention_mask", "labels"} <= set(adv) <= {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    mlm = PretrainingCollator(tok, None, max_seq_length=64, objective="mlm")(blocks[:4], rng=np.random.default_rng(7))
+    clean = tok.tokenizer(blocks[:4], truncation=True, max_length=64, padding=True, return_tensors="pt")["input_ids"]
+    unchanged = mlm["labels"] == -100
+    assert torch.equal(mlm["input_ids"][unchanged], clean[unchanged]), "no noise for plain MLM"
+    with pytest.raises(ValueError, match="word vocabulary"):
+        PretrainingCollator(tok, None, objective="charbert")
+
+
+@pytest.mark.data
+def test_collator_on_real_corpus_runs_the_model(tok, word_vocab, bert_dir):
+    lines = corpus_lines(48)
+    collator = PretrainingCollator(tok, word_vocab, max_seq_length=96)
+    batch = collator(lines[:8], rng=np.random.default_rng(0))
+    model = CharBertForPreTraining.from_pretrained(bert_dir, char_vocab_size=len(tok.char_vocab), word_vocab_size=len(word_vocab))
+    out = model(**batch)
+    assert torch.isfinite(out.loss) and out.mlm_logits.shape[0] == int((batch["labels"] != -100).sum())
+
+
+# ---- the program ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_job(tmp_path_factory, tiny_texts, bert_dir, word_vocab):
+    """A corpus, a vocabulary folder and a tiny plain BERT to start from."""
+    root = tmp_path_factory.mktemp("pretrain_job")
+    (root / "train.txt").write_text("\n".join(tiny_texts[:600]), encoding="utf-8")
+    (root / "valid.txt").write_text("\n".join(tiny_texts[600:700]), encoding="utf-8")
+    vocab = root / "vocab"
+    vocab.mkdir()
+    word_vocab.save(vocab)
+    return root
+
+
+def pretrain_args(job: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", str(job.parent / "model"), "--train_file", str(job / "train.txt"),
+        "--validation_file", str(job / "valid.txt"), "--word_vocab", str(job / "vocab"),
+        "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3",
+        "--logging_steps", "1", "--output_dir", str(out), "--seed", "3", "--max_eval_blocks", "8", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def job(small_job, bert_dir):
+    model = small_job.parent / "model"
+    if not model.exists():
+        shutil.copytree(bert_dir, model)
+    return small_job
+
+
+def test_exact_resume_reproduces_losses(job, tmp_path):
+    from pretrain.__main__ import main
+
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert main(pretrain_args(job, full, "--max_train_steps", "8", "--checkpointing_steps", "4")) == 0
+    shutil.copytree(full / "step_4", resumed / "step_4")
+    assert main(pretrain_args(job, resumed, "--max_train_steps", "8", "--checkpointing_steps", "4",
+                              "--resume_from_checkpoint", "latest")) == 0
+    a = {r["step"]: r for r in read_log(full / "log.jsonl") if "loss" in r}
+    b = {r["step"]: r for r in read_log(resumed / "log.jsonl") if "loss" in r}
+    assert set(range(5, 9)) <= set(b)
+    for step in range(5, 9):
+        for key in ("loss", "mlm_loss", "nlm_loss"):
+            assert abs(a[step][key] - b[step][key]) < 1e-5, (step, key)
+    # the final model is a loadable CharBERT with its tokenizer and vocabularies
+    model = CharBertForPreTraining.from_pretrained(full)
+    tok = CharBertTokenizer.from_pretrained(full)
+    assert WordVocab.load(full).words == WordVocab.load(job / "vocab").words
+    assert model.config.word_vocab_size == len(WordVocab.load(full)) and len(tok.char_vocab) <= model.config.char_vocab_size
+
+
+def test_default_job_shortened(tmp_path, capsys):
+    from pretrain.__main__ import main
+
+    out = tmp_path / "default"
+    assert main(["--max_train_steps", "4", "--eval_steps", "4", "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Default job" in printed and str(out) in printed
+    model = CharBertForPreTraining.from_pretrained(out)
+    summary = read_log(out / "log.jsonl")
+    assert any("eval_nlm_accuracy" in r for r in summary)
+    assert model.config.hidden_size == 128
+
+
+def test_bad_input_is_reported(job, tmp_path, capsys):
+    from pretrain.__main__ import main
+
+    out = tmp_path / "bad"
+    args = pretrain_args(job, out, "--max_train_steps", "1")
+    missing = [a if not a.endswith("train.txt") else str(tmp_path / "nope.txt") for a in args]
+    assert main(missing) == 2 and "nope.txt" in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("")
+    empty = [a if not a.endswith("train.txt") else str(tmp_path / "empty.txt") for a in args]
+    assert main(empty) == 2 and "empty" in capsys.readouterr().err
+    too_long = [a if a != "64" else "4096" for a in args]
+    assert main(too_long) == 2 and "max_seq_length" in capsys.readouterr().err
+    # a CharBERT checkpoint with another word vocabulary
+    trained = tmp_path / "trained"
+    assert main(pretrain_args(job, trained, "--max_train_steps", "1")) == 0
+    other = tmp_path / "other_vocab"
+    WordVocab(["alpha", "beta"]).save(other)
+    mismatch = pretrain_args(job, out, "--max_train_steps", "1")
+    mismatch[mismatch.index("--model_name_or_path") + 1] = str(trained)
+    mismatch[mismatch.index("--word_vocab") + 1] = str(other)
+    capsys.readouterr()
+    assert main(mismatch) == 2 and "word vocabulary" in capsys.readouterr().err
+    # resuming from a checkpoint of another model
+    other_ckpt = tmp_path / "ckpt_other"
+    (other_ckpt / "step_1").mkdir(parents=True)
+    (other_ckpt / "step_1" / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
+    resume = pretrain_args(job, other_ckpt, "--max_train_steps", "2", "--resume_from_checkpoint", "latest")
+    assert main(resume) == 2 and "step_1" in capsys.readouterr().err
+
+
+def test_two_processes_with_torchrun(job, tmp_path):
+    out = tmp_path / "dist"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "pretrain",
+           *pretrain_args(job, out, "--max_train_steps", "4", "--checkpointing_steps", "2")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("step_")) == ["step_2", "step_4"]
+    assert not list(out.glob(".tmp-*"))
+    assert len(list((out / "step_4").glob("random_states_*.pkl"))) == 2, "both ranks saved their RNG state"
+    log = [r for r in read_log(out / "log.jsonl") if "loss" in r]
+    assert [r["step"] for r in log] == [1, 2, 3, 4], "one log, written by the main process"
+    assert CharBertForPreTraining.from_pretrained(out).config.word_vocab_size == 801
