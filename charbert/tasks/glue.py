@@ -46,6 +46,9 @@ __all__ = [
     "pearson_corrcoef",
     "spearman_corrcoef",
     "average_ranks",
+    "check_glue_texts",
+    "glue_file_has_labels",
+    "write_glue_predictions",
 ]
 
 Column = Union[str, int]
@@ -422,3 +425,42 @@ def glue_metrics(task_name: str, predictions, references) -> Dict[str, float]:
         else:  # pragma: no cover - GLUE_TASKS only names the metrics above
             raise AssertionError(metric)
     return out
+
+
+# ----------------------------------------------------------------------------
+# Fine-tuning helpers: input checks, label presence, prediction files.
+# ----------------------------------------------------------------------------
+
+
+def check_glue_texts(examples: Sequence[GlueExample], path: PathLike) -> None:
+    """Fail on an example whose sentence (or either sentence of a pair) is empty or blank.
+
+    Such a line is a broken row (a shifted column, a lost field), never a real example: the
+    model would be trained or scored on [CLS] [SEP] alone.
+    """
+    for ex in examples:
+        for name, text in (("first", ex.text_a), ("second", ex.text_b)):
+            if text is not None and not text.strip():
+                raise data_error(path, ex.line, f"the {name} sentence is empty")
+
+
+def glue_file_has_labels(task_name: str, path: PathLike) -> bool:
+    """Does this GLUE file carry labels (train/dev) or not (the official unlabelled test files)?"""
+    task = get_glue_task(task_name)
+    first = next((line for line in read_text_lines(path) if line.strip()), "")
+    fields = _split_tsv(first, path, 1)
+    if task.has_header:
+        return task.label_column in fields
+    # CoLA: train/dev are headerless with 4 columns; the test file has an "index sentence" header.
+    return not all(c in fields for c in task.test_text_columns)
+
+
+def write_glue_predictions(path: PathLike, task_name: str, predictions) -> None:
+    """The GLUE submission format: ``index<TAB>prediction`` with a header line; predictions are
+    label strings (label ids are mapped through the task's labels) or scores for STS-B."""
+    task = get_glue_task(task_name)
+    lines = ["index\tprediction"]
+    for i, p in enumerate(predictions):
+        value = f"{float(p):.6f}" if task.is_regression else task.labels[int(p)]
+        lines.append(f"{i}\t{value}")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")

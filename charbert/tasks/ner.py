@@ -29,6 +29,8 @@ __all__ = [
     "write_conll",
     "label_list",
     "check_labels",
+    "conll_num_columns",
+    "read_label_file",
 ]
 
 
@@ -333,3 +335,28 @@ def check_labels(
             f"{location(path, line)}: label {tag!r} never occurs in the training data "
             f"(unseen labels: {sorted(unseen)}; training labels: {list(train_label_list)})"
         )
+
+
+def conll_num_columns(path: PathLike) -> int:
+    """Columns of the first token line (``-DOCSTART-`` and blank lines skipped); 1 means an
+    unlabelled token-only file."""
+    for raw in read_text_lines(path):
+        fields = raw.split()
+        if fields and fields[0] != "-DOCSTART-":
+            return len(fields)
+    raise data_error(path, None, "file contains no sentences")
+
+
+def read_label_file(path: PathLike) -> List[str]:
+    """A label list, one label a line (blank lines skipped); duplicates are an error."""
+    labels: List[str] = []
+    seen: Dict[str, int] = {}
+    for lineno, raw in enumerate(read_text_lines(path), start=1):
+        label = raw.strip()
+        if not label:
+            continue
+        if label in seen:
+            raise data_error(path, lineno, f"label {label!r} repeats line {seen[label]}")
+        seen[label] = lineno
+        labels.append(label)
+    return labels

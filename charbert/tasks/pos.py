@@ -22,6 +22,7 @@ __all__ = [
     "pos_accuracy",
     "check_labels",
     "label_list",
+    "write_pos_predictions",
 ]
 
 _CONLLU_TAG_INDEX = {"upos": 3, "xpos": 4}
@@ -133,3 +134,20 @@ def pos_accuracy(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -
     if total == 0:
         raise ValueError("pos_accuracy needs at least one token")
     return {"accuracy": correct / total}
+
+
+def write_pos_predictions(path: PathLike, sentences: Sequence[Sentence], predictions: Sequence[Sequence[str]]) -> None:
+    """``token<TAB>gold<TAB>pred`` lines (``token<TAB>pred`` for unlabelled sentences), a blank
+    line between sentences: aligned token for token with the input file."""
+    if len(sentences) != len(predictions):
+        raise ValueError(f"{len(sentences)} sentences but {len(predictions)} prediction lists")
+    blocks = []
+    for i, (sent, pred) in enumerate(zip(sentences, predictions)):
+        if len(pred) != len(sent.tokens):
+            raise ValueError(f"sentence {i} (line {sent.line}): {len(sent.tokens)} tokens but {len(pred)} tags")
+        rows = []
+        for k, (tok, p) in enumerate(zip(sent.tokens, pred)):
+            rows.append("\t".join([tok] + ([sent.tags[k]] if sent.tags is not None else []) + [p]))
+        blocks.append("\n".join(rows))
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("\n\n".join(blocks) + "\n")

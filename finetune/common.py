@@ -1,0 +1,401 @@
+"""What every fine-tuning program shares: flags, the run (read -> model -> features -> train ->
+evaluate -> predict -> save), metrics.json and the error convention.
+
+A program describes its task with a :class:`Task` (reading files, labels, features,
+evaluation, prediction files, all from :mod:`charbert.tasks`) and calls :func:`cli`.
+
+Flags follow transformers' ``run_*_no_trainer.py``; the training flags come from
+:func:`charbert.training.add_training_args`.  ``--do_train`` is on when ``--train_file`` is
+given, ``--do_eval`` when ``--validation_file`` is given; ``--do_predict`` scores
+``--test_file`` (default: the validation file) with the trained model, or without training
+with a fine-tuned checkpoint.
+
+Bad input (a malformed data line, an unseen label, a checkpoint with the wrong head, an
+impossible flag combination) ends with one line on stderr, ``<prog>: error: <message>``
+(file and line where they apply), and exit code 2.  ``CHARBERT_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from charbert.tasks.errors import TaskDataError
+from charbert.tasks.features import FeatureDataset, TaskCollator
+from charbert.tasks.inference import eval_dataloader
+from charbert.tasks.loading import (
+    CheckpointInfo,
+    ModelSetupError,
+    check_head,
+    inspect_checkpoint,
+    load_task_model,
+    load_task_tokenizer,
+    max_model_length,
+)
+from charbert.training import (
+    CheckpointError,
+    add_training_args,
+    create_accelerator,
+    save_model,
+    train,
+    training_config_from_args,
+)
+
+logger = logging.getLogger("finetune")
+
+METRICS_FILE = "metrics.json"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class UsageError(ValueError):
+    """Flags that cannot work together (reported like bad data: one line, exit code 2)."""
+
+
+# --------------------------------------------------------------------------------------
+# What a task provides
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """One data file of a run and what was built from it."""
+
+    name: str  # "train", "eval" or "predict"
+    path: str
+    data: List[Any]  # examples or sentences, as the reader returns them
+    labelled: bool
+    rows: List[Dict[str, Any]] = field(default_factory=list)  # model features
+    meta: Any = None  # per-feature metadata the evaluation needs (alignments, QA windows)
+
+
+@dataclass
+class EvalResult:
+    metrics: Dict[str, Any]  # everything, nested allowed (goes to metrics.json)
+    predictions: Any  # task-specific, for write_predictions
+
+    def scalars(self) -> Dict[str, float]:
+        return {k: float(v) for k, v in self.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Task:
+    """Interface of a fine-tuning program (see finetune/glue.py for the shortest one)."""
+
+    name = "task"
+    head = ""  # charbert.tasks.loading head kind
+    default_max_seq_length = 128
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def validate(self, args) -> None: ...
+
+    def describe(self, args) -> str:
+        """The task as metrics.json names it (e.g. glue/mrpc, squad_v2)."""
+        return self.name
+
+    def family(self, args) -> str:
+        """What a fine-tuned head is for: a head trained for another family is not reused silently."""
+        return self.describe(args)
+
+    def read(self, args, path: str, split: str) -> Split:
+        raise NotImplementedError
+
+    def labels(self, args, train: Optional[Split], checkpoint: CheckpointInfo) -> Optional[List[str]]:
+        """Label names in id order; None for tasks without a label set (QA, regression)."""
+        return None
+
+    def num_labels(self, labels: Optional[List[str]]) -> Optional[int]:
+        return len(labels) if labels is not None else None
+
+    def problem_type(self) -> Optional[str]:
+        return None
+
+    def check_split_labels(self, split: Split, labels: Optional[List[str]]) -> None: ...
+
+    def build_features(self, args, tokenizer, split: Split, label2id: Optional[Dict[str, int]]) -> None:
+        raise NotImplementedError
+
+    def evaluate(self, args, model, accelerator, loader, split: Split, id2label) -> EvalResult:
+        raise NotImplementedError
+
+    def write_predictions(self, args, output_dir: Path, prefix: str, split: Split, result: EvalResult) -> List[str]:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------
+# Flags
+# --------------------------------------------------------------------------------------
+
+
+def build_parser(prog: str, description: str, task: Task) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    m = parser.add_argument_group("model")
+    m.add_argument("--model_name_or_path", required=True,
+                   help="A CharBERT checkpoint (-> CharBERT), or a plain BERT/RoBERTa checkpoint folder (-> the plain "
+                        "AutoModelFor... baseline with its own tokenizer; see --charbert).")
+    m.add_argument("--charbert", action="store_true",
+                   help="Build CharBERT on a plain BERT/RoBERTa checkpoint: backbone loaded, character encoder, "
+                        "fusion and task head new (e.g. 'CharBERT initialised from MiniLM').")
+    m.add_argument("--new_head", action="store_true",
+                   help="Drop the checkpoint's task head (another task's, or another label set) and train a new one.")
+    d = parser.add_argument_group("data")
+    d.add_argument("--train_file", type=str, default=None)
+    d.add_argument("--validation_file", type=str, default=None)
+    d.add_argument("--test_file", type=str, default=None,
+                   help="File scored by --do_predict (labelled: metrics too; unlabelled: predictions only).")
+    d.add_argument("--do_train", action=argparse.BooleanOptionalAction, default=None,
+                   help="Train (default: on when --train_file is given).")
+    d.add_argument("--do_eval", action=argparse.BooleanOptionalAction, default=None,
+                   help="Evaluate on --validation_file (default: on when it is given).")
+    d.add_argument("--do_predict", action="store_true",
+                   help="Write predictions (and metrics when labelled) for --test_file (default: the validation file). "
+                        "Without --train_file the checkpoint must be fine-tuned for the task.")
+    d.add_argument("--max_seq_length", type=int, default=task.default_max_seq_length,
+                   help="Longest input in subword tokens (longer inputs are truncated; SQuAD: split into windows).")
+    d.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N training examples.")
+    d.add_argument("--max_eval_samples", type=int, default=None, help="Use only the first N validation examples.")
+    d.add_argument("--max_predict_samples", type=int, default=None, help="Use only the first N test examples.")
+    task.add_arguments(parser.add_argument_group(task.name))
+    add_training_args(parser)
+    return parser
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+def _versions() -> Dict[str, str]:
+    import accelerate
+    import tokenizers
+    import torch
+    import transformers
+
+    import charbert
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "accelerate": accelerate.__version__, "tokenizers": tokenizers.__version__, "charbert": charbert.__version__}
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5)
+        if commit.returncode == 0:
+            out["charbert_git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
+def _limit(split: Optional[Split], n: Optional[int]) -> None:
+    if split is not None and n is not None:
+        if n < 1:
+            raise UsageError(f"--max_{split.name}_samples must be >= 1; got {n}")
+        split.data = split.data[:n]
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the record (so it survives output capture)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _setup_logging(accelerator) -> None:
+    level = logging.INFO if accelerator.is_main_process else logging.WARNING
+    for name in ("finetune", "charbert"):
+        named = logging.getLogger(name)
+        named.setLevel(level)
+        if not any(isinstance(h, _StderrHandler) for h in named.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+            named.addHandler(handler)
+
+
+def run(task: Task, args, argv: Sequence[str], prog: str) -> Dict[str, Any]:
+    """Run one fine-tuning job; returns the metrics.json record."""
+    start = time.perf_counter()
+    do_train = args.do_train if args.do_train is not None else bool(args.train_file)
+    do_eval = args.do_eval if args.do_eval is not None else bool(args.validation_file)
+    do_predict = bool(args.do_predict)
+    if do_train and not args.train_file:
+        raise UsageError("--do_train needs --train_file")
+    if do_eval and not args.validation_file:
+        raise UsageError("--do_eval needs --validation_file")
+    predict_file = args.test_file or (args.validation_file if do_predict else None)
+    if do_predict and not predict_file:
+        raise UsageError("--do_predict needs --test_file (or --validation_file)")
+    if not (do_train or do_eval or do_predict):
+        raise UsageError("nothing to do: give --train_file, --validation_file, or --do_predict with --test_file")
+    if args.max_seq_length < 8:
+        raise UsageError(f"--max_seq_length must be >= 8; got {args.max_seq_length}")
+    if not args.output_dir:
+        raise UsageError("--output_dir is required")
+    try:
+        config = training_config_from_args(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    task.validate(args)
+    accelerator = create_accelerator(config)
+    _setup_logging(accelerator)
+    output_dir = Path(config.output_dir)
+
+    # Data first: bad files fail before any model is loaded.
+    train_split = task.read(args, args.train_file, "train") if do_train else None
+    eval_split = task.read(args, args.validation_file, "eval") if do_eval else None
+    predict_split = task.read(args, predict_file, "predict") if do_predict else None
+    checkpoint = inspect_checkpoint(args.model_name_or_path, charbert=args.charbert)
+    labels = task.labels(args, train_split, checkpoint)  # from the whole training file, as run_ner does
+    for split in (eval_split, predict_split):
+        if split is not None:
+            task.check_split_labels(split, labels)
+    _limit(train_split, args.max_train_samples)
+    _limit(eval_split, args.max_eval_samples)
+    _limit(predict_split, args.max_predict_samples)
+    num_labels = task.num_labels(labels)
+    check_head(checkpoint, task.head, task.family(args), num_labels or 0, labels, new_head=args.new_head)
+    if not do_train and (args.new_head or not checkpoint.head_loads(task.head)):
+        what = "the --charbert model built on it would have" if checkpoint.build_charbert and not checkpoint.is_charbert_checkpoint \
+            else f"{checkpoint.path} has"
+        raise UsageError(
+            f"evaluating without training needs a checkpoint fine-tuned for this task, but {what} no trained "
+            f"{task.head.replace('_', '-')} head (architecture {checkpoint.architecture}); add --train_file"
+        )
+
+    from accelerate.utils import set_seed
+
+    set_seed(args.seed)  # the new head's initial weights
+    id2label = dict(enumerate(labels)) if labels is not None else None
+    model, report = load_task_model(checkpoint, task.head, id2label=id2label, num_labels=num_labels,
+                                    problem_type=task.problem_type(), new_head=args.new_head)
+    model.config.finetuning_task = task.family(args)  # saved with the model; checked when it is reused
+    tokenizer = load_task_tokenizer(checkpoint, model)
+    limit = max_model_length(model)
+    if limit is not None and args.max_seq_length > limit:
+        raise UsageError(f"--max_seq_length {args.max_seq_length} exceeds what {checkpoint.path} allows ({limit} tokens)")
+    label2id = {label: i for i, label in enumerate(labels)} if labels is not None else None
+    for split in (train_split, eval_split, predict_split):
+        if split is not None:
+            task.build_features(args, tokenizer, split, label2id if split.name == "train" else None)
+            if not split.rows:
+                raise TaskDataError(f"{split.path}: no {split.name} features could be built")
+    collator = TaskCollator(tokenizer.pad_token_id)
+    logger.info("%s: %s (%s head: %s), %s", task.describe(args), report.model_class, task.head, report.head,
+                ", ".join(f"{s.name} {len(s.data)} examples / {len(s.rows)} features"
+                          for s in (train_split, eval_split, predict_split) if s is not None))
+
+    record: Dict[str, Any] = {"task": task.describe(args), "command": f"{prog} {shlex.join(list(argv))}",
+                              "seed": args.seed, "versions": _versions(), "num_processes": accelerator.num_processes,
+                              "model": report.to_dict(), "labels": labels}
+    files: List[str] = []
+    results: Dict[str, EvalResult] = {}
+
+    if do_train:
+        def eval_fn(model_, accelerator_, loader):
+            results["eval"] = task.evaluate(args, model_, accelerator_, loader, eval_split, id2label)
+            return results["eval"].scalars()
+
+        outcome = train(model, FeatureDataset(train_split.rows), config, collator,
+                        eval_fn=eval_fn if eval_split is not None else None, accelerator=accelerator,
+                        eval_dataset=FeatureDataset(eval_split.rows) if eval_split is not None else None)
+        record["train"] = {"global_step": outcome.global_step, "epochs_completed": outcome.epochs_completed,
+                           "train_loss": outcome.train_loss, "wall_time_s": round(outcome.wall_time_s, 2),
+                           "num_examples": len(train_split.data), "num_features": len(train_split.rows),
+                           "file": train_split.path}
+        save_model(accelerator, model, output_dir, tokenizer=tokenizer)
+        files.append("model.safetensors")
+    else:
+        model = accelerator.prepare_model(model, evaluation_mode=True)
+
+    if eval_split is not None and "eval" not in results:
+        loader = eval_dataloader(accelerator, FeatureDataset(eval_split.rows), collator, config.per_device_eval_batch_size)
+        results["eval"] = task.evaluate(args, model, accelerator, loader, eval_split, id2label)
+    if predict_split is not None:
+        loader = eval_dataloader(accelerator, FeatureDataset(predict_split.rows), collator,
+                                 config.per_device_eval_batch_size)
+        results["predict"] = task.evaluate(args, model, accelerator, loader, predict_split, id2label)
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for prefix, split in (("eval", eval_split), ("predict", predict_split)):
+            if prefix in results:
+                written = task.write_predictions(args, output_dir, prefix, split, results[prefix])
+                files += written
+                record[prefix] = {**results[prefix].metrics, "file": split.path, "labelled": split.labelled,
+                                  "num_examples": len(split.data), "num_features": len(split.rows),
+                                  "predictions": written}
+        record["files"] = files
+        record["args"] = {k: v for k, v in sorted(vars(args).items())}
+        record["wall_time_s"] = round(time.perf_counter() - start, 2)
+        (output_dir / METRICS_FILE).write_text(json.dumps(_json_safe(record), indent=2) + "\n", encoding="utf-8")
+        summary = {p: results[p].scalars() for p in results}
+        print(json.dumps({"output_dir": str(output_dir), **summary}, indent=None))
+    accelerator.wait_for_everyone()
+    return record
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return text
+
+
+def cli(task: Task, prog: str, description: str, argv: Optional[Sequence[str]] = None) -> int:
+    """Parse flags and run; expected failures -> one line on stderr and exit code 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog, description, task)
+    args = parser.parse_args(argv)
+    try:
+        run(task, args, argv, prog)
+        code = 0
+    except (TaskDataError, ModelSetupError, UsageError, CheckpointError, FileNotFoundError, IsADirectoryError) as err:
+        if os.environ.get("CHARBERT_DEBUG"):
+            raise
+        _report(prog, _one_line(err))
+        code = 2
+    except (ValueError, OSError) as err:  # e.g. a config value out of range, an unreadable file
+        if os.environ.get("CHARBERT_DEBUG"):
+            raise
+        _report(prog, f"{_one_line(err)} ({type(err).__name__}; set CHARBERT_DEBUG=1 for the traceback)")
+        code = 2
+    _shutdown()
+    return code
+
+
+def _report(prog: str, message: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,92 @@
+"""Fine-tune and evaluate on a GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI).
+
+    accelerate launch -m finetune.glue --task_name mrpc --train_file MRPC/train.tsv \\
+        --validation_file MRPC/dev.tsv --model_name_or_path run1 --output_dir out/mrpc
+
+Sentence pairs are encoded as pairs (in both channels for CharBERT); STS-B is a regression
+(one output).  Writes metrics.json (official GLUE metrics), {eval,predict}_predictions.tsv
+(``index<TAB>prediction``, the GLUE submission format) and the fine-tuned model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from charbert.tasks.features import glue_features
+from charbert.tasks.glue import (
+    GLUE_TASKS,
+    check_glue_texts,
+    get_glue_task,
+    glue_file_has_labels,
+    glue_metrics,
+    read_glue,
+    write_glue_predictions,
+)
+from charbert.tasks.inference import gather_predictions
+from charbert.tasks.loading import SEQUENCE_CLASSIFICATION
+
+from .common import EvalResult, Split, Task, UsageError, cli
+
+PROG = "python -m finetune.glue"
+
+
+class GlueFinetune(Task):
+    name = "glue"
+    head = SEQUENCE_CLASSIFICATION
+
+    def add_arguments(self, parser):
+        parser.add_argument("--task_name", required=True, help=f"One of {sorted(GLUE_TASKS)} (sst-2, sts-b accepted).")
+
+    def validate(self, args):
+        try:
+            self.task = get_glue_task(args.task_name)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+    def describe(self, args):
+        return f"glue/{self.task.name}"
+
+    def read(self, args, path, split):
+        labelled = split != "predict" or glue_file_has_labels(self.task.name, path)
+        examples = read_glue(self.task.name, path, labelled=labelled)
+        check_glue_texts(examples, path)
+        return Split(split, path, examples, labelled)
+
+    def labels(self, args, train, checkpoint):
+        return list(self.task.labels) if self.task.labels is not None else None
+
+    def num_labels(self, labels):
+        return self.task.num_labels
+
+    def problem_type(self):
+        return "regression" if self.task.is_regression else "single_label_classification"
+
+    def build_features(self, args, tokenizer, split, label2id):
+        split.rows = glue_features(tokenizer, split.data, args.max_seq_length, self.task.label2id,
+                                   self.task.is_regression)
+        if split.name != "train":  # evaluation reads the gold labels from the examples
+            for row in split.rows:
+                row.pop("labels", None)
+
+    def evaluate(self, args, model, accelerator, loader, split, id2label):
+        (logits,) = gather_predictions(model, accelerator, loader, lambda out: (out.logits,))
+        logits = np.stack(logits)
+        predictions = logits[:, 0] if self.task.is_regression else logits.argmax(-1)
+        metrics = {}
+        if split.labelled:
+            gold = [ex.label if self.task.is_regression else self.task.label2id[ex.label] for ex in split.data]
+            metrics = glue_metrics(self.task.name, predictions, gold)
+        return EvalResult(metrics, predictions)
+
+    def write_predictions(self, args, output_dir, prefix, split, result):
+        name = f"{prefix}_predictions.tsv"
+        write_glue_predictions(output_dir / name, self.task.name, result.predictions)
+        return [name]
+
+
+def main(argv=None) -> int:
+    return cli(GlueFinetune(), PROG, __doc__.split("\n\n")[0], argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""The word-tagging task shared by finetune.ner and finetune.pos (one code path for labels,
+features, evaluation); the programs differ only in how they read files, score and write."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from charbert.tasks.errors import TaskDataError, location
+from charbert.tasks.features import word_features, words_from_token_predictions
+from charbert.tasks.inference import gather_predictions
+from charbert.tasks.loading import TOKEN_CLASSIFICATION
+from charbert.tasks.ner import check_labels, label_list, read_label_file
+
+from .common import EvalResult, Split, Task, UsageError
+
+
+class WordTagging(Task):
+    head = TOKEN_CLASSIFICATION
+
+    def add_arguments(self, parser):
+        parser.add_argument("--labels", type=str, default=None,
+                            help="File with the label list, one a line (default: the labels of the training data, "
+                                 "or of the fine-tuned checkpoint).")
+        parser.add_argument("--label_all_tokens", action="store_true",
+                            help="Train on every subword of a word (B-X -> I-X after the first) instead of the first only.")
+
+    # -- subclasses ---------------------------------------------------------------------
+    def score(self, gold: List[List[str]], predicted: List[List[str]]) -> dict:
+        raise NotImplementedError
+
+    # -- labels -------------------------------------------------------------------------
+    def labels(self, args, train: Optional[Split], checkpoint):
+        if args.labels:
+            labels = read_label_file(args.labels)
+            if not labels:
+                raise TaskDataError(f"{args.labels}: the label file is empty")
+            if train is not None:
+                check_labels(train.data, labels, train.path)
+            return labels
+        if checkpoint.head_loads(self.head) and not args.new_head:
+            if checkpoint.id2label is None:
+                raise UsageError(f"{checkpoint.path} has a token-classification head without label names; pass --labels")
+            labels = [checkpoint.id2label[i] for i in range(len(checkpoint.id2label))]
+            if train is not None:
+                known = set(labels)
+                for sent in train.data:
+                    for tag, line in zip(sent.tags, sent.token_lines or [sent.line] * len(sent.tags)):
+                        if tag not in known:
+                            raise TaskDataError(
+                                f"{location(train.path, line)}: label {tag!r} is not one of the labels of the checkpoint "
+                                f"{checkpoint.path} ({labels}); pass --new_head to train a new head for this label set"
+                            )
+            return labels
+        if train is None:
+            return None  # no labels without training: the head check reports the missing head
+        return label_list(train.data)
+
+    def check_split_labels(self, split, labels):
+        if split.labelled and labels is not None:
+            check_labels(split.data, labels, split.path)
+
+    @staticmethod
+    def fallback(id2label) -> str:
+        names = list(id2label.values())
+        return "O" if "O" in names else names[0]
+
+    # -- features and evaluation --------------------------------------------------------
+    def build_features(self, args, tokenizer, split, label2id):
+        split.rows, split.meta = word_features(tokenizer, split.data, args.max_seq_length,
+                                               label2id if split.labelled else None, args.label_all_tokens)
+
+    def evaluate(self, args, model, accelerator, loader, split, id2label):
+        (predicted_ids,) = gather_predictions(model, accelerator, loader, lambda out: (out.logits.argmax(-1),))
+        fallback = self.fallback(id2label)
+        tags = [words_from_token_predictions(p, a, id2label, fallback) for p, a in zip(predicted_ids, split.meta)]
+        metrics = self.score([s.tags for s in split.data], tags) if split.labelled else {}
+        metrics["num_sentences"] = len(split.data)
+        metrics["num_words"] = sum(len(s.tokens) for s in split.data)
+        # Words cut off by --max_seq_length (and words the tokenizer drops entirely) get the
+        # fallback tag and are scored like any other word.
+        metrics["truncated_words"] = sum(a.truncated for a in split.meta)
+        metrics["unaligned_words"] = sum(a.unaligned for a in split.meta)
+        metrics["fallback_tag"] = fallback
+        return EvalResult(metrics, tags)
