@@ -282,7 +282,8 @@ class CharBertPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_backbone(cls, path: str | os.PathLike, **config_kwargs):
         """A new CharBERT whose backbone (embeddings, layers, pooler) is the plain checkpoint at `path`."""
-        for loader_only in ("output_loading_info", "local_files_only", "trust_remote_code"):
+        output_loading_info = config_kwargs.pop("output_loading_info", False)
+        for loader_only in ("local_files_only", "trust_remote_code", "ignore_mismatched_sizes"):
             config_kwargs.pop(loader_only, None)
         attn_implementation = config_kwargs.pop("attn_implementation", None)
         dtype = config_kwargs.pop("dtype", None) or config_kwargs.pop("torch_dtype", None)
@@ -321,6 +322,8 @@ class CharBertPreTrainedModel(PreTrainedModel):
         )
         if dtype is not None and dtype != "auto":
             model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        if output_loading_info:  # the transformers contract: (model, info) like any from_pretrained
+            return model, {"missing_keys": new, "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
         return model
 
 

