@@ -63,7 +63,8 @@ class CharBertConfig(PretrainedConfig):
             )
         # Fill in the backbone's defaults for every field not given (e.g. RoBERTa's pad_token_id=1).
         backbone_defaults = BACKBONE_CONFIGS[backbone_type]().to_dict()
-        for key in ("model_type", "transformers_version", "architectures", "_name_or_path"):
+        # Label fields are the task's, never a default (4.x configs carry a 2-label id2label).
+        for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "id2label", "label2id", "num_labels"):
             backbone_defaults.pop(key, None)
         for key, value in backbone_defaults.items():
             kwargs.setdefault(key, value)

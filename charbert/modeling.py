@@ -247,7 +247,10 @@ class CharBertPreTrainedModel(PreTrainedModel):
                         init.zeros_(gate)
         elif isinstance(module, MaskedLMHead):
             init.zeros_(module.bias)
-        # The backbone embeddings' index buffers must be rebuilt when the model is created on the meta device.
+        # The backbone embeddings' index buffers must be rebuilt when the model is created on the
+        # meta device (transformers 5.x); 4.x builds them in place and has no init.copy_.
+        if not hasattr(init, "copy_"):
+            return
         if hasattr(module, "position_ids") and isinstance(module.position_ids, torch.Tensor):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
         if hasattr(module, "token_type_ids") and isinstance(module.token_type_ids, torch.Tensor):
