@@ -492,6 +492,12 @@ def _labelled_cross_entropy(logits_fn, states: torch.Tensor, labels: torch.Tenso
     return total / selected.sum().clamp(min=1), logits
 
 
+def _classifier_dropout(config) -> float:
+    """The head's dropout: classifier_dropout when set, else the backbone's hidden dropout."""
+    value = getattr(config, "classifier_dropout", None)
+    return value if value is not None else config.hidden_dropout_prob
+
+
 def _both_channels(outputs: CharBertModelOutput) -> torch.Tensor:
     return torch.cat([outputs.last_hidden_state, outputs.char_last_hidden_state], dim=-1)  # (B, L, 2H)
 
@@ -561,8 +567,7 @@ class CharBertForSequenceClassification(CharBertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.charbert = CharBertModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if getattr(config, "classifier_dropout", None) is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(2 * config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -602,8 +607,7 @@ class CharBertForTokenClassification(CharBertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.charbert = CharBertModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if getattr(config, "classifier_dropout", None) is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(2 * config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -612,8 +616,7 @@ class CharBertForTokenClassification(CharBertPreTrainedModel):
         logits = self.classifier(self.dropout(_both_channels(outputs)))  # (B, L, num_labels)
         loss = None
         if labels is not None:
-            selected = labels != -100
-            loss = F.cross_entropy(logits[selected].float(), labels[selected], reduction="sum") / selected.sum().clamp(min=1)
+            loss, _ = _labelled_cross_entropy(lambda scores: scores, logits, labels)
         return TokenClassifierOutput(loss=loss, logits=logits)
 
 
@@ -651,8 +654,7 @@ class CharBertForMultipleChoice(CharBertPreTrainedModel):
     def __init__(self, config: CharBertConfig):
         super().__init__(config)
         self.charbert = CharBertModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if getattr(config, "classifier_dropout", None) is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(2 * config.hidden_size, 1)
         self.post_init()
 
