@@ -49,7 +49,7 @@ def test_packing_keeps_lines_whole_and_separated(tok, tiny_texts, tmp_path):
     rebuilt = LINE_SEPARATOR.join(packed).split(LINE_SEPARATOR)
     # every line appears whole, in order, separated from its neighbours (long lines split into pieces)
     joined = " ".join(lines)
-    assert " ".join(rebuilt) == joined.replace("  ", " ") or " ".join(rebuilt).split() == joined.split()
+    assert " ".join(rebuilt).split() == joined.split(), "no text lost, duplicated or reordered"
     for block in packed:
         assert len(tok.tokenizer(block, add_special_tokens=False)["input_ids"]) <= 60
     short = [ln for ln in lines if len(tok.tokenizer(ln, add_special_tokens=False)["input_ids"]) <= 60]
@@ -81,8 +81,11 @@ def test_apply_word_edits_and_whole_word_choice():
     edited, starts = apply_word_edits(text, spans, ["Helo", ",", "bigg", "world"])
     assert edited == "Helo, bigg world" and starts.tolist() == [0, 4, 6, 11]
     token_word = np.array([-1, 0, 0, 1, 2, 2, 2, -1])
-    chosen = choose_whole_words(token_word, np.array([0, 1, 2]), target=2, rng=np.random.default_rng(0))
-    assert chosen.sum() == 2 and set(token_word[chosen]) in ({0}, {1}) or chosen.sum() == 1
+    for seed in range(20):
+        chosen = choose_whole_words(token_word, np.array([0, 1, 2]), target=2, rng=np.random.default_rng(seed))
+        words = set(token_word[chosen].tolist())
+        # word 2 (3 tokens) would overshoot the target; a chosen word always has all its tokens
+        assert words in ({0}, {1}) and chosen.sum() == sum(int((token_word == w).sum()) for w in words)
 
 
 def collate_many(collator, blocks, seed=0, batch=16):
@@ -126,7 +129,6 @@ def test_collator_nlm_labels_on_every_subword_of_noised_words(tok, word_vocab, b
     new_words, changed = noise_words(words, np.random.default_rng(3), PRETRAIN_RULES, 0.15)
     edited, starts = apply_word_edits(block, spans, new_words)
     enc = tok.tokenizer(edited, truncation=True, max_length=128, return_offsets_mapping=True)
-    assert enc["input_ids"][:5] == [t if t != tok.mask_token_id else t for t in enc["input_ids"][:5]]
     nlm = batch["nlm_labels"][0].tolist()
     n_checked = 0
     for t, (s, e) in enumerate(enc["offset_mapping"]):
