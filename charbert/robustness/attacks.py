@@ -1,0 +1,452 @@
+"""Character-attack versions of task files (Pruthi et al., 2019 style).
+
+Every misspelling comes from :mod:`charbert.noise` (``noise_words`` with the
+operations of :func:`~charbert.noise.parse_attack_type`); this module only
+knows where the words of each task format live and how to write the file
+back with everything else unchanged:
+
+* :func:`attack_column_file` -- NER/POS column files (CoNLL-2003, CoNLL-U,
+  ``token<TAB>tag``): only the token column of token lines is rewritten;
+* :func:`attack_glue_file` -- the text column(s) of a GLUE TSV;
+* :func:`attack_squad_file` -- SQuAD questions and, optionally, contexts
+  (answer offsets and texts are moved along with the context).
+
+All randomness comes from ``numpy.random.default_rng(seed)`` and files are
+processed in order, so one seed always gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from charbert.noise import PRUTHI_RULES, NoiseRules, noise_words, parse_attack_type
+from charbert.tasks.errors import PathLike, data_error, read_text_lines
+
+__all__ = [
+    "attack_words",
+    "attack_text",
+    "attack_column_file",
+    "attack_glue_file",
+    "attack_squad_file",
+]
+
+_WS_SPLIT = re.compile(r"(\s+)")
+
+
+# --------------------------------------------------------------------------- words
+
+
+def attack_words(
+    words: Sequence[str],
+    attack: str,
+    rng: np.random.Generator,
+    rules: NoiseRules = PRUTHI_RULES,
+    word_rate: float = 1.0,
+) -> Tuple[List[str], List[int]]:
+    """Attack ``words`` with ``attack`` (``drop|add|swap|keyboard|all``).
+
+    Returns ``(new_words, changed_indices)``; see :func:`charbert.noise.noise_words`.
+    """
+    ops = parse_attack_type(attack)
+    return noise_words(list(words), rng, rules, word_rate, ops)
+
+
+def _split_punct(chunk: str) -> Tuple[str, str, str]:
+    """``'"house,'`` -> ``('"', 'house', ',')``: strip non-alphanumeric edges."""
+    i, j = 0, len(chunk)
+    while i < j and not chunk[i].isalnum():
+        i += 1
+    while j > i and not chunk[j - 1].isalnum():
+        j -= 1
+    return chunk[:i], chunk[i:j], chunk[j:]
+
+
+def _attack_pieces(
+    text: str,
+    ops: Tuple[str, ...],
+    rng: np.random.Generator,
+    rules: NoiseRules,
+    word_rate: float,
+    protected: Optional[Sequence[Tuple[int, int]]] = None,
+) -> Tuple[List[Tuple[int, int, str]], int, int]:
+    """Attack the whitespace-separated words of ``text``.
+
+    Returns ``(edits, n_words, n_changed)`` where ``edits`` lists
+    ``(old_start, old_end, new_core)`` for every changed word core (the word
+    without its surrounding punctuation), in text order.  Cores whose span
+    contains a position in ``protected`` strictly inside it (e.g. an answer
+    boundary in the middle of a word) are never attacked.
+    """
+    cores: List[Tuple[int, int]] = []
+    words: List[str] = []
+    pos = 0
+    for piece in _WS_SPLIT.split(text):
+        if piece and not piece.isspace():
+            pre, core, _ = _split_punct(piece)
+            start = pos + len(pre)
+            cores.append((start, start + len(core)))
+            words.append(core)
+        pos += len(piece)
+    inputs = list(words)
+    if protected:
+        cuts = sorted({c for span in protected for c in span})
+        for k, (a, b) in enumerate(cores):
+            i = bisect.bisect_right(cuts, a)
+            if i < len(cuts) and cuts[i] < b:
+                inputs[k] = ""  # not eligible: an answer boundary lies inside
+    new_words, changed = noise_words(inputs, rng, rules, word_rate, ops)
+    edits = [(cores[k][0], cores[k][1], new_words[k]) for k in changed]
+    return edits, len(words), len(changed)
+
+
+def _apply_edits(text: str, edits: Sequence[Tuple[int, int, str]]) -> str:
+    out: List[str] = []
+    pos = 0
+    for a, b, new in edits:
+        out.append(text[pos:a])
+        out.append(new)
+        pos = b
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def attack_text(
+    text: str,
+    attack: str,
+    rng: np.random.Generator,
+    rules: NoiseRules = PRUTHI_RULES,
+    word_rate: float = 1.0,
+) -> Tuple[str, int, int]:
+    """Attack every whitespace-separated word of ``text`` (spacing kept;
+    surrounding punctuation is stripped before noising and put back, so
+    ``"house,"`` may become ``"hoese,"``).  Returns ``(new_text, n_words, n_changed)``."""
+    ops = parse_attack_type(attack)
+    edits, n_words, n_changed = _attack_pieces(text, ops, rng, rules, word_rate)
+    return _apply_edits(text, edits), n_words, n_changed
+
+
+# --------------------------------------------------------------------------- file helpers
+
+
+def _read_raw(path: PathLike) -> Tuple[str, List[str]]:
+    """``(bom, lines)`` where ``"\\n".join(lines)`` is the exact file text after the BOM.
+
+    Raises ``FileNotFoundError``/``TaskDataError`` like the task readers
+    (missing file, directory, empty file).
+    """
+    read_text_lines(path)  # uniform checks: missing, directory, empty
+    with open(path, "r", encoding="utf-8", newline="") as f:
+        text = f.read()
+    bom = ""
+    if text.startswith("\ufeff"):
+        bom, text = "\ufeff", text[1:]
+    return bom, text.split("\n")
+
+
+def _write_raw(path: PathLike, bom: str, lines: Sequence[str]) -> None:
+    out = Path(path)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        f.write(bom + "\n".join(lines))
+
+
+def _split_cr(line: str) -> Tuple[str, str]:
+    return (line[:-1], "\r") if line.endswith("\r") else (line, "")
+
+
+def _same_path(a: PathLike, b: PathLike) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def _check_paths(in_path: PathLike, out_path: PathLike) -> None:
+    if _same_path(in_path, out_path):
+        raise ValueError(f"{os.fspath(out_path)}: output would overwrite the input file")
+
+
+# --------------------------------------------------------------------------- NER / POS
+
+
+def attack_column_file(
+    in_path: PathLike,
+    out_path: PathLike,
+    attack: str,
+    seed: int,
+    word_rate: float = 1.0,
+    rules: NoiseRules = PRUTHI_RULES,
+    task: Optional[str] = None,
+) -> Dict[str, int]:
+    """Write a character-attacked copy of a NER/POS column file.
+
+    Only the token column of token lines changes (column 1 of ``.conllu``
+    files, split on tabs; otherwise the first field of the line); the number
+    of lines, every other column, the separators, ``-DOCSTART-``, comment and
+    blank lines stay byte-identical.  The rate applies per sentence
+    (consecutive token lines).
+
+    ``task`` (``"ner"`` or ``"pos"``) additionally validates the input with
+    the task reader (``read_conll`` / ``read_pos``) first, so a file of
+    another format fails with a :class:`TaskDataError` naming the file.
+
+    Returns ``{"sentences", "tokens", "changed"}``.
+    """
+    ops = parse_attack_type(attack)
+    _check_paths(in_path, out_path)
+    if task is not None:
+        key = task.lower()
+        if key == "ner":
+            from charbert.tasks.ner import read_conll
+
+            read_conll(in_path)
+        elif key == "pos":
+            from charbert.tasks.pos import read_pos
+
+            read_pos(in_path)
+        else:
+            raise ValueError(f"task must be 'ner', 'pos' or None, got {task!r}")
+
+    bom, lines = _read_raw(in_path)
+    conllu = os.fspath(in_path).lower().endswith(".conllu")
+    rng = np.random.default_rng(seed)
+
+    # (line index, field start, field end) of every token of the current sentence
+    spans: List[Tuple[int, int, int]] = []
+    stats = {"sentences": 0, "tokens": 0, "changed": 0}
+    n_columns: Optional[int] = None
+    first_line = 0
+
+    def flush() -> None:
+        if not spans:
+            return
+        words = [lines[i][a:b] for i, a, b in spans]
+        new_words, changed = noise_words(words, rng, rules, word_rate, ops)
+        for k in changed:
+            i, a, b = spans[k]
+            lines[i] = lines[i][:a] + new_words[k] + lines[i][b:]
+        stats["sentences"] += 1
+        stats["tokens"] += len(words)
+        stats["changed"] += len(changed)
+        spans.clear()
+
+    for idx, raw in enumerate(lines):
+        body, _ = _split_cr(raw)
+        lineno = idx + 1
+        if not body.strip():
+            flush()
+            continue
+        if conllu:
+            if body.startswith("#"):
+                continue
+            fields = body.split("\t")
+            if len(fields) != 10:
+                raise data_error(
+                    in_path, lineno, f"expected 10 tab-separated CoNLL-U columns, found {len(fields)}"
+                )
+            if "-" in fields[0] or "." in fields[0]:
+                continue  # multiword range / empty node: surface form left as is
+            start = len(fields[0]) + 1
+            spans.append((idx, start, start + len(fields[1])))
+            continue
+        fields = body.split()
+        if fields[0] == "-DOCSTART-":
+            flush()
+            continue
+        if n_columns is None:
+            n_columns, first_line = len(fields), lineno
+        elif len(fields) != n_columns:
+            raise data_error(
+                in_path, lineno,
+                f"expected {n_columns} whitespace-separated columns (as on line {first_line}), "
+                f"found {len(fields)}",
+            )
+        if "\t" in body:
+            end = body.index("\t")
+            start = 0
+        else:
+            m = re.search(r"\S+", body)
+            assert m is not None
+            start, end = m.start(), m.end()
+        spans.append((idx, start, end))
+    flush()
+    if stats["tokens"] == 0:
+        raise data_error(in_path, None, "file contains no token lines")
+    _write_raw(out_path, bom, lines)
+    return stats
+
+
+# --------------------------------------------------------------------------- GLUE
+
+
+def attack_glue_file(
+    task_name: str,
+    in_path: PathLike,
+    out_path: PathLike,
+    attack: str,
+    seed: int,
+    word_rate: float = 1.0,
+    rules: NoiseRules = PRUTHI_RULES,
+) -> Dict[str, int]:
+    """Write a character-attacked copy of a labelled GLUE TSV.
+
+    The text column(s) of every example (both sentences of a pair) are
+    attacked word by word (:func:`attack_text`); header, other columns,
+    labels, blank lines and repeated header lines stay identical.  The input
+    is first checked with :func:`charbert.tasks.glue.read_glue`.
+
+    Returns ``{"examples", "words", "changed"}``.
+    """
+    from charbert.tasks.glue import get_glue_task, read_glue
+
+    ops = parse_attack_type(attack)
+    task = get_glue_task(task_name)
+    _check_paths(in_path, out_path)
+    read_glue(task.name, in_path, labelled=True)  # format / column / label checks
+
+    bom, lines = _read_raw(in_path)
+    rng = np.random.default_rng(seed)
+    stats = {"examples": 0, "words": 0, "changed": 0}
+    header: Optional[List[str]] = None
+    text_idx: List[int] = []
+    n_columns: Optional[int] = None
+    for idx, raw in enumerate(lines):
+        body, cr = _split_cr(raw)
+        if not body.strip():
+            continue
+        fields = body.split("\t")
+        if n_columns is None:
+            if task.has_header:
+                header = fields
+                text_idx = [header.index(str(c)) for c in task.text_columns]
+                n_columns = len(header)
+                continue
+            text_idx = [int(c) for c in task.text_columns]
+            n_columns = task.num_columns or len(fields)
+        if header is not None and fields == header:
+            continue
+        if len(fields) != n_columns:
+            raise data_error(in_path, idx + 1, f"expected {n_columns} tab-separated columns, found {len(fields)}")
+        for c in text_idx:
+            edits, n_words, n_changed = _attack_pieces(fields[c], ops, rng, rules, word_rate)
+            fields[c] = _apply_edits(fields[c], edits)
+            stats["words"] += n_words
+            stats["changed"] += n_changed
+        stats["examples"] += 1
+        lines[idx] = "\t".join(fields) + cr
+    _write_raw(out_path, bom, lines)
+    return stats
+
+
+# --------------------------------------------------------------------------- SQuAD
+
+
+def _offset_mapper(edits: Sequence[Tuple[int, int, str]]):
+    """Map a character boundary of the old text to the new one.
+
+    Boundaries outside edited cores shift by the accumulated length change;
+    a core's start/end map to the new core's start/end (answers never start
+    or end strictly inside an edited core, see ``protected``).
+    """
+    starts = [a for a, _, _ in edits]
+    # cumulative delta *before* edit k, and the new start of edit k
+    deltas: List[int] = []
+    d = 0
+    for a, b, new in edits:
+        deltas.append(d)
+        d += len(new) - (b - a)
+
+    def mapper(pos: int) -> int:
+        k = bisect.bisect_right(starts, pos) - 1  # last edit with start <= pos
+        if k < 0:
+            return pos
+        a, b, new = edits[k]
+        if pos == a:
+            return a + deltas[k]
+        if pos >= b:
+            return pos + deltas[k] + len(new) - (b - a)
+        # strictly inside an edited core (not expected): clamp into the new core
+        return a + deltas[k] + min(pos - a, len(new))
+
+    return mapper
+
+
+def attack_squad_file(
+    in_path: PathLike,
+    out_path: PathLike,
+    attack: str,
+    seed: int,
+    attack_context: bool = False,
+    word_rate: float = 1.0,
+    rules: NoiseRules = PRUTHI_RULES,
+) -> Dict[str, int]:
+    """Write a character-attacked copy of a SQuAD v1.1/v2.0 JSON file.
+
+    Questions are always attacked; with ``attack_context`` each paragraph's
+    context is too, and every ``answers``/``plausible_answers`` entry gets
+    its ``answer_start`` moved and its ``text`` set to the attacked span, so
+    ``context[start:start + len(text)] == text`` still holds.  Words with an
+    answer boundary strictly inside them are left alone.  The input is first
+    checked with :func:`charbert.tasks.squad.read_squad` (unlabelled mode).
+
+    Returns ``{"questions", "contexts", "words", "changed", "answers_changed"}``.
+    """
+    from charbert.tasks.squad import read_squad
+
+    ops = parse_attack_type(attack)
+    _check_paths(in_path, out_path)
+    read_squad(in_path, labelled=False)  # structure + answer offset checks
+    with open(in_path, "r", encoding="utf-8-sig") as f:
+        data = json.load(f)
+
+    rng = np.random.default_rng(seed)
+    stats = {"questions": 0, "contexts": 0, "words": 0, "changed": 0, "answers_changed": 0}
+    for article in data["data"]:
+        for para in article["paragraphs"]:
+            if attack_context:
+                context = para["context"]
+                answers = [
+                    ans
+                    for qa in para["qas"]
+                    for key in ("answers", "plausible_answers")
+                    for ans in (qa.get(key) or [])
+                ]
+                protected = [
+                    (int(ans["answer_start"]), int(ans["answer_start"]) + len(ans["text"]))
+                    for ans in answers
+                ]
+                edits, n_words, n_changed = _attack_pieces(context, ops, rng, rules, word_rate, protected)
+                new_context = _apply_edits(context, edits)
+                mapper = _offset_mapper(edits)
+                for ans, (s, e) in zip(answers, protected):
+                    ns, ne = mapper(s), mapper(e)
+                    new_text = new_context[ns:ne]
+                    if new_text != ans["text"]:
+                        stats["answers_changed"] += 1
+                    ans["answer_start"] = ns
+                    ans["text"] = new_text
+                para["context"] = new_context
+                stats["contexts"] += 1
+                stats["words"] += n_words
+                stats["changed"] += n_changed
+            for qa in para["qas"]:
+                edits, n_words, n_changed = _attack_pieces(qa["question"], ops, rng, rules, word_rate)
+                qa["question"] = _apply_edits(qa["question"], edits)
+                stats["questions"] += 1
+                stats["words"] += n_words
+                stats["changed"] += n_changed
+
+    out = Path(out_path)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        json.dump(data, f, ensure_ascii=False)
+    return stats
