@@ -430,7 +430,6 @@ class CharBertModel(CharBertPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if char_attention_mask is None:
             char_attention_mask = (char_input_ids != self.config.char_pad_token_id).long()
-        batch = input_ids.size(0)
 
         word = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)  # (B, L, H)
         char = self.char_embeddings(char_input_ids, char_attention_mask, char_start_positions, char_end_positions)  # (B, L, H)
