@@ -46,6 +46,7 @@ __all__ = [
     "apply_operation",
     "noise_word",
     "noise_words",
+    "single_edits",
     "parse_attack_type",
 ]
 
@@ -282,6 +283,70 @@ def _replace(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | No
     return word[:i] + c + word[i + 1 :]
 
 
+# ------------------------------------------------------------- all single edits
+#
+# Exhaustive counterparts of the random edits above, used by worst-case
+# (greedy) attacks: each yields every string the random edit of the same name
+# can return, under the same region / insertion / case rules.  Keep the two in
+# step: tests/test_noise.py checks that the random outputs lie in these sets.
+
+
+def _all_drop(word: str, rules: NoiseRules):
+    lo, hi = _region(len(word), rules.keep_first_last)
+    if hi - lo < 2:
+        return
+    for i in range(lo, hi):
+        yield word[:i] + word[i + 1 :]
+
+
+def _all_add(word: str, rules: NoiseRules):
+    n = len(word)
+    if rules.keep_first_last:
+        if n < 2:
+            return
+        lo, hi = 1, n
+    else:
+        lo, hi = 0, n + 1
+    for k in range(lo, hi):
+        neighbours = [word[j] for j in (k - 1, k) if 0 <= j < n]
+        for c in _alphabet_chars(rules.alphabet):
+            if neighbours and all(ch.isupper() for ch in neighbours):
+                c = _match_case(c, "A")
+            elif any(ch.islower() for ch in neighbours):
+                c = _match_case(c, "a")
+            yield word[:k] + c + word[k:]
+
+
+def _all_swap(word: str, rules: NoiseRules):
+    lo, hi = _region(len(word), rules.keep_first_last)
+    for i in range(lo, hi - 1):
+        if word[i] != word[i + 1]:
+            yield word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+
+
+def _all_keyboard(word: str, rules: NoiseRules):
+    lo, hi = _region(len(word), rules.keep_first_last)
+    for i in range(lo, hi):
+        for near in QWERTY_NEIGHBOURS.get(word[i].lower(), ""):
+            yield word[:i] + _match_case(near, word[i]) + word[i + 1 :]
+
+
+def _all_replace(word: str, rules: NoiseRules):
+    lo, hi = _region(len(word), rules.keep_first_last)
+    for i in range(lo, hi):
+        for c in _replacements(rules.alphabet, word[i]):
+            yield word[:i] + c + word[i + 1 :]
+
+
+_ALL_EDITS = {
+    "drop": _all_drop,
+    "add": _all_add,
+    "swap": _all_swap,
+    "keyboard": _all_keyboard,
+    "replace": _all_replace,
+}
+
+
 _EDITS = {
     "drop": _drop,
     "add": _add,
@@ -289,7 +354,7 @@ _EDITS = {
     "keyboard": _keyboard,
     "replace": _replace,
 }
-assert tuple(_EDITS) == OPERATIONS
+assert tuple(_EDITS) == OPERATIONS == tuple(_ALL_EDITS)
 
 
 def _check_op(op: object) -> str:
@@ -363,6 +428,25 @@ def apply_operation(word: str, op: str, rng: np.random.Generator, rules: NoiseRu
     if not is_eligible(word, rules):
         return None
     return edit(word, rng, rules)
+
+
+def single_edits(word: str, ops: OpsSpec, rules: NoiseRules) -> list[str]:
+    """Every distinct string one edit of a type in ``ops`` can make of ``word``.
+
+    ``ops`` is a name, a sequence of names or ``"all"`` (as for
+    :func:`noise_word`).  The result is exactly the set of values
+    :func:`apply_operation` can return for these operations (same edit
+    region, insertion positions, alphabet, case matching and keyboard
+    table), listed in generation order (operations in the order given, then
+    position, then character) without duplicates and without ``word``
+    itself.  Ineligible words give ``[]``.
+    """
+    ops_t = _normalise_ops(ops)
+    if not is_eligible(word, rules):
+        return []
+    out = dict.fromkeys(new for op in ops_t for new in _ALL_EDITS[op](word, rules))
+    out.pop(word, None)  # e.g. a case-less keyboard neighbour; never "no edit"
+    return list(out)
 
 
 def noise_word(word: str, rng: np.random.Generator, rules: NoiseRules, ops: OpsSpec = OPERATIONS) -> str:

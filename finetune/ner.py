@@ -12,7 +12,7 @@ token for token with the input (words truncated by --max_seq_length get "O"; the
 
 from __future__ import annotations
 
-from charbert.tasks.ner import conll_num_columns, ner_metrics, read_conll, write_conll
+from charbert.tasks.ner import conll_num_columns, ner_metrics, ner_subword_breakdown, read_conll, write_conll
 
 from .common import Split, cli
 from .tagging import WordTagging
@@ -34,6 +34,13 @@ class NerFinetune(WordTagging):
 
     def score(self, gold, predicted):
         return ner_metrics(gold, predicted)
+
+    def evaluate(self, args, model, accelerator, loader, split, id2label):
+        result = super().evaluate(args, model, accelerator, loader, split, id2label)
+        if split.labelled:  # entities of one-subword words vs split words (robustness analysis)
+            result.metrics["by_subwords"] = ner_subword_breakdown(
+                [s.tags for s in split.data], result.predictions, [a.num_subwords() for a in split.meta])
+        return result
 
     def write_predictions(self, args, output_dir, prefix, split, result):
         name = f"{prefix}_predictions.txt"

@@ -21,6 +21,7 @@ from charbert.noise import (
     noise_word,
     noise_words,
     parse_attack_type,
+    single_edits,
 )
 
 PARAGRAPH = (
@@ -463,3 +464,59 @@ def test_parse_attack_type():
         parse_attack_type("typo")
     with pytest.raises(ValueError):
         parse_attack_type("replace")
+
+
+# --------------------------------------------------------------------------- single_edits (exhaustive)
+
+EDIT_WORDS = ["wonderful", "keyboard", "Python", "HELLO", "abcd", "aabb", "mississippi", "Strength", "tests"]
+EDIT_RULES = [PRUTHI_RULES, PRETRAIN_RULES, NoiseRules(min_length=1, letters_only=False, alphabet="aB-")]
+
+
+@pytest.mark.parametrize("op", OPERATIONS)
+def test_single_edits_cover_random_edits(op):
+    for rules in EDIT_RULES:
+        for word in EDIT_WORDS:
+            every = single_edits(word, (op,), rules)
+            assert word not in every and len(every) == len(set(every))
+            seen = set()
+            small = op in ("drop", "swap", "keyboard")
+            for seed in range(30 * len(every) if small else 300):
+                out = apply_operation(word, op, rng(seed), rules)
+                if out is not None:
+                    assert out in every, (word, op, out)
+                    seen.add(out)
+            if small:  # ~20+ expected draws of even the rarest edit: all of them are reached
+                assert seen == set(every), (word, op, set(every) - seen)
+            else:
+                assert bool(seen) == bool(every)
+
+
+def test_single_edits_by_hand():
+    assert single_edits("word", "swap", PRUTHI_RULES) == ["wrod"]
+    assert sorted(single_edits("tests", "drop", PRUTHI_RULES)) == ["tess", "tets", "tsts"]
+    assert single_edits("aabb", "swap", PRUTHI_RULES) == ["abab"]
+    assert single_edits("abcd", "drop", PRUTHI_RULES) == ["acd", "abd"]
+    # keyboard: neighbours of the inner letters, case kept
+    assert set(single_edits("HGPA", "keyboard", PRUTHI_RULES)) == (
+        {"H" + c.upper() + "PA" for c in KNOWN_NEIGHBOURS["g"]} | {"HG" + c.upper() + "A" for c in KNOWN_NEIGHBOURS["p"]}
+    )
+    # add: strictly inside, in the case of the neighbours, from the alphabet
+    rules = NoiseRules(alphabet="xy")
+    assert single_edits("Abcd", "add", rules) == ["Axbcd", "Aybcd", "Abxcd", "Abycd", "Abcxd", "Abcyd"]
+    assert single_edits("ABCD", "add", rules)[:2] == ["AXBCD", "AYBCD"]
+    # without keep_first_last the edges can change too
+    assert "ord" in single_edits("word", "drop", PRETRAIN_RULES) and "xword" in single_edits("word", "add", PRETRAIN_RULES)
+
+
+def test_single_edits_rules_and_ops():
+    for word in ["wonderful", "keyboard", "Strength", "tests"]:
+        every = single_edits(word, "all", PRUTHI_RULES)
+        assert every == single_edits(word, ATTACK_TYPES, PRUTHI_RULES)
+        assert every and all(w[0] == word[0] and w[-1] == word[-1] for w in every)
+        assert set(single_edits(word, ("drop", "swap"), PRUTHI_RULES)) == (
+            set(single_edits(word, "drop", PRUTHI_RULES)) | set(single_edits(word, "swap", PRUTHI_RULES)))
+        assert single_edits(word, "all", PRUTHI_RULES) == every  # deterministic
+    for word in ["the", "about", "Which", "cat", "ab", "", "e-mail", "don't", "abc1"]:
+        assert single_edits(word, "all", PRUTHI_RULES) == [], word
+    with pytest.raises(ValueError):
+        single_edits("wonderful", "typo", PRUTHI_RULES)

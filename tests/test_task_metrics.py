@@ -302,3 +302,18 @@ def test_ner_metrics_match_seqeval_on_corrupted_conll_dev():
         # Entity spans agree exactly too (seqeval's end is exclusive).
         theirs = {(e.sent_id, e.tag, e.start, e.end - 1) for sent in Entities(pred, IOB2).entities for e in sent}
         assert theirs == {(i, *e) for i, tags in enumerate(pred) for e in get_entities(tags)}
+
+
+def test_ner_subword_breakdown_by_hand():
+    from charbert.tasks.ner import ner_subword_breakdown
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "B-MISC"]]
+    subwords = [[1, 2, 1, 1], [1, 3]]
+    # single: gold LOC, ORG; predicted ORG (hit) -> p 1, r 1/2.  multi (a split word inside):
+    # gold PER; predicted PER (hit) and MISC over the 3-subword word -> p 1/2, r 1.
+    out = ner_subword_breakdown(gold, pred, subwords)
+    assert out["single"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+    assert out["multi"] == pytest.approx({"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1})
+    with pytest.raises(ValueError, match="subword counts"):
+        ner_subword_breakdown(gold, pred, [[1, 1, 1, 1], [1]])

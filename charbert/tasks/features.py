@@ -156,6 +156,15 @@ class WordAlignment:
     first_token: List[int]
     truncated: int = 0  # words cut off by --max_seq_length
     unaligned: int = 0  # words with no subword although the sentence was not cut there
+    token_word: List[Optional[int]] = field(default_factory=list)  # word index of every token (None: special)
+
+    def num_subwords(self) -> List[int]:
+        """How many subwords each word got in this feature (0: truncated or dropped)."""
+        counts = [0] * len(self.first_token)
+        for w in self.token_word:
+            if w is not None:
+                counts[w] += 1
+        return counts
 
 
 def inside_label_map(labels: Sequence[str]) -> Dict[str, str]:
@@ -192,7 +201,7 @@ def word_features(tokenizer, sentences: Sequence[Any], max_length: int, label2id
             last = aligned[-1] if aligned else -1
             truncated = len(first) - (last + 1) if cut else 0
             unaligned = sum(1 for t in first if t < 0) - truncated
-            alignments.append(WordAlignment(first, truncated, unaligned))
+            alignments.append(WordAlignment(first, truncated, unaligned, words))
             row = _model_row(enc, i)
             if label2id is not None and sent.tags is not None:
                 labels = []

@@ -26,6 +26,7 @@ __all__ = [
     "to_iob2",
     "get_entities",
     "ner_metrics",
+    "ner_subword_breakdown",
     "write_conll",
     "label_list",
     "check_labels",
@@ -243,6 +244,37 @@ def ner_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) ->
         "accuracy": correct_tokens / n_tokens,
         "per_type": per_type,
     }
+
+
+def ner_subword_breakdown(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
+                          num_subwords: Sequence[Sequence[int]]) -> Dict[str, Dict[str, float]]:
+    """Entity scores split by how the tokenizer cut the entity's words.
+
+    ``single``: every word of the entity span is one subword; ``multi``: at least one word
+    was split into several (or lost to truncation, 0 subwords).  The group is a property of
+    the span, so gold and predicted entities over the same span fall in the same group and
+    precision, recall and F1 are well defined per group.  Under a character attack words
+    move from ``single`` to ``multi``: this shows whether a model copes with words it sees as
+    unfamiliar pieces.  Returns ``{group: {"precision", "recall", "f1", "support"}}``
+    (support = gold entities in the group).
+    """
+    _check_lengths(gold, pred, "tags")
+    _check_lengths(gold, num_subwords, "subword counts")
+
+    def group(s: int, start: int, end: int) -> str:
+        return "single" if all(n == 1 for n in num_subwords[s][start:end + 1]) else "multi"
+
+    gold_ents = {(s, *e) for s, g in enumerate(gold) for e in get_entities(g)}
+    pred_ents = {(s, *e) for s, p in enumerate(pred) for e in get_entities(p)}
+    counts = {name: Counter() for name in ("single", "multi")}
+    for ents, key in ((gold_ents, "gold"), (pred_ents, "pred"), (gold_ents & pred_ents, "hit")):
+        for s, _, a, b in ents:
+            counts[group(s, a, b)][key] += 1
+    out: Dict[str, Dict[str, float]] = {}
+    for name, c in counts.items():
+        p, r, f = _prf(c["hit"], c["pred"], c["gold"])
+        out[name] = {"precision": p, "recall": r, "f1": f, "support": c["gold"]}
+    return out
 
 
 def write_conll(path: PathLike, sentences: Sequence[Sentence], predictions: Sequence[Sequence[str]]) -> None:

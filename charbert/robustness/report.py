@@ -1,0 +1,200 @@
+"""The robustness report: clean vs attacked scores as JSON, a Markdown table and a bar chart.
+
+Everything here works on the plain ``report`` dictionary that ``python -m finetune.robustness``
+writes to ``report.json``, so a report can be re-rendered (or several merged) without a model:
+
+    {"task": "ner", "metric": "f1", "attacks": ["drop", ...],
+     "models": [{"name": "bert", "path": ..., "scores": {"clean": 0.91, "drop": 0.62, ...},
+                 "sensitivity": {...}, "by_subwords": {...}, "greedy": {...}}, ...], ...}
+
+Scores are stored as the task metric returns them (fractions for F1/accuracy, percent for
+SQuAD); the Markdown and the chart show percent.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+CLEAN = "clean"
+
+__all__ = ["CLEAN", "score_drops", "as_percent", "render_markdown", "plot_scores"]
+
+
+def score_drops(scores: Dict[str, Optional[float]], attacks: Sequence[str]) -> Dict[str, Dict[str, Optional[float]]]:
+    """``{attack: {"absolute": clean - attacked, "relative": (clean - attacked) / clean}}``.
+
+    Positive numbers are losses.  ``relative`` is None when the clean score is 0 (or missing).
+    """
+    clean = scores.get(CLEAN)
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for attack in attacks:
+        value = scores.get(attack)
+        if clean is None or value is None:
+            out[attack] = {"absolute": None, "relative": None}
+            continue
+        absolute = clean - value
+        out[attack] = {"absolute": absolute, "relative": absolute / clean if clean else None}
+    return out
+
+
+def as_percent(value: Optional[float], task: str) -> Optional[float]:
+    """Fractions -> percent (SQuAD's official metrics are percent already)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value) if task == "squad" else 100.0 * float(value)
+
+
+def _fmt(value: Optional[float], digits: int = 2, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _mean(values: List[Optional[float]]) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _score_table(report: Dict[str, Any]) -> List[str]:
+    task, attacks, models = report["task"], report["attacks"], report["models"]
+    header = ["attack"]
+    for m in models:
+        header += [f"{m['name']} {report['metric']}", "drop", "rel. drop"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in [CLEAN] + list(attacks) + ["mean of attacks"]:
+        cells = [row]
+        for m in models:
+            clean = as_percent(m["scores"].get(CLEAN), task)
+            if row == "mean of attacks":
+                value = _mean([as_percent(m["scores"].get(a), task) for a in attacks])
+            else:
+                value = as_percent(m["scores"].get(row), task)
+            if row == CLEAN or value is None or clean is None:
+                cells += [_fmt(value), "", ""]
+            else:
+                rel = (clean - value) / clean * 100 if clean else None
+                cells += [_fmt(value), _fmt(clean - value), (_fmt(rel, 1) + "%") if rel is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _sensitivity_table(report: Dict[str, Any]) -> List[str]:
+    models = [m for m in report["models"] if m.get("sensitivity")]
+    if not models:
+        return []
+    header = ["attack"] + [f"{m['name']} {k}" for m in models for k in ("S", "S noised", "S untouched")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for attack in report["attacks"]:
+        cells = [attack]
+        for m in models:
+            s = m["sensitivity"].get(attack) or {}
+            cells += [_fmt(s.get("S"), 4), _fmt(s.get("S_noised"), 4), _fmt(s.get("S_untouched"), 4)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _subword_table(report: Dict[str, Any]) -> List[str]:
+    models = [m for m in report["models"] if m.get("by_subwords")]
+    if not models:
+        return []
+    header = ["file"] + [f"{m['name']} {g}" for m in models for g in ("F1 one-subword (n)", "F1 split (n)")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in [CLEAN] + list(report["attacks"]):
+        cells = [row]
+        for m in models:
+            groups = m["by_subwords"].get(row) or {}
+            for g in ("single", "multi"):
+                s = groups.get(g)
+                cells.append("-" if s is None else f"{100 * s['f1']:.2f} ({s['support']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _greedy_table(report: Dict[str, Any]) -> List[str]:
+    models = [m for m in report["models"] if m.get("greedy")]
+    if not models:
+        return []
+    depth = max(len(m["greedy"]["accuracy"]) for m in models)
+    header = ["edited words k"] + [f"{m['name']} accuracy" for m in models]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for k in range(depth):
+        cells = [str(k) + (" (clean)" if k == 0 else "")]
+        for m in models:
+            acc = m["greedy"]["accuracy"]
+            cells.append(_fmt(100 * acc[k]) if k < len(acc) else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+    """The report as Markdown: the score table, then whichever analyses were run."""
+    task = report["task"] + (f"/{report['task_name']}" if report.get("task_name") else "")
+    out = [
+        f"# Robustness report: {task}",
+        "",
+        f"Test file: `{report['test_file']}`"
+        + (f" (first {report['max_predict_samples']} examples)" if report.get("max_predict_samples") else "")
+        + f". Attacks: {', '.join(report['attacks'])} (seed {report['seed']}, word rate {report['word_rate']:g}"
+        + (", contexts too" if report.get("attack_context") else "") + "); attacked files in `attacks/`.",
+        f"Scores: {report['metric']} in percent; drop = clean - attacked (points), rel. drop = drop / clean.",
+        "",
+    ]
+    out += _score_table(report)
+    sections = [
+        ("Sensitivity S", "Mean cosine distance between each word's output representation before and after the "
+                          "attack (words mapped by index; a word's vector is the mean of its subword vectors, both "
+                          "channels for CharBERT). Lower = more stable.", _sensitivity_table(report)),
+        ("Entities of one-subword words vs split words", "Entity F1 (and gold entity count) for entities whose words "
+                                                          "are each one subword vs those with a word split into "
+                                                          "several, under the model's own tokenizer.",
+         _subword_table(report)),
+        ("Greedy attack", _greedy_note(report), _greedy_table(report)),
+    ]
+    for title, note, table in sections:
+        if table:
+            out += ["", f"## {title}", "", note, ""] + table
+    if report.get("command"):
+        out += ["", "Command:", "", "```bash", report["command"], "```"]
+    return "\n".join(out) + "\n"
+
+
+def _greedy_note(report: Dict[str, Any]) -> str:
+    g = report.get("greedy_settings") or {}
+    return ("Accuracy when an attacker edits up to k words, each by one character, choosing at each step the edit "
+            "(of the allowed types, on eligible words) that lowers the true-class probability most"
+            + (f"; {g['max_candidates']} candidate edits sampled per example and step" if g.get("max_candidates")
+               else "; every candidate edit tried")
+            + (f"; first {g['max_examples']} examples" if g.get("max_examples") else "") + ".")
+
+
+def plot_scores(report: Dict[str, Any], path: Path) -> Path:
+    """A grouped bar chart: score per attack type (x), one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [CLEAN] + list(report["attacks"])
+    models = report["models"]
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(rows) * max(1, len(models)) ** 0.5, 3.6))
+    for i, m in enumerate(models):
+        values = [as_percent(m["scores"].get(r), report["task"]) for r in rows]
+        xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(rows))]
+        bars = ax.bar(xs, [v if v is not None else 0.0 for v in values], width, label=m["name"])
+        for bar, v in zip(bars, values):
+            if v is not None:
+                ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                            va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)), rows)
+    ax.set_ylabel(f"{report['metric']} (%)")
+    ax.set_title(f"{report['task']}{'/' + report['task_name'] if report.get('task_name') else ''}: clean vs attacked")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_ylim(0, 105 if report["task"] != "squad" else None)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

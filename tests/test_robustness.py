@@ -1,0 +1,152 @@
+"""python -m finetune.robustness on tiny fine-tuned models: the clean score is the fine-tuning
+program's score, the report's numbers follow from the per-file metrics, the analyses run, and
+bad input ends in one clear line."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from charbert.robustness.report import render_markdown, score_drops
+from charbert.tasks.ner import get_entities, read_conll
+
+TRAIN = ["--max_train_steps", "6", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "4",
+         "--learning_rate", "2e-3", "--logging_steps", "2", "--seed", "3"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def run_cli(program: str, *argv) -> int:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return importlib.import_module(f"finetune.{program}").main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def ner_models(tmp_path_factory, task_files, bert_dir):
+    """A plain and a CharBERT NER model fine-tuned for a few steps on the tiny files."""
+    out = {}
+    for name, extra in (("plain", []), ("charbert", ["--charbert"])):
+        folder = tmp_path_factory.mktemp(f"ner_{name}")
+        assert run_cli("ner", "--model_name_or_path", bert_dir, "--train_file", task_files["ner_train"],
+                       "--validation_file", task_files["ner_dev"], "--output_dir", folder, *TRAIN, *extra) == 0
+        out[name] = folder
+    return out
+
+
+@pytest.fixture(scope="module")
+def mrpc_model(tmp_path_factory, task_files, bert_dir):
+    folder = tmp_path_factory.mktemp("mrpc_charbert")
+    assert run_cli("glue", "--task_name", "mrpc", "--model_name_or_path", bert_dir, "--charbert",
+                   "--train_file", task_files["mrpc_train"], "--validation_file", task_files["mrpc_dev"],
+                   "--output_dir", folder, *TRAIN) == 0
+    return folder
+
+
+def test_ner_report_two_models_clean_score_equals_finetune_score(ner_models, task_files, tmp_path):
+    out = tmp_path / "report"
+    code = run_cli("robustness", "--task", "ner", "--model_name_or_path", ner_models["plain"], ner_models["charbert"],
+                   "--model_names", "bert", "charbert", "--test_file", task_files["ner_dev"], "--attacks", "swap,all",
+                   "--output_dir", out, "--per_device_eval_batch_size", "4", "--sensitivity")
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["attacks"] == ["swap", "all"] and report["metric"] == "f1"
+    assert [m["name"] for m in report["models"]] == ["bert", "charbert"]
+    for attack in ("swap", "all"):  # the attacked files used are kept, one token per token
+        attacked = read_conll(out / report["attack_files"][attack])
+        clean = read_conll(task_files["ner_dev"])
+        assert [len(s) for s in attacked] == [len(s) for s in clean]
+        assert [s.tags for s in attacked] == [s.tags for s in clean]
+        assert sum(a != b for s, t in zip(attacked, clean) for a, b in zip(s.tokens, t.tokens)) > 0
+
+    gold_entities = sum(len(get_entities(s.tags)) for s in read_conll(task_files["ner_dev"]))
+    for model, name in zip(report["models"], ("plain", "charbert")):
+        finetuned = json.loads((ner_models[name] / "metrics.json").read_text())["eval"]
+        assert model["scores"]["clean"] == finetuned["f1"]  # same reader, features, model and metric
+        assert model["metrics"]["clean"]["precision"] == finetuned["precision"]
+        for attack in ("swap", "all"):
+            per_file = json.loads((out / "runs" / model["name"] / attack / "metrics.json").read_text())["predict"]
+            assert model["scores"][attack] == per_file["f1"]
+            assert model["drops"][attack]["absolute"] == pytest.approx(model["scores"]["clean"] - per_file["f1"])
+        # every gold entity falls in exactly one of the two groups
+        for label in ("clean", "swap", "all"):
+            groups = model["by_subwords"][label]
+            assert groups["single"]["support"] + groups["multi"]["support"] == gold_entities
+        for attack in ("swap", "all"):
+            s = model["sensitivity"][attack]
+            assert s["num_noised"] > 0 and 0.0 < s["S_noised"] <= 2.0 and 0.0 <= s["S"] <= 2.0
+
+    markdown = (out / "report.md").read_text()
+    assert "| bert f1 |" in markdown and "| charbert f1 |" in markdown
+    assert "## Sensitivity S" in markdown and "one-subword" in markdown
+    clean_row = next(line for line in markdown.splitlines() if line.startswith("| clean |"))
+    assert f"{100 * report['models'][0]['scores']['clean']:.2f}" in clean_row
+    assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_glue_greedy_attack_starts_at_the_clean_accuracy_and_never_rises(mrpc_model, task_files, tmp_path):
+    out = tmp_path / "report"
+    code = run_cli("robustness", "--task", "glue", "--task_name", "mrpc", "--model_name_or_path", mrpc_model,
+                   "--test_file", task_files["mrpc_dev"], "--attacks", "drop", "--output_dir", out,
+                   "--per_device_eval_batch_size", "8", "--greedy", "--max_edits", "2", "--max_candidates", "8")
+    assert code == 0
+    (model,) = json.loads((out / "report.json").read_text())["models"]
+    accuracy = model["greedy"]["accuracy"]
+    assert len(accuracy) == 3
+    assert accuracy[0] == pytest.approx(model["scores"]["clean"])  # the same model and features
+    assert accuracy[2] <= accuracy[1] <= accuracy[0]
+    assert model["greedy"]["num_queries"] > 0
+    assert "## Greedy attack" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("case", ["unknown_attack", "other_format", "empty_file", "missing_model", "greedy_on_ner",
+                                  "unknown_task"])
+def test_bad_input_gives_one_clear_line(case, ner_models, task_files, tmp_path, capsys):
+    model, test_file = ner_models["plain"], task_files["ner_dev"]
+    extra, expected = [], ""
+    task = "ner"
+    if case == "unknown_attack":
+        extra, expected = ["--attacks", "swap,typo"], "unknown attack type 'typo'"
+    elif case == "other_format":
+        test_file, expected = task_files["mrpc_dev"], str(task_files["mrpc_dev"])
+    elif case == "empty_file":
+        test_file = tmp_path / "empty.txt"
+        test_file.write_text("\n\n", encoding="utf-8")
+        expected = "is empty"
+    elif case == "missing_model":
+        model, expected = tmp_path / "nowhere", "no such checkpoint folder"
+    elif case == "greedy_on_ner":
+        extra, expected = ["--greedy"], "--greedy is for sequence classification"
+    else:
+        task, expected = "parsing", "unknown --task 'parsing'"
+    code = run_cli("robustness", "--task", task, "--model_name_or_path", model, "--test_file", test_file,
+                   "--output_dir", tmp_path / "out", *extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("python -m finetune.robustness: error: ") and expected in err[-1]
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_score_drops_and_markdown_from_a_hand_made_report():
+    drops = score_drops({"clean": 0.8, "swap": 0.6, "drop": None}, ["swap", "drop"])
+    assert drops["swap"]["absolute"] == pytest.approx(0.2) and drops["swap"]["relative"] == pytest.approx(0.25)
+    assert drops["drop"] == {"absolute": None, "relative": None}
+    assert score_drops({"clean": 0.0, "swap": 0.0}, ["swap"])["swap"]["relative"] is None
+    report = {"task": "ner", "metric": "f1", "attacks": ["swap"], "test_file": "dev.txt", "seed": 1, "word_rate": 1.0,
+              "models": [{"name": "a", "scores": {"clean": 0.8, "swap": 0.6}},
+                         {"name": "b", "scores": {"clean": 0.5, "swap": 0.45}}]}
+    lines = render_markdown(report).splitlines()
+    assert "| swap | 60.00 | 20.00 | 25.0% | 45.00 | 5.00 | 10.0% |" in lines
+    assert "| mean of attacks | 60.00 | 20.00 | 25.0% | 45.00 | 5.00 | 10.0% |" in lines
