@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from charbert.noise import PRUTHI_RULES, NoiseRules, OpsSpec, _normalise_ops, single_edits
 from charbert.robustness.attacks import _split_punct
@@ -213,7 +214,10 @@ def greedy_attack(
                     yield i, edit
 
         best: dict = {}  # example index -> (true-class prob, edit, probabilities)
-        for batch in _chunks(pooled(), batch_size):
+        # Candidates are generated lazily, so the bar counts batches without a total.
+        bar = tqdm(_chunks(pooled(), batch_size), desc=f"greedy round {k}/{max_edits}", unit="batch",
+                   disable=not progress, file=sys.stderr)
+        for batch in bar:
             probs = _score(predict_proba, [_apply(records[i].texts, e) for i, e in batch], num_classes)
             num_queries += len(batch)
             for (i, edit), p in zip(batch, probs):
