@@ -232,15 +232,23 @@ def _load_encoder(model_path: str):
 
 
 def run_sensitivity(args, model_path: str, attack_files: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
-    from charbert.robustness.sensitivity import sensitivity
+    from charbert.robustness.sensitivity import sensitivity_from_encoder, word_vectors
 
     model, tokenizer = _load_encoder(model_path)
     clean = _word_sentences(args, args.test_file)
     max_length = args.max_seq_length or 128
+
+    def encode(sentences):
+        return word_vectors(model, tokenizer, sentences, max_length=max_length, batch_size=args.per_device_eval_batch_size)
+
+    clean_vectors = encode(clean)  # once, not once per attack
+
+    def encode_cached(sentences):
+        return clean_vectors if sentences == clean else encode(sentences)
+
     out = {}
     for attack, path in attack_files.items():
-        out[attack] = sensitivity(model, tokenizer, clean, _word_sentences(args, path), max_length=max_length,
-                                  batch_size=args.per_device_eval_batch_size)
+        out[attack] = sensitivity_from_encoder(encode_cached, clean, _word_sentences(args, path))
         logger.info("sensitivity %s: %s", attack, json.dumps(out[attack]))
     return out
 
