@@ -35,6 +35,28 @@ def corpus_lines(n: int = 400) -> list[str]:
     return lines
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest single-threaded; extra threads only spin when the machine is busy."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def run_cli(program: str, *argv) -> int:
+    """`python -m finetune.<program> argv...` in this process, with accelerate's singletons reset."""
+    import importlib
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return importlib.import_module(f"finetune.{program}").main([str(a) for a in argv])
+
+
 @pytest.fixture(scope="session")
 def tiny_texts() -> list[str]:
     from charbert.tiny import stdlib_paragraphs

@@ -3,13 +3,11 @@ metrics.json, save; reload the saved model with --do_predict and get the same me
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import shared_data
+from conftest import run_cli, shared_data
 
 from charbert.tasks.ner import read_conll
 from charbert.tasks.pos import read_conllu
@@ -19,22 +17,7 @@ TRAIN = ["--max_train_steps", "4", "--per_device_train_batch_size", "8", "--per_
          "--learning_rate", "1e-3", "--logging_steps", "2", "--seed", "3"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest single-threaded; extra threads only spin when the machine is busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def run_cli(program: str, *argv) -> int:
-    """`python -m finetune.<program> argv...` in this process, with accelerate's singletons reset."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    return importlib.import_module(f"finetune.{program}").main([str(a) for a in argv])
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def metrics(out: Path) -> dict:

@@ -10,20 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from test_finetune_e2e import TRAIN, run_cli
+from conftest import run_cli
+from test_finetune_e2e import TRAIN
 
 from charbert.tasks.loading import ModelSetupError, check_head, inspect_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fails(capsys, program, *argv) -> str:

@@ -4,12 +4,10 @@ bad input ends in one clear line."""
 
 from __future__ import annotations
 
-import importlib
 import json
-from pathlib import Path
 
 import pytest
-import torch
+from conftest import run_cli
 
 from charbert.robustness.report import render_markdown, score_drops
 from charbert.tasks.ner import get_entities, read_conll
@@ -18,20 +16,7 @@ TRAIN = ["--max_train_steps", "6", "--per_device_train_batch_size", "8", "--per_
          "--learning_rate", "2e-3", "--logging_steps", "2", "--seed", "3"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def run_cli(program: str, *argv) -> int:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    return importlib.import_module(f"finetune.{program}").main([str(a) for a in argv])
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
