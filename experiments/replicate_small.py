@@ -211,7 +211,7 @@ def final_pretraining_metrics(folder: Path) -> Dict[str, float]:
     out: Dict[str, float] = {}
     for record in read_log(log):
         for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("event",):
+            if isinstance(value, (int, float)):
                 out[key] = value
     return out
 
@@ -270,8 +270,7 @@ def sensitivity_table(reports: Dict[str, dict], rows: Sequence[str]) -> List[str
     return lines
 
 
-def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: Dict[str, Path], runner: Runner,
-                  wall_start: float) -> None:
+def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: Dict[str, Path], runner: Runner) -> None:
     reports = {}
     for task in ("ner", args.glue_task):
         path = out / "robustness" / task / "report.json"
@@ -290,7 +289,6 @@ def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: Dict[str,
                "by_subwords": {task: {m["name"]: m.get("by_subwords") for m in r["models"]}
                                for task, r in reports.items() if any(m.get("by_subwords") for m in r["models"])},
                "command": shlex.join([sys.executable, *sys.argv])}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     md = ["# Small-scale replication: results", "",
           f"Budget: {args.pretrain_steps} pretraining steps x {args.pretrain_batch_size} x {args.max_seq_length} "
           f"tokens (lr {args.pretrain_learning_rate:g}); fine-tuning on the first {args.train_samples} training "
@@ -329,7 +327,6 @@ def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: Dict[str,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    wall_start = time.perf_counter()
     data = Path(args.data_dir)
     for needed in ("corpus/brown.txt", "corpus/webtext.txt", "corpus/wikitext2_valid_test.txt", "conll2003/train.txt",
                    f"glue/{glue_folder(args.glue_task)}/train.tsv"):
@@ -362,7 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             finetuned[name] = folder
         runner.run(f"robustness_{task}", robustness_command(args, task, finetuned, out / "robustness" / task))
 
-    write_results(args, out, rows, pretrain_runs, runner, wall_start)
+    write_results(args, out, rows, pretrain_runs, runner)
     return 0
 
 

@@ -107,7 +107,8 @@ def _default_metric(args) -> str:
         return "accuracy"
     from charbert.tasks.glue import get_glue_task
 
-    return get_glue_task(args.task_name).metrics[0] if not get_glue_task(args.task_name).is_regression else "pearson"
+    glue = get_glue_task(args.task_name)
+    return "pearson" if glue.is_regression else glue.metrics[0]
 
 
 def model_names(paths: Sequence[str], names: Optional[Sequence[str]]) -> List[str]:

@@ -57,12 +57,16 @@ def _mean(values: List[Optional[float]]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
+def _md_table(header: List[str], rows: List[List[str]]) -> List[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def _score_table(report: Dict[str, Any]) -> List[str]:
     task, attacks, models = report["task"], report["attacks"], report["models"]
     header = ["attack"]
     for m in models:
         header += [f"{m['name']} {report['metric']}", "drop", "rel. drop"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body: List[List[str]] = []
     for row in [CLEAN] + list(attacks) + ["mean of attacks"]:
         cells = [row]
         for m in models:
@@ -76,8 +80,8 @@ def _score_table(report: Dict[str, Any]) -> List[str]:
             else:
                 rel = (clean - value) / clean * 100 if clean else None
                 cells += [_fmt(value), _fmt(clean - value), (_fmt(rel, 1) + "%") if rel is not None else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        body.append(cells)
+    return _md_table(header, body)
 
 
 def _sensitivity_table(report: Dict[str, Any]) -> List[str]:
@@ -85,14 +89,14 @@ def _sensitivity_table(report: Dict[str, Any]) -> List[str]:
     if not models:
         return []
     header = ["attack"] + [f"{m['name']} {k}" for m in models for k in ("S", "S noised", "S untouched")]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body: List[List[str]] = []
     for attack in report["attacks"]:
         cells = [attack]
         for m in models:
             s = m["sensitivity"].get(attack) or {}
             cells += [_fmt(s.get("S"), 4), _fmt(s.get("S_noised"), 4), _fmt(s.get("S_untouched"), 4)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        body.append(cells)
+    return _md_table(header, body)
 
 
 def _subword_table(report: Dict[str, Any]) -> List[str]:
@@ -100,7 +104,7 @@ def _subword_table(report: Dict[str, Any]) -> List[str]:
     if not models:
         return []
     header = ["file"] + [f"{m['name']} {g}" for m in models for g in ("F1 one-subword (n)", "F1 split (n)")]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body: List[List[str]] = []
     for row in [CLEAN] + list(report["attacks"]):
         cells = [row]
         for m in models:
@@ -108,8 +112,8 @@ def _subword_table(report: Dict[str, Any]) -> List[str]:
             for g in ("single", "multi"):
                 s = groups.get(g)
                 cells.append("-" if s is None else f"{100 * s['f1']:.2f} ({s['support']})")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        body.append(cells)
+    return _md_table(header, body)
 
 
 def _greedy_table(report: Dict[str, Any]) -> List[str]:
@@ -118,14 +122,14 @@ def _greedy_table(report: Dict[str, Any]) -> List[str]:
         return []
     depth = max(len(m["greedy"]["accuracy"]) for m in models)
     header = ["edited words k"] + [f"{m['name']} accuracy" for m in models]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body: List[List[str]] = []
     for k in range(depth):
         cells = [str(k) + (" (clean)" if k == 0 else "")]
         for m in models:
             acc = m["greedy"]["accuracy"]
             cells.append(_fmt(100 * acc[k]) if k < len(acc) else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        body.append(cells)
+    return _md_table(header, body)
 
 
 def render_markdown(report: Dict[str, Any]) -> str:
