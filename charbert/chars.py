@@ -155,12 +155,30 @@ class CharVocab:
 
 # ---- alignment -------------------------------------------------------------------------
 
+# "offsets": the characters of the text each token covers (ours, the default for new models).
+# "reference": the CharBERT authors' layout, built from the subword strings (converted checkpoints).
+CHAR_LAYOUTS = ("offsets", "reference")
+# The authors' `char_maxlen_for_word`: a row holds 6 characters per subword position.
+REFERENCE_CHARS_PER_TOKEN = 6
+
+
+def check_char_layout(layout: str) -> str:
+    if layout not in CHAR_LAYOUTS:
+        raise ValueError(f"char_layout must be one of {CHAR_LAYOUTS}; got {layout!r}.")
+    return layout
+
 
 def align(
     offsets: np.ndarray,
     sequence_ids: Sequence[int | None],
     texts: Sequence[str],
     vocab: CharVocab,
+    layout: str = "offsets",
+    tokens: Sequence[str] | None = None,
+    hidden: np.ndarray | None = None,
+    unknown: np.ndarray | None = None,
+    padding: np.ndarray | None = None,
+    continuation_prefix: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Character ids and per-token first/last character positions for one tokenised sequence.
 
@@ -169,13 +187,35 @@ def align(
         sequence_ids: length L; 0/1 = which text the token comes from, None = special or padding token.
         texts: the segment texts (one, or two for a pair such as question/context).
         vocab: the character vocabulary.
+        layout: "offsets" or "reference" (see `CHAR_LAYOUTS`).
+        tokens: the L subword strings (the reference layout spells them).
+        hidden: (L,) bool, tokens whose characters the model must not see (MLM-chosen): their
+            characters become [MASK] ("offsets") or the token a single 0 ("reference", as the authors').
+        unknown: (L,) bool, [UNK] tokens: the reference layout spells their text (offsets), not "[UNK]".
+        padding: (L,) bool, padding tokens the reference layout leaves out, pointing them at the
+            row's last position (the authors' NER and SQuAD code); None lays them out as special
+            tokens (their GLUE and pretraining code).
+        continuation_prefix: the WordPiece prefix ("##") the reference layout removes; None for BPE.
 
     Returns:
-        char_ids (C,), starts (L,), ends (L,), all int64. Special and padding tokens get 0/0
-        (the [SPECIAL] placeholder). A token with an empty span (possible with byte-level BPE on
-        repeated spaces) points at the character where its span starts.
+        char_ids (C,), starts (L,), ends (L,), all int64.
+        "offsets": special and padding tokens get 0/0 (the [SPECIAL] placeholder); a token with an
+        empty span (possible with byte-level BPE on repeated spaces) points at its start character.
+        "reference": C = 6 L, see `_reference_layout`.
     """
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    if check_char_layout(layout) == "reference":
+        if tokens is None or len(tokens) != len(offsets):
+            raise ValueError("The reference layout spells the subword strings: pass tokens (one per offset).")
+        return _reference_layout(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, padding, continuation_prefix)
+    char_ids, starts, ends = _offsets_layout(offsets, sequence_ids, texts, vocab)
+    if hidden is not None and np.any(hidden):
+        char_ids = hide_characters(char_ids, starts, ends, np.asarray(hidden, dtype=bool))
+    return char_ids, starts, ends
+
+
+def _offsets_layout(offsets, sequence_ids, texts, vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[SPECIAL] + the text segment A's tokens cover (+ [SEP] + segment B's); tokens index into it."""
     seg = np.array([-1 if s is None else s for s in sequence_ids], dtype=np.int64)
     starts = np.zeros(len(seg), dtype=np.int64)
     ends = np.zeros(len(seg), dtype=np.int64)
@@ -203,6 +243,59 @@ def align(
         ends[is_seg] = base + np.minimum(e, n - 1)
         base += n
     return np.concatenate(pieces), starts, ends
+
+
+def _token_spellings(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, prefix) -> list[np.ndarray | None]:
+    """The characters the reference layout writes for each token; None = a single placeholder 0.
+
+    As the authors: the subword string without its WordPiece prefix, RoBERTa's `Ġ` included;
+    special and hidden tokens are a placeholder. Unlike theirs: only the prefix is removed
+    (their `strip("##")` also eats every `#` at either end, so a lone `#` token vanished and
+    shifted every later span), and an [UNK] token spells the text it covers, not nothing.
+    """
+    spellings: list[np.ndarray | None] = []
+    for k, (token, segment) in enumerate(zip(tokens, sequence_ids)):
+        if segment is None or (hidden is not None and hidden[k]):
+            spellings.append(None)
+            continue
+        if unknown is not None and unknown[k]:
+            s, e = offsets[k]
+            chars = vocab.encode(texts[segment][s:e])
+        else:
+            if prefix and token.startswith(prefix) and len(token) > len(prefix):
+                token = token[len(prefix):]
+            chars = vocab.encode(token)
+        spellings.append(chars if len(chars) else None)
+    return spellings
+
+
+def _reference_layout(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, padding, prefix):
+    """The authors' layout: each token's characters then a 0; a placeholder token is "0 0".
+
+    The row is cut and padded (with 0 = [PAD]) to 6 L characters. A token that starts past the
+    cut, a padding token when `padding` is given, and the end of a token cut in the middle, point
+    at the last position 6 L - 1 (what their code leaves in its position lists).
+    """
+    n_tokens = len(tokens)
+    size = REFERENCE_CHARS_PER_TOKEN * n_tokens
+    if n_tokens == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    spellings = _token_spellings(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, prefix)
+    # Every token writes its characters (or one placeholder) and a 0 after them.
+    written = np.array([2 if chars is None else len(chars) + 1 for chars in spellings], dtype=np.int64)
+    if padding is not None:
+        written[np.asarray(padding, dtype=bool)] = 0
+    starts = np.concatenate([[0], np.cumsum(written)[:-1]]).astype(np.int64)
+    ends = starts + np.maximum(written - 2, 0)
+    laid_out = written > 0
+    starts = np.where(laid_out & (starts < size), starts, size - 1)
+    ends = np.where(laid_out & (ends < size), ends, size - 1)
+    blocks = [np.zeros(2, dtype=np.int64) if chars is None else np.append(chars, PAD_ID)
+              for chars, n in zip(spellings, written) if n > 0]
+    row = np.concatenate(blocks)[:size] if blocks else np.zeros(0, dtype=np.int64)
+    char_ids = np.full(size, PAD_ID, dtype=np.int64)
+    char_ids[: len(row)] = row
+    return char_ids, starts, ends
 
 
 def hide_characters(

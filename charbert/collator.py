@@ -8,8 +8,10 @@ Per block (the paper's recipe, rates as parameters):
      subword of a noised word (unk when absent);
   3. from the words NOT noised, whole words are drawn until `mlm_probability` (10%) of the real
      tokens are chosen; each chosen token is [MASK] (80%), a random token (10%) or kept (10%);
-  4. the character channel is aligned to the edited text (`chars.align`), and the characters of
-     every MLM-chosen token are replaced by the mask character, so they cannot leak the answer.
+  4. the character channel is aligned to the edited text (`chars.align`, in the tokenizer's
+     layout), and the characters of every MLM-chosen token are hidden, so they cannot leak the
+     answer: replaced by the mask character ("offsets"), or the token written as a single 0
+     ("reference", as the authors' run_lm_finetuning.py).
 Labels are -100 where unused. All randomness comes from the `rng` the training loop passes
 (`needs_rng`), so a batch is the same after a resume, in any process.
 
@@ -24,7 +26,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .chars import align, hide_characters
 from .noise import OPERATIONS, PRETRAIN_RULES, NoiseRules, noise_words
 from .tokenization import CharBertTokenizer, pad_char_features
 from .vocab import WordVocab, split_words
@@ -62,6 +63,17 @@ def choose_whole_words(token_word: np.ndarray, candidates: np.ndarray, target: i
         if count >= target:
             break
     return chosen
+
+
+def token_words(offsets: np.ndarray, real: np.ndarray, word_ends: np.ndarray) -> np.ndarray:
+    """The word each real token belongs to (-1 for special, padding and trailing-space tokens).
+
+    A token belongs to the first word that ends after the token's first character, so a piece
+    whose span starts with the space before its word (byte-level BPE's `Ġ` without trimmed
+    offsets) still joins that word, and the pieces of a word split into several share its id.
+    """
+    word = np.searchsorted(word_ends, offsets[:, 0], side="right")
+    return np.where(real & (word < len(word_ends)), word, -1)
 
 
 class PretrainingCollator:
@@ -107,7 +119,7 @@ class PretrainingCollator:
     def __call__(self, blocks: Sequence[str], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         if rng is None:
             raise ValueError("PretrainingCollator draws noise and masks from the rng the training loop passes (needs_rng).")
-        texts, word_starts, noised_words, originals = [], [], [], []
+        texts, word_ends, noised_words, originals = [], [], [], []
         for block in blocks:
             spans = split_words(block)
             words = [block[s:e] for s, e in spans]
@@ -117,20 +129,19 @@ class PretrainingCollator:
                 new_words, changed = words, []
             text, starts = apply_word_edits(block, spans, new_words)
             texts.append(text)
-            word_starts.append(starts)
+            word_ends.append(starts + np.array([len(w) for w in new_words], dtype=np.int64))
             noised_words.append(np.asarray(changed, dtype=np.int64))
             originals.append(words)
         enc = self.hf_tokenizer(texts, truncation=True, max_length=self.max_seq_length, return_offsets_mapping=True)
-        rows = [self._row(enc, i, texts[i], word_starts[i], noised_words[i], originals[i], rng) for i in range(len(texts))]
+        rows = [self._row(enc, i, texts[i], word_ends[i], noised_words[i], originals[i], rng) for i in range(len(texts))]
         return self._pad(rows)
 
-    def _row(self, enc, i, text, word_starts, noised, words, rng) -> dict:
+    def _row(self, enc, i, text, word_ends, noised, words, rng) -> dict:
         input_ids = np.asarray(enc["input_ids"][i], dtype=np.int64)
         offsets = np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
         sequence_ids = enc.sequence_ids(i)
         real = np.array([s is not None for s in sequence_ids]) & (offsets[:, 1] > offsets[:, 0])
-        # Each real token belongs to the word its first character falls in (-1 for special tokens).
-        token_word = np.where(real, np.searchsorted(word_starts, offsets[:, 0], side="right") - 1, -1)
+        token_word = token_words(offsets, real, word_ends)
 
         nlm_labels = np.full(len(input_ids), -100, dtype=np.int64)
         is_noised = np.isin(token_word, noised) & real
@@ -155,8 +166,8 @@ class PretrainingCollator:
             row["token_type_ids"] = np.asarray(enc["token_type_ids"][i], dtype=np.int64)
         if self.objective == "charbert":
             row["nlm_labels"] = nlm_labels
-            char_ids, starts, ends = align(offsets, sequence_ids, (text,), self.tokenizer.char_vocab)
-            row["char_input_ids"] = hide_characters(char_ids, starts, ends, chosen)
+            char_ids, starts, ends = self.tokenizer.align_row(enc, i, (text,), hidden=chosen)
+            row["char_input_ids"] = char_ids
             row["char_start_positions"], row["char_end_positions"] = starts, ends
         return row
 
@@ -188,5 +199,5 @@ class PretrainingCollator:
             batch["token_type_ids"] = stack("token_type_ids", 0)
         if self.objective == "charbert":
             batch["nlm_labels"] = stack("nlm_labels", -100)
-            batch.update(pad_char_features(rows))
+            batch.update(pad_char_features(rows, char_layout=self.tokenizer.char_layout))
         return batch
