@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from transformers import BertConfig, PretrainedConfig, RobertaConfig
 
+from .compat import LEGACY_ARCHITECTURE, upgrade_saved_config
+
 BACKBONE_CONFIGS = {"bert": BertConfig, "roberta": RobertaConfig}
+CHAR_PADDING_MODES = ("exact", "reference")
+CHAR_LAYOUTS = ("offsets", "reference")
+
+# Our previous architecture (character LayerNorm, activation after the fusion conv, biases):
+# `CharBertConfig(..., **PREVIOUS_VARIANT)`. The default is the authors' released architecture.
+PREVIOUS_VARIANT = dict(LEGACY_ARCHITECTURE)
 
 # Fields that belong to CharBERT, never copied from/to a backbone config.
 CHARBERT_FIELDS = (
@@ -23,6 +31,11 @@ CHARBERT_FIELDS = (
     "share_fusion",
     "word_vocab_size",
     "char_pad_token_id",
+    "char_token_norm",
+    "fusion_activation",
+    "fusion_bias",
+    "char_padding",
+    "char_layout",
 )
 
 
@@ -40,6 +53,19 @@ class CharBertConfig(PretrainedConfig):
             parameters at base size) instead of one per layer.
         word_vocab_size (`int`, 30001): size of the noisy-LM word vocabulary (words + unk).
         char_pad_token_id (`int`, 0): padding id of the character sequence.
+        char_token_norm (`bool`, False): LayerNorm + dropout on the token vectors built from characters
+            (our previous variant); the authors feed the raw GRU states to the encoder.
+        fusion_activation (`bool`, False): `hidden_act` + dropout after the fusion Conv1d (our previous
+            variant); the authors' code applies neither.
+        fusion_bias (`bool`, False): biases on the two per-channel linear maps of the fusion (our previous
+            variant); the authors' maps have none.
+        char_padding (`str`, "exact"): "exact": the backward GRU reads each character row reversed within
+            its own length, the fusion conv and the sequence-classification mean skip padded tokens, so
+            padding never changes a real token's output. "reference": the authors' behaviour, for parity
+            with their checkpoints: one plain Bi-GRU over the whole padded row, the conv and the mean see
+            padded tokens.
+        char_layout (`str`, "offsets"): how the tokenizer lays out the characters ("offsets": ours, from
+            the fast tokenizer's offsets; "reference": the authors'). The model does not read it.
         **kwargs: every field of the backbone config (hidden_size, num_hidden_layers, vocab_size, ...).
     """
 
@@ -55,6 +81,11 @@ class CharBertConfig(PretrainedConfig):
         share_fusion: bool = True,
         word_vocab_size: int = 30001,
         char_pad_token_id: int = 0,
+        char_token_norm: bool = False,
+        fusion_activation: bool = False,
+        fusion_bias: bool = False,
+        char_padding: str = "exact",
+        char_layout: str = "offsets",
         **kwargs,
     ):
         if backbone_type not in BACKBONE_CONFIGS:
@@ -79,6 +110,25 @@ class CharBertConfig(PretrainedConfig):
         self.share_fusion = share_fusion
         self.word_vocab_size = word_vocab_size
         self.char_pad_token_id = char_pad_token_id
+        if char_padding not in CHAR_PADDING_MODES:
+            raise ValueError(f"char_padding must be one of {CHAR_PADDING_MODES}; got {char_padding!r}.")
+        if char_layout not in CHAR_LAYOUTS:
+            raise ValueError(f"char_layout must be one of {CHAR_LAYOUTS}; got {char_layout!r}.")
+        switches = {"char_token_norm": char_token_norm, "fusion_activation": fusion_activation, "fusion_bias": fusion_bias}
+        for name, value in switches.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False; got {value!r}.")
+        self.char_token_norm = char_token_norm
+        self.fusion_activation = fusion_activation
+        self.fusion_bias = fusion_bias
+        self.char_padding = char_padding
+        self.char_layout = char_layout
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> CharBertConfig:
+        """Read a saved config: one written before a field existed loads as the model it was
+        (e.g. no `char_token_norm` -> True, our previous variant), not as the new default."""
+        return super().from_dict(upgrade_saved_config(config_dict), **kwargs)
 
     @property
     def char_token_size(self) -> int:
@@ -93,7 +143,7 @@ class CharBertConfig(PretrainedConfig):
         return self.max_position_embeddings
 
     @classmethod
-    def from_backbone_config(cls, backbone_config: PretrainedConfig, **charbert_kwargs) -> "CharBertConfig":
+    def from_backbone_config(cls, backbone_config: PretrainedConfig, **charbert_kwargs) -> CharBertConfig:
         """Wrap a BERT or RoBERTa config (e.g. read from a plain checkpoint) into a CharBertConfig."""
         model_type = getattr(backbone_config, "model_type", None)
         if model_type not in BACKBONE_CONFIGS:

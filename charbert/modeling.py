@@ -1,27 +1,27 @@
 """CharBERT model: character encoder, heterogeneous interaction, the dual-channel encoder and all heads.
 
-    chars (B,C) -> Embedding -> Bi-GRU (padding-exact) -> states (B,C,2G) -> gather first & last -> (B,L,H)  char channel
-    ids   (B,L) -> backbone embeddings                                                          -> (B,L,H)  subword channel
+    chars (B,C) -> Embedding -> Bi-GRU -> states (B,C,2G) -> gather first & last -> [LN] -> (B,L,H)  char channel
+    ids   (B,L) -> backbone embeddings                                                   -> (B,L,H)  subword channel
     for each layer:  [w; c] -> backbone layer (shared weights, one call on the stacked batch)   -> w, c
-                     f = act(Conv1d_k([W_w w ; W_c c]))   (B,L,2H) -> (B,L,H)
+                     f = [act](Conv1d_k([W_w w ; W_c c]))   (B,L,2H) -> (B,L,H)
                      w = LN_w(w + f);  c = LN_c(c + f)
 
-The backbone's own modules (BERT or RoBERTa embeddings, encoder layers, pooler) are used as
-they are and keep their names, so a plain checkpoint's weights load under the same keys.
+The bracketed steps are our previous variant's (`PREVIOUS_VARIANT` in configuration.py); the
+default is the authors' released architecture. The backbone's own modules (BERT or RoBERTa
+embeddings, encoder layers, pooler) are used as they are and keep their names, so a plain
+checkpoint's weights load under the same keys. Loading checkpoints lives in checkpoint.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
     MultipleChoiceModelOutput,
@@ -32,25 +32,17 @@ from transformers.modeling_outputs import (
 from transformers.models.bert import modeling_bert
 from transformers.models.roberta import modeling_roberta
 from transformers.utils import ModelOutput
-from transformers.utils import logging as hf_logging
 
+from . import checkpoint
 from .chars import CHAR_INPUT_NAMES
-from .configuration import BACKBONE_CONFIGS, CharBertConfig
-
-try:  # transformers 5.x: init functions that skip tensors already loaded from a checkpoint
-    from transformers import initialization as init
-except ImportError:  # transformers 4.x
-    from torch.nn import init
-
-try:  # transformers >= 4.52: layers that checkpoint themselves
-    from transformers.modeling_layers import GradientCheckpointingLayer
-except ImportError:
-    GradientCheckpointingLayer = None
-
-try:
-    from transformers.masking_utils import create_bidirectional_mask
-except ImportError:  # transformers 4.x
-    create_bidirectional_mask = None
+from .compat import (
+    CheckpointableModule,
+    GradientCheckpointingLayer,
+    create_bidirectional_mask,
+    init,
+    layer_output,
+)
+from .configuration import CharBertConfig
 
 logger = logging.getLogger(__name__)
 
@@ -59,25 +51,9 @@ BACKBONE_MODULES = {
     "bert": (modeling_bert.BertEmbeddings, modeling_bert.BertEncoder, modeling_bert.BertPooler),
     "roberta": (modeling_roberta.RobertaEmbeddings, modeling_roberta.RobertaEncoder, modeling_roberta.RobertaPooler),
 }
-# Where a plain *ForMaskedLM checkpoint keeps its MLM head -> our names (loaded when present).
-MLM_HEAD_KEYS = {
-    "bert": {
-        "cls.predictions.transform.dense.weight": "mlm_head.dense.weight",
-        "cls.predictions.transform.dense.bias": "mlm_head.dense.bias",
-        "cls.predictions.transform.LayerNorm.weight": "mlm_head.LayerNorm.weight",
-        "cls.predictions.transform.LayerNorm.bias": "mlm_head.LayerNorm.bias",
-        "cls.predictions.bias": "mlm_head.bias",
-    },
-    "roberta": {
-        "lm_head.dense.weight": "mlm_head.dense.weight",
-        "lm_head.dense.bias": "mlm_head.dense.bias",
-        "lm_head.layer_norm.weight": "mlm_head.LayerNorm.weight",
-        "lm_head.layer_norm.bias": "mlm_head.LayerNorm.bias",
-        "lm_head.bias": "mlm_head.bias",
-    },
-}
-
-_CheckpointableModule = GradientCheckpointingLayer if GradientCheckpointingLayer is not None else nn.Module
+# Kept importable from here for code written before checkpoint.py existed.
+MLM_HEAD_KEYS = checkpoint.MLM_HEAD_KEYS
+read_checkpoint_tensors = checkpoint.read_checkpoint_tensors
 
 
 # ---- outputs ---------------------------------------------------------------------------
@@ -130,6 +106,12 @@ def reverse_within_length(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.where(positions < lengths, lengths - 1 - positions, positions)
 
 
+def row_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """(B, C) mask of right-padded rows -> (B,) one past each row's last real item (holes count as inside)."""
+    positions = torch.arange(1, mask.size(1) + 1, device=mask.device)  # (C,)
+    return (mask.to(positions.dtype) * positions).amax(1)
+
+
 def gather_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """states (B, C, D), positions (B, L) -> (B, L, D)."""
     return states.gather(1, positions.unsqueeze(-1).expand(-1, -1, states.size(-1)))
@@ -139,57 +121,80 @@ class CharEncoder(nn.Module):
     """Character embedding -> Bi-GRU over the whole character sequence -> one vector per token.
 
     A token's vector is [forward, backward] state at its first character concatenated with the
-    same at its last character (4 x char_hidden_size), projected to hidden_size only if those differ.
+    same at its last character (4 x char_hidden_size), projected to hidden_size only if those differ,
+    then LayerNorm + dropout when `config.char_token_norm` (our previous variant; the authors use
+    the raw states).
     """
 
     def __init__(self, config: CharBertConfig):
         super().__init__()
         self.embeddings = nn.Embedding(config.char_vocab_size, config.char_embedding_size, padding_idx=config.char_pad_token_id)
-        # Two unidirectional GRUs rather than one bidirectional: the backward one runs on each
+        # Two unidirectional GRUs rather than one bidirectional (the same function, and the authors'
+        # `weight_*_l0` / `_reverse` tensors map onto them): the backward one can then run on each
         # sequence reversed within its own length (exact under padding, and unpacked, so fast on CPU).
         self.forward_gru = nn.GRU(config.char_embedding_size, config.char_hidden_size, batch_first=True)
         self.backward_gru = nn.GRU(config.char_embedding_size, config.char_hidden_size, batch_first=True)
+        self.padding_exact = config.char_padding == "exact"
         if config.char_token_size != config.hidden_size:
             self.projection = nn.Linear(config.char_token_size, config.hidden_size)
         else:
             self.projection = nn.Identity()
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        if config.char_token_norm:
+            self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        else:
+            self.LayerNorm = self.dropout = None
 
     def forward(self, char_input_ids, char_attention_mask, char_start_positions, char_end_positions):
         chars = self.embeddings(char_input_ids)  # (B, C, E)
-        lengths = char_attention_mask.sum(1)  # (B,)
         forward_states, _ = self.forward_gru(chars)  # (B, C, G)
-        reverse = reverse_within_length(lengths, chars.size(1))  # (B, C)
-        backward_states, _ = self.backward_gru(gather_positions(chars, reverse))
-        backward_states = gather_positions(backward_states, reverse)  # (B, C, G), back in text order
+        if self.padding_exact:
+            reverse = reverse_within_length(row_lengths(char_attention_mask), chars.size(1))  # (B, C)
+            backward_states, _ = self.backward_gru(gather_positions(chars, reverse))
+            backward_states = gather_positions(backward_states, reverse)  # (B, C, G), back in text order
+        else:  # the authors' plain Bi-GRU: the backward direction starts at the end of the padded row
+            backward_states, _ = self.backward_gru(chars.flip(1))
+            backward_states = backward_states.flip(1)  # (B, C, G)
         states = torch.cat([forward_states, backward_states], dim=-1)  # (B, C, 2G)
         first = gather_positions(states, char_start_positions)  # (B, L, 2G)
         last = gather_positions(states, char_end_positions)  # (B, L, 2G)
         tokens = self.projection(torch.cat([first, last], dim=-1))  # (B, L, H)
-        return self.dropout(self.LayerNorm(tokens))
+        if self.LayerNorm is not None:
+            tokens = self.dropout(self.LayerNorm(tokens))
+        return tokens
 
 
-class HeterogeneousInteraction(_CheckpointableModule):
-    """The fusion after each layer: each channel's own linear map, a Conv1d over both, residual + LayerNorm."""
+class HeterogeneousInteraction(CheckpointableModule):
+    """The fusion after each layer: each channel's own linear map, a Conv1d over both, residual + LayerNorm.
+
+    `config.fusion_bias` / `config.fusion_activation` add the maps' biases and an activation + dropout
+    after the conv (our previous variant); the authors' fusion has neither.
+    """
 
     def __init__(self, config: CharBertConfig):
         super().__init__()
         hidden = config.hidden_size
-        self.word_proj = nn.Linear(hidden, hidden)
-        self.char_proj = nn.Linear(hidden, hidden)
+        self.word_proj = nn.Linear(hidden, hidden, bias=config.fusion_bias)
+        self.char_proj = nn.Linear(hidden, hidden, bias=config.fusion_bias)
         self.fuse = nn.Conv1d(2 * hidden, hidden, config.fusion_kernel_size, padding=config.fusion_kernel_size // 2)
-        self.act = ACT2FN[config.hidden_act]
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        if config.fusion_activation:
+            self.act = ACT2FN[config.hidden_act]
+            self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        else:
+            self.act = self.dropout = None
         self.word_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.char_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
 
-    def forward(self, word, char, token_mask):
-        # word, char (B, L, H); token_mask (B, L, 1). Padding is zeroed before the convolution
-        # so that it cannot leak into the last real tokens through the kernel.
-        both = torch.cat([self.word_proj(word), self.char_proj(char)], dim=-1) * token_mask  # (B, L, 2H)
+    def forward(self, word, char, token_mask=None):
+        # word, char (B, L, H); token_mask (B, L, 1) or None. Padding is zeroed before the convolution
+        # so that it cannot leak into the last real tokens through the kernel (None: the authors'
+        # behaviour, the conv sees padded tokens).
+        both = torch.cat([self.word_proj(word), self.char_proj(char)], dim=-1)  # (B, L, 2H)
+        if token_mask is not None:
+            both = both * token_mask
         fused = self.fuse(both.transpose(1, 2)).transpose(1, 2)  # (B, L, H)
-        fused = self.dropout(self.act(fused))
+        if self.act is not None:
+            fused = self.dropout(self.act(fused))
         return self.word_norm(word + fused), self.char_norm(char + fused)
 
 
@@ -262,90 +267,17 @@ class CharBertPreTrainedModel(PreTrainedModel):
 
         With a plain checkpoint every backbone weight is copied (and a *ForMaskedLM head, when the
         checkpoint has one), the character modules and fusion are new; `model.loading_info` lists
-        what was loaded and what was initialised. Extra keyword arguments set CharBertConfig fields
-        (char_vocab_size, word_vocab_size, share_fusion, num_labels, ...).
+        what was loaded and what was initialised (see `checkpoint.build_on_backbone`). Extra keyword
+        arguments set CharBertConfig fields (char_vocab_size, word_vocab_size, num_labels, ...).
         """
-        path = Path(pretrained_model_name_or_path)
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"No model checkpoint at {path} (expected {config_file}); charbert never downloads.")
-        try:
-            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{config_file} is not a readable model config: {err}") from None
-        if model_type == CharBertConfig.model_type:
+        if checkpoint.read_model_type(pretrained_model_name_or_path) == CharBertConfig.model_type:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        if model_type in BACKBONE_CONFIGS:
-            return cls.from_backbone(path, **kwargs)
-        raise ValueError(
-            f"{path} holds a {model_type!r} model; CharBERT loads CharBERT checkpoints or plain "
-            f"{' / '.join(sorted(BACKBONE_CONFIGS))} checkpoints."
-        )
+        return checkpoint.build_on_backbone(cls, pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_backbone(cls, path: str | os.PathLike, **config_kwargs):
         """A new CharBERT whose backbone (embeddings, layers, pooler) is the plain checkpoint at `path`."""
-        output_loading_info = config_kwargs.pop("output_loading_info", False)
-        for loader_only in ("local_files_only", "trust_remote_code", "ignore_mismatched_sizes"):
-            config_kwargs.pop(loader_only, None)
-        attn_implementation = config_kwargs.pop("attn_implementation", None)
-        dtype = config_kwargs.pop("dtype", None) or config_kwargs.pop("torch_dtype", None)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # we report what was loaded ourselves, below
-        try:
-            backbone, backbone_info = AutoModel.from_pretrained(str(path), output_loading_info=True)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        config = CharBertConfig.from_backbone_config(backbone.config, **config_kwargs)
-        if attn_implementation is not None:
-            config._attn_implementation = attn_implementation
-        model = cls(config)
-        base = model if isinstance(model, CharBertModel) else getattr(model, cls.base_model_prefix)
-        own = base.state_dict()
-        absent = set(backbone_info.get("missing_keys", ()))  # e.g. a pooler the checkpoint never had
-        backbone_state = {k: v for k, v in backbone.state_dict().items() if k in own and k not in absent}
-        missing_backbone = sorted(k for k in base.backbone_state_names() if k not in backbone_state and k not in absent)
-        if missing_backbone:
-            raise ValueError(f"{path} lacks backbone weights CharBERT needs: {missing_backbone[:5]}...")
-        base.load_state_dict(backbone_state, strict=False)
-        loaded = sorted(backbone_state)
-        prefix = "" if base is model else cls.base_model_prefix + "."
-        loaded = [prefix + k for k in loaded]
-        if hasattr(model, "mlm_head"):
-            head_state = read_checkpoint_tensors(path, MLM_HEAD_KEYS[config.backbone_type])
-            if head_state:
-                model.load_state_dict(head_state, strict=False)
-                loaded += sorted(head_state)
-        new = sorted(k for k in model.state_dict() if k not in set(loaded))
-        model.loading_info = {"loaded_keys": loaded, "initialized_keys": new, "source": str(path)}
-        new_modules = sorted({k.rsplit(".", 1)[0] for k in new})
-        logger.warning(
-            "CharBERT built on the %s checkpoint %s: %d backbone tensors loaded; newly initialised: %s",
-            config.backbone_type, path, len(loaded), ", ".join(new_modules),
-        )
-        if dtype is not None and dtype != "auto":
-            model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-        if output_loading_info:  # the transformers contract: (model, info) like any from_pretrained
-            return model, {"missing_keys": new, "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
-        return model
-
-
-def read_checkpoint_tensors(path: Path, names: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Read the tensors `names` (checkpoint name -> our name) that a checkpoint folder holds, if any."""
-    from safetensors import safe_open
-
-    found: dict[str, torch.Tensor] = {}
-    files = sorted(Path(path).glob("*.safetensors"))
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                if key in names:
-                    found[names[key]] = f.get_tensor(key)
-    if not files:
-        for file in sorted(Path(path).glob("pytorch_model*.bin")):
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            found.update({names[k]: v for k, v in state.items() if k in names})
-    return found
+        return checkpoint.build_on_backbone(cls, path, **config_kwargs)
 
 
 # ---- the model -------------------------------------------------------------------------
@@ -436,7 +368,8 @@ class CharBertModel(CharBertPreTrainedModel):
         # Both channels go through each layer as one call on the stacked batch (2B, L, H): the
         # layer's weights are shared and one large matrix product is faster than two small ones.
         stacked_mask = self._attention_mask(attention_mask.repeat(2, 1), torch.cat([word, char], 0))
-        token_mask = attention_mask.unsqueeze(-1).to(word.dtype)  # (B, L, 1)
+        # The fusion conv skips padded tokens, unless the authors' behaviour (it sees them) is asked for.
+        token_mask = attention_mask.unsqueeze(-1).to(word.dtype) if self.config.char_padding == "exact" else None  # (B, L, 1)
 
         all_word = (word,) if output_hidden_states else None
         all_char = (char,) if output_hidden_states else None
@@ -459,8 +392,7 @@ class CharBertModel(CharBertPreTrainedModel):
         """One backbone layer on both channels, then the heterogeneous interaction."""
 
         def block(word, char):
-            out = layer(torch.cat([word, char], 0), stacked_mask)  # (2B, L, H)
-            out = out[0] if isinstance(out, tuple) else out  # transformers 4.x layers return tuples
+            out = layer_output(layer(torch.cat([word, char], 0), stacked_mask))  # (2B, L, H)
             word, char = out.split(word.size(0), 0)
             return fusion(word, char, token_mask)
 
@@ -473,10 +405,44 @@ class CharBertModel(CharBertPreTrainedModel):
 # ---- heads -----------------------------------------------------------------------------
 
 
+@dataclass
+class CharBertSequenceClassifierOutput(SequenceClassifierOutput):
+    """transformers' output plus the character channel's per-layer states (when asked for)."""
+
+    char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class CharBertTokenClassifierOutput(TokenClassifierOutput):
+    """transformers' output plus the character channel's per-layer states (when asked for)."""
+
+    char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class CharBertQuestionAnsweringOutput(QuestionAnsweringModelOutput):
+    """transformers' output plus the character channel's per-layer states (when asked for)."""
+
+    char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class CharBertMultipleChoiceOutput(MultipleChoiceModelOutput):
+    """transformers' output plus the character channel's per-layer states (when asked for)."""
+
+    char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
 def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over real tokens: states (B, L, D), mask (B, L) -> (B, D). Padding never counts."""
     mask = mask.unsqueeze(-1).to(states.dtype)
     return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _sequence_mean(config: CharBertConfig, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) -> (B, D): mean over real tokens, or over every position as the authors' heads do
+    (char_padding="reference")."""
+    return _masked_mean(states, attention_mask) if config.char_padding == "exact" else states.mean(1)
 
 
 def _labelled_cross_entropy(logits_fn, states: torch.Tensor, labels: torch.Tensor):
@@ -501,10 +467,6 @@ def _both_channels(outputs: CharBertModelOutput) -> torch.Tensor:
     return torch.cat([outputs.last_hidden_state, outputs.char_last_hidden_state], dim=-1)  # (B, L, 2H)
 
 
-def _char_inputs(kwargs: dict) -> dict:
-    return {k: kwargs.get(k) for k in CHAR_INPUT_NAMES}
-
-
 class CharBertForPreTraining(CharBertPreTrainedModel):
     """MLM on the subword channel (decoder tied to the word embeddings) + NLM on the character channel
     (over the word vocabulary). Each head computes logits only at its labelled positions."""
@@ -518,9 +480,14 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        char_input_ids: torch.Tensor | None = None,
+        char_attention_mask: torch.Tensor | None = None,
+        char_start_positions: torch.Tensor | None = None,
+        char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         nlm_labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
@@ -530,7 +497,9 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
         r"""labels (B, L): subword ids at MLM positions, -100 elsewhere.
         nlm_labels (B, L): word-vocabulary ids of the original words at noised positions, -100 elsewhere."""
         outputs = self.charbert(
-            input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, **_char_inputs(kwargs)
+            input_ids, attention_mask, token_type_ids, position_ids,
+            char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
+            output_hidden_states=output_hidden_states, **kwargs,
         )
         tied = self.charbert.embeddings.word_embeddings.weight
 
@@ -570,16 +539,36 @@ class CharBertForSequenceClassification(CharBertPreTrainedModel):
         self.classifier = nn.Linear(2 * config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        char_input_ids: torch.Tensor | None = None,
+        char_attention_mask: torch.Tensor | None = None,
+        char_start_positions: torch.Tensor | None = None,
+        char_end_positions: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CharBertSequenceClassifierOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        outputs = self.charbert(input_ids, attention_mask, token_type_ids, **_char_inputs(kwargs))
-        pooled = _masked_mean(_both_channels(outputs), attention_mask)  # (B, 2H)
+        outputs = self.charbert(
+            input_ids, attention_mask, token_type_ids, position_ids,
+            char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
+            output_hidden_states=output_hidden_states, **kwargs,
+        )
+        pooled = _sequence_mean(self.config, _both_channels(outputs), attention_mask)  # (B, 2H)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None
         if labels is not None:
             loss = sequence_classification_loss(self.config, logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return CharBertSequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states
+        )
 
 
 def sequence_classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -610,13 +599,33 @@ class CharBertForTokenClassification(CharBertPreTrainedModel):
         self.classifier = nn.Linear(2 * config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
-        outputs = self.charbert(input_ids, attention_mask, token_type_ids, **_char_inputs(kwargs))
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        char_input_ids: torch.Tensor | None = None,
+        char_attention_mask: torch.Tensor | None = None,
+        char_start_positions: torch.Tensor | None = None,
+        char_end_positions: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CharBertTokenClassifierOutput:
+        outputs = self.charbert(
+            input_ids, attention_mask, token_type_ids, position_ids,
+            char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
+            output_hidden_states=output_hidden_states, **kwargs,
+        )
         logits = self.classifier(self.dropout(_both_channels(outputs)))  # (B, L, num_labels)
         loss = None
         if labels is not None:
             loss, _ = _labelled_cross_entropy(lambda scores: scores, logits, labels)
-        return TokenClassifierOutput(loss=loss, logits=logits)
+        return CharBertTokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states
+        )
 
 
 class CharBertForQuestionAnswering(CharBertPreTrainedModel):
@@ -629,9 +638,26 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
         self.post_init()
 
     def forward(
-        self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None, end_positions=None, return_dict=None, **kwargs
-    ):
-        outputs = self.charbert(input_ids, attention_mask, token_type_ids, **_char_inputs(kwargs))
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        char_input_ids: torch.Tensor | None = None,
+        char_attention_mask: torch.Tensor | None = None,
+        char_start_positions: torch.Tensor | None = None,
+        char_end_positions: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CharBertQuestionAnsweringOutput:
+        outputs = self.charbert(
+            input_ids, attention_mask, token_type_ids, position_ids,
+            char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
+            output_hidden_states=output_hidden_states, **kwargs,
+        )
         logits = self.qa_outputs(_both_channels(outputs))  # (B, L, 2)
         start_logits, end_logits = (x.squeeze(-1).contiguous() for x in logits.split(1, dim=-1))  # (B, L) each
         loss = None
@@ -644,7 +670,10 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
                 F.cross_entropy(start_logits.float(), start_positions, ignore_index=ignored)
                 + F.cross_entropy(end_logits.float(), end_positions, ignore_index=ignored)
             ) / 2
-        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+        return CharBertQuestionAnsweringOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits,
+            hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states,
+        )
 
 
 class CharBertForMultipleChoice(CharBertPreTrainedModel):
@@ -657,7 +686,21 @@ class CharBertForMultipleChoice(CharBertPreTrainedModel):
         self.classifier = nn.Linear(2 * config.hidden_size, 1)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        char_input_ids: torch.Tensor | None = None,
+        char_attention_mask: torch.Tensor | None = None,
+        char_start_positions: torch.Tensor | None = None,
+        char_end_positions: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CharBertMultipleChoiceOutput:
         batch, choices = input_ids.shape[:2]
 
         def flat(x):  # (B, K, ...) -> (B*K, ...)
@@ -665,9 +708,14 @@ class CharBertForMultipleChoice(CharBertPreTrainedModel):
 
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        chars = {k: flat(v) for k, v in _char_inputs(kwargs).items()}
-        outputs = self.charbert(flat(input_ids), flat(attention_mask), flat(token_type_ids), **chars)
-        pooled = _masked_mean(_both_channels(outputs), flat(attention_mask))  # (B*K, 2H)
+        outputs = self.charbert(
+            flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+            flat(char_input_ids), flat(char_attention_mask), flat(char_start_positions), flat(char_end_positions),
+            output_hidden_states=output_hidden_states, **kwargs,
+        )
+        pooled = _sequence_mean(self.config, _both_channels(outputs), flat(attention_mask))  # (B*K, 2H)
         logits = self.classifier(self.dropout(pooled)).view(batch, choices)  # (B, K)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return MultipleChoiceModelOutput(loss=loss, logits=logits)
+        return CharBertMultipleChoiceOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states
+        )

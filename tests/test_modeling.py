@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -26,8 +27,19 @@ from charbert import (
     CharBertForTokenClassification,
     CharBertModel,
     CharBertTokenizer,
+    checkpoint,
 )
-from charbert.modeling import CharEncoder, HeterogeneousInteraction, reverse_within_length
+from charbert.compat import upgrade_saved_config
+from charbert.configuration import PREVIOUS_VARIANT
+from charbert.modeling import (
+    CharEncoder,
+    HeterogeneousInteraction,
+    reverse_within_length,
+    row_lengths,
+)
+
+# The authors' released architecture (the default) and our previous variant.
+VARIANTS = {"reference_architecture": {}, "previous_variant": PREVIOUS_VARIANT}
 
 TEXTS = ["He plays backhand.", "Totally unrelated, and a good deal longer: C# code!", "ok"]
 
@@ -112,6 +124,24 @@ def test_heads_shapes_and_losses():
     assert mc.logits.shape == (3, 2) and torch.allclose(mc.logits[:, 0], mc.logits[:, 1])
 
 
+def test_heads_take_named_inputs_and_return_hidden_states():
+    """Every head passes output_hidden_states and position_ids down; outputs carry both channels' states."""
+    config = tiny_config(num_labels=3)
+    batch = random_batch(config)
+    mc_batch = {k: v.unsqueeze(1).expand(-1, 2, *v.shape[1:]).contiguous() for k, v in batch.items()}
+    for cls in (CharBertForPreTraining, CharBertForSequenceClassification, CharBertForTokenClassification,
+                CharBertForQuestionAnswering, CharBertForMultipleChoice):
+        model = eval_model(cls, config)
+        inputs = mc_batch if cls is CharBertForMultipleChoice else batch
+        out = model(**inputs, output_hidden_states=True)
+        assert len(out.hidden_states) == len(out.char_hidden_states) == 3, cls.__name__
+        assert model(**inputs).hidden_states is None, cls.__name__
+    model = eval_model(CharBertForSequenceClassification, config)
+    shifted = torch.arange(12).expand(3, -1) + 3
+    with torch.no_grad():
+        assert not torch.allclose(model(**batch).logits, model(**batch, position_ids=shifted).logits), "position_ids reach the model"
+
+
 # ---- padding invariance --------------------------------------------------------------------
 
 
@@ -120,8 +150,14 @@ def test_reverse_within_length():
     assert index.tolist() == [[2, 1, 0, 3, 4], [4, 3, 2, 1, 0], [0, 1, 2, 3, 4]]
 
 
-def test_gru_padding_invariance():
-    config = tiny_config()
+def test_row_lengths_count_holes_inside():
+    mask = torch.tensor([[1, 1, 0, 1, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]])
+    assert row_lengths(mask).tolist() == [4, 6, 0]
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
+def test_gru_padding_invariance(variant):
+    config = tiny_config(**variant)
     torch.manual_seed(0)
     encoder = CharEncoder(config).eval()
     chars = torch.randint(5, 300, (1, 20))
@@ -138,11 +174,12 @@ def test_gru_padding_invariance():
     assert torch.allclose(alone[0], both[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
 @pytest.mark.parametrize("cls", [CharBertModel, CharBertForSequenceClassification])
-def test_encoder_and_pooling_padding_invariance(backbone_dir, cls):
+def test_encoder_and_pooling_padding_invariance(backbone_dir, cls, variant):
     tok = CharBertTokenizer.from_pretrained(backbone_dir)
     torch.manual_seed(0)
-    model = cls.from_pretrained(backbone_dir, num_labels=3).eval()
+    model = cls.from_pretrained(backbone_dir, num_labels=3, **variant).eval()
     single = tok(TEXTS[:1], return_tensors="pt", padding=True)
     batch = tok(TEXTS, return_tensors="pt", padding=True)
     assert batch["input_ids"].shape[1] > single["input_ids"].shape[1]
@@ -156,20 +193,121 @@ def test_encoder_and_pooling_padding_invariance(backbone_dir, cls):
         assert torch.allclose(a.logits[0], b.logits[0], atol=1e-5), "padding must not change the prediction"
 
 
+def test_reference_padding_is_the_authors_bidirectional_gru():
+    """char_padding="reference": our two GRUs compute one plain nn.GRU(bidirectional=True) over the
+    whole padded row (what the authors run), padding included."""
+    config = tiny_config(char_padding="reference")
+    torch.manual_seed(0)
+    encoder = CharEncoder(config).eval()
+    bigru = nn.GRU(config.char_embedding_size, config.char_hidden_size, batch_first=True, bidirectional=True)
+    for suffix, gru in (("", encoder.forward_gru), ("_reverse", encoder.backward_gru)):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(bigru, f"{name}_l0{suffix}").data.copy_(getattr(gru, f"{name}_l0"))
+    chars = torch.cat([torch.randint(5, 300, (2, 15)), torch.zeros(2, 9, dtype=torch.long)], 1)  # 9 padding chars
+    starts, ends = torch.tensor([[0, 4, 9], [2, 5, 14]]), torch.tensor([[3, 8, 14], [4, 13, 14]])
+    with torch.no_grad():
+        states, _ = bigru(encoder.embeddings(chars))  # (B, C, 2G)
+        expected = torch.cat([states.gather(1, starts[..., None].expand(-1, -1, states.size(-1))),
+                              states.gather(1, ends[..., None].expand(-1, -1, states.size(-1)))], -1)
+        ours = encoder(chars, (chars != 0).long(), starts, ends)
+    assert torch.allclose(ours, expected, atol=1e-6)
+
+
+def test_padding_modes_agree_without_padding_and_differ_with_it():
+    """The two padding modes are one function on unpadded rows; padding moves only the reference mode."""
+    exact, reference = tiny_config(), tiny_config(char_padding="reference")
+    model = eval_model(CharBertForSequenceClassification, exact)
+    ref_model = eval_model(CharBertForSequenceClassification, reference)
+    ref_model.load_state_dict(model.state_dict())
+    batch = random_batch(exact, batch=2)
+    padded = dict(batch)
+    padded["input_ids"] = torch.cat([batch["input_ids"], torch.zeros(2, 4, dtype=torch.long)], 1)
+    padded["attention_mask"] = torch.cat([batch["attention_mask"], torch.zeros(2, 4, dtype=torch.long)], 1)
+    for key, pad in (("char_input_ids", 0), ("char_attention_mask", 0)):
+        padded[key] = torch.cat([batch[key], torch.full((2, 10), pad)], 1)
+    for key in ("char_start_positions", "char_end_positions"):
+        padded[key] = torch.cat([batch[key], torch.full((2, 4), 49)], 1)  # padded tokens at the last char
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, ref_model(**batch).logits, atol=1e-6)
+        assert torch.allclose(model(**padded).logits, model(**batch).logits, atol=1e-5), "exact: padding changes nothing"
+        moved = (ref_model(**padded).logits - ref_model(**batch).logits).abs().max()
+    assert moved > 1e-4, "reference mode: the backward GRU, the conv and the mean see the padding"
+
+
+# ---- architecture variants -----------------------------------------------------------------
+
+
+def test_default_is_the_authors_architecture():
+    """New models build the authors' modules only; PREVIOUS_VARIANT adds ours back."""
+    default = dict(eval_model(CharBertModel, tiny_config()).named_modules())
+    previous = dict(eval_model(CharBertModel, tiny_config(**PREVIOUS_VARIANT)).named_modules())
+    assert "char_embeddings.LayerNorm" not in default and "char_embeddings.dropout" not in default
+    assert "fusion.0.act" not in default and "fusion.0.dropout" not in default
+    assert default["fusion.0.word_proj"].bias is None and default["fusion.0.char_proj"].bias is None
+    assert isinstance(previous["char_embeddings.LayerNorm"], nn.LayerNorm)
+    assert isinstance(previous["char_embeddings.dropout"], nn.Dropout)
+    assert "fusion.0.act" in previous and isinstance(previous["fusion.0.dropout"], nn.Dropout)
+    assert previous["fusion.0.word_proj"].bias is not None and previous["fusion.0.char_proj"].bias is not None
+    # everything else is the same module tree
+    assert set(previous) - set(default) == {"char_embeddings.LayerNorm", "char_embeddings.dropout", "fusion.0.act", "fusion.0.dropout"}
+    config = tiny_config()
+    assert (config.char_token_norm, config.fusion_activation, config.fusion_bias) == (False, False, False)
+    assert (config.char_padding, config.char_layout) == ("exact", "offsets")
+
+
+@pytest.mark.parametrize("field, value", [("char_padding", "packed"), ("char_layout", "bytes"), ("fusion_bias", "yes")])
+def test_bad_architecture_values_are_one_line_errors(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**{field: value})
+
+
+def test_old_checkpoint_without_the_switches_loads_as_it_was(tmp_path):
+    """A config.json saved before the switches existed means our previous variant; a new one says which."""
+    config = tiny_config(**PREVIOUS_VARIANT)
+    model = eval_model(CharBertModel, config)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ("char_token_norm", "fusion_activation", "fusion_bias", "char_padding", "char_layout"):
+        assert key in saved, f"{key} must be written, so that absence means an old checkpoint"
+        if key in PREVIOUS_VARIANT:
+            del saved[key]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    again, info = CharBertModel.from_pretrained(tmp_path, output_loading_info=True)
+    again.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], "every saved tensor has its module again"
+    assert all(getattr(again.config, k) is True for k in PREVIOUS_VARIANT)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), CharBertConfig) and AutoConfig.from_pretrained(tmp_path).fusion_bias
+    batch = random_batch(config)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).last_hidden_state, again(**batch).last_hidden_state)
+    # a new model saved today loads as the authors' architecture
+    new_dir = tmp_path / "new"
+    eval_model(CharBertModel, tiny_config()).save_pretrained(new_dir)
+    loaded = CharBertModel.from_pretrained(new_dir)
+    assert not any(getattr(loaded.config, k) for k in PREVIOUS_VARIANT)
+    assert loaded.char_embeddings.LayerNorm is None and loaded.fusion[0].word_proj.bias is None
+    assert upgrade_saved_config({"fusion_bias": False}) == {"fusion_bias": False, "char_token_norm": True, "fusion_activation": True}
+
+
 # ---- parameters -----------------------------------------------------------------------------
 
 
-def test_parameter_count_at_bert_base(capsys):
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
+def test_parameter_count_at_bert_base(capsys, variant):
     """Report what the character side adds at BERT-base size (the paper: about 5M)."""
-    config = CharBertConfig(char_vocab_size=1024)  # BERT-base sizes by default
+    config = CharBertConfig(char_vocab_size=1024, **variant)  # BERT-base sizes by default
     char_side = sum(p.numel() for p in CharEncoder(config).parameters())
     fusion = sum(p.numel() for p in HeterogeneousInteraction(config).parameters())
     shared_total = char_side + fusion
     per_layer_total = char_side + config.num_hidden_layers * fusion
     with capsys.disabled():
-        print(f"\n[BERT-base] char encoder {char_side/1e6:.2f}M + fusion {fusion/1e6:.2f}M = {shared_total/1e6:.2f}M extra "
+        print(f"\n[BERT-base, {'previous variant' if variant else 'default'}] char encoder {char_side/1e6:.2f}M + "
+              f"fusion {fusion/1e6:.2f}M = {shared_total/1e6:.2f}M extra "
               f"(shared fusion); {per_layer_total/1e6:.2f}M with one fusion per layer")
-    assert fusion == 2 * (768 * 768 + 768) + (3 * 1536 * 768 + 768) + 4 * 768
+    biases, char_norm = (768, 2 * 768) if variant else (0, 0)
+    assert fusion == 2 * (768 * 768 + biases) + (3 * 1536 * 768 + 768) + 4 * 768
+    gru = 2 * 3 * (256 * 192 + 192 * 192 + 2 * 192)
+    assert char_side == 1024 * 256 + gru + char_norm
     assert 4.5e6 < shared_total < 6.0e6
     assert per_layer_total > 50e6
 
@@ -298,6 +436,22 @@ def test_tokenizer_and_model_vocab_mismatch_is_reported(bert_dir):
     model = CharBertModel.from_pretrained(bert_dir, char_vocab_size=8).eval()
     with pytest.raises(ValueError, match="char_vocab.json does not match"):
         model(**tok(TEXTS, return_tensors="pt", padding=True))
+
+
+def test_checkpoint_module_reads_folders_and_lengths(tmp_path, bert_dir, roberta_dir):
+    assert checkpoint.read_model_type(bert_dir) == "bert" and checkpoint.read_model_type(roberta_dir) == "roberta"
+    assert checkpoint.read_config_dict(bert_dir)["architectures"][0].endswith("ForMaskedLM")
+    plain_roberta = AutoConfig.from_pretrained(roberta_dir)
+    assert checkpoint.max_sequence_length(plain_roberta) == plain_roberta.max_position_embeddings - plain_roberta.pad_token_id - 1
+    assert checkpoint.max_sequence_length(AutoConfig.from_pretrained(bert_dir)) == 128
+    wrapped = CharBertConfig.from_backbone_config(plain_roberta)
+    assert checkpoint.max_sequence_length(wrapped) == checkpoint.max_sequence_length(plain_roberta) == wrapped.max_sequence_length
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable model config"):
+        checkpoint.read_model_type(tmp_path)
+    # the public entry delegates: a plain folder builds CharBERT on it
+    model = CharBertModel.from_backbone(bert_dir)
+    assert model.loading_info["source"] == str(bert_dir)
 
 
 def test_backbone_config_roundtrip():

@@ -1,0 +1,171 @@
+"""Checkpoint folders: what a folder holds, how long a sequence its model takes, and building
+CharBERT on a plain BERT/RoBERTa checkpoint.
+
+    read_config_dict(path)        config.json of a local checkpoint folder (one-line errors)
+    read_model_type(path)         its model_type ("charbert", "bert", "roberta", ...)
+    max_sequence_length(config)   longest token sequence any BERT-like config's positions allow
+    build_on_backbone(cls, path)  a new CharBERT model (class `cls`) whose backbone is the plain checkpoint
+    read_checkpoint_tensors(path, names)  selected tensors of a folder's weight files
+
+`CharBertPreTrainedModel.from_pretrained` is the public entry: a CharBERT folder loads the usual
+transformers way, a plain one goes through `build_on_backbone`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModel
+from transformers.utils import logging as hf_logging
+
+from .configuration import BACKBONE_CONFIGS, CharBertConfig
+
+logger = logging.getLogger(__name__)
+
+# Model types whose position ids start after padding_idx (fairseq's convention): they reserve
+# pad_token_id + 1 positions.
+PADDING_OFFSET_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
+
+# Where a plain *ForMaskedLM checkpoint keeps its MLM head -> our names (loaded when present).
+MLM_HEAD_KEYS = {
+    "bert": {
+        "cls.predictions.transform.dense.weight": "mlm_head.dense.weight",
+        "cls.predictions.transform.dense.bias": "mlm_head.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight": "mlm_head.LayerNorm.weight",
+        "cls.predictions.transform.LayerNorm.bias": "mlm_head.LayerNorm.bias",
+        "cls.predictions.bias": "mlm_head.bias",
+    },
+    "roberta": {
+        "lm_head.dense.weight": "mlm_head.dense.weight",
+        "lm_head.dense.bias": "mlm_head.dense.bias",
+        "lm_head.layer_norm.weight": "mlm_head.LayerNorm.weight",
+        "lm_head.layer_norm.bias": "mlm_head.LayerNorm.bias",
+        "lm_head.bias": "mlm_head.bias",
+    },
+}
+
+# from_pretrained arguments that only a transformers loader reads; building on a backbone ignores them.
+_LOADER_ONLY_KWARGS = ("local_files_only", "trust_remote_code", "ignore_mismatched_sizes")
+
+
+def read_config_dict(path: str | os.PathLike) -> dict:
+    """The config.json of a local checkpoint folder as a dict."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"No model checkpoint at {path} (expected {config_file}); charbert never downloads from a hub.")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config_file} is not a readable model config: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file} is not a readable model config: a JSON object was expected.")
+    return config
+
+
+def read_model_type(path: str | os.PathLike) -> str:
+    """The folder's model_type ("" when its config names none)."""
+    return read_config_dict(path).get("model_type") or ""
+
+
+def max_sequence_length(config) -> int | None:
+    """Longest token sequence the position embeddings of `config` allow (None when it has none)."""
+    if isinstance(config, CharBertConfig):
+        return config.max_sequence_length
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if getattr(config, "model_type", None) in PADDING_OFFSET_MODEL_TYPES:
+        return int(limit) - int(getattr(config, "pad_token_id", 1)) - 1
+    return int(limit)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' own loading messages while we report what was loaded ourselves."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def read_checkpoint_tensors(path: str | os.PathLike, names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Read the tensors `names` (checkpoint name -> our name) that a checkpoint folder holds, if any."""
+    from safetensors import safe_open
+
+    found: dict[str, torch.Tensor] = {}
+    files = sorted(Path(path).glob("*.safetensors"))
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if key in names:
+                    found[names[key]] = f.get_tensor(key)
+    if not files:
+        for file in sorted(Path(path).glob("pytorch_model*.bin")):
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            found.update({names[k]: v for k, v in state.items() if k in names})
+    return found
+
+
+def build_on_backbone(model_cls, path: str | os.PathLike, **config_kwargs):
+    """A new `model_cls` (a CharBERT class) whose backbone (embeddings, layers, pooler) is the plain
+    BERT/RoBERTa checkpoint at `path`.
+
+    Every backbone weight is copied (and a *ForMaskedLM head, when the checkpoint has one and the
+    model has an MLM head); the character modules and the fusion are new. `model.loading_info`
+    lists what was loaded and what was initialised. `config_kwargs` set CharBertConfig fields.
+    """
+    model_type = read_model_type(path)
+    if model_type not in BACKBONE_CONFIGS:
+        raise ValueError(
+            f"{path} holds a {model_type!r} model; CharBERT loads CharBERT checkpoints or plain "
+            f"{' / '.join(sorted(BACKBONE_CONFIGS))} checkpoints."
+        )
+    output_loading_info = config_kwargs.pop("output_loading_info", False)
+    for loader_only in _LOADER_ONLY_KWARGS:
+        config_kwargs.pop(loader_only, None)
+    attn_implementation = config_kwargs.pop("attn_implementation", None)
+    dtype = config_kwargs.pop("dtype", None) or config_kwargs.pop("torch_dtype", None)
+    with quiet_transformers():  # we report what was loaded ourselves, below
+        backbone, backbone_info = AutoModel.from_pretrained(str(path), output_loading_info=True)
+    config = CharBertConfig.from_backbone_config(backbone.config, **config_kwargs)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    model = model_cls(config)
+    loaded = _copy_backbone(model, model_cls.base_model_prefix, backbone, backbone_info, path)
+    if hasattr(model, "mlm_head"):
+        head_state = read_checkpoint_tensors(path, MLM_HEAD_KEYS[config.backbone_type])
+        if head_state:
+            model.load_state_dict(head_state, strict=False)
+            loaded += sorted(head_state)
+    new = sorted(k for k in model.state_dict() if k not in set(loaded))
+    model.loading_info = {"loaded_keys": loaded, "initialized_keys": new, "source": str(path)}
+    logger.warning(
+        "CharBERT built on the %s checkpoint %s: %d backbone tensors loaded; newly initialised: %s",
+        config.backbone_type, path, len(loaded), ", ".join(sorted({k.rsplit(".", 1)[0] for k in new})),
+    )
+    if dtype is not None and dtype != "auto":
+        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    if output_loading_info:  # the transformers contract: (model, info) like any from_pretrained
+        return model, {"missing_keys": new, "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    return model
+
+
+def _copy_backbone(model, prefix: str, backbone, backbone_info: dict, path) -> list[str]:
+    """Load the plain backbone's weights into the model's CharBertModel; returns the model's keys loaded."""
+    base = model.base_model  # a head holds its CharBertModel under `prefix`
+    own = base.state_dict()
+    absent = set(backbone_info.get("missing_keys", ()))  # e.g. a pooler the checkpoint never had
+    backbone_state = {k: v for k, v in backbone.state_dict().items() if k in own and k not in absent}
+    missing = sorted(k for k in base.backbone_state_names() if k not in backbone_state and k not in absent)
+    if missing:
+        raise ValueError(f"{path} lacks backbone weights CharBERT needs: {missing[:5]}...")
+    base.load_state_dict(backbone_state, strict=False)
+    key_prefix = "" if base is model else prefix + "."
+    return [key_prefix + k for k in sorted(backbone_state)]
