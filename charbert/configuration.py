@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from transformers import BertConfig, PretrainedConfig, RobertaConfig
 
+from .chars import check_char_layout
 from .compat import LEGACY_ARCHITECTURE, upgrade_saved_config
 
 BACKBONE_CONFIGS = {"bert": BertConfig, "roberta": RobertaConfig}
 CHAR_PADDING_MODES = ("exact", "reference")
-CHAR_LAYOUTS = ("offsets", "reference")
 
 # Our previous architecture (character LayerNorm, activation after the fusion conv, biases):
 # `CharBertConfig(..., **PREVIOUS_VARIANT)`. The default is the authors' released architecture.
@@ -112,8 +112,6 @@ class CharBertConfig(PretrainedConfig):
         self.char_pad_token_id = char_pad_token_id
         if char_padding not in CHAR_PADDING_MODES:
             raise ValueError(f"char_padding must be one of {CHAR_PADDING_MODES}; got {char_padding!r}.")
-        if char_layout not in CHAR_LAYOUTS:
-            raise ValueError(f"char_layout must be one of {CHAR_LAYOUTS}; got {char_layout!r}.")
         switches = {"char_token_norm": char_token_norm, "fusion_activation": fusion_activation, "fusion_bias": fusion_bias}
         for name, value in switches.items():
             if not isinstance(value, bool):
@@ -122,7 +120,7 @@ class CharBertConfig(PretrainedConfig):
         self.fusion_activation = fusion_activation
         self.fusion_bias = fusion_bias
         self.char_padding = char_padding
-        self.char_layout = char_layout
+        self.char_layout = check_char_layout(char_layout)  # the tokenizer's; the model does not read it
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> CharBertConfig:

@@ -9,7 +9,6 @@ Objectives (`--objective`):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,21 +18,12 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from .chars import CHAR_VOCAB_FILE, CharVocab
+from .checkpoint import max_sequence_length, read_model_type
 from .modeling import CharBertForPreTraining
 from .tokenization import CharBertTokenizer
 from .vocab import WORD_VOCAB_FILE, WordVocab
 
 logger = logging.getLogger(__name__)
-
-
-def read_model_type(path: str | os.PathLike) -> str:
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"No model checkpoint at {path} (expected {config}).")
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type", "")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config} is not a readable model config: {err}") from None
 
 
 def resolve_vocabularies(model_path, word_vocab_path=None, char_vocab_path=None) -> tuple[WordVocab | None, CharVocab]:
@@ -83,16 +73,15 @@ def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | N
                 f"The character vocabulary has {len(char_vocab)} entries but the model at {model_path} embeds only "
                 f"{config.char_vocab_size}: pass the char_vocab.json it was trained with."
             )
-        tokenizer = CharBertTokenizer(AutoTokenizer.from_pretrained(model_path), char_vocab)
-        limit = config.max_sequence_length
+        # The character layout is the model's (a converted checkpoint keeps the authors').
+        tokenizer = CharBertTokenizer(AutoTokenizer.from_pretrained(model_path), char_vocab, char_layout=config.char_layout)
     else:
         if model_type == "charbert":
             raise ValueError(f"--objective {objective} trains a plain BERT/RoBERTa; {model_path} is a CharBERT checkpoint.")
         model = AutoModelForMaskedLM.from_pretrained(model_path)
         tokenizer = CharBertTokenizer(AutoTokenizer.from_pretrained(model_path), char_vocab)
-        config = model.config
-        limit = config.max_position_embeddings - (config.pad_token_id + 1 if model_type == "roberta" else 0)
-    if max_seq_length > limit:
+    limit = max_sequence_length(model.config)
+    if limit is not None and max_seq_length > limit:
         raise ValueError(f"--max_seq_length {max_seq_length} is above what {model_path} allows ({limit}).")
     return model, tokenizer
 

@@ -18,13 +18,14 @@ NER) is an error, unless ``new_head=True`` asks to drop it.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from torch import nn
+
+from ..checkpoint import max_sequence_length, quiet_transformers, read_config_dict
 
 logger = logging.getLogger(__name__)
 
@@ -75,18 +76,10 @@ class CheckpointInfo:
 
 def inspect_checkpoint(path, charbert: bool = False) -> CheckpointInfo:
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"No model checkpoint at {path} (expected {config_file}); charbert never downloads from a hub."
-        )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelSetupError(f"{config_file} is not a readable model config: {err}") from None
+    config = read_config_dict(path)
     model_type = config.get("model_type")
     if not model_type:
-        raise ModelSetupError(f"{config_file} has no model_type.")
+        raise ModelSetupError(f"{path / 'config.json'} has no model_type.")
     if charbert and model_type not in ("charbert", "bert", "roberta"):
         raise ModelSetupError(f"--charbert builds CharBERT on a BERT or RoBERTa checkpoint; {path} holds {model_type!r}.")
     archs = config.get("architectures") or []
@@ -209,17 +202,9 @@ def load_task_model(info: CheckpointInfo, head: str, *, id2label: Optional[Dict[
     takes_head = info.head is not None and (info.is_charbert_checkpoint or not info.build_charbert)
     if new_head and takes_head:
         kwargs["ignore_mismatched_sizes"] = True
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # we report what was loaded and what is new ourselves
-    try:
-        if info.build_charbert:
-            result = charbert_cls.from_pretrained(str(info.path), output_loading_info=True, **kwargs)
-        else:
-            result = plain_cls.from_pretrained(str(info.path), output_loading_info=True, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    with quiet_transformers():  # we report what was loaded and what is new ourselves
+        model_cls = charbert_cls if info.build_charbert else plain_cls
+        result = model_cls.from_pretrained(str(info.path), output_loading_info=True, **kwargs)
     model, loading = result if isinstance(result, tuple) else (result, None)
     if loading is not None:
         initialized = _modules_of(set(loading.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k for k in loading.get("mismatched_keys", ())})
@@ -267,15 +252,7 @@ def load_task_tokenizer(info: CheckpointInfo, model=None):
 
 def max_model_length(model) -> Optional[int]:
     """Longest token sequence the model's position embeddings allow."""
-    config = model.config
-    if hasattr(config, "max_sequence_length"):
-        return int(config.max_sequence_length)
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is None:
-        return None
-    if getattr(config, "model_type", None) in ("roberta", "xlm-roberta", "camembert"):
-        return int(limit) - int(getattr(config, "pad_token_id", 1)) - 1
-    return int(limit)
+    return max_sequence_length(model.config)
 
 
 __all__ = [
