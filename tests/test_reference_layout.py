@@ -28,13 +28,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import corpus_lines, shared_data
 
 from charbert import CharBertTokenizer, CharVocab
-from charbert.chars import PAD_ID, UNK_ID
+from charbert.chars import PAD_ID, UNK_ID, align
 from charbert.collator import PretrainingCollator
 from charbert.tiny import train_tokenizer
 from charbert.vocab import WordVocab
-from conftest import corpus_lines, shared_data
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "wtma_charbert"
 MAX_LENGTH = 96
@@ -74,7 +74,7 @@ def _their_method(path: Path, class_name: str, name: str):
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
     fn = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
     namespace: dict = {}
-    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(path), "exec"), namespace)
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102 (their code, read-only)
     return namespace[name]
 
 
@@ -272,3 +272,40 @@ def test_pretraining_layout_with_masked_tokens(setup, authors):
         tokens = ["x" if t == tok.unk_token else t for t in tok.convert_ids_to_tokens(enc["input_ids"])]
         outcome.append(compare(ours, chars, starts, ends, setup.remap, tokens, tok.unk_token))
     assert n_chosen >= 50 and outcome.count("same") >= 40
+
+
+class _Crafted:
+    """A tokenizer stand-in for their GLUE code that returns fixed subword strings."""
+
+    unk_token, sep_token, pad_token, cls_token, mask_token = "[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def encode_plus(self, text, text_pair=None, add_special_tokens=True, max_length=None):
+        return {"input_ids": list(range(len(self.tokens))), "token_type_ids": [0] * len(self.tokens)}
+
+    def convert_ids_to_tokens(self, ids):
+        return [self.tokens[i] for i in ids]
+
+
+def test_cut_at_six_characters_per_token(authors):
+    """Rows of long subwords cut at 6 L characters anywhere (inside a token, at its 0, between
+    tokens): our positions and characters equal theirs."""
+    vocab_file, char_vocab, remap = their_char_vocab("bert")
+    rng = np.random.default_rng(0)
+    letters = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    cuts = set()
+    for _ in range(60):
+        words = ["".join(rng.choice(letters, size=rng.integers(1, 16))) for _ in range(rng.integers(1, 10))]
+        tokens = ["[CLS]"] + [w if k == 0 or rng.random() < 0.5 else "##" + w for k, w in enumerate(words)] + ["[SEP]"]
+        [feature] = _quiet(authors.glue.glue_convert_examples_to_features, [authors.utils.InputExample("0", "unused", None, "0")],
+                           _Crafted(tokens), max_length=len(tokens), label_list=["0"], output_mode="classification",
+                           char_vocab_file=str(vocab_file))
+        sequence_ids = [None] + [0] * len(words) + [None]
+        chars, starts, ends = align(np.zeros((len(tokens), 2)), sequence_ids, ("",), char_vocab, layout="reference",
+                                    tokens=tokens, continuation_prefix="##")
+        ours = {"char_input_ids": chars, "char_start_positions": starts, "char_end_positions": ends}
+        assert compare(ours, feature.char_input_ids, feature.start_ids, feature.end_ids, remap, tokens, "[UNK]") == "same"
+        cuts.add(int((starts == 6 * len(tokens) - 1).sum()) > 0)
+    assert cuts == {True, False}  # rows that were cut and rows that were not
