@@ -201,7 +201,7 @@ def align(
         char_ids (C,), starts (L,), ends (L,), all int64.
         "offsets": special and padding tokens get 0/0 (the [SPECIAL] placeholder); a token with an
         empty span (possible with byte-level BPE on repeated spaces) points at its start character.
-        "reference": C = 6 L, see `_reference_layout`.
+        "reference": C <= 6 L (padded to 6 L by `tokenization.pad_char_features`), see `_reference_layout`.
     """
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     if check_char_layout(layout) == "reference":
@@ -272,9 +272,10 @@ def _token_spellings(offsets, sequence_ids, texts, vocab, tokens, hidden, unknow
 def _reference_layout(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, padding, prefix):
     """The authors' layout: each token's characters then a 0; a placeholder token is "0 0".
 
-    The row is cut and padded (with 0 = [PAD]) to 6 L characters. A token that starts past the
-    cut, a padding token when `padding` is given, and the end of a token cut in the middle, point
-    at the last position 6 L - 1 (what their code leaves in its position lists).
+    The row is cut at 6 L characters (`pad_char_features` pads it with 0 = [PAD] to 6 L, as
+    theirs). A token that starts past the cut, a padding token when `padding` is given, and the
+    end of a token cut in the middle, point at the last position 6 L - 1 (what their code
+    leaves in its position lists).
     """
     n_tokens = len(tokens)
     size = REFERENCE_CHARS_PER_TOKEN * n_tokens
@@ -293,9 +294,7 @@ def _reference_layout(offsets, sequence_ids, texts, vocab, tokens, hidden, unkno
     blocks = [np.zeros(2, dtype=np.int64) if chars is None else np.append(chars, PAD_ID)
               for chars, n in zip(spellings, written) if n > 0]
     row = np.concatenate(blocks)[:size] if blocks else np.zeros(0, dtype=np.int64)
-    char_ids = np.full(size, PAD_ID, dtype=np.int64)
-    char_ids[: len(row)] = row
-    return char_ids, starts, ends
+    return row, starts, ends
 
 
 def hide_characters(

@@ -53,7 +53,7 @@ def pad_char_features(
     (L_i,). "offsets": characters are right-padded with [PAD] to the longest C_i; positions are
     padded with 0 (the placeholder) to the longest L_i, matching right-padded subword inputs.
     "reference": rows are padded to 6 L (L = the longest L_i) and padded tokens point at the last
-    position, as the authors' code does (their GRU reads the whole row: the mask is all ones).
+    position, as the authors' code does (the mask still marks each row's own characters).
     """
     n_tokens = max(len(f["char_start_positions"]) for f in features)
     if check_char_layout(char_layout) == "reference":
@@ -71,7 +71,7 @@ def pad_char_features(
     for i, f in enumerate(features):
         c, t = len(f["char_input_ids"]), len(f["char_start_positions"])
         char_ids[i, :c] = torch.as_tensor(f["char_input_ids"])
-        char_mask[i, : n_chars if char_layout == "reference" else c] = 1
+        char_mask[i, :c] = 1
         starts[i, :t] = torch.as_tensor(f["char_start_positions"])
         ends[i, :t] = torch.as_tensor(f["char_end_positions"])
     return dict(zip(CHAR_INPUT_NAMES, (char_ids, char_mask, starts, ends)))

@@ -34,6 +34,7 @@ from charbert import CharBertTokenizer, CharVocab
 from charbert.chars import PAD_ID, UNK_ID, align
 from charbert.collator import PretrainingCollator
 from charbert.tiny import train_tokenizer
+from charbert.tokenization import pad_char_features
 from charbert.vocab import WordVocab
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "wtma_charbert"
@@ -149,7 +150,7 @@ def compare(ours: dict, theirs_chars, theirs_starts, theirs_ends, remap, tokens,
     """'same', or the documented difference found ('bug'); fails on any other difference."""
     theirs_chars = remap[np.asarray(theirs_chars)]
     assert (theirs_chars >= 0).all()
-    ours_chars, starts, ends = (np.asarray(ours[k]) for k in ("char_input_ids", "char_start_positions", "char_end_positions"))
+    ours_chars, starts, ends = (np.asarray(ours[k]).astype(np.int64) for k in ("char_input_ids", "char_start_positions", "char_end_positions"))
     assert ours_chars.shape == theirs_chars.shape and starts.shape == ends.shape == (len(theirs_starts),)
     bugs = bug_tokens(tokens, unk_token)
     if not bugs:
@@ -161,6 +162,10 @@ def compare(ours: dict, theirs_chars, theirs_starts, theirs_ends, remap, tokens,
     assert ours_chars[: starts[first]].tolist() == theirs_chars[: starts[first]].tolist()
     assert (ours_chars.tolist(), starts.tolist()) != (theirs_chars.tolist(), list(theirs_starts)), "a listed bug case did not differ"
     return "bug"
+
+
+def first_row(batch) -> dict:
+    return {k: v[0] for k, v in batch.items()}
 
 
 def _quiet(fn, *args, **kwargs):
@@ -192,9 +197,9 @@ def test_glue_single_and_pair_layout(setup, authors):
     )
     outcome = []
     for (a, b), feature in zip(examples, theirs):
-        ours = setup.ours(a, b, padding="max_length", truncation=True, max_length=MAX_LENGTH)
-        assert ours["input_ids"] == feature.input_ids  # same tokens: any difference below is the layout's
-        tokens = setup.ours.convert_ids_to_tokens(ours["input_ids"])
+        ours = first_row(setup.ours(a, b, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt"))
+        assert ours["input_ids"].tolist() == feature.input_ids  # same tokens: any difference below is the layout's
+        tokens = setup.ours.convert_ids_to_tokens(ours["input_ids"].tolist())
         outcome.append(compare(ours, feature.char_input_ids, feature.start_ids, feature.end_ids, setup.remap, tokens, setup.ours.unk_token))
     assert outcome.count("same") >= N_SENTENCES // 2 and outcome[-2:] == ["bug", "bug"]
 
@@ -214,9 +219,10 @@ def test_ner_word_lists_layout(setup, authors):
     outcome = []
     prefix = " " if setup.backbone == "roberta" else ""  # their RoBERTa NER tokenises each word with a prefix space
     for s, feature in zip(sentences, theirs):
-        ours = tok(prefix + " ".join(s.tokens), padding="max_length", truncation=True, max_length=MAX_LENGTH, padded_tokens_last=True)
-        assert ours["input_ids"] == feature.input_ids
-        tokens = tok.convert_ids_to_tokens(ours["input_ids"])
+        ours = first_row(tok(prefix + " ".join(s.tokens), padding="max_length", truncation=True, max_length=MAX_LENGTH,
+                             padded_tokens_last=True, return_tensors="pt"))
+        assert ours["input_ids"].tolist() == feature.input_ids
+        tokens = tok.convert_ids_to_tokens(ours["input_ids"].tolist())
         outcome.append(compare(ours, feature.char_input_ids, feature.start_ids, feature.end_ids, setup.remap, tokens, tok.unk_token))
     assert outcome.count("same") >= N_SENTENCES // 2
 
@@ -242,9 +248,10 @@ def test_squad_question_context_layout(setup, authors):
     assert len(theirs) == len(examples)  # one window each
     outcome = []
     for ex, feature in zip(examples, theirs):
-        ours = tok(ex.question, ex.context, padding="max_length", truncation="only_second", max_length=max_length, padded_tokens_last=True)
-        assert ours["input_ids"] == feature.input_ids
-        tokens = tok.convert_ids_to_tokens(ours["input_ids"])
+        ours = first_row(tok(ex.question, ex.context, padding="max_length", truncation="only_second", max_length=max_length,
+                             padded_tokens_last=True, return_tensors="pt"))
+        assert ours["input_ids"].tolist() == feature.input_ids
+        tokens = tok.convert_ids_to_tokens(ours["input_ids"].tolist())
         outcome.append(compare(ours, feature.char_ids, feature.start_ids, feature.end_ids, setup.remap, tokens, tok.unk_token))
     assert outcome.count("same") >= len(examples) // 2
 
@@ -305,7 +312,8 @@ def test_cut_at_six_characters_per_token(authors):
         sequence_ids = [None] + [0] * len(words) + [None]
         chars, starts, ends = align(np.zeros((len(tokens), 2)), sequence_ids, ("",), char_vocab, layout="reference",
                                     tokens=tokens, continuation_prefix="##")
-        ours = {"char_input_ids": chars, "char_start_positions": starts, "char_end_positions": ends}
+        ours = first_row(pad_char_features([{"char_input_ids": chars, "char_start_positions": starts, "char_end_positions": ends}],
+                                           char_layout="reference"))
         assert compare(ours, feature.char_input_ids, feature.start_ids, feature.end_ids, remap, tokens, "[UNK]") == "same"
         cuts.add(int((starts == 6 * len(tokens) - 1).sum()) > 0)
     assert cuts == {True, False}  # rows that were cut and rows that were not
