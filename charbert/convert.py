@@ -244,6 +244,8 @@ def _head_of(state: dict, config: dict, backbone: str, head: str | None, path: P
             found = "token_classification"  # their RoBERTa sequence head is `char_classifier`
         elif head in ("sequence_classification", "token_classification"):
             found = head
+        elif head is not None:
+            raise ConversionError(f"--head {head} but {path}/{WEIGHTS_FILE} holds a `classifier` (their sequence or token classification head)")
         elif config.get("finetuning_task"):  # their run_glue.py sets it, their run_ner.py does not
             found = "sequence_classification"
         else:

@@ -1,0 +1,244 @@
+"""`python -m charbert.convert` on tiny checkpoints made with the authors' code: what it writes, how it
+loads (nothing newly initialised), how their vocabularies are remapped, and each error.
+
+Function equality with their model is tests/test_parity_model.py; this file checks the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from reference import (
+    CHAR_VOCAB,
+    TERM_VOCAB,
+    authors_code_or_skip,
+    build_authors_model,
+    save_authors_checkpoint,
+    vocab_tokens,
+)
+from transformers import AutoModel, AutoModelForPreTraining, BertConfig, BertForMaskedLM
+
+from charbert import CharBertConfig, CharBertTokenizer
+from charbert.chars import PAD_ID, UNK_ID
+from charbert.convert import (
+    PROG,
+    ConversionError,
+    convert,
+    main,
+    map_char_vocab,
+    map_term_vocab,
+    read_lines,
+)
+from charbert.vocab import WordVocab
+
+VOCAB_SIZE = 120
+
+
+@pytest.fixture(scope="module")
+def authors_dirs(tmp_path_factory):
+    """Their pretraining model (CharBertForMaskedLM / RobertaForMaskedLM) saved in their format, per backbone."""
+    authors_code_or_skip()
+    dirs = {}
+    for backbone in ("bert", "roberta"):
+        model = build_authors_model(backbone, "pretraining", VOCAB_SIZE, seed=1)
+        dirs[backbone] = save_authors_checkpoint(model, tmp_path_factory.mktemp(f"authors_{backbone}"), backbone, vocab_tokens(backbone, VOCAB_SIZE))
+    return dirs
+
+
+def copy_checkpoint(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def run_cli_error(capsys, *argv) -> str:
+    """Run the CLI, expect exit 2 and one `prog: error: ...` line on stderr; return that line."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"{PROG}: error: ") and "\n" not in err, err
+    return err
+
+
+# ---- vocabularies --------------------------------------------------------------------------
+
+
+def test_their_char_vocab_is_read_like_their_loader():
+    authors_code_or_skip()
+    lines = read_lines(CHAR_VOCAB["bert"], "character vocabulary")
+    assert len(lines) == 1001 and lines[0] == " " and lines[104] == lines[105] == "" and lines[-1] == "<unk>"
+    mapping = map_char_vocab(lines)
+    # Unreachable: the two empty lines and the whitespace their BERT tokenizer splits on (we fold it onto " ").
+    assert sorted(mapping.dropped) == sorted(["", "", "\u2009", "\u202f", "\u3000"])
+    assert len(mapping.vocab) == 5 + 1001 - 6  # our 5 special ids + every reachable character of theirs
+    assert mapping.their_to_ours[0] == PAD_ID and mapping.their_to_ours[1000] == UNK_ID
+    assert mapping.rows[PAD_ID] == 0 and mapping.rows[UNK_ID] == 1000
+    assert mapping.rows[mapping.vocab.char_to_id[" "]] == 0  # their id 0 is the space
+    for their_id, char in enumerate(lines):  # every reachable character keeps its own row
+        ours = mapping.their_to_ours[their_id]
+        if ours > UNK_ID:
+            assert mapping.vocab.chars[ours - 5] == char and mapping.rows[ours] == their_id
+    roberta = map_char_vocab(read_lines(CHAR_VOCAB["roberta"], "character vocabulary"))
+    assert roberta.dropped == [] and "\u0120" in roberta.vocab.char_to_id  # byte-level BPE's Ġ is a character
+
+
+def test_later_repeat_of_a_line_wins(tmp_path):
+    file = tmp_path / "chars"
+    file.write_text(" \na\nb\na\n<unk>\n", encoding="utf-8")
+    mapping = map_char_vocab(read_lines(file, "character vocabulary"))
+    assert mapping.rows[mapping.vocab.char_to_id["a"]] == 3 and mapping.their_to_ours[1] == -1
+    assert mapping.dropped == ["a"]
+
+
+def test_their_term_vocab_becomes_ours_with_unk_first():
+    authors_code_or_skip()
+    lines = read_lines(TERM_VOCAB, "term vocabulary")
+    mapping = map_term_vocab(lines)
+    assert len(mapping.vocab) == len(lines) == 30001 and mapping.dropped == []
+    assert mapping.rows[WordVocab.UNK_ID] == 30000  # their <unk> is last
+    assert mapping.vocab.id(lines[0]) == 1 and mapping.rows[1] == 0
+
+
+# ---- conversion ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backbone", ["bert", "roberta"])
+def test_converted_folder_loads_with_nothing_new(tmp_path, authors_dirs, backbone, one_torch_thread):
+    out = convert(authors_dirs[backbone], CHAR_VOCAB[backbone], TERM_VOCAB, tmp_path / "out")
+    for name in ("model.safetensors", "config.json", "char_vocab.json", "word_vocab.txt", "tokenizer.json", "README.md"):
+        assert (out / name).is_file(), name
+
+    config = CharBertConfig.from_pretrained(out)
+    assert (config.backbone_type, config.char_layout, config.char_padding) == (backbone, "reference", "reference")
+    assert not (config.char_token_norm or config.fusion_activation or config.fusion_bias) and config.share_fusion
+    assert config.char_vocab_size == len(map_char_vocab(read_lines(CHAR_VOCAB[backbone], "chars")).vocab)
+    assert config.word_vocab_size == 30001 and config.architectures == ["CharBertForPreTraining"]
+
+    for auto in (AutoModel, AutoModelForPreTraining):
+        _, report = auto.from_pretrained(out, output_loading_info=True)
+        if auto is AutoModel:  # the base model has no pretraining heads: only those may be left over
+            report = dict(report, unexpected_keys={k for k in report["unexpected_keys"] if not k.startswith(("mlm_head.", "nlm_head."))})
+        assert not any(report[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")), report
+
+    tokenizer = CharBertTokenizer.from_pretrained(out)
+    assert tokenizer.char_layout == "reference"
+    assert tokenizer.char_vocab == map_char_vocab(read_lines(CHAR_VOCAB[backbone], "chars")).vocab
+    assert WordVocab.load(out) == map_term_vocab(read_lines(TERM_VOCAB, "terms")).vocab
+    model = AutoModelForPreTraining.from_pretrained(out).eval()
+    batch = tokenizer(["Hello there.", "A b"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out_logits = model(**batch).mlm_logits
+    assert out_logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out_logits).all()
+
+    card = (out / "README.md").read_text(encoding="utf-8")
+    expected_class = "CharBertForMaskedLM" if backbone == "bert" else "RobertaForMaskedLM"
+    assert expected_class in card and "char_padding" in card
+
+
+def test_bert_tokenizer_is_cased_unless_told(tmp_path, authors_dirs):
+    def first_piece(out):
+        return CharBertTokenizer.from_pretrained(out).tokenize("Hello")[0]
+
+    assert first_piece(convert(authors_dirs["bert"], CHAR_VOCAB["bert"], TERM_VOCAB, tmp_path / "cased")) == "H"
+    lower_dir = copy_checkpoint(authors_dirs["bert"], tmp_path / "lower")
+    (lower_dir / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}), encoding="utf-8")
+    assert first_piece(convert(lower_dir, CHAR_VOCAB["bert"], TERM_VOCAB, tmp_path / "lower_out")) == "h"
+    argv = ["--original_checkpoint", lower_dir, "--char_vocab", CHAR_VOCAB["bert"], "--term_vocab", TERM_VOCAB]
+    assert main([str(a) for a in argv + ["--output_dir", tmp_path / "forced", "--no-do_lower_case"]]) == 0
+    assert first_piece(tmp_path / "forced") == "H"
+    assert main([str(a) for a in argv[:2] + ["--char_vocab", CHAR_VOCAB["bert"], "--term_vocab", TERM_VOCAB,
+                                             "--output_dir", tmp_path / "lowered", "--do_lower_case"]]) == 0
+    assert first_piece(tmp_path / "lowered") == "h"
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+
+def cli_args(src, backbone="bert", out="out", char_vocab=None, term_vocab=None):
+    return ["--original_checkpoint", src, "--char_vocab", char_vocab or CHAR_VOCAB[backbone],
+            "--term_vocab", term_vocab or TERM_VOCAB, "--output_dir", out]
+
+
+def test_error_not_an_authors_checkpoint(tmp_path, authors_dirs, capsys):
+    assert "no checkpoint folder" in run_cli_error(capsys, *cli_args(tmp_path / "nowhere"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "not an authors' CharBERT checkpoint" in run_cli_error(capsys, *cli_args(empty))
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    shutil.copy(authors_dirs["bert"] / "config.json", no_weights)
+    assert "no pytorch_model.bin" in run_cli_error(capsys, *cli_args(no_weights))
+    converted = convert(authors_dirs["bert"], CHAR_VOCAB["bert"], TERM_VOCAB, tmp_path / "converted")
+    assert "already a charbert checkpoint" in run_cli_error(capsys, *cli_args(converted))
+    other = copy_checkpoint(authors_dirs["bert"], tmp_path / "other")
+    torch.save({"encoder.weight": torch.zeros(2)}, other / "pytorch_model.bin")
+    assert "not an authors' CharBERT checkpoint" in run_cli_error(capsys, *cli_args(other))
+
+
+def test_error_plain_bert_passed_by_mistake(tmp_path, capsys):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    torch.save(BertForMaskedLM(config).state_dict(), plain / "pytorch_model.bin")
+    (plain / "config.json").write_text(config.to_json_string(), encoding="utf-8")
+    assert "plain BERT checkpoint" in run_cli_error(capsys, *cli_args(plain))
+
+
+def test_error_vocabulary_sizes(tmp_path, authors_dirs, capsys):
+    chars = read_lines(CHAR_VOCAB["bert"], "chars")
+    short_chars = tmp_path / "short_chars"
+    short_chars.write_text("\n".join(chars[:500] + ["<unk>"]) + "\n", encoding="utf-8")
+    err = run_cli_error(capsys, *cli_args(authors_dirs["bert"], char_vocab=short_chars))
+    assert "character embedding has 1001 rows" in err and "501 lines" in err
+    err = run_cli_error(capsys, *cli_args(authors_dirs["roberta"], "roberta", char_vocab=CHAR_VOCAB["bert"]))
+    assert "character embedding has 1050 rows" in err  # the BERT char vocab given for the RoBERTa model
+    terms = read_lines(TERM_VOCAB, "terms")
+    short_terms = tmp_path / "short_terms"
+    short_terms.write_text("\n".join(terms[:100] + ["<unk>"]) + "\n", encoding="utf-8")
+    err = run_cli_error(capsys, *cli_args(authors_dirs["bert"], term_vocab=short_terms))
+    assert "NLM decoder has 30001 rows" in err and "101 words" in err
+
+
+def test_error_missing_files(tmp_path, authors_dirs, capsys):
+    assert "no character vocabulary" in run_cli_error(capsys, *cli_args(authors_dirs["bert"], char_vocab=tmp_path / "none"))
+    no_vocab = copy_checkpoint(authors_dirs["bert"], tmp_path / "no_vocab")
+    (no_vocab / "vocab.txt").unlink()
+    assert "no vocab.txt" in run_cli_error(capsys, *cli_args(no_vocab))
+    no_merges = copy_checkpoint(authors_dirs["roberta"], tmp_path / "no_merges")
+    (no_merges / "merges.txt").unlink()
+    assert "merges.txt" in run_cli_error(capsys, *cli_args(no_merges, "roberta"))
+    argv = ["--original_checkpoint", authors_dirs["bert"], "--char_vocab", CHAR_VOCAB["bert"], "--output_dir", tmp_path / "o"]
+    assert "--term_vocab is required" in run_cli_error(capsys, *argv)
+
+
+def test_error_tampered_fusion_alias(tmp_path, authors_dirs, capsys):
+    tampered = copy_checkpoint(authors_dirs["bert"], tmp_path / "tampered")
+    state = torch.load(tampered / "pytorch_model.bin", weights_only=True)
+    aliases = [k for k in state if k.startswith("bert.encoder.fusion_layer_list.")]
+    assert len(aliases) == 2 * 2  # weight + bias, one entry per layer: the same Conv1d
+    assert torch.equal(state["bert.encoder.fusion_layer_list.0.weight"], state["bert.encoder.fusion_layer_list.1.weight"])
+    state["bert.encoder.fusion_layer_list.1.weight"] = state["bert.encoder.fusion_layer_list.1.weight"].clone() + 1e-3
+    torch.save(state, tampered / "pytorch_model.bin")
+    err = run_cli_error(capsys, *cli_args(tampered))
+    assert "fusion_layer_list.1.weight differs from bert.encoder.fusion_layer_list.0.weight" in err
+
+
+def test_error_leftover_tensor_is_named(tmp_path, authors_dirs, capsys):
+    extra = copy_checkpoint(authors_dirs["bert"], tmp_path / "extra")
+    state = torch.load(extra / "pytorch_model.bin", weights_only=True)
+    state["bert.encoder.extra_gate.weight"] = torch.zeros(3)
+    torch.save(state, extra / "pytorch_model.bin")
+    assert "bert.encoder.extra_gate.weight" in run_cli_error(capsys, *cli_args(extra))
+
+
+def test_error_ambiguous_bert_classifier_needs_head(tmp_path, authors_dirs, capsys, one_torch_thread):
+    model = build_authors_model("bert", "token_classification", VOCAB_SIZE)
+    src = save_authors_checkpoint(model, tmp_path / "ner", "bert", vocab_tokens("bert", VOCAB_SIZE))
+    assert "--head token_classification" in run_cli_error(capsys, *cli_args(src))
+    assert main([str(a) for a in cli_args(src, out=tmp_path / "ok")] + ["--head", "token_classification"]) == 0
+    assert json.loads((tmp_path / "ok" / "config.json").read_text())["architectures"] == ["CharBertForTokenClassification"]
+    with pytest.raises(ConversionError, match="holds a `classifier`"):
+        convert(src, CHAR_VOCAB["bert"], TERM_VOCAB, tmp_path / "bad", head="question_answering")
+    with pytest.raises(ConversionError, match="holds their pretraining head"):
+        convert(authors_dirs["bert"], CHAR_VOCAB["bert"], TERM_VOCAB, tmp_path / "bad", head="question_answering")
