@@ -198,3 +198,72 @@ def test_hide_characters_single_and_batch():
     assert batch[0].tolist() == out.tolist()
     assert batch[1].tolist() == [MASK_ID, 11, 12, 13, MASK_ID, MASK_ID, MASK_ID, 17, 18, 19]
     assert torch.as_tensor(batch).dtype == torch.int64
+
+
+# ---- the reference (authors') layout -------------------------------------------------------
+
+
+def test_char_layout_is_saved_and_restored(bert_dir, tmp_path):
+    tok = CharBertTokenizer.from_pretrained(bert_dir)
+    assert tok.char_layout == "offsets"  # new models keep ours
+    CharBertTokenizer(tok.tokenizer, tok.char_vocab, char_layout="reference").save_pretrained(tmp_path / "ref")
+    assert CharBertTokenizer.from_pretrained(tmp_path / "ref").char_layout == "reference"
+    assert CharBertTokenizer.from_pretrained(tmp_path / "ref", char_layout="offsets").char_layout == "offsets"
+    assert CharVocab.load(tmp_path / "ref") == tok.char_vocab  # the vocabulary file still reads as one
+    # a folder whose tokenizer files do not name it: the model's config.json decides
+    tok.tokenizer.save_pretrained(tmp_path / "cfg")
+    tok.char_vocab.save(tmp_path / "cfg")
+    (tmp_path / "cfg" / "config.json").write_text('{"model_type": "charbert", "char_layout": "reference"}', encoding="utf-8")
+    assert CharBertTokenizer.from_pretrained(tmp_path / "cfg").char_layout == "reference"
+    with pytest.raises(ValueError, match="char_layout must be one of"):
+        CharBertTokenizer(tok.tokenizer, tok.char_vocab, char_layout="authors")
+
+
+def test_reference_layout_hand_case(backbone_dir):
+    """Each token's characters then a 0; special tokens "0 0"; `#` kept, [UNK] spelled; 6 L once padded."""
+    plain = CharBertTokenizer.from_pretrained(backbone_dir)
+    tok = CharBertTokenizer(plain.tokenizer, plain.char_vocab, char_layout="reference")
+    text = "C# and # then 漢字 words"
+    enc = tok(text)
+    tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+    chars, starts, ends = (np.asarray(enc[k]) for k in ("char_input_ids", "char_start_positions", "char_end_positions"))
+    prefix = tok.continuation_prefix
+    assert (prefix == "##") == (backbone_dir.name.startswith("tiny_bert"))
+    for k, (token, s, e) in enumerate(zip(tokens, starts, ends)):
+        following = chars[e + 1] if e + 1 < len(chars) else PAD_ID
+        assert following == PAD_ID, "every token is followed by a 0"
+        if k in (0, len(tokens) - 1):
+            assert s == e and chars[s] == PAD_ID, "a special token is a single 0"
+        elif token == tok.unk_token:
+            a, b = tok.tokenizer(text, return_offsets_mapping=True)["offset_mapping"][k]
+            assert chars[s : e + 1].tolist() == tok.char_vocab.encode(text[a:b]).tolist(), "[UNK] keeps its characters"
+        else:
+            spelled = token[len(prefix):] if prefix and token.startswith(prefix) and len(token) > len(prefix) else token
+            assert chars[s : e + 1].tolist() == tok.char_vocab.encode(spelled).tolist()
+        if k:
+            assert s == ends[k - 1] + 2, "no token vanishes: spans never shift"
+    assert "#" in tokens or "Ġ#" in tokens  # the case the authors' strip("##") got wrong was checked above
+    padded = tok([text, "short"], padding="max_length", max_length=40, return_tensors="pt")
+    assert padded["char_input_ids"].shape == (2, 6 * 40)
+    assert padded["char_attention_mask"][1].sum() < 6 * 40
+    cut = tok(["word " + "😀" * 80], truncation=True, padding="max_length", max_length=12, return_tensors="pt")
+    assert cut["char_input_ids"].shape == (1, 72)
+    if prefix:  # BERT: the emoji word is one [UNK] of 80 characters, so the row is cut at 6 L
+        assert cut["char_end_positions"][0, -1] == 71 and cut["char_attention_mask"][0].sum() == 72
+
+
+def test_reference_layout_hides_masked_tokens_as_a_single_zero(bert_dir):
+    plain = CharBertTokenizer.from_pretrained(bert_dir)
+    tok = CharBertTokenizer(plain.tokenizer, plain.char_vocab, char_layout="reference")
+    enc = tok.tokenizer(["tokenization matters here"], return_offsets_mapping=True)
+    n = len(enc["input_ids"][0])
+    hidden = np.zeros(n, dtype=bool)
+    hidden[1] = True
+    chars, starts, ends = tok.align_row(enc, 0, ("tokenization matters here",), hidden=hidden)
+    clear, clear_starts, _ = tok.align_row(enc, 0, ("tokenization matters here",))
+    assert starts[1] == ends[1] and chars[starts[1]] == PAD_ID and chars[starts[1] + 1] == PAD_ID
+    assert MASK_ID not in chars.tolist()
+    shift = (clear_starts[2] - clear_starts[1]) - 2  # the hidden token's characters are gone, later spans move up
+    assert (starts[2:] == clear_starts[2:] - shift).all()
+    offsets_chars, _, _ = plain.align_row(enc, 0, ("tokenization matters here",), hidden=hidden)
+    assert MASK_ID in offsets_chars.tolist()  # ours keeps the length and writes [MASK]
