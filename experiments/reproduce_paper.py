@@ -2,11 +2,12 @@
 
     python -m charbert.convert --original_checkpoint charbert-bert-wiki --char_vocab CharBERT/data/dict/bert_char_vocab \\
         --term_vocab CharBERT/data/dict/term_vocab --output_dir charbert-bert-wiki-hf
-    python experiments/reproduce_paper.py --bert bert-base-cased --charbert charbert-bert-wiki-hf --data_dir DATA \\
+    python experiments/reproduce_paper.py --bert BERT_BASE_CASED_DIR --charbert charbert-bert-wiki-hf --data_dir DATA \\
         --attacked_dir CharBERT/data/attack_datasets --output_dir runs/reproduce_paper
 
-Both models are fine-tuned with the authors' recipes (their README and ``shell/*.sh``; the flags
-below shrink them for a smoke run) through the project's own programs, each model the same way:
+Both models are fine-tuned the same way, through the project's own programs, with the authors'
+recipes (NER and SQuAD: their README; QNLI: their ``shell/*.sh`` as issue 10 quotes them; flags
+shrink them for a smoke run):
 
 * CoNLL-2003 NER (``finetune.ner``): 3 epochs, lr 3e-5, batch 6, length 128;
 * QNLI (``finetune.glue --task_name qnli``): 8 epochs, lr 3e-5, batch 16, length 128;

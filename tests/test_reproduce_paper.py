@@ -83,12 +83,44 @@ def data_dir(tmp_path_factory, task_files, tiny_texts) -> Path:
     return root
 
 
+def authors_checkpoint_converted(out: Path) -> Path | None:
+    """A tiny pretraining checkpoint of the authors' own code, saved in their format and converted
+    with ``python -m charbert.convert`` (what a user does with the released weights); None when
+    their code (../shared/reference) or the converter is absent."""
+    try:
+        from reference import (
+            CHAR_VOCAB,
+            TERM_VOCAB,
+            AuthorsCodeMissing,
+            build_authors_model,
+            save_authors_checkpoint,
+            vocab_tokens,
+        )
+
+        from charbert.convert import main as convert_main
+    except ImportError:
+        return None
+    try:
+        theirs = build_authors_model("bert", "pretraining", vocab_size=120)
+    except AuthorsCodeMissing:
+        return None
+    original = save_authors_checkpoint(theirs, out / "original", "bert", vocab_tokens("bert", 120))
+    converted = out / "converted"
+    assert convert_main(["--original_checkpoint", str(original), "--char_vocab", str(CHAR_VOCAB["bert"]),
+                         "--term_vocab", str(TERM_VOCAB), "--output_dir", str(converted)]) == 0
+    return converted
+
+
 @pytest.fixture(scope="module")
 def charbert_dir(tmp_path_factory, bert_dir) -> Path:
-    """A tiny CharBERT pretraining checkpoint (the shape of a converted one) on the tiny BERT."""
+    """The CharBERT of the run: a converted authors' checkpoint, else (no authors' code on this
+    machine) a tiny CharBERT of ours on the tiny BERT, of the same kind (a pretraining checkpoint)."""
     from charbert import CharBertForPreTraining, CharBertTokenizer
 
     out = tmp_path_factory.mktemp("tiny_charbert")
+    converted = authors_checkpoint_converted(out)
+    if converted is not None:
+        return converted
     tokenizer = CharBertTokenizer.from_pretrained(bert_dir)
     model = CharBertForPreTraining.from_pretrained(bert_dir, char_vocab_size=len(tokenizer.char_vocab),
                                                    word_vocab_size=50)
