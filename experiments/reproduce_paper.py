@@ -126,7 +126,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def fail(message: str):
-    sys.exit(f"{PROG}: error: {message}")
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_models(args) -> None:
+    """--charbert must be a CharBERT folder and --bert a plain one: the authors' unconverted folder says
+    model_type "bert" and would be fine-tuned as a plain BERT, its character channel silently dropped."""
+    for flag, want_charbert in (("bert", False), ("charbert", True)):
+        config = Path(getattr(args, flag)) / "config.json"
+        if not config.is_file():
+            fail(f"--{flag} {getattr(args, flag)}: no config.json there (not a checkpoint folder)")
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except json.JSONDecodeError as err:
+            fail(f"{config}: not JSON ({err})")
+        if want_charbert and model_type != "charbert":
+            fail(f"--charbert {args.charbert} is a {model_type!r} checkpoint, not CharBERT: convert the authors' "
+                 "folder first (python -m charbert.convert)")
+        if not want_charbert and model_type == "charbert":
+            fail(f"--bert {args.bert} is a CharBERT checkpoint; give the plain BERT the paper compares with")
 
 
 def selected_tasks(args) -> list[str]:
@@ -356,9 +375,7 @@ def write_results(args, out: Path, tasks: list[str], sets: dict[str, dict[str, P
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tasks = selected_tasks(args)
-    for flag in ("bert", "charbert"):
-        if not Path(getattr(args, flag)).is_dir():
-            fail(f"--{flag} {getattr(args, flag)}: no such checkpoint folder")
+    check_models(args)
     files = {t: (task_file(args, t, "train"), task_file(args, t, "test")) for t in tasks}
     sets = attacked_sets(args, tasks)
     out = Path(args.output_dir).resolve()

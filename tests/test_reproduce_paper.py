@@ -148,7 +148,16 @@ def test_recipes_are_the_authors(rp):
     assert shrunk[shrunk.index("--task_name") + 1] == "qnli"
 
 
-def test_attacked_sets_from_the_authors_folder_and_from_flags(rp, data_dir, tmp_path):
+def fails_with(capsys, message: str, function, *args) -> None:
+    """`function(*args)` stops the script with one line `reproduce_paper: error: ...message...`, exit code 2."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        function(*args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("reproduce_paper: error: ") and message in err, err
+
+
+def test_attacked_sets_from_the_authors_folder_and_from_flags(rp, data_dir, tmp_path, capsys):
     root = write_attacked(data_dir, tmp_path / "attack_datasets")
     sets = rp.attacked_sets(args_of(rp, "--attacked_dir", root), ["qnli", "ner", "squad"])
     assert sets == {"qnli": {"CharAttack": root / "CharAttack_QNLI/dev.tsv"},
@@ -161,10 +170,20 @@ def test_attacked_sets_from_the_authors_folder_and_from_flags(rp, data_dir, tmp_
                          (["--attacked_file", f"ner:x={tmp_path / 'none.txt'}"], "none.txt not found"),
                          (["--attacked_file", f"squad:x={root / 'CharAttack_Squad_Q/dev-v2.0.json'}"], "not in --tasks"),
                          (["--attacked_dir", tmp_path / "nowhere"], "no such folder")):
-        with pytest.raises(SystemExit, match=message):
-            rp.attacked_sets(args_of(rp, *bad), ["ner"])
-    with pytest.raises(SystemExit, match="--tasks 'ner,pos'"):
-        rp.selected_tasks(args_of(rp, "--tasks", "ner,pos"))
+        fails_with(capsys, message, rp.attacked_sets, args_of(rp, *bad), ["ner"])
+    fails_with(capsys, "--tasks 'ner,pos'", rp.selected_tasks, args_of(rp, "--tasks", "ner,pos"))
+
+
+def test_an_unconverted_or_swapped_checkpoint_is_refused(rp, bert_dir, charbert_dir, tmp_path, capsys):
+    authors_folder = tmp_path / "charbert-bert-wiki"  # what the authors release: model_type "bert"
+    authors_folder.mkdir()
+    (authors_folder / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
+    for bert, charbert, message in ((bert_dir, authors_folder, "convert the authors' folder first"),
+                                    (charbert_dir, charbert_dir, "is a CharBERT checkpoint"),
+                                    (tmp_path / "none", charbert_dir, "no config.json")):
+        fails_with(capsys, message, rp.main, ["--bert", str(bert), "--charbert", str(charbert),
+                                              "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # nothing ran
 
 
 def test_paper_table_puts_our_rows_under_the_papers(rp):
