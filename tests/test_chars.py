@@ -260,7 +260,7 @@ def test_reference_layout_hides_masked_tokens_as_a_single_zero(bert_dir):
     hidden = np.zeros(n, dtype=bool)
     hidden[1] = True
     chars, starts, ends = tok.align_row(enc, 0, ("tokenization matters here",), hidden=hidden)
-    clear, clear_starts, _ = tok.align_row(enc, 0, ("tokenization matters here",))
+    _, clear_starts, _ = tok.align_row(enc, 0, ("tokenization matters here",))
     assert starts[1] == ends[1] and chars[starts[1]] == PAD_ID and chars[starts[1] + 1] == PAD_ID
     assert MASK_ID not in chars.tolist()
     shift = (clear_starts[2] - clear_starts[1]) - 2  # the hidden token's characters are gone, later spans move up

@@ -279,3 +279,124 @@ def test_two_processes_with_torchrun(job, tmp_path):
     log = [r for r in read_log(out / "log.jsonl") if "loss" in r]
     assert [r["step"] for r in log] == [1, 2, 3, 4], "one log, written by the main process"
     assert CharBertForPreTraining.from_pretrained(out).config.word_vocab_size == 801
+
+
+# ---- RoBERTa (byte-level BPE) end to end, both character layouts ---------------------------
+
+
+def test_whole_words_of_g_prefixed_pieces():
+    """Word ids of a hand-made sentence's pieces, with trimmed and untrimmed `Ġ` offsets."""
+    from charbert.collator import token_words
+
+    text = "Tokenization isn't hard"
+    word_ends = np.array([e for _, e in split_words(text)])  # Tokenization | isn | ' | t | hard
+    # <s> Token ization Ġisn 't Ġhard </s>, trimmed offsets (the `Ġ` piece starts at its letter)
+    trimmed = np.array([[0, 0], [0, 5], [5, 12], [13, 16], [16, 18], [19, 23], [0, 0]])
+    real = np.array([False, True, True, True, True, True, False])
+    assert token_words(trimmed, real, word_ends).tolist() == [-1, 0, 0, 1, 2, 4, -1]
+    untrimmed = trimmed.copy()
+    untrimmed[[3, 5], 0] -= 1  # the span starts at the space before the word
+    assert token_words(untrimmed, real, word_ends).tolist() == [-1, 0, 0, 1, 2, 4, -1]
+    # a trailing-space piece belongs to no word
+    assert token_words(np.array([[23, 24]]), np.array([True]), word_ends).tolist() == [-1]
+
+
+@pytest.fixture(scope="module")
+def roberta_word_vocab(tiny_texts) -> WordVocab:
+    return WordVocab.build(tiny_texts, max_size=800)
+
+
+@pytest.mark.parametrize("layout", ["offsets", "reference"])
+def test_roberta_collator_whole_words_and_nlm_labels(roberta_dir, roberta_word_vocab, blocks, layout):
+    """Every piece of a noised word carries its NLM label; MLM picks whole words of `Ġ` pieces; the
+    chosen tokens' characters are hidden as the layout does it."""
+    from charbert.collator import token_words
+
+    plain = CharBertTokenizer.from_pretrained(roberta_dir)
+    tok = CharBertTokenizer(plain.tokenizer, plain.char_vocab, char_layout=layout)
+    assert tok.continuation_prefix is None
+    collator = PretrainingCollator(tok, roberta_word_vocab, max_seq_length=96, noise_probability=0.3, mlm_probability=0.15)
+    from charbert.noise import PRETRAIN_RULES, noise_words
+
+    n_noised = n_multi_piece = 0
+    for b, block in enumerate(blocks[:6]):
+        batch = collator([block], rng=np.random.default_rng(b))
+        rng = np.random.default_rng(b)
+        spans = split_words(block)
+        words = [block[s:e] for s, e in spans]
+        new_words, changed = noise_words(words, rng, PRETRAIN_RULES, 0.3)
+        edited, starts = apply_word_edits(block, spans, new_words)
+        enc = tok.tokenizer(edited, truncation=True, max_length=96, return_offsets_mapping=True)
+        offsets = np.array(enc["offset_mapping"])
+        real = np.array([s is not None for s in enc.sequence_ids(0)]) & (offsets[:, 1] > offsets[:, 0])
+        word = token_words(offsets, real, starts + np.array([len(w) for w in new_words]))
+        nlm, labels = batch["nlm_labels"][0].numpy(), batch["labels"][0].numpy()
+        for w in set(word[real].tolist()):
+            pieces = word == w
+            if w in changed:
+                assert (nlm[pieces] == roberta_word_vocab.id(words[w])).all()
+                n_noised += 1
+                n_multi_piece += int(pieces.sum() > 1)
+            else:
+                assert (nlm[pieces] == -100).all()
+            chosen = labels[pieces] != -100
+            assert chosen.all() or not chosen.any(), "MLM takes whole words"
+        hidden = labels != -100
+        chars, s, e = (batch[k][0].numpy() for k in ("char_input_ids", "char_start_positions", "char_end_positions"))
+        if layout == "offsets":
+            assert all((chars[s[t] : e[t] + 1] == MASK_ID).all() for t in np.flatnonzero(hidden))
+        else:
+            assert batch["char_input_ids"].shape[1] == 6 * batch["input_ids"].shape[1]
+            assert all(s[t] == e[t] and chars[s[t]] == 0 for t in np.flatnonzero(hidden))
+    assert n_noised >= 5 and n_multi_piece >= 1
+
+
+def _charbert_start(source: Path, out: Path, word_vocab: WordVocab, layout: str) -> Path:
+    """A CharBERT folder built on a plain checkpoint with the given character layout."""
+    tok = CharBertTokenizer.from_pretrained(source)
+    model = CharBertForPreTraining.from_pretrained(source, char_vocab_size=len(tok.char_vocab), word_vocab_size=len(word_vocab),
+                                                   char_layout=layout)
+    model.save_pretrained(out)
+    CharBertTokenizer(tok.tokenizer, tok.char_vocab, char_layout=layout).save_pretrained(out)
+    word_vocab.save(out)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["offsets", "reference"])
+def test_pretrain_program_on_tiny_roberta(roberta_dir, roberta_word_vocab, small_job, tmp_path, layout):
+    from pretrain.__main__ import main
+
+    start = _charbert_start(roberta_dir, tmp_path / "start", roberta_word_vocab, layout)
+    args = pretrain_args(small_job, tmp_path / "out", "--max_train_steps", "3", "--eval_steps", "3")
+    args[args.index("--model_name_or_path") + 1] = str(start)
+    args[args.index("--word_vocab") + 1] = str(start)
+    assert main(args) == 0
+    log = [r for r in read_log(tmp_path / "out" / "log.jsonl") if "loss" in r]
+    assert len(log) == 3 and all(np.isfinite(r["loss"]) and r["nlm_loss"] > 0 for r in log)
+    assert CharBertTokenizer.from_pretrained(tmp_path / "out").char_layout == layout
+    assert CharBertForPreTraining.from_pretrained(tmp_path / "out").config.char_layout == layout
+
+
+def test_converted_roberta_checkpoint_continues_pretraining(small_job, tmp_path):
+    """The authors' RoBERTa CharBERT, converted, pretrains on from its own weights (reference layout)."""
+    import reference
+    from safetensors.torch import load_file
+
+    from charbert.convert import convert
+    from pretrain.__main__ import main
+
+    reference.authors_code_or_skip()
+    tokens = reference.vocab_tokens("roberta", 200)
+    theirs = reference.build_authors_model("roberta", "pretraining", vocab_size=len(tokens))
+    authors_dir = reference.save_authors_checkpoint(theirs, tmp_path / "authors", "roberta", tokens)
+    converted = convert(authors_dir, reference.CHAR_VOCAB["roberta"], reference.TERM_VOCAB, tmp_path / "converted")
+    assert CharBertTokenizer.from_pretrained(converted).char_layout == "reference"
+    args = pretrain_args(small_job, tmp_path / "out", "--max_train_steps", "2", "--learning_rate", "0", "--max_seq_length", "32")
+    args[args.index("--model_name_or_path") + 1] = str(converted)
+    args[args.index("--word_vocab") + 1] = str(converted)
+    assert main(args) == 0
+    log = [r for r in read_log(tmp_path / "out" / "log.jsonl") if "loss" in r]
+    assert len(log) == 2 and all(np.isfinite(r["loss"]) for r in log)
+    before, after = load_file(str(converted / "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert all(".pooler." in k for k in set(before) - set(after)) and set(after) <= set(before)  # pretraining has no pooler
+    assert all(torch.equal(before[k], after[k]) for k in after), "it started from its own weights"
