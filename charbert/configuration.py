@@ -42,6 +42,8 @@ CHARBERT_FIELDS = (
 class CharBertConfig(PretrainedConfig):
     r"""Configuration of a CharBERT model.
 
+    The defaults build the authors' released architecture; `**PREVIOUS_VARIANT` gives our previous one.
+
     Args:
         backbone_type (`str`, "bert" or "roberta"): which backbone's embeddings and layers to build.
         char_vocab_size (`int`, 1024): rows of the character embedding (>= the character vocabulary size).

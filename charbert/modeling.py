@@ -358,6 +358,8 @@ class CharBertModel(CharBertPreTrainedModel):
         **kwargs,
     ) -> CharBertModelOutput:
         self._check_inputs(input_ids, char_input_ids, char_start_positions, char_end_positions)
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config, "output_hidden_states", False)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if char_attention_mask is None:
