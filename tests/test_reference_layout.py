@@ -317,3 +317,71 @@ def test_cut_at_six_characters_per_token(authors):
         assert compare(ours, feature.char_input_ids, feature.start_ids, feature.end_ids, remap, tokens, "[UNK]") == "same"
         cuts.add(int((starts == 6 * len(tokens) - 1).sum()) > 0)
     assert cuts == {True, False}  # rows that were cut and rows that were not
+
+
+# ---- end to end: text -> tokenizer -> converted model equals text -> their processors -> their model ----
+
+
+def _max_diff(a, b) -> float:
+    """Largest absolute difference, relative to the expected tensor's scale where that exceeds 1 (logits)."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+@pytest.mark.parametrize("head", ["pretraining", "sequence_classification"])
+def test_text_to_outputs_equals_the_authors_pipeline(setup, authors, tmp_path, head, one_torch_thread):
+    """Their model (tiny, every weight random) saved in their format and converted: on real MRPC
+    pairs and corpus sentences, our tokenizer (the converted folder's, reference layout) + our
+    model give their processors + their model's outputs within 1e-5, padding positions included."""
+    import reference
+    import torch
+    from transformers import AutoModelForPreTraining, AutoModelForSequenceClassification
+
+    from charbert.convert import convert
+
+    reference.authors_code_or_skip()
+    backbone, fast = setup.backbone, setup.ours.tokenizer
+    tokens = sorted(fast.get_vocab(), key=fast.get_vocab().get)
+    theirs = reference.build_authors_model(backbone, head, len(tokens), seed=5, max_len=MAX_LENGTH)
+    source = reference.save_authors_checkpoint(theirs, tmp_path / "theirs", backbone, tokens)
+    if backbone == "roberta":
+        fast.backend_tokenizer.model.save(str(source))  # the BPE merges (vocab.json is the same)
+    out = convert(source, reference.CHAR_VOCAB[backbone], reference.TERM_VOCAB, tmp_path / "ours")
+    tok = CharBertTokenizer.from_pretrained(out)
+    assert tok.char_layout == "reference"  # chosen by the converted folder, nothing passed
+    ours = (AutoModelForPreTraining if head == "pretraining" else AutoModelForSequenceClassification).from_pretrained(out).eval()
+    their_tokenizer = setup.theirs if backbone == "bert" else FastAsTheirs(tok.tokenizer)
+
+    def clean(a, b):  # rows with a documented layout difference are left out here (checked above)
+        enc = tok.tokenizer(a, b)
+        return len(enc["input_ids"]) <= MAX_LENGTH and not bug_tokens(tok.convert_ids_to_tokens(enc["input_ids"]), tok.unk_token)
+
+    singles = [(t, None) for t in corpus_lines(60) if clean(t, None)][:6]
+    pairs = [ab for ab in _mrpc_pairs(60) if clean(*ab)][:6]
+    assert len(singles) == len(pairs) == 6
+    checked = 0
+    for group in (singles, pairs):
+        features = _quiet(
+            authors.glue.glue_convert_examples_to_features,
+            [authors.utils.InputExample(str(i), a, b, "0") for i, (a, b) in enumerate(group)], their_tokenizer,
+            max_length=MAX_LENGTH, label_list=["0", "1"], output_mode="classification", pad_token=tok.pad_token_id,
+            char_vocab_file=str(reference.CHAR_VOCAB[backbone]), model_type=backbone,
+        )
+        their_inputs = {name: torch.tensor([getattr(f, field) for f in features]) for name, field in (
+            ("char_input_ids", "char_input_ids"), ("start_ids", "start_ids"), ("end_ids", "end_ids"), ("input_ids", "input_ids"),
+            ("attention_mask", "attention_mask"), ("token_type_ids", "token_type_ids"))}
+        expected = reference.authors_forward(theirs, backbone, their_inputs)
+        texts, text_pairs = [a for a, _ in group], None if group[0][1] is None else [b for _, b in group]
+        batch = tok(texts, text_pairs, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+        assert torch.equal(batch["input_ids"], their_inputs["input_ids"])
+        with torch.no_grad():
+            got = ours(**batch, output_hidden_states=True)
+        diffs = {"word states": _max_diff(got.hidden_states[-1], expected[0]), "char states": _max_diff(got.char_hidden_states[-1], expected[1])}
+        if head == "pretraining":
+            diffs["MLM logits"] = _max_diff(got.mlm_logits, expected[2])
+        else:
+            diffs["logits"] = _max_diff(got.logits, expected[2])
+        assert max(diffs.values()) < 1e-5, diffs
+        assert float(expected[1].abs().max()) > 0.1  # not a vacuous comparison
+        checked += len(group)
+    assert checked == 12
