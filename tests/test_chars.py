@@ -267,3 +267,17 @@ def test_reference_layout_hides_masked_tokens_as_a_single_zero(bert_dir):
     assert (starts[2:] == clear_starts[2:] - shift).all()
     offsets_chars, _, _ = plain.align_row(enc, 0, ("tokenization matters here",), hidden=hidden)
     assert MASK_ID in offsets_chars.tolist()  # ours keeps the length and writes [MASK]
+
+
+def test_task_collator_pads_the_reference_layout_to_six_per_token(bert_dir):
+    from charbert.tasks.features import TaskCollator
+
+    plain = CharBertTokenizer.from_pretrained(bert_dir)
+    tok = CharBertTokenizer(plain.tokenizer, plain.char_vocab, char_layout="reference")
+    rows = [{k: v for k, v in tok(text).items()} for text in ("a short one", "a somewhat longer sentence than that")]
+    batch = TaskCollator(tok.pad_token_id, char_layout=tok.char_layout)(rows)
+    n_tokens = batch["input_ids"].shape[1]
+    assert batch["char_input_ids"].shape == (2, 6 * n_tokens)
+    short = len(rows[0]["input_ids"])
+    assert (batch["char_start_positions"][0, short:] == 6 * n_tokens - 1).all(), "padded tokens point at the last position"
+    assert batch["char_attention_mask"][0].sum() == len(rows[0]["char_input_ids"])

@@ -367,12 +367,14 @@ class TaskCollator:
 
     Sequence fields are padded to the longest in the batch: ``input_ids`` with the
     tokenizer's pad id, ``labels`` with -100, masks and token types with 0; the character
-    fields go through :func:`charbert.tokenization.pad_char_features`.  Scalar fields
+    fields go through :func:`charbert.tokenization.pad_char_features` in ``char_layout``
+    (pass the tokenizer's: the reference layout pads rows to 6 L).  Scalar fields
     (sequence labels, answer positions) are stacked, floats as float32.
     """
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, char_layout: str = "offsets"):
         self.pad_token_id = int(pad_token_id)
+        self.char_layout = char_layout  # the tokenizer's (CharBertTokenizer.char_layout): how to pad characters
 
     def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
         batch: Dict[str, torch.Tensor] = {}
@@ -393,5 +395,5 @@ class TaskCollator:
             else:
                 batch[key] = torch.tensor(values, dtype=torch.long)
         if "char_input_ids" in keys:
-            batch.update(pad_char_features(features))
+            batch.update(pad_char_features(features, char_layout=self.char_layout))
         return batch
