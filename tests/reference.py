@@ -3,7 +3,7 @@
 Their code is read from the shared folder, never copied here: `authors_code()` puts their
 `stubs/` and repository root on sys.path and imports their model modules (top-level packages
 named `modeling` and `processors`; nothing of ours has those names, and a different package
-already imported under them is refused). Tests call `authors_code_or_skip()`, which skips with
+already imported under them is refused). `authors_processors()` gives their feature builders. Tests call `authors_code_or_skip()`, which skips with
 the reason when the folder is absent (a user's machine has none).
 
 Then: `build_authors_model` makes one of their models at a tiny size with every weight drawn at
@@ -14,6 +14,7 @@ and `authors_inputs` builds a padded batch in their input format plus the same b
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
@@ -61,6 +62,23 @@ def authors_code() -> SimpleNamespace:
         bert=modeling_charbert, roberta=modeling_roberta,
         BertConfig=configuration_bert.BertConfig, RobertaConfig=configuration_roberta.RobertaConfig,
     )
+
+
+class _Unclosable(io.BytesIO):
+    def close(self):  # their glue.py rewraps sys.stdout.buffer at import; the dropped wrapper would close it
+        pass
+
+
+def authors_processors() -> SimpleNamespace:
+    """Their feature builders: `glue`, `utils` (InputExample) and their WordPiece `BertTokenizer`."""
+    authors_code()  # puts their folders on sys.path, or raises AuthorsCodeMissing
+    stdout = sys.stdout
+    sys.stdout = io.TextIOWrapper(_Unclosable())
+    try:
+        from processors import glue, tokenization_bert, utils
+    finally:
+        sys.stdout = stdout
+    return SimpleNamespace(glue=glue, utils=utils, BertTokenizer=tokenization_bert.BertTokenizer)
 
 
 def authors_code_or_skip() -> SimpleNamespace:

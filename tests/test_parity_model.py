@@ -8,18 +8,25 @@ channels' last hidden states and every head output must agree within 1e-5 (fp32)
 position, padding included (relative to the output's scale where it exceeds 1: logits). Our pretraining heads score every position when no labels are
 given (labels only select positions for the loss), so the MLM and NLM logits are compared
 over the whole (B, L, V) grid; the NLM columns are compared after the word-id remapping.
+The last test goes end to end: real text through their GLUE feature builder and their model vs
+through our tokenizer (reference layout) and our converted model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import pytest
 import torch
+from conftest import corpus_lines, shared_data
 from reference import (
     CHAR_VOCAB,
     TERM_VOCAB,
     authors_code_or_skip,
     authors_forward,
     authors_inputs,
+    authors_processors,
     build_authors_model,
     save_authors_checkpoint,
     vocab_tokens,
@@ -31,7 +38,9 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from charbert import CharBertTokenizer
 from charbert.convert import convert, map_char_vocab, map_term_vocab, read_lines
+from charbert.tiny import train_tokenizer
 
 TOLERANCE = 1e-5
 VOCAB_SIZE = 120
@@ -113,3 +122,61 @@ def test_exact_padding_mode_is_not_the_authors_function(tmp_path):
         got = exact(**our_inputs, output_hidden_states=True)
     real = our_inputs["attention_mask"].bool()
     assert max_diff(got.char_hidden_states[-1][real], expected[1][real]) > 1e-3
+
+
+def _mrpc_pairs(n: int) -> list[tuple[str, str]]:
+    import csv
+
+    with open(shared_data("glue/MRPC/dev.tsv"), encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    return [(r[3], r[4]) for r in rows[:n]]
+
+
+def test_text_to_outputs_equal_their_processors_and_model(tmp_path):
+    """End to end on real text: their GLUE feature builder + their model == our tokenizer + our
+    converted model (BERT sequence classification, single sentences and MRPC pairs, padded to
+    max_length as their features are). Rows with the documented layout differences ('#' in a
+    token, [UNK]; README "Reference character layout") are left out: there we differ on purpose."""
+    authors_code_or_skip()
+    processors = authors_processors()
+    fast = train_tokenizer(corpus_lines(400), "bert", vocab_size=800)
+    tokens = sorted(fast.get_vocab(), key=fast.get_vocab().get)
+    theirs = build_authors_model("bert", "sequence_classification", len(tokens), seed=11)
+    src = save_authors_checkpoint(theirs, tmp_path / "theirs", "bert", tokens)
+    out = convert(src, CHAR_VOCAB["bert"], None, tmp_path / "ours")
+    ours = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = CharBertTokenizer.from_pretrained(out)
+
+    max_length = 64
+    candidates = [(t, None) for t in corpus_lines(60)] + _mrpc_pairs(40)
+    examples = [
+        (a, b) for a, b in candidates
+        if "#" not in a + (b or "") and len(tok.tokenizer(a, b)["input_ids"]) <= max_length
+        and tok.unk_token_id not in tok.tokenizer(a, b)["input_ids"]
+    ]
+    assert len(examples) >= 30 and any(b for _, b in examples)
+    their_tok = processors.BertTokenizer(str(src / "vocab.txt"), do_lower_case=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # their glue.py prints every example
+        features = processors.glue.glue_convert_examples_to_features(
+            [processors.utils.InputExample(str(i), a, b, "0") for i, (a, b) in enumerate(examples)], their_tok,
+            max_length=max_length, label_list=["0", "1"], output_mode="classification", pad_token=0,
+            char_vocab_file=str(CHAR_VOCAB["bert"]), model_type="bert",
+        )
+    fields = ("char_input_ids", "start_ids", "end_ids", "input_ids", "attention_mask", "token_type_ids")
+    their_batch = {k: torch.tensor([getattr(f, k) for f in features]) for k in fields}
+    expected = authors_forward(theirs, "bert", their_batch)
+
+    singles = [i for i, (_, b) in enumerate(examples) if b is None]
+    pairs = [i for i, (_, b) in enumerate(examples) if b is not None]
+    for rows, with_pair in ((singles, False), (pairs, True)):
+        batch = tok([examples[i][0] for i in rows], [examples[i][1] for i in rows] if with_pair else None,
+                    padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+        assert torch.equal(batch["input_ids"], their_batch["input_ids"][rows])
+        with torch.no_grad():
+            got = ours(**batch, output_hidden_states=True)
+        diffs = {
+            "word states": max_diff(got.hidden_states[-1], expected[0][rows]),
+            "char states": max_diff(got.char_hidden_states[-1], expected[1][rows]),
+            "logits": max_diff(got.logits, expected[2][rows]),
+        }
+        assert all(d <= TOLERANCE for d in diffs.values()), (with_pair, diffs)
