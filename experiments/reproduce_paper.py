@@ -75,7 +75,8 @@ class TaskSpec:
 SPECS = {
     "qnli": TaskSpec("QNLI", "glue", "accuracy", "glue/QNLI/train.tsv", "glue/QNLI/dev.tsv", "CharAttack_QNLI",
                      (".tsv",), epochs=8, batch_size=16, max_seq_length=128),
-    # Their NER script sets no length: 128 is the default of their run_ner.py (transformers 2.4).
+    # Their NER command sets no length: 128 is the default of transformers 2.4's run_ner.py, which theirs
+    # follows (their run_ner.py is not in ../shared/reference: unchecked).
     "ner": TaskSpec("CoNLL2003 NER", "ner", "f1", "conll2003/train.txt", "conll2003/test.txt", "CharAttack_NER",
                     ("", ".txt", ".conll", ".iob", ".bio"), epochs=3, batch_size=6, max_seq_length=128),
     "squad": TaskSpec("SQuAD 2.0", "squad", "f1", "squad/train-v2.0.json", "squad/dev-v2.0.json",
