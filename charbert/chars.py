@@ -178,6 +178,7 @@ def align(
     hidden: np.ndarray | None = None,
     unknown: np.ndarray | None = None,
     padding: np.ndarray | None = None,
+    padded_tokens_last: bool = False,
     continuation_prefix: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Character ids and per-token first/last character positions for one tokenised sequence.
@@ -192,9 +193,11 @@ def align(
         hidden: (L,) bool, tokens whose characters the model must not see (MLM-chosen): their
             characters become [MASK] ("offsets") or the token a single 0 ("reference", as the authors').
         unknown: (L,) bool, [UNK] tokens: the reference layout spells their text (offsets), not "[UNK]".
-        padding: (L,) bool, padding tokens the reference layout leaves out, pointing them at the
-            row's last position (the authors' NER and SQuAD code); None lays them out as special
-            tokens (their GLUE and pretraining code).
+        padding: (L,) bool, the padding tokens (reference layout). They are laid out as special
+            tokens (their GLUE code), or, with `padded_tokens_last`, left out and pointed at the
+            row's last position (their NER and SQuAD code). Either way the row returned ends with
+            the last real token: the padding's characters are 0s, what `pad_char_features` fills
+            in, so the character mask covers exactly the real tokens.
         continuation_prefix: the WordPiece prefix ("##") the reference layout removes; None for BPE.
 
     Returns:
@@ -207,7 +210,8 @@ def align(
     if check_char_layout(layout) == "reference":
         if tokens is None or len(tokens) != len(offsets):
             raise ValueError("The reference layout spells the subword strings: pass tokens (one per offset).")
-        return _reference_layout(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, padding, continuation_prefix)
+        return _reference_layout(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, padding, padded_tokens_last,
+                                 continuation_prefix)
     char_ids, starts, ends = _offsets_layout(offsets, sequence_ids, texts, vocab)
     if hidden is not None and np.any(hidden):
         char_ids = hide_characters(char_ids, starts, ends, np.asarray(hidden, dtype=bool))
@@ -269,12 +273,12 @@ def _token_spellings(offsets, sequence_ids, texts, vocab, tokens, hidden, unknow
     return spellings
 
 
-def _reference_layout(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, padding, prefix):
+def _reference_layout(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, padding, padded_tokens_last, prefix):
     """The authors' layout: each token's characters then a 0; a placeholder token is "0 0".
 
     The row is cut at 6 L characters (`pad_char_features` pads it with 0 = [PAD] to 6 L, as
-    theirs). A token that starts past the cut, a padding token when `padding` is given, and the
-    end of a token cut in the middle, point at the last position 6 L - 1 (what their code
+    theirs). A token that starts past the cut, a padding token with `padded_tokens_last`, and
+    the end of a token cut in the middle, point at the last position 6 L - 1 (what their code
     leaves in its position lists).
     """
     n_tokens = len(tokens)
@@ -284,15 +288,18 @@ def _reference_layout(offsets, sequence_ids, texts, vocab, tokens, hidden, unkno
     spellings = _token_spellings(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, prefix)
     # Every token writes its characters (or one placeholder) and a 0 after them.
     written = np.array([2 if chars is None else len(chars) + 1 for chars in spellings], dtype=np.int64)
-    if padding is not None:
-        written[np.asarray(padding, dtype=bool)] = 0
+    is_padding = np.zeros(n_tokens, dtype=bool) if padding is None else np.asarray(padding, dtype=bool)
+    if padded_tokens_last:
+        written[is_padding] = 0
     starts = np.concatenate([[0], np.cumsum(written)[:-1]]).astype(np.int64)
     ends = starts + np.maximum(written - 2, 0)
     laid_out = written > 0
     starts = np.where(laid_out & (starts < size), starts, size - 1)
     ends = np.where(laid_out & (ends < size), ends, size - 1)
+    # The row ends with the last real token: trailing padding blocks are 0s, what padding adds anyway.
+    n_real = int(np.flatnonzero(~is_padding).max(initial=-1)) + 1
     blocks = [np.zeros(2, dtype=np.int64) if chars is None else np.append(chars, PAD_ID)
-              for chars, n in zip(spellings, written) if n > 0]
+              for chars, n in zip(spellings[:n_real], written[:n_real]) if n > 0]
     row = np.concatenate(blocks)[:size] if blocks else np.zeros(0, dtype=np.int64)
     return row, starts, ends
 

@@ -170,13 +170,12 @@ class CharBertTokenizer:
         if self.char_layout == "offsets":
             return align(offsets, sequence_ids, seg_texts, self.char_vocab, hidden=hidden)
         ids = np.asarray(encoding["input_ids"][row])
-        padding = None
-        if padded_tokens_last:
-            padding = np.array([s is None for s in sequence_ids]) & (ids == self.tokenizer.pad_token_id)
+        padding = np.array([s is None for s in sequence_ids]) & (ids == self.tokenizer.pad_token_id)
         unknown = ids == self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else None
         return align(
             offsets, sequence_ids, seg_texts, self.char_vocab, layout="reference", tokens=encoding.tokens(row),
-            hidden=hidden, unknown=unknown, padding=padding, continuation_prefix=self.continuation_prefix,
+            hidden=hidden, unknown=unknown, padding=padding, padded_tokens_last=padded_tokens_last,
+            continuation_prefix=self.continuation_prefix,
         )
 
     def char_features(self, encoding: BatchEncoding, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
