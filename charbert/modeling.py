@@ -221,6 +221,9 @@ class MaskedLMHead(nn.Module):
 class CharBertPreTrainedModel(PreTrainedModel):
     config_class = CharBertConfig
     base_model_prefix = "charbert"
+    # The heads build CharBertModel without its pooler: a checkpoint's pooler (CharBertModel's, or
+    # one converted from the authors') is not theirs to load, as in transformers' BERT heads.
+    _keys_to_ignore_on_load_unexpected = [r"pooler"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True

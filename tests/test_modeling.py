@@ -373,6 +373,16 @@ def test_auto_classes(tmp_path):
     assert type(AutoModelForPreTraining.from_pretrained(tmp_path)) is CharBertForPreTraining
 
 
+def test_heads_ignore_a_saved_pooler(tmp_path):
+    """A CharBertModel folder (with its pooler) loads into a head with nothing reported: heads have no pooler."""
+    config = tiny_config(num_labels=2)
+    base = eval_model(CharBertModel, config)
+    base.save_pretrained(tmp_path)
+    head, info = CharBertForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["unexpected_keys"] and set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
+    assert torch.equal(head.charbert.fusion[0].fuse.weight, base.fusion[0].fuse.weight)
+
+
 def test_init_weights_cover_gru_and_conv():
     config = tiny_config(initializer_range=0.02)
     model = eval_model(CharBertModel, config)

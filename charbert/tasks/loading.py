@@ -202,8 +202,8 @@ def load_task_model(info: CheckpointInfo, head: str, *, id2label: Optional[Dict[
     takes_head = info.head is not None and (info.is_charbert_checkpoint or not info.build_charbert)
     if new_head and takes_head:
         kwargs["ignore_mismatched_sizes"] = True
+    model_cls = charbert_cls if info.build_charbert else plain_cls
     with quiet_transformers():  # we report what was loaded and what is new ourselves
-        model_cls = charbert_cls if info.build_charbert else plain_cls
         result = model_cls.from_pretrained(str(info.path), output_loading_info=True, **kwargs)
     model, loading = result if isinstance(result, tuple) else (result, None)
     if loading is not None:
