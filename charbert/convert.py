@@ -560,7 +560,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--original_checkpoint", required=True, help="the authors' folder: config.json, pytorch_model.bin, vocab files")
     parser.add_argument("--char_vocab", required=True, help="their character vocabulary (data/dict/bert_char_vocab or roberta_char_vocab)")
-    parser.add_argument("--term_vocab", default=None, help="their NLM word vocabulary (data/dict/term_vocab); needed for pretraining checkpoints")
+    parser.add_argument("--term_vocab", default=None, help="their NLM word vocabulary (data/dict/term_vocab); needed for pretraining checkpoints, unused by task ones")
     parser.add_argument("--output_dir", required=True, help="where to write the CharBERT folder")
     parser.add_argument("--backbone", choices=("bert", "roberta"), default=None, help="when the checkpoint cannot tell")
     parser.add_argument(

@@ -163,7 +163,8 @@ def save_authors_checkpoint(model, out_dir: Path, backbone: str, tokens: list[st
     aliased fusion entries included), config.json (their to_json_file) and the vocabulary files."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "pytorch_model.bin")
+    # torch 1.2 (their requirement, and the released files) writes the legacy, non-zip format.
+    torch.save(model.state_dict(), out / "pytorch_model.bin", _use_new_zipfile_serialization=False)
     model.config.to_json_file(str(out / "config.json"))
     if backbone == "bert":
         (out / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
