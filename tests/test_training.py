@@ -166,18 +166,6 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """accelerate keeps process-wide singletons; each run in this process starts clean."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def step_losses(log_path) -> dict[int, dict]:
     return {r["step"]: r for r in read_log(log_path) if "loss" in r}
 
