@@ -23,9 +23,9 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 DEBUG_ENV = "CHARBERT_DEBUG"
 USAGE_EXIT_CODE = 2

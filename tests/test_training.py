@@ -514,6 +514,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with the gloo backend is unavailable")
+@pytest.mark.slow
 def test_two_process_run_shards_data_and_syncs(tmp_path):
     out, report = tmp_path / "run", tmp_path / "report"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO),

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..cli import eval_mode
 from .determinism import isolated_rng
 
 
@@ -150,15 +151,11 @@ def _eval_scalars(metrics: Mapping[str, Any] | None) -> dict[str, float]:
 
 def run_eval(model, accelerator, eval_fn, eval_dataloader) -> dict[str, float]:
     """One evaluation in eval mode, without gradients and without touching the training RNGs."""
-    model.eval()
-    try:
-        with isolated_rng(), torch.no_grad():
-            if eval_fn is None:
-                metrics = evaluate_loss(model, eval_dataloader, accelerator)
-            elif eval_dataloader is not None:
-                metrics = eval_fn(model, accelerator, eval_dataloader)
-            else:
-                metrics = eval_fn(model, accelerator)
-    finally:
-        model.train()
+    with eval_mode(model), isolated_rng(), torch.no_grad():
+        if eval_fn is None:
+            metrics = evaluate_loss(model, eval_dataloader, accelerator)
+        elif eval_dataloader is not None:
+            metrics = eval_fn(model, accelerator, eval_dataloader)
+        else:
+            metrics = eval_fn(model, accelerator)
     return _eval_scalars(metrics)
