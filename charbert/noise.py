@@ -28,9 +28,9 @@ Conventions shared by all edits (see :func:`apply_operation`):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Sequence, Union
 
 import numpy as np
 
@@ -56,7 +56,7 @@ OPERATIONS: tuple[str, ...] = ("drop", "add", "swap", "keyboard", "replace")
 ATTACK_TYPES: tuple[str, ...] = ("drop", "add", "swap", "keyboard")
 """Pruthi et al. (2019) attack types; ``"all"`` means a random one per word."""
 
-OpsSpec = Union[str, Sequence[str]]
+OpsSpec = str | Sequence[str]
 
 
 # --------------------------------------------------------------------------- rules

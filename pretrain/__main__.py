@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+PROG = "python -m pretrain"
 DEFAULT_OUTPUT_DIR = "runs/pretrain-default"
 # What `python -m pretrain` with no model and no data runs (each can still be overridden by a flag).
 DEFAULT_JOB_FLAGS = dict(
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from charbert.collator import OBJECTIVES
     from charbert.training import add_training_args
 
-    parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", help="a CharBERT checkpoint, or a plain BERT/RoBERTa checkpoint folder to start from")
     parser.add_argument("--train_file", nargs="+", help="text files or glob patterns (plain or .gz), one line a unit")
     parser.add_argument("--validation_file", nargs="+", help="held-out text for MLM perplexity and NLM accuracy")
@@ -44,7 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache_dir", help="where packed corpora are stored (default: OUTPUT_DIR/cache)")
     parser.add_argument("--max_eval_blocks", type=int, default=2000, help="evaluate on at most this many validation blocks")
     add_training_args(parser)
-    parser.set_defaults(output_dir=None, logging_steps=50)
     return parser
 
 
@@ -60,15 +60,18 @@ def parse_args(argv=None):
         args.output_dir = args.output_dir or DEFAULT_OUTPUT_DIR
     elif args.model_name_or_path is None or args.train_file is None:
         parser.error("--model_name_or_path and --train_file go together (or give neither for the built-in default job)")
-    if args.output_dir is None:
-        parser.error("--output_dir is required")
     return args
 
 
 def run(args) -> dict:
     from charbert.collator import PretrainingCollator
     from charbert.data import pack_corpus
-    from charbert.pretraining import load_pretraining_model, pretraining_metrics, prepare_default_job, resolve_vocabularies
+    from charbert.pretraining import (
+        load_pretraining_model,
+        prepare_default_job,
+        pretraining_metrics,
+        resolve_vocabularies,
+    )
     from charbert.training import create_accelerator, save_model, train, training_config_from_args
 
     start = time.time()
@@ -127,14 +130,11 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from charbert.cli import run_main, setup_logging
+
+    setup_logging(("pretrain", "charbert"), logging.WARNING)
     args = parse_args(argv)
-    try:
-        run(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"python -m pretrain: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(PROG, lambda: run(args), known_errors=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from charbert.chars import CHAR_VOCAB_FILE, CharVocab
+from charbert.cli import UsageError, run_main
 from charbert.corpus import ReadStats, expand_paths, iter_lines
 from charbert.vocab import WORD_VOCAB_FILE, WordCounter, WordVocab, count_corpus
 
@@ -73,32 +73,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--min_count must be >= 1; got {args.min_count}")
     if args.max_tracked < 2:
         parser.error(f"--max_tracked must be >= 2; got {args.max_tracked}")
+    return run_main(PROG, lambda: build_vocabularies(args), known_errors=(ValueError, OSError))
 
-    def fail(message: str) -> int:
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
 
-    try:
-        paths = expand_paths(args.train_file)
-    except (FileNotFoundError, ValueError) as err:
-        return fail(str(err))
+def build_vocabularies(args) -> dict:
+    """Count the corpus, write the vocabularies and their stats; returns the stats."""
+    paths = expand_paths(args.train_file)
     output_dir = Path(args.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        return fail(f"cannot create --output_dir {output_dir}: {err}")
+        raise UsageError(f"cannot create --output_dir {output_dir}: {err}") from err
 
     start = time.perf_counter()
     stats = ReadStats()
     lines = tqdm(iter_lines(paths, stats), desc="counting", unit=" lines", unit_scale=True, mininterval=0.5)
     try:
         words, chars = count_corpus(lines, max_tracked=args.max_tracked)
-    except (OSError, ValueError) as err:
-        return fail(str(err))
     finally:
         lines.close()
     if stats.lines == 0:
-        return fail(
+        raise ValueError(
             f"no text in {len(paths)} file(s): {stats.empty_lines} blank and "
             f"{stats.skipped_non_utf8} non-UTF-8 line(s), nothing to count"
         )
@@ -144,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         f"vocabulary {len(char_vocab):,} ids incl. 5 specials, coverage {report['char_coverage']:.2%} -> {char_file}"
     )
     print(f"Stats -> {stats_file}")
-    return 0
+    return report
 
 
 if __name__ == "__main__":

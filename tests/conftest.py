@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,14 +47,29 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+def reset_accelerate() -> None:
+    """accelerate keeps process-wide singletons (AcceleratorState, PartialState, GradientState);
+    every run in this process starts from a clean state (a no-op until accelerate is imported)."""
+    if "accelerate" not in sys.modules:
+        return
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)  # True: PartialState too
+    GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    reset_accelerate()
+    yield
+    reset_accelerate()
+
+
 def run_cli(program: str, *argv) -> int:
     """`python -m finetune.<program> argv...` in this process, with accelerate's singletons reset."""
     import importlib
 
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()  # a test may run several programs
     return importlib.import_module(f"finetune.{program}").main([str(a) for a in argv])
 
 

@@ -64,6 +64,7 @@ def _plain_token_model(ckpt: Path, out: Path, labels: list[str]) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with the gloo backend is unavailable")
 def test_two_process_evaluation_equals_one_process(tmp_path, task_files, bert_dir):
     glue_model = _fixed_model(CharBertForSequenceClassification, bert_dir, tmp_path / "glue_model",

@@ -17,7 +17,7 @@ TRAIN = ["--max_train_steps", "4", "--per_device_train_batch_size", "8", "--per_
          "--learning_rate", "1e-3", "--logging_steps", "2", "--seed", "3"]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # every test runs a program end to end
 
 
 def metrics(out: Path) -> dict:

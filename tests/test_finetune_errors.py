@@ -157,6 +157,7 @@ def test_missing_files_and_flags(capsys, task_files, bert_dir, tmp_path):
     assert "exceeds what" in line and "(128 tokens)" in line
 
 
+@pytest.mark.slow
 def test_cli_process_exit_code_and_single_error_line(task_files, bert_dir, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("EU B-ORG\nrejects O\nGerman B-MISC extra\n")

@@ -346,6 +346,7 @@ def test_determinism():
     assert d == noise_words(PARAGRAPH, rng(123), PRETRAIN_RULES, 0.15)
 
 
+@pytest.mark.slow
 def test_determinism_across_processes():
     code = (
         "import numpy as np; from charbert.noise import *; "

@@ -202,6 +202,7 @@ def job(small_job, bert_dir):
     return small_job
 
 
+@pytest.mark.slow
 def test_exact_resume_reproduces_losses(job, tmp_path):
     from pretrain.__main__ import main
 
@@ -223,6 +224,7 @@ def test_exact_resume_reproduces_losses(job, tmp_path):
     assert model.config.word_vocab_size == len(WordVocab.load(full)) and len(tok.char_vocab) <= model.config.char_vocab_size
 
 
+@pytest.mark.slow
 def test_default_job_shortened(tmp_path, capsys):
     from pretrain.__main__ import main
 
@@ -266,6 +268,7 @@ def test_bad_input_is_reported(job, tmp_path, capsys):
     assert main(resume) == 2 and "step_1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_processes_with_torchrun(job, tmp_path):
     out = tmp_path / "dist"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))

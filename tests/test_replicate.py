@@ -22,6 +22,7 @@ def rep():
     return module
 
 
+@pytest.mark.slow
 def test_a_finished_stage_is_not_redone(rep, tmp_path):
     counter = tmp_path / "count.txt"
     command = [sys.executable, "-c", f"p='{counter}'; import os; n=int(open(p).read()) if os.path.exists(p) else 0; "
@@ -36,6 +37,7 @@ def test_a_finished_stage_is_not_redone(rep, tmp_path):
     assert counter.read_text() == "1"
 
 
+@pytest.mark.slow
 def test_a_failing_stage_stops_with_its_log_and_is_retried_next_time(rep, tmp_path):
     runner = rep.Runner(tmp_path / "out")
     with pytest.raises(SystemExit, match="(?s)stage broken failed \\(exit 3\\).*boom"):

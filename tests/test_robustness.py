@@ -40,6 +40,7 @@ def mrpc_model(tmp_path_factory, task_files, bert_dir):
     return folder
 
 
+@pytest.mark.slow
 def test_ner_report_two_models_clean_score_equals_finetune_score(ner_models, task_files, tmp_path):
     out = tmp_path / "report"
     code = run_cli("robustness", "--task", "ner", "--model_name_or_path", ner_models["plain"], ner_models["charbert"],
@@ -81,6 +82,7 @@ def test_ner_report_two_models_clean_score_equals_finetune_score(ner_models, tas
     assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_glue_greedy_attack_starts_at_the_clean_accuracy_and_never_rises(mrpc_model, task_files, tmp_path):
     out = tmp_path / "report"
     code = run_cli("robustness", "--task", "glue", "--task_name", "mrpc", "--model_name_or_path", mrpc_model,
@@ -98,6 +100,7 @@ def test_glue_greedy_attack_starts_at_the_clean_accuracy_and_never_rises(mrpc_mo
 
 @pytest.mark.parametrize("case", ["unknown_attack", "other_format", "empty_file", "missing_model", "greedy_on_ner",
                                   "unknown_task"])
+@pytest.mark.slow
 def test_bad_input_gives_one_clear_line(case, ner_models, task_files, tmp_path, capsys):
     model, test_file = ner_models["plain"], task_files["ner_dev"]
     extra, expected = [], ""

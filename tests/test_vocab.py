@@ -234,6 +234,7 @@ def test_expand_paths_errors(tmp_path):
 # ---- the command -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, capsys):
     (tmp_path / "one.txt").write_bytes(b"The cat sat on the mat.\n\nA dog sat on a log!\n")
     with gzip.open(tmp_path / "two.txt.gz", "wb") as f:
@@ -270,6 +271,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_cli_on_real_brown_corpus(tmp_path, capsys):
     brown = DATA_DIR / "corpus" / "brown.txt"
     if not brown.exists():

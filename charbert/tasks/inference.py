@@ -10,37 +10,34 @@ identical to a single-process run.
 
 from __future__ import annotations
 
-from typing import Callable, List, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from charbert.cli import eval_mode
+
 
 def gather_predictions(model, accelerator, dataloader, extract: Callable[[object], Sequence[torch.Tensor]],
-                       pad_index: float = -100) -> List[List[np.ndarray]]:
+                       pad_index: float = -100) -> list[list[np.ndarray]]:
     """``extract(model_outputs) -> tensors (B, ...)``, gathered over processes.
 
     Returns one list per extracted tensor, holding one numpy row per dataset example in
     dataset order.  Tensors with a sequence dimension (ndim >= 2) are padded along dim 1 with
     ``pad_index`` (rows are then longer than their example; callers cut them).
     """
-    outputs: List[List[np.ndarray]] | None = None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in dataloader:
-                tensors = extract(model(**batch))
-                if outputs is None:
-                    outputs = [[] for _ in tensors]
-                for j, t in enumerate(tensors):
-                    if t.ndim >= 2:
-                        t = accelerator.pad_across_processes(t.contiguous(), dim=1, pad_index=pad_index)
-                    gathered = accelerator.gather_for_metrics(t)
-                    outputs[j].extend(gathered.detach().float().cpu().numpy() if gathered.is_floating_point()
-                                      else gathered.detach().cpu().numpy())
-    finally:
-        model.train(was_training)
+    outputs: list[list[np.ndarray]] | None = None
+    with eval_mode(model), torch.no_grad():
+        for batch in dataloader:
+            tensors = extract(model(**batch))
+            if outputs is None:
+                outputs = [[] for _ in tensors]
+            for j, t in enumerate(tensors):
+                if t.ndim >= 2:
+                    t = accelerator.pad_across_processes(t.contiguous(), dim=1, pad_index=pad_index)
+                gathered = accelerator.gather_for_metrics(t)
+                outputs[j].extend(gathered.detach().float().cpu().numpy() if gathered.is_floating_point()
+                                  else gathered.detach().cpu().numpy())
     expected = len(dataloader.dataset)
     got = len(outputs[0]) if outputs else 0
     if got != expected:

