@@ -28,6 +28,7 @@ import numpy as np
 
 from charbert.noise import PRUTHI_RULES, NoiseRules, noise_words, parse_attack_type
 from charbert.tasks.errors import PathLike, data_error, read_text_lines
+from charbert.tasks.ner import docstart_kind
 
 __all__ = [
     "attack_words",
@@ -49,13 +50,14 @@ def attack_words(
     rng: np.random.Generator,
     rules: NoiseRules = PRUTHI_RULES,
     word_rate: float = 1.0,
+    max_words: Optional[int] = None,
 ) -> Tuple[List[str], List[int]]:
-    """Attack ``words`` with ``attack`` (``drop|add|swap|keyboard|all``).
+    """Attack ``words`` with ``attack`` (``drop|add|swap|keyboard|all``), at most ``max_words`` of them.
 
     Returns ``(new_words, changed_indices)``; see :func:`charbert.noise.noise_words`.
     """
     ops = parse_attack_type(attack)
-    return noise_words(list(words), rng, rules, word_rate, ops)
+    return noise_words(list(words), rng, rules, word_rate, ops, max_words)
 
 
 def _split_punct(chunk: str) -> Tuple[str, str, str]:
@@ -75,6 +77,7 @@ def _attack_pieces(
     rules: NoiseRules,
     word_rate: float,
     protected: Optional[Sequence[Tuple[int, int]]] = None,
+    max_words: Optional[int] = None,
 ) -> Tuple[List[Tuple[int, int, str]], int, int]:
     """Attack the whitespace-separated words of ``text``.
 
@@ -101,7 +104,7 @@ def _attack_pieces(
             i = bisect.bisect_right(cuts, a)
             if i < len(cuts) and cuts[i] < b:
                 inputs[k] = ""  # not eligible: an answer boundary lies inside
-    new_words, changed = noise_words(inputs, rng, rules, word_rate, ops)
+    new_words, changed = noise_words(inputs, rng, rules, word_rate, ops, max_words)
     edits = [(cores[k][0], cores[k][1], new_words[k]) for k in changed]
     return edits, len(words), len(changed)
 
@@ -123,12 +126,13 @@ def attack_text(
     rng: np.random.Generator,
     rules: NoiseRules = PRUTHI_RULES,
     word_rate: float = 1.0,
+    max_words: Optional[int] = None,
 ) -> Tuple[str, int, int]:
     """Attack every whitespace-separated word of ``text`` (spacing kept;
     surrounding punctuation is stripped before noising and put back, so
     ``"house,"`` may become ``"hoese,"``).  Returns ``(new_text, n_words, n_changed)``."""
     ops = parse_attack_type(attack)
-    edits, n_words, n_changed = _attack_pieces(text, ops, rng, rules, word_rate)
+    edits, n_words, n_changed = _attack_pieces(text, ops, rng, rules, word_rate, max_words=max_words)
     return _apply_edits(text, edits), n_words, n_changed
 
 
@@ -185,14 +189,17 @@ def attack_column_file(
     word_rate: float = 1.0,
     rules: NoiseRules = PRUTHI_RULES,
     task: Optional[str] = None,
+    max_words: Optional[int] = None,
 ) -> Dict[str, int]:
     """Write a character-attacked copy of a NER/POS column file.
 
     Only the token column of token lines changes (column 1 of ``.conllu``
     files, split on tabs; otherwise the first field of the line); the number
     of lines, every other column, the separators, ``-DOCSTART-``, comment and
-    blank lines stay byte-identical.  The rate applies per sentence
-    (consecutive token lines).
+    blank lines stay byte-identical.  The rate (and ``max_words``, the most
+    words attacked) applies per sentence (consecutive token lines).  A token
+    the reader takes as one token containing spaces (``S & P``, see
+    :func:`charbert.tasks.ner.read_conll`) is left as it is.
 
     ``task`` (``"ner"`` or ``"pos"``) additionally validates the input with
     the task reader (``read_conll`` / ``read_pos``) first, so a file of
@@ -228,8 +235,8 @@ def attack_column_file(
     def flush() -> None:
         if not spans:
             return
-        words = [lines[i][a:b] for i, a, b in spans]
-        new_words, changed = noise_words(words, rng, rules, word_rate, ops)
+        words = [lines[i][a:b] for i, a, b in spans]  # "" (never eligible) for tokens with spaces
+        new_words, changed = noise_words(words, rng, rules, word_rate, ops, max_words)
         for k in changed:
             i, a, b = spans[k]
             lines[i] = lines[i][:a] + new_words[k] + lines[i][b:]
@@ -258,11 +265,14 @@ def attack_column_file(
             spans.append((idx, start, start + len(fields[1])))
             continue
         fields = body.split()
-        if fields[0] == "-DOCSTART-":
+        if docstart_kind(fields) is not None:
             flush()
             continue
         if n_columns is None:
             n_columns, first_line = len(fields), lineno
+        elif len(fields) > n_columns and task is not None:
+            spans.append((idx, 0, 0))  # a token with spaces (validated by the reader): not attacked
+            continue
         elif len(fields) != n_columns:
             raise data_error(
                 in_path, lineno,
@@ -295,8 +305,9 @@ def attack_glue_file(
     seed: int,
     word_rate: float = 1.0,
     rules: NoiseRules = PRUTHI_RULES,
+    max_words: Optional[int] = None,
 ) -> Dict[str, int]:
-    """Write a character-attacked copy of a labelled GLUE TSV.
+    """Write a character-attacked copy of a labelled GLUE TSV (``max_words``: most words per text).
 
     The text column(s) of every example (both sentences of a pair) are
     attacked word by word (:func:`attack_text`); header, other columns,
@@ -336,7 +347,7 @@ def attack_glue_file(
         if len(fields) != n_columns:
             raise data_error(in_path, idx + 1, f"expected {n_columns} tab-separated columns, found {len(fields)}")
         for c in text_idx:
-            edits, n_words, n_changed = _attack_pieces(fields[c], ops, rng, rules, word_rate)
+            edits, n_words, n_changed = _attack_pieces(fields[c], ops, rng, rules, word_rate, max_words=max_words)
             fields[c] = _apply_edits(fields[c], edits)
             stats["words"] += n_words
             stats["changed"] += n_changed
@@ -387,8 +398,10 @@ def attack_squad_file(
     attack_context: bool = False,
     word_rate: float = 1.0,
     rules: NoiseRules = PRUTHI_RULES,
+    max_words: Optional[int] = None,
 ) -> Dict[str, int]:
-    """Write a character-attacked copy of a SQuAD v1.1/v2.0 JSON file.
+    """Write a character-attacked copy of a SQuAD v1.1/v2.0 JSON file (``max_words``: most words
+    per question and per context).
 
     Questions are always attacked; with ``attack_context`` each paragraph's
     context is too, and every ``answers``/``plausible_answers`` entry gets
@@ -423,7 +436,8 @@ def attack_squad_file(
                     (int(ans["answer_start"]), int(ans["answer_start"]) + len(ans["text"]))
                     for ans in answers
                 ]
-                edits, n_words, n_changed = _attack_pieces(context, ops, rng, rules, word_rate, protected)
+                edits, n_words, n_changed = _attack_pieces(context, ops, rng, rules, word_rate, protected,
+                                                           max_words)
                 new_context = _apply_edits(context, edits)
                 mapper = _offset_mapper(edits)
                 for ans, (s, e) in zip(answers, protected):
@@ -438,7 +452,8 @@ def attack_squad_file(
                 stats["words"] += n_words
                 stats["changed"] += n_changed
             for qa in para["qas"]:
-                edits, n_words, n_changed = _attack_pieces(qa["question"], ops, rng, rules, word_rate)
+                edits, n_words, n_changed = _attack_pieces(qa["question"], ops, rng, rules, word_rate,
+                                                           max_words=max_words)
                 qa["question"] = _apply_edits(qa["question"], edits)
                 stats["questions"] += 1
                 stats["words"] += n_words
