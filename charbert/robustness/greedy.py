@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from charbert.noise import PRUTHI_RULES, NoiseRules, OpsSpec, _normalise_ops, single_edits
 from charbert.robustness.attacks import _split_punct
 
-__all__ = ["GreedyResult", "GreedyExample", "greedy_attack", "model_predict_proba", "word_cores", "replace_word"]
+__all__ = ["GreedyResult", "GreedyExample", "greedy_attack", "greedy_outcomes", "model_predict_proba", "word_cores",
+           "replace_word"]
 
 Example = Tuple[str, ...]
 PredictProba = Callable[[List[Example]], np.ndarray]
@@ -95,6 +96,7 @@ class GreedyExample:
     clean_prob: float = 0.0  # true-class probability on the clean texts
     final_prob: float = 0.0  # ... on the final texts
     broken_at: Optional[int] = None
+    num_queries: int = 0  # candidate texts of this example scored by the model
 
 
 @dataclass
@@ -221,6 +223,7 @@ def greedy_attack(
             probs = _score(predict_proba, [_apply(records[i].texts, e) for i, e in batch], num_classes)
             num_queries += len(batch)
             for (i, edit), p in zip(batch, probs):
+                records[i].num_queries += 1
                 if i not in best or p[labels[i]] < best[i][0]:  # strict: the first of equals wins
                     best[i] = (p[labels[i]], edit, p)
 
@@ -240,6 +243,18 @@ def greedy_attack(
     n = len(records)
     accuracy = [sum(r.broken_at is None or r.broken_at > k for r in records) / n for k in range(max_edits + 1)]
     return GreedyResult(accuracy=accuracy, num_examples=n, num_queries=num_queries, examples=records)
+
+
+def greedy_outcomes(result: GreedyResult) -> list:
+    """One :class:`charbert.robustness.metrics.Outcome` per attacked example (for ``attack_metrics``)."""
+    from charbert.robustness.metrics import Outcome
+
+    out = []
+    for r in result.examples:
+        clean_words = sum(len(word_cores(t)) for t in r.texts)  # edits keep the number of words
+        out.append(Outcome(clean_correct=r.broken_at != 0, attacked_correct=r.broken_at is None,
+                           num_words=clean_words, perturbed_words=len(r.edits), num_queries=r.num_queries))
+    return out
 
 
 # --------------------------------------------------------------------------- models

@@ -24,7 +24,15 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from charbert.robustness.attacks import attack_column_file, attack_glue_file, attack_squad_file
+from charbert.robustness.attacks import (
+    attack_column_file,
+    attack_glue_file,
+    attack_squad_file,
+    rewrite_advglue_file,
+    rewrite_column_file,
+    rewrite_glue_file,
+    rewrite_squad_file,
+)
 from charbert.robustness.greedy import word_cores
 from charbert.robustness.metrics import Outcome, attack_metrics, labelling_attack_metrics, perturbed_words
 from charbert.tasks.errors import TaskDataError, location
@@ -64,6 +72,7 @@ class AttackTask:
     program = ""  # "module:Class" of the fine-tuning program that scores files
     options: Tuple[str, ...] = ()  # family-specific flags of the robustness tools
     sensitivity = False  # does S apply (word-aligned inputs)?
+    classifies = False  # sequence classification: the greedy attack and the TextAttack summary apply
     size_key = "words"  # the attack statistic counting the words seen
 
     def program_task(self):
@@ -81,8 +90,8 @@ class AttackTask:
         raise NotImplementedError
 
     def is_classification(self, args) -> bool:
-        """Does the TextAttack summary (and the greedy attack) apply?"""
-        return False
+        """Does the TextAttack summary (and the greedy attack) apply to this run?"""
+        return self.classifies
 
     def attack_file(self, args, in_path, out_path, attack: str, seed: int, word_rate: float,
                     max_words: Optional[int]) -> Dict[str, int]:
@@ -104,6 +113,8 @@ class AttackTask:
         return {}
 
     def correct_file(self, args, correct_words, in_path, out_path) -> Dict[str, int]:
+        """Write ``in_path`` with its words rewritten by ``correct_words`` (a
+        :data:`charbert.robustness.attacks.Rewrite`), labels and format kept."""
         raise NotImplementedError(f"the corrector does not support --task {self.name}")
 
 
@@ -165,9 +176,7 @@ class _Tagging(AttackTask):
         return {k: v for k, v in stats.items() if v}
 
     def correct_file(self, args, correct_words, in_path, out_path):
-        from charbert.robustness.correct import correct_column_file
-
-        return correct_column_file(in_path, out_path, correct_words)
+        return rewrite_column_file(in_path, out_path, correct_words, task=self.name)
 
 
 @register
@@ -209,6 +218,7 @@ class GlueAttackTask(AttackTask):
     program = "finetune.glue:GlueFinetune"
     options = ("task_name",)
     sensitivity = True
+    classifies = True
 
     def glue(self, args):
         from charbert.tasks.glue import get_glue_task
@@ -265,10 +275,23 @@ class GlueAttackTask(AttackTask):
             outcomes.append(Outcome(pc == c.label, pa == a.label, len(words_c), changed))
         return attack_metrics(outcomes)
 
-    def correct_file(self, args, correct_words, in_path, out_path):
-        from charbert.robustness.correct import correct_glue_file
+    def check_outside(self, args, task_args, clean_file, attacked_file):
+        clean, attacked = self.examples(args, clean_file), self.examples(args, attacked_file)
+        for c, a in zip(clean, attacked):
+            if c.label != a.label:
+                raise TaskDataError(f"{location(attacked_file, a.line)}: label {a.label!r} where "
+                                    f"{location(clean_file, c.line)} has {c.label!r}: the files do not align")
+        if len(clean) != len(attacked):
+            raise TaskDataError(f"{attacked_file}: {len(attacked)} examples, --test_file {clean_file} has "
+                                f"{len(clean)}: the files do not align")
+        return {}
 
-        return correct_glue_file(args.task_name, in_path, out_path, correct_words)
+    def correct_file(self, args, correct_words, in_path, out_path):
+        from charbert.tasks.glue import is_advglue_file
+
+        if is_advglue_file(in_path):
+            return rewrite_advglue_file(in_path, out_path, correct_words)
+        return rewrite_glue_file(args.task_name, in_path, out_path, correct_words)
 
 
 # --------------------------------------------------------------------------------------
@@ -293,9 +316,7 @@ class SquadAttackTask(AttackTask):
         return json.loads(_prediction_file(run_dir).read_text(encoding="utf-8"))
 
     def correct_file(self, args, correct_words, in_path, out_path):
-        from charbert.robustness.correct import correct_squad_file
-
-        return correct_squad_file(in_path, out_path, correct_words, correct_context=args.attack_context)
+        return rewrite_squad_file(in_path, out_path, correct_words, rewrite_context=args.attack_context)
 
 
 def check_family_options(task: AttackTask, args, options: Sequence[str] = ("task_name", "attack_context")) -> None:
