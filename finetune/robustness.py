@@ -157,7 +157,10 @@ def outside_files(args, task, task_args, folder: Path) -> Tuple[Dict[str, str], 
 
         folder.mkdir(parents=True, exist_ok=True)
         glue = get_glue_task(args.task_name).name
-        for split in (s for s, spec in ADVGLUE_SPLITS.items() if spec[0] == glue):  # mnli: mnli and mnli-mm
+        splits = [s for s, spec in ADVGLUE_SPLITS.items() if spec[0] == glue]  # mnli: mnli and mnli-mm
+        if not splits:
+            raise UsageError(f"AdvGLUE has no {glue} split (it has {sorted(ADVGLUE_SPLITS)})")
+        for split in splits:
             name = "advglue" + split[len(glue):]
             out = folder / f"advglue.{split}.json"
             stats[name] = {"examples": write_advglue_split(args.advglue, out, glue, split)}
