@@ -119,3 +119,22 @@ def test_nlm_head_restores_hand_made_typos(toy_pretrained, tmp_path, capsys):
     assert run_cli("correct", "--model_name_or_path", tmp_path, "--input", tmp_path / "in.txt",
                    "--output", tmp_path / "x.txt") == 2
     assert "config.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_robustness_report_gains_corrected_rows(toy_pretrained, task_files, bert_dir, tmp_path):
+    model = tmp_path / "ner"
+    assert run_cli("ner", "--model_name_or_path", bert_dir, "--train_file", task_files["ner_train"], "--output_dir",
+                   model, "--max_train_steps", "4", "--per_device_train_batch_size", "8", "--seed", "3") == 0
+    out = tmp_path / "report"
+    assert run_cli("robustness", "--task", "ner", "--model_name_or_path", model, "--test_file", task_files["ner_dev"],
+                   "--attacks", "swap", "--output_dir", out, "--correct_with", toy_pretrained,
+                   "--per_device_eval_batch_size", "4") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["corrected"] == ["clean corrected", "swap corrected"]
+    (entry,) = report["models"]
+    assert set(entry["scores"]) == {"clean", "swap", "clean corrected", "swap corrected"}
+    corrected = read_conll(out / "corrected" / "swap.corrected.txt")
+    assert [s.tags for s in corrected] == [s.tags for s in read_conll(task_files["ner_dev"])]
+    assert "| swap corrected |" in (out / "report.md").read_text()

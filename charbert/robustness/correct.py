@@ -23,8 +23,8 @@ restored exactly and the share of clean words wrongly changed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -62,8 +62,12 @@ class NlmCorrector:
         if model.config.word_vocab_size != len(word_vocab):
             raise ValueError(f"the word vocabulary has {len(word_vocab)} entries, the model's NLM head "
                              f"{model.config.word_vocab_size}")
+        from charbert.tasks.loading import max_model_length
+
         self.model, self.tokenizer, self.word_vocab = model, tokenizer, word_vocab
-        self.threshold, self.batch_size, self.max_length = threshold, batch_size, max_length
+        limit = max_model_length(model)  # longer sentences are cut: their last words stay as they are
+        self.threshold, self.batch_size = threshold, batch_size
+        self.max_length = min(max_length, limit) if limit else max_length
 
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "NlmCorrector":
@@ -85,7 +89,7 @@ class NlmCorrector:
             raise ValueError(f"{path} has no NLM head")
         return cls(model, CharBertTokenizer.from_pretrained(path), WordVocab.load(path), **kwargs)
 
-    def predict(self, sentences: Sequence[Sequence[str]]) -> List[np.ndarray]:
+    def predict(self, sentences: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Per sentence a (n_words, 2) array: best word id and its probability (-1, 0 for words
         without a subword, e.g. past ``max_length``)."""
         from charbert.tasks.features import TaskCollator, word_features
@@ -96,7 +100,7 @@ class NlmCorrector:
         collate = TaskCollator(self.tokenizer.pad_token_id)
         device = next(self.model.parameters()).device
         order = np.argsort([len(r["input_ids"]) for r in rows], kind="stable")  # length-sorted batches
-        out: List[Optional[np.ndarray]] = [None] * len(rows)
+        out: list[np.ndarray | None] = [None] * len(rows)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -113,7 +117,7 @@ class NlmCorrector:
         return out
 
     @staticmethod
-    def _per_word(probs: np.ndarray, token_word: Sequence[Optional[int]], n_words: int) -> np.ndarray:
+    def _per_word(probs: np.ndarray, token_word: Sequence[int | None], n_words: int) -> np.ndarray:
         result = np.zeros((n_words, 2))
         result[:, 0] = -1
         sums = np.zeros((n_words, probs.shape[-1]))
@@ -128,7 +132,7 @@ class NlmCorrector:
         result[has, 1] = mean.max(-1)
         return result
 
-    def correct_sentences(self, sentences: List[List[str]]) -> List[List[str]]:
+    def correct_sentences(self, sentences: list[list[str]]) -> list[list[str]]:
         out = []
         for words, pred in zip(sentences, self.predict(sentences)):
             new = list(words)
@@ -163,12 +167,12 @@ class DictionaryCorrector:
                    default=0)  # ids are frequency ranks: the smallest is the most frequent
         return match_case(self.word_vocab.word(best), word) if best > 0 else word
 
-    def correct_sentences(self, sentences: List[List[str]]) -> List[List[str]]:
+    def correct_sentences(self, sentences: list[list[str]]) -> list[list[str]]:
         return [[self.correct_word(w) for w in words] for words in sentences]
 
 
 def correction_scores(clean: Sequence[Sequence[str]], attacked: Sequence[Sequence[str]],
-                      corrected: Sequence[Sequence[str]]) -> Dict[str, float]:
+                      corrected: Sequence[Sequence[str]]) -> dict[str, float]:
     """``restored``: share of attacked words (differing from clean) corrected back exactly;
     ``wrongly_changed``: share of untouched words (equal to clean) the corrector changed."""
     n_attacked = n_restored = n_clean = n_broken = 0

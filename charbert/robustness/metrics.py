@@ -22,8 +22,9 @@ attack, entity F1 or token accuracy, is the task's own metric on the attacked fi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 __all__ = ["Outcome", "attack_metrics", "labelling_attack_metrics", "perturbed_words"]
 
@@ -36,7 +37,7 @@ class Outcome:
     attacked_correct: bool
     num_words: int  # words of the clean input
     perturbed_words: int  # words the attack changed
-    num_queries: Optional[int] = None  # model calls the attack spent (searched attacks only)
+    num_queries: int | None = None  # model calls the attack spent (searched attacks only)
 
 
 def perturbed_words(clean: Sequence[str], attacked: Sequence[str]) -> int:
@@ -46,11 +47,11 @@ def perturbed_words(clean: Sequence[str], attacked: Sequence[str]) -> int:
     return sum(a != b for a, b in zip(clean, attacked))
 
 
-def _mean(values: List[float]) -> Optional[float]:
+def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def attack_metrics(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
+def attack_metrics(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     """The TextAttack summary of a classification attack (see the module docstring)."""
     if not outcomes:
         raise ValueError("attack_metrics needs at least one outcome")
@@ -75,7 +76,7 @@ def attack_metrics(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
 
 def labelling_attack_metrics(clean_predictions: Sequence[Sequence[str]], attacked_predictions: Sequence[Sequence[str]],
                              clean_words: Sequence[Sequence[str]],
-                             attacked_words: Sequence[Sequence[str]]) -> Dict[str, Any]:
+                             attacked_words: Sequence[Sequence[str]]) -> dict[str, Any]:
     """NER/POS: share of sentences whose predicted tags changed, and the perturbation statistics."""
     if not (len(clean_predictions) == len(attacked_predictions) == len(clean_words) == len(attacked_words)):
         raise ValueError("clean and attacked predictions and words must cover the same sentences")

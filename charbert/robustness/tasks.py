@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from charbert.robustness.attacks import (
     attack_column_file,
@@ -39,7 +40,7 @@ from charbert.tasks.errors import TaskDataError, location
 
 __all__ = ["AttackTask", "ATTACK_TASKS", "get_attack_task", "register"]
 
-ATTACK_TASKS: Dict[str, "AttackTask"] = {}
+ATTACK_TASKS: dict[str, "AttackTask"] = {}
 
 
 def register(cls: type) -> type:
@@ -55,7 +56,7 @@ def get_attack_task(name: str) -> "AttackTask":
     return ATTACK_TASKS[key]
 
 
-def option_owner(option: str) -> List[str]:
+def option_owner(option: str) -> list[str]:
     """The families that take a family-specific flag (``task_name``, ``attack_context``)."""
     return [t.name for t in ATTACK_TASKS.values() if option in t.options]
 
@@ -70,7 +71,7 @@ class AttackTask:
 
     name = ""
     program = ""  # "module:Class" of the fine-tuning program that scores files
-    options: Tuple[str, ...] = ()  # family-specific flags of the robustness tools
+    options: tuple[str, ...] = ()  # family-specific flags of the robustness tools
     sensitivity = False  # does S apply (word-aligned inputs)?
     classifies = False  # sequence classification: the greedy attack and the TextAttack summary apply
     size_key = "words"  # the attack statistic counting the words seen
@@ -82,7 +83,7 @@ class AttackTask:
     def validate(self, args) -> None:
         """Family-specific flag checks (``args``: the robustness or attack tool's flags)."""
 
-    def program_argv(self, args) -> List[str]:
+    def program_argv(self, args) -> list[str]:
         """Flags the scoring program needs beyond model, file and output folder."""
         return []
 
@@ -94,25 +95,25 @@ class AttackTask:
         return self.classifies
 
     def attack_file(self, args, in_path, out_path, attack: str, seed: int, word_rate: float,
-                    max_words: Optional[int]) -> Dict[str, int]:
+                    max_words: int | None) -> dict[str, int]:
         raise NotImplementedError
 
-    def word_sentences(self, args, task_args, path: str) -> List[List[str]]:
+    def word_sentences(self, args, task_args, path: str) -> list[list[str]]:
         raise NotImplementedError(f"--sensitivity does not support --task {self.name}")
 
-    def read_predictions(self, run_dir: Path) -> List[Any]:
+    def read_predictions(self, run_dir: Path) -> list[Any]:
         raise NotImplementedError
 
     def attack_summary(self, args, task_args, clean_file: str, attacked_file: str, clean_run: Path,
-                       attacked_run: Path) -> Optional[Dict[str, Any]]:
+                       attacked_run: Path) -> dict[str, Any] | None:
         return None
 
-    def check_outside(self, args, task_args, clean_file: str, attacked_file: str) -> Dict[str, Any]:
+    def check_outside(self, args, task_args, clean_file: str, attacked_file: str) -> dict[str, Any]:
         """Check that an outside attacked file can be scored against ``clean_file``; returns what the
         reader repaired on the way (empty when nothing)."""
         return {}
 
-    def correct_file(self, args, correct_words, in_path, out_path) -> Dict[str, int]:
+    def correct_file(self, args, correct_words, in_path, out_path) -> dict[str, int]:
         """Write ``in_path`` with its words rewritten by ``correct_words`` (a
         :data:`charbert.robustness.attacks.Rewrite`), labels and format kept."""
         raise NotImplementedError(f"the corrector does not support --task {self.name}")
@@ -131,7 +132,7 @@ class _Tagging(AttackTask):
         return attack_column_file(in_path, out_path, attack=attack, seed=seed, word_rate=word_rate, task=self.name,
                                   max_words=max_words)
 
-    def read_sentences(self, task_args, path: str, stats: Optional[Dict[str, int]] = None):
+    def read_sentences(self, task_args, path: str, stats: dict[str, int] | None = None):
         raise NotImplementedError
 
     def word_sentences(self, args, task_args, path):
@@ -142,7 +143,7 @@ class _Tagging(AttackTask):
 
     def read_predictions(self, run_dir):
         """The last column of ``token [gold] pred`` blocks (``write_conll`` / ``write_pos_predictions``)."""
-        out: List[List[str]] = [[]]
+        out: list[list[str]] = [[]]
         for line in _prediction_file(run_dir).read_text(encoding="utf-8").split("\n"):
             if line.strip():
                 out[-1].append(line.split()[-1])
@@ -158,7 +159,7 @@ class _Tagging(AttackTask):
         return labelling_attack_metrics(clean_pred, attacked_pred, clean[:n], attacked[:n])
 
     def check_outside(self, args, task_args, clean_file, attacked_file):
-        stats: Dict[str, int] = {}
+        stats: dict[str, int] = {}
         clean = self.read_sentences(task_args, clean_file)
         attacked = self.read_sentences(task_args, attacked_file, stats)
         for c, a in zip(clean, attacked):
