@@ -256,7 +256,7 @@ def run_sensitivity(args, task, task_args, model_path: str, attack_files: Dict[s
     return out
 
 
-def run_greedy(args, task, model_path: str) -> Dict[str, Any]:
+def run_greedy(args, task, model_path: str, clean_run: Path) -> Dict[str, Any]:
     from transformers import AutoModelForSequenceClassification
 
     import charbert  # noqa: F401
@@ -275,9 +275,10 @@ def run_greedy(args, task, model_path: str) -> Dict[str, Any]:
     predict = model_predict_proba(model, tokenizer, max_length=args.max_seq_length or 128,
                                   batch_size=args.per_device_eval_batch_size)
     start = time.perf_counter()
+    clean = [glue.label2id[p] for p in task.read_predictions(clean_run)][: len(examples)]  # scored once already
     result = greedy_attack(texts, labels, predict, ops="all", max_edits=args.max_edits,
                            max_candidates=args.max_candidates, batch_size=args.per_device_eval_batch_size,
-                           seed=args.seed, progress=True)
+                           seed=args.seed, progress=True, clean_predictions=clean)
     record = {"accuracy": result.accuracy, "num_examples": result.num_examples, "num_queries": result.num_queries,
               "attack_metrics": attack_metrics(greedy_outcomes(result)),
               "wall_time_s": round(time.perf_counter() - start, 2)}
@@ -411,7 +412,7 @@ def robustness(args, argv: Sequence[str]) -> Dict[str, Any]:
         if args.sensitivity:
             entry["sensitivity"] = run_sensitivity(args, task, task_args, path, attack_files)
         if args.greedy:
-            entry["greedy"] = run_greedy(args, task, path)
+            entry["greedy"] = run_greedy(args, task, path, out / "runs" / _safe(name) / CLEAN)
         models.append(entry)
 
     report = {

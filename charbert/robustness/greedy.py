@@ -166,6 +166,7 @@ def greedy_attack(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = False,
+    clean_predictions: Optional[Sequence[int]] = None,
 ) -> GreedyResult:
     """Greedy worst-case misspelling attack; returns accuracy under 0..``max_edits`` edited words.
 
@@ -185,20 +186,32 @@ def greedy_attack(
     ``predict_proba`` gets at most ``batch_size`` examples per call; the
     candidates of all examples under attack in a round are pooled into the
     same batches, and only the best candidate per example is kept in memory.
+
+    ``clean_predictions`` (the class ids a scoring run already predicted for the clean
+    examples) replaces round 0, so the clean texts are not encoded twice; the clean
+    probabilities are then unknown (``clean_prob`` NaN).
     """
     examples, labels = _check_inputs(examples, labels, max_edits, max_candidates, batch_size)
     ops_t = _normalise_ops(ops)
     rng = np.random.default_rng(seed)
 
-    clean = np.concatenate([_score(predict_proba, b, None) for b in _chunks(iter(examples), batch_size)])
-    num_classes = clean.shape[1]
-    if any(not 0 <= y < num_classes for y in labels):
-        raise ValueError(f"labels must be class ids in [0, {num_classes})")
-    records = [
-        GreedyExample(texts=ex, label=y, clean_prob=float(p[y]), final_prob=float(p[y]),
-                      broken_at=None if int(np.argmax(p)) == y else 0)
-        for ex, y, p in zip(examples, labels, clean)
-    ]
+    if clean_predictions is not None:
+        if len(clean_predictions) != len(examples):
+            raise ValueError(f"{len(clean_predictions)} clean predictions for {len(examples)} examples")
+        num_classes = None  # known after the first scored batch
+        records = [GreedyExample(texts=ex, label=y, clean_prob=float("nan"), final_prob=float("nan"),
+                                 broken_at=None if int(p) == y else 0)
+                   for ex, y, p in zip(examples, labels, clean_predictions)]
+    else:
+        clean = np.concatenate([_score(predict_proba, b, None) for b in _chunks(iter(examples), batch_size)])
+        num_classes = clean.shape[1]
+        if any(not 0 <= y < num_classes for y in labels):
+            raise ValueError(f"labels must be class ids in [0, {num_classes})")
+        records = [
+            GreedyExample(texts=ex, label=y, clean_prob=float(p[y]), final_prob=float(p[y]),
+                          broken_at=None if int(np.argmax(p)) == y else 0)
+            for ex, y, p in zip(examples, labels, clean)
+        ]
     edited: List[set] = [set() for _ in examples]
     num_queries = 0
 
@@ -221,6 +234,7 @@ def greedy_attack(
                    disable=not progress, file=sys.stderr)
         for batch in bar:
             probs = _score(predict_proba, [_apply(records[i].texts, e) for i, e in batch], num_classes)
+            num_classes = probs.shape[1]
             num_queries += len(batch)
             for (i, edit), p in zip(batch, probs):
                 records[i].num_queries += 1
