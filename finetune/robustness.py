@@ -10,7 +10,15 @@ finetune.attack``) and every model is scored on the clean file and on each attac
 the task's own fine-tuning program (``finetune.ner``, ``.pos``, ``.glue``, ``.squad`` with
 ``--do_predict``): same reader, features, model loading and metric, so the clean score here
 is the score the fine-tuning program reports on that file.  Flags this program does not know
-are passed to the task program (e.g. ``--tag_column xpos``, ``--version_2_with_negative``).
+are passed to the task program (e.g. ``--tag_column xpos``, ``--version_2_with_negative``),
+which parses them once with its own parser.  What differs between task families (attack-file
+writing, default metric, word lists, prediction files) lives in
+:mod:`charbert.robustness.tasks`; this program has no branch on the task name.
+
+``--max_words K`` attacks at most K words per sentence; ``--attacked_file NAME=PATH`` and
+``--advglue FILE`` add files attacked elsewhere; ``--correct_with PRETRAINED`` adds every file
+after the NLM-head typo corrector (``python -m finetune.correct``).  Every attacked file gets
+the attack metrics of :mod:`charbert.robustness.metrics` (TextAttack's convention).
 
 Writes ``report.json``, ``report.md`` (clean score, each attack's score, absolute and relative
 drop, for every model side by side), ``scores.png`` (a bar chart), the attacked files, and

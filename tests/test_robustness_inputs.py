@@ -152,3 +152,18 @@ def test_length_sorted_evaluation_equals_unsorted(bert_dir, tiny_texts):
     for unsorted, sorted_ in zip(*runs):
         assert unsorted.shape == sorted_.shape
         np.testing.assert_allclose(sorted_, unsorted, atol=1e-6, rtol=0)
+
+
+def test_the_authors_attacked_qnli_tsv_is_read_and_checked_against_the_clean_dev(tmp_path):
+    clean = tmp_path / "dev.tsv"
+    clean.write_text("index\tquestion\tsentence\tlabel\n0\tWhat is it?\tIt is a cat.\tentailment\n"
+                     "1\tWho came?\tNobody.\tnot_entailment\n")
+    theirs = tmp_path / "attacked.tsv"
+    theirs.write_text(clean.read_text().replace("What", "Waht").replace("Nobody", "Nbody"))
+    args = argparse.Namespace(task_name="qnli", max_predict_samples=None)
+    task = get_attack_task("glue")
+    assert [e.text_a for e in read_glue("qnli", theirs)] == ["Waht is it?", "Who came?"]
+    assert task.check_outside(args, None, clean, theirs) == {}
+    theirs.write_text(clean.read_text().replace("\tnot_entailment", "\tentailment"))
+    with pytest.raises(TaskDataError, match=r"attacked\.tsv:3: label 'entailment'"):
+        task.check_outside(args, None, clean, theirs)
