@@ -41,7 +41,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from charbert.noise import ATTACK_TYPES, parse_attack_type
 from charbert.robustness.report import CLEAN, plot_scores, render_markdown, score_drops
@@ -182,7 +182,16 @@ def outside_files(args, task, task_args, folder: Path) -> Tuple[Dict[str, str], 
     return paths, stats, paired
 
 
-def program_args(task, args, passthrough: Sequence[str]):
+class Scorer(NamedTuple):
+    """The task's fine-tuning program and its parsed flags: what :func:`score_file` runs."""
+
+    program: Any  # a finetune.common.Task
+    prog: str
+    argv: List[str]
+    task_args: argparse.Namespace
+
+
+def program_args(task, args, passthrough: Sequence[str]) -> Scorer:
     """The scoring program's flags for the clean file, parsed once by its own parser
     (``parse_known_args``); flags neither program knows are an error."""
     program = task.program_task()
@@ -203,10 +212,10 @@ def program_args(task, args, passthrough: Sequence[str]):
         raise UsageError(f"{prog}: {err}") from None
     if unknown:
         raise UsageError(f"unrecognized arguments (neither {PROG} nor {prog} knows them): {' '.join(unknown)}")
-    return program, prog, argv, task_args
+    return Scorer(program, prog, argv, task_args)
 
 
-def score_file(scorer, model_path: str, test_file: str, output_dir: Path) -> Dict:
+def score_file(scorer: Scorer, model_path: str, test_file: str, output_dir: Path) -> Dict:
     """Score one fine-tuned model on one labelled file with the task's fine-tuning program
     (``--do_predict``); returns its metrics (the ``predict`` record of metrics.json)."""
     program, prog, argv, task_args = scorer
@@ -399,7 +408,7 @@ def robustness(args, argv: Sequence[str]) -> Dict[str, Any]:
     names = model_names(args.model_name_or_path, args.model_names)
     out = Path(args.output_dir)
     scorer = program_args(task, args, args.passthrough)
-    task_args = scorer[3]
+    task_args = scorer.task_args
     metric = args.metric or task.default_metric(args)
     out.mkdir(parents=True, exist_ok=True)
     attack_files, attack_stats = make_attack_files(args, task, attacks, out / "attacks")

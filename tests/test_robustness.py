@@ -97,7 +97,7 @@ def test_glue_greedy_attack_starts_at_the_clean_accuracy_and_never_rises(mrpc_mo
 
 
 @pytest.mark.parametrize("case", ["unknown_attack", "other_format", "empty_file", "missing_model", "greedy_on_ner",
-                                  "unknown_task"])
+                                  "unknown_task", "unknown_flag"])
 def test_bad_input_gives_one_clear_line(case, ner_models, task_files, tmp_path, capsys):
     model, test_file = ner_models["plain"], task_files["ner_dev"]
     extra, expected = [], ""
@@ -114,6 +114,8 @@ def test_bad_input_gives_one_clear_line(case, ner_models, task_files, tmp_path, 
         model, expected = tmp_path / "nowhere", "no such checkpoint folder"
     elif case == "greedy_on_ner":
         extra, expected = ["--greedy"], "--greedy is for sequence classification"
+    elif case == "unknown_flag":  # parsed by the task program's own parser, which does not know it either
+        extra, expected = ["--bogus_flag", "2"], "unrecognized arguments (neither"
     else:
         task, expected = "parsing", "unknown --task 'parsing'"
     code = run_cli("robustness", "--task", task, "--model_name_or_path", model, "--test_file", test_file,
