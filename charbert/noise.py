@@ -485,16 +485,19 @@ def noise_words(
     rules: NoiseRules,
     rate: float,
     ops: OpsSpec = OPERATIONS,
+    max_words: int | None = None,
 ) -> tuple[list[str], list[int]]:
-    """Noise ``round(rate * n_eligible)`` eligible words of ``words``.
+    """Noise ``round(rate * n_eligible)`` eligible words of ``words``, at most ``max_words``.
 
     The words are chosen uniformly without replacement among the eligible
     ones (``rate=1.0`` -> all of them) and each is edited with
     :func:`noise_word`.  Python's ``round`` is used (half to even).  Returns a
     new list (the input is not modified) and the sorted indices of the words
     that actually changed (a chosen word whose edits are all impossible stays
-    as it is and is not listed).  Raises ``ValueError`` for ``rate`` outside
-    ``[0, 1]`` or an unknown operation.
+    as it is and is not listed).  ``max_words`` is the budget of Pruthi et
+    al. (2019): at most that many words per call (a sentence), chosen at
+    random; None = no cap.  Raises ``ValueError`` for ``rate`` outside
+    ``[0, 1]``, a negative ``max_words`` or an unknown operation.
     """
     try:
         rate_f = float(rate)
@@ -502,12 +505,16 @@ def noise_words(
         raise ValueError(f"rate must be a number in [0, 1], got {rate!r}") from None
     if not 0.0 <= rate_f <= 1.0:  # also rejects NaN
         raise ValueError(f"rate must be in [0, 1], got {rate!r}")
+    if max_words is not None and (isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 0):
+        raise ValueError(f"max_words must be None or an int >= 0, got {max_words!r}")
     ops_t = _normalise_ops(ops)
     _check_rng(rng)
 
     out = list(words)
     eligible = [i for i, w in enumerate(out) if is_eligible(w, rules)]
     k = min(len(eligible), int(round(rate_f * len(eligible))))
+    if max_words is not None:
+        k = min(k, max_words)
     if k == 0:
         return out, []
     if k == len(eligible):

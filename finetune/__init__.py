@@ -6,6 +6,7 @@
     python -m finetune.pos    CoNLL-U / token<TAB>tag POS  -> metrics.json, *_predictions.tsv
     python -m finetune.attack      a character-attacked copy of any of those task files
     python -m finetune.robustness  clean vs attacked scores of fine-tuned models -> report.md/json, scores.png
+    python -m finetune.correct     typo correction with the pretrained NLM head (or a dictionary baseline)
 
 Each also runs under ``accelerate launch -m finetune.<task>`` or torchrun. ``--model_name_or_path``
 takes a CharBERT checkpoint or a plain BERT/RoBERTa checkpoint (the baseline); ``--charbert``

@@ -18,10 +18,10 @@ import sys
 from typing import Optional, Sequence
 
 from charbert.noise import ATTACK_TYPES
-from charbert.robustness.attacks import attack_column_file, attack_glue_file, attack_squad_file
+from charbert.robustness.tasks import ATTACK_TASKS, check_family_options, get_attack_task
 
 PROG = "python -m finetune.attack"
-TASKS = ("ner", "pos", "glue", "squad")
+TASKS = tuple(ATTACK_TASKS)
 
 
 class _UsageError(Exception):
@@ -42,33 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", required=True, help=f"one of {list(ATTACK_TYPES) + ['all']}")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--word_rate", type=float, default=1.0, help="share of eligible words attacked (0..1)")
+    p.add_argument("--max_words", type=int, default=None,
+                   help="attack at most K eligible words per sentence, chosen at random (default: no cap)")
     p.add_argument("--attack_context", action="store_true", help="SQuAD: attack contexts too")
     return p
 
 
 def _run(args) -> str:
-    task = args.task.strip().lower()
-    if task not in TASKS:
-        raise ValueError(f"unknown --task {args.task!r}; allowed: {list(TASKS)}")
-    if task != "glue" and args.task_name:
-        raise ValueError("--task_name only applies to --task glue")
-    if task != "squad" and args.attack_context:
-        raise ValueError("--attack_context only applies to --task squad")
-    common = dict(attack=args.attack, seed=args.seed, word_rate=args.word_rate)
-    if task in ("ner", "pos"):
-        stats = attack_column_file(args.input, args.output, task=task, **common)
-        total = stats["tokens"]
-    elif task == "glue":
-        if not args.task_name:
-            raise ValueError("--task glue needs --task_name (e.g. mrpc)")
-        stats = attack_glue_file(args.task_name, args.input, args.output, **common)
-        total = stats["words"]
-    else:
-        stats = attack_squad_file(args.input, args.output, attack_context=args.attack_context, **common)
-        total = stats["words"]
+    task = get_attack_task(args.task)
+    check_family_options(task, args)
+    task.validate(args)
+    stats = task.attack_file(args, args.input, args.output, args.attack, args.seed, args.word_rate, args.max_words)
+    budget = f", max_words {args.max_words}" if args.max_words is not None else ""
     return (
-        f"{args.attack} attack (seed {args.seed}, word_rate {args.word_rate:g}): changed "
-        f"{stats['changed']} of {total} words -> {args.output} {json.dumps(stats, sort_keys=True)}"
+        f"{args.attack} attack (seed {args.seed}, word_rate {args.word_rate:g}{budget}): changed "
+        f"{stats['changed']} of {stats[task.size_key]} words -> {args.output} {json.dumps(stats, sort_keys=True)}"
     )
 
 

@@ -30,13 +30,17 @@ class NerFinetune(WordTagging):
 
     def read(self, args, path, split):
         labelled = split != "predict" or conll_num_columns(path) > 1
-        return Split(split, path, read_conll(path, tag_column=args.tag_column, labelled=labelled), labelled)
+        stats = {}  # lines the reader repaired (tokens with spaces, misspelt -DOCSTART-): reported in metrics
+        sentences = read_conll(path, tag_column=args.tag_column, labelled=labelled, stats=stats)
+        self.read_stats = {**getattr(self, "read_stats", {}), str(path): {k: v for k, v in stats.items() if v}}
+        return Split(split, path, sentences, labelled)
 
     def score(self, gold, predicted):
         return ner_metrics(gold, predicted)
 
     def evaluate(self, args, model, accelerator, loader, split, id2label):
         result = super().evaluate(args, model, accelerator, loader, split, id2label)
+        result.metrics.update(getattr(self, "read_stats", {}).get(str(split.path), {}))
         if split.labelled:  # entities of one-subword words vs split words (robustness analysis)
             result.metrics["by_subwords"] = ner_subword_breakdown(
                 [s.tags for s in split.data], result.predictions, [a.num_subwords() for a in split.meta])

@@ -10,7 +10,15 @@ finetune.attack``) and every model is scored on the clean file and on each attac
 the task's own fine-tuning program (``finetune.ner``, ``.pos``, ``.glue``, ``.squad`` with
 ``--do_predict``): same reader, features, model loading and metric, so the clean score here
 is the score the fine-tuning program reports on that file.  Flags this program does not know
-are passed to the task program (e.g. ``--tag_column xpos``, ``--version_2_with_negative``).
+are passed to the task program (e.g. ``--tag_column xpos``, ``--version_2_with_negative``),
+which parses them once with its own parser.  What differs between task families (attack-file
+writing, default metric, word lists, prediction files) lives in
+:mod:`charbert.robustness.tasks`; this program has no branch on the task name.
+
+``--max_words K`` attacks at most K words per sentence; ``--attacked_file NAME=PATH`` and
+``--advglue FILE`` add files attacked elsewhere; ``--correct_with PRETRAINED`` adds every file
+after the NLM-head typo corrector (``python -m finetune.correct``).  Every attacked file gets
+the attack metrics of :mod:`charbert.robustness.metrics` (TextAttack's convention).
 
 Writes ``report.json``, ``report.md`` (clean score, each attack's score, absolute and relative
 drop, for every model side by side), ``scores.png`` (a bar chart), the attacked files, and
@@ -33,10 +41,11 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from charbert.noise import ATTACK_TYPES, parse_attack_type
 from charbert.robustness.report import CLEAN, plot_scores, render_markdown, score_drops
+from charbert.robustness.tasks import ATTACK_TASKS, check_family_options, get_attack_task
 from charbert.tasks.errors import TaskDataError
 from charbert.tasks.loading import ModelSetupError
 
@@ -44,8 +53,9 @@ from . import common
 from .common import UsageError
 
 PROG = "python -m finetune.robustness"
-TASKS = ("ner", "pos", "glue", "squad")
+TASKS = tuple(ATTACK_TASKS)
 DEFAULT_ATTACKS = ",".join(ATTACK_TYPES + ("all",))
+CORRECTED = "corrected"
 logger = logging.getLogger("finetune")
 
 
@@ -63,11 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_names", nargs="+", default=None, help="names for the report (default: folder names)")
     p.add_argument("--test_file", required=True, help="the clean, labelled file to attack and score")
     p.add_argument("--attacks", default=DEFAULT_ATTACKS,
-                   help=f"comma-separated attack types (default {DEFAULT_ATTACKS}; 'all' = a random type per word)")
+                   help=f"comma-separated attack types (default {DEFAULT_ATTACKS}; 'all' = a random type per word; "
+                        "'none' = only outside files)")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--seed", type=int, default=1, help="seed of the attacks (the scoring is deterministic)")
     p.add_argument("--word_rate", type=float, default=1.0, help="share of eligible words attacked (0..1)")
+    p.add_argument("--max_words", type=int, default=None,
+                   help="attack at most K eligible words per sentence, chosen at random and seeded (Pruthi et al. "
+                        "2019 use K = 1, 2; default: every eligible word, as the CharBERT attack sets)")
     p.add_argument("--attack_context", action="store_true", help="SQuAD: attack contexts too (default: questions)")
+    p.add_argument("--attacked_file", action="append", default=[], metavar="NAME=PATH",
+                   help="score a file someone else attacked, side by side with the generated ones (repeatable); "
+                        "NER/POS files must align token for token with --test_file")
+    p.add_argument("--advglue", default=None, metavar="FILE",
+                   help="GLUE: the AdvGLUE dev JSON; scores the task's split(s) as outside sets")
+    p.add_argument("--correct_with", default=None, metavar="PRETRAINED",
+                   help="a pretrained CharBERT checkpoint: also score every file after its NLM head corrected the "
+                        "typos (rows '<file> corrected'; see python -m finetune.correct)")
+    p.add_argument("--correct_threshold", type=float, default=None,
+                   help="confidence the corrector needs (default: finetune.correct's)")
     p.add_argument("--metric", default=None,
                    help="metric of the table (default: ner f1, pos accuracy, squad f1, glue the task's first)")
     p.add_argument("--max_seq_length", type=int, default=None, help="passed to the task program (default: its own)")
@@ -86,29 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------
 # Pieces
 # --------------------------------------------------------------------------------------
-
-
-def _task_program(task: str):
-    if task == "ner":
-        from .ner import NerFinetune as cls
-    elif task == "pos":
-        from .pos import PosFinetune as cls
-    elif task == "glue":
-        from .glue import GlueFinetune as cls
-    else:
-        from .squad import SquadFinetune as cls
-    return cls()
-
-
-def _default_metric(args) -> str:
-    if args.task in ("ner", "squad"):
-        return "f1"
-    if args.task == "pos":
-        return "accuracy"
-    from charbert.tasks.glue import get_glue_task
-
-    glue = get_glue_task(args.task_name)
-    return "pearson" if glue.is_regression else glue.metrics[0]
 
 
 def model_names(paths: Sequence[str], names: Optional[Sequence[str]]) -> List[str]:
@@ -131,88 +132,106 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def make_attack_files(args, attacks: Sequence[str], folder: Path) -> Tuple[Dict[str, str], Dict[str, Dict[str, int]]]:
+def make_attack_files(args, task, attacks: Sequence[str], folder: Path) -> Tuple[Dict[str, str], Dict[str, Dict]]:
     """Write one attacked copy of the test file per attack type; returns ``(paths, stats)``."""
-    from charbert.robustness.attacks import attack_column_file, attack_glue_file, attack_squad_file
-
     folder.mkdir(parents=True, exist_ok=True)
     test = Path(args.test_file)
     paths, stats = {}, {}
+    budget = f".k{args.max_words}" if args.max_words is not None else ""
     for attack in attacks:
-        out = folder / f"{test.stem}.{attack}{test.suffix}"
-        common_kw = dict(attack=attack, seed=args.seed, word_rate=args.word_rate)
-        if args.task in ("ner", "pos"):
-            stats[attack] = attack_column_file(test, out, task=args.task, **common_kw)
-        elif args.task == "glue":
-            stats[attack] = attack_glue_file(args.task_name, test, out, **common_kw)
-        else:
-            stats[attack] = attack_squad_file(test, out, attack_context=args.attack_context, **common_kw)
+        out = folder / f"{test.stem}.{attack}{budget}{test.suffix}"
+        stats[attack] = task.attack_file(args, test, out, attack, args.seed, args.word_rate, args.max_words)
         paths[attack] = str(out)
         logger.info("%s attack: %s", attack, json.dumps(stats[attack], sort_keys=True))
     return paths, stats
 
 
-def score_file(task, model_path: str, test_file: str, output_dir: Path, args, passthrough: Sequence[str]) -> Dict:
-    """Score one fine-tuned model on one labelled file with the task's fine-tuning program
-    (``--do_predict``); returns its metrics (the ``predict`` record of metrics.json)."""
-    argv = ["--model_name_or_path", model_path, "--test_file", test_file, "--do_predict",
-            "--output_dir", str(output_dir), "--per_device_eval_batch_size", str(args.per_device_eval_batch_size)]
-    if args.task == "glue":
-        argv += ["--task_name", args.task_name]
+def outside_files(args, task, task_args, folder: Path) -> Tuple[Dict[str, str], Dict[str, Dict], List[str]]:
+    """``--attacked_file NAME=PATH`` and ``--advglue``: ``(paths, read stats, names paired with the clean file)``."""
+    paths: Dict[str, str] = {}
+    stats: Dict[str, Dict] = {}
+    paired: List[str] = []
+    for spec in args.attacked_file:
+        name, sep, path = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise UsageError(f"--attacked_file expects NAME=PATH; got {spec!r}")
+        if not Path(path).is_file():
+            raise UsageError(f"--attacked_file {name}: {path}: no such file")
+        paths[name] = path
+        paired.append(name)
+    if args.advglue:
+        from charbert.tasks.glue import ADVGLUE_SPLITS, get_glue_task, write_advglue_split
+
+        folder.mkdir(parents=True, exist_ok=True)
+        glue = get_glue_task(args.task_name).name
+        splits = [s for s, spec in ADVGLUE_SPLITS.items() if spec[0] == glue]  # mnli: mnli and mnli-mm
+        if not splits:
+            raise UsageError(f"AdvGLUE has no {glue} split (it has {sorted(ADVGLUE_SPLITS)})")
+        for split in splits:
+            name = "advglue" + split[len(glue):]
+            out = folder / f"advglue.{split}.json"
+            stats[name] = {"examples": write_advglue_split(args.advglue, out, glue, split)}
+            paths[name] = str(out)
+    for name, path in paths.items():
+        if name in paired:
+            try:
+                stats[name] = task.check_outside(args, task_args, args.test_file, path)
+            except ValueError as err:
+                raise UsageError(f"--attacked_file {name}: {err}") from None
+    return paths, stats, paired
+
+
+class Scorer(NamedTuple):
+    """The task's fine-tuning program and its parsed flags: what :func:`score_file` runs."""
+
+    program: Any  # a finetune.common.Task
+    prog: str
+    argv: List[str]
+    task_args: argparse.Namespace
+
+
+def program_args(task, args, passthrough: Sequence[str]) -> Scorer:
+    """The scoring program's flags for the clean file, parsed once by its own parser
+    (``parse_known_args``); flags neither program knows are an error."""
+    program = task.program_task()
+    prog = f"python -m {task.program.split(':')[0]}"
+    argv = ["--model_name_or_path", args.model_name_or_path[0], "--test_file", args.test_file, "--do_predict",
+            "--output_dir", str(args.output_dir), "--per_device_eval_batch_size", str(args.per_device_eval_batch_size),
+            *task.program_argv(args)]
     if args.max_seq_length is not None:
         argv += ["--max_seq_length", str(args.max_seq_length)]
     if args.max_predict_samples is not None:
         argv += ["--max_predict_samples", str(args.max_predict_samples)]
     argv += list(passthrough)
-    prog = f"python -m finetune.{args.task}"
-    parser = common.build_parser(prog, "", task)
+    parser = common.build_parser(prog, "", program)
+    parser.exit_on_error = False  # a bad value raises argparse.ArgumentError instead of exiting
+    try:
+        task_args, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise UsageError(f"{prog}: {err}") from None
+    if unknown:
+        raise UsageError(f"unrecognized arguments (neither {PROG} nor {prog} knows them): {' '.join(unknown)}")
+    return Scorer(program, prog, argv, task_args)
 
-    def fail(message):  # a flag the task program rejects: one line, not argparse's exit
-        raise UsageError(f"{prog}: {message}")
 
-    parser.error = fail
-    task_args = parser.parse_args(argv)
-    record = common.run(task, task_args, argv, prog)
+def score_file(scorer: Scorer, model_path: str, test_file: str, output_dir: Path) -> Dict:
+    """Score one fine-tuned model on one labelled file with the task's fine-tuning program
+    (``--do_predict``); returns its metrics (the ``predict`` record of metrics.json)."""
+    program, prog, argv, task_args = scorer
+    run_args = argparse.Namespace(**vars(task_args))
+    run_args.model_name_or_path, run_args.test_file, run_args.output_dir = model_path, test_file, str(output_dir)
+    run_argv = list(argv)
+    for flag, value in (("--model_name_or_path", model_path), ("--test_file", test_file),
+                        ("--output_dir", str(output_dir))):
+        run_argv[run_argv.index(flag) + 1] = value
+    record = common.run(program, run_args, run_argv, prog)
     return record["predict"]
 
 
 # --------------------------------------------------------------------------------------
 # Analyses
 # --------------------------------------------------------------------------------------
-
-
-def _word_sentences(args, path: str) -> List[List[str]]:
-    """The word lists whose representations S compares (one per sentence / GLUE text)."""
-    if args.task == "ner":
-        from charbert.tasks.ner import read_conll
-
-        sents = [s.tokens for s in read_conll(path)]
-    elif args.task == "pos":
-        from charbert.tasks.pos import read_pos
-
-        sents = [s.tokens for s in read_pos(path, tag_column=_passthrough_value(args, "--tag_column", "upos"))]
-    else:
-        from charbert.tasks.glue import read_glue
-
-        sents = []
-        for ex in read_glue(args.task_name, path):
-            sents += [t.split() for t in (ex.text_a, ex.text_b) if t is not None]
-    if args.max_predict_samples is not None and args.task != "glue":
-        sents = sents[: args.max_predict_samples]
-    elif args.max_predict_samples is not None:
-        sents = sents[: args.max_predict_samples * (2 if _glue_is_pair(args) else 1)]
-    return [s for s in sents if s]
-
-
-def _glue_is_pair(args) -> bool:
-    from charbert.tasks.glue import get_glue_task
-
-    return get_glue_task(args.task_name).is_pair
-
-
-def _passthrough_value(args, flag: str, default: str) -> str:
-    rest = list(getattr(args, "passthrough", []))
-    return rest[rest.index(flag) + 1] if flag in rest and rest.index(flag) + 1 < len(rest) else default
 
 
 def _load_encoder(model_path: str):
@@ -232,11 +251,11 @@ def _load_encoder(model_path: str):
     return model, load_task_tokenizer(inspect_checkpoint(model_path), model)
 
 
-def run_sensitivity(args, model_path: str, attack_files: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
+def run_sensitivity(args, task, task_args, model_path: str, attack_files: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
     from charbert.robustness.sensitivity import sensitivity_from_encoder, word_vectors
 
     model, tokenizer = _load_encoder(model_path)
-    clean = _word_sentences(args, args.test_file)
+    clean = task.word_sentences(args, task_args, args.test_file)
     max_length = args.max_seq_length or 128
 
     def encode(sentences):
@@ -249,24 +268,23 @@ def run_sensitivity(args, model_path: str, attack_files: Dict[str, str]) -> Dict
 
     out = {}
     for attack, path in attack_files.items():
-        out[attack] = sensitivity_from_encoder(encode_cached, clean, _word_sentences(args, path))
+        out[attack] = sensitivity_from_encoder(encode_cached, clean, task.word_sentences(args, task_args, path))
         logger.info("sensitivity %s: %s", attack, json.dumps(out[attack]))
     return out
 
 
-def run_greedy(args, model_path: str) -> Dict[str, Any]:
+def run_greedy(args, task, model_path: str, clean_run: Path) -> Dict[str, Any]:
     from transformers import AutoModelForSequenceClassification
 
     import charbert  # noqa: F401
-    from charbert.robustness.greedy import greedy_attack, model_predict_proba
-    from charbert.tasks.glue import get_glue_task, read_glue
+    from charbert.robustness.greedy import greedy_attack, greedy_outcomes, model_predict_proba
+    from charbert.robustness.metrics import attack_metrics
     from charbert.tasks.loading import inspect_checkpoint, load_task_tokenizer
 
-    glue = get_glue_task(args.task_name)
-    examples = read_glue(glue.name, args.test_file)
-    limit = args.greedy_max_examples or args.max_predict_samples
-    if limit is not None:
-        examples = examples[:limit]
+    glue = task.glue(args)
+    examples = task.examples(args, args.test_file)
+    if args.greedy_max_examples is not None:  # (task.examples already applies --max_predict_samples)
+        examples = examples[: args.greedy_max_examples]
     model = AutoModelForSequenceClassification.from_pretrained(model_path)
     tokenizer = load_task_tokenizer(inspect_checkpoint(model_path), model)
     texts = [(ex.text_a,) if ex.text_b is None else (ex.text_a, ex.text_b) for ex in examples]
@@ -274,13 +292,31 @@ def run_greedy(args, model_path: str) -> Dict[str, Any]:
     predict = model_predict_proba(model, tokenizer, max_length=args.max_seq_length or 128,
                                   batch_size=args.per_device_eval_batch_size)
     start = time.perf_counter()
+    clean = [glue.label2id[p] for p in task.read_predictions(clean_run)][: len(examples)]  # scored once already
     result = greedy_attack(texts, labels, predict, ops="all", max_edits=args.max_edits,
                            max_candidates=args.max_candidates, batch_size=args.per_device_eval_batch_size,
-                           seed=args.seed, progress=True)
+                           seed=args.seed, progress=True, clean_predictions=clean)
     record = {"accuracy": result.accuracy, "num_examples": result.num_examples, "num_queries": result.num_queries,
+              "attack_metrics": attack_metrics(greedy_outcomes(result)),
               "wall_time_s": round(time.perf_counter() - start, 2)}
     logger.info("greedy attack: %s", json.dumps(record))
     return record
+
+
+def corrected_files(args, task, files: Dict[str, str], folder: Path) -> Tuple[Dict[str, str], Dict[str, Dict]]:
+    """Every file after the NLM-head corrector (``--correct_with``): ``({'<label> corrected': path}, stats)``."""
+    from charbert.robustness.correct import DEFAULT_THRESHOLD, NlmCorrector
+
+    corrector = NlmCorrector.from_pretrained(args.correct_with, threshold=args.correct_threshold
+                                             if args.correct_threshold is not None else DEFAULT_THRESHOLD,
+                                             batch_size=args.per_device_eval_batch_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, stats = {}, {}
+    for label, path in files.items():
+        out = folder / f"{_safe(label)}.{CORRECTED}{Path(path).suffix}"
+        stats[f"{label} {CORRECTED}"] = task.correct_file(args, corrector.correct_sentences, path, out)
+        paths[f"{label} {CORRECTED}"] = str(out)
+    return paths, stats
 
 
 # --------------------------------------------------------------------------------------
@@ -288,26 +324,21 @@ def run_greedy(args, model_path: str) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-def validate(args) -> List[str]:
-    """Flag checks that need no model; returns the attack list."""
-    args.task = args.task.strip().lower()
-    if args.task not in TASKS:
-        raise UsageError(f"unknown --task {args.task!r}; allowed: {list(TASKS)}")
-    if args.task == "glue" and not args.task_name:
-        raise UsageError("--task glue needs --task_name (e.g. mrpc)")
-    if args.task != "glue" and args.task_name:
-        raise UsageError("--task_name only applies to --task glue")
-    if args.task == "glue":
-        from charbert.tasks.glue import get_glue_task
-
-        try:
-            get_glue_task(args.task_name)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-    if args.attack_context and args.task != "squad":
-        raise UsageError("--attack_context only applies to --task squad")
+def validate(args):
+    """Flag checks that need no model; returns ``(task, attacks)``."""
+    try:
+        task = get_attack_task(args.task)
+        check_family_options(task, args)
+        task.validate(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    args.task = task.name
     attacks = [a.strip().lower() for a in args.attacks.split(",") if a.strip()]
-    if not attacks:
+    if attacks == ["none"]:
+        attacks = []
+        if not (args.attacked_file or args.advglue):
+            raise UsageError("--attacks none needs --attacked_file or --advglue")
+    elif not attacks:
         raise UsageError("--attacks is empty")
     for a in attacks:
         try:
@@ -318,15 +349,22 @@ def validate(args) -> List[str]:
         raise UsageError(f"--attacks names a type twice: {attacks}")
     if not 0.0 <= args.word_rate <= 1.0:
         raise UsageError(f"--word_rate must be in [0, 1]; got {args.word_rate}")
-    if args.sensitivity and args.task == "squad":
-        raise UsageError("--sensitivity supports ner, pos and glue (SQuAD: not implemented)")
+    if args.max_words is not None and args.max_words < 1:
+        raise UsageError(f"--max_words must be >= 1; got {args.max_words}")
+    if args.sensitivity and not task.sensitivity:
+        raise UsageError(f"--sensitivity supports {[t.name for t in ATTACK_TASKS.values() if t.sensitivity]} "
+                         f"(not --task {task.name})")
     if args.greedy:
-        if args.task != "glue":
-            raise UsageError("--greedy is for sequence classification: use it with --task glue")
-        if _is_regression(args):
-            raise UsageError(f"--greedy needs a classification task; {args.task_name} is a regression")
+        if not task.is_classification(args):
+            families = " or ".join(f"--task {t.name}" for t in ATTACK_TASKS.values() if t.classifies)
+            what = f"{args.task_name} is a regression" if task.classifies else f"use it with {families}"
+            raise UsageError(f"--greedy is for sequence classification: {what}")
         if args.max_edits < 1:
             raise UsageError(f"--max_edits must be >= 1; got {args.max_edits}")
+    if args.advglue and not task.classifies:
+        raise UsageError("--advglue only applies to --task glue")
+    if args.advglue and not Path(args.advglue).is_file():
+        raise UsageError(f"--advglue {args.advglue}: no such file")
     if args.max_candidates is not None and args.max_candidates < 1:
         raise UsageError(f"--max_candidates must be >= 1; got {args.max_candidates}")
     test = Path(args.test_file)
@@ -337,53 +375,74 @@ def validate(args) -> List[str]:
     for path in args.model_name_or_path:
         if not Path(path).is_dir():
             raise UsageError(f"--model_name_or_path {path}: no such checkpoint folder")
-    return attacks
+    if args.correct_with and not Path(args.correct_with).is_dir():
+        raise UsageError(f"--correct_with {args.correct_with}: no such checkpoint folder")
+    return task, attacks
 
 
-def _is_regression(args) -> bool:
-    from charbert.tasks.glue import get_glue_task
-
-    return get_glue_task(args.task_name).is_regression
+def _score_model(args, task, task_args, scorer, metric, name, path, files, paired, out) -> Dict[str, Any]:
+    entry: Dict[str, Any] = {"name": name, "path": str(path), "scores": {}, "metrics": {}, "attack_metrics": {}}
+    runs = {}
+    for label, file in files.items():
+        logger.info("scoring %s on %s (%s)", name, label, file)
+        runs[label] = out / "runs" / _safe(name) / _safe(label)
+        metrics = score_file(scorer, path, file, runs[label])
+        if metric not in metrics:
+            raise UsageError(f"--metric {metric!r} is not one of the task's metrics: "
+                             f"{sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))}")
+        entry["scores"][label] = metrics[metric]
+        entry["metrics"][label] = metrics
+        if "by_subwords" in metrics:
+            entry.setdefault("by_subwords", {})[label] = metrics["by_subwords"]
+    for label in paired:
+        summary = task.attack_summary(args, task_args, args.test_file, files[label], runs[CLEAN], runs[label])
+        if summary is not None:
+            entry["attack_metrics"][label] = summary
+    entry["drops"] = score_drops(entry["scores"], [label for label in files if label != CLEAN])
+    return entry
 
 
 def robustness(args, argv: Sequence[str]) -> Dict[str, Any]:
     start = time.perf_counter()
-    attacks = validate(args)
+    task, attacks = validate(args)
     names = model_names(args.model_name_or_path, args.model_names)
-    metric = args.metric or _default_metric(args)
     out = Path(args.output_dir)
+    scorer = program_args(task, args, args.passthrough)
+    task_args = scorer.task_args
+    metric = args.metric or task.default_metric(args)
     out.mkdir(parents=True, exist_ok=True)
-    attack_files, attack_stats = make_attack_files(args, attacks, out / "attacks")
-
-    task = _task_program(args.task)
-    files = {CLEAN: args.test_file, **attack_files}
+    attack_files, attack_stats = make_attack_files(args, task, attacks, out / "attacks")
+    outside, outside_stats, outside_paired = outside_files(args, task, task_args, out / "attacks")
+    clash = sorted((set(outside) & set(attack_files)) | ({CLEAN} & set(outside)))
+    if clash:
+        raise UsageError(f"--attacked_file names {clash} clash with the generated attacks or 'clean'")
+    files = {CLEAN: args.test_file, **attack_files, **outside}
+    corrected, corrected_stats = {}, {}
+    if args.correct_with:
+        corrected, corrected_stats = corrected_files(args, task, files, out / CORRECTED)
+    unpaired = set(outside) - set(outside_paired)  # AdvGLUE: other examples than the test file's
+    paired = list(attack_files) + outside_paired + [f"{label} {CORRECTED}" for label in files
+                                                    if corrected and label not in unpaired]
     models = []
     for name, path in zip(names, args.model_name_or_path):
-        entry: Dict[str, Any] = {"name": name, "path": str(path), "scores": {}, "metrics": {}}
-        for label, file in files.items():
-            logger.info("scoring %s on %s (%s)", name, label, file)
-            metrics = score_file(task, path, file, out / "runs" / _safe(name) / label, args, args.passthrough)
-            if metric not in metrics:
-                raise UsageError(f"--metric {metric!r} is not one of the task's metrics: "
-                                 f"{sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))}")
-            entry["scores"][label] = metrics[metric]
-            entry["metrics"][label] = metrics
-            if "by_subwords" in metrics:
-                entry.setdefault("by_subwords", {})[label] = metrics["by_subwords"]
-        entry["drops"] = score_drops(entry["scores"], attacks)
+        entry = _score_model(args, task, task_args, scorer, metric, name, path, {**files, **corrected}, paired, out)
         if args.sensitivity:
-            entry["sensitivity"] = run_sensitivity(args, path, attack_files)
+            entry["sensitivity"] = run_sensitivity(args, task, task_args, path, attack_files)
         if args.greedy:
-            entry["greedy"] = run_greedy(args, path)
+            entry["greedy"] = run_greedy(args, task, path, out / "runs" / _safe(name) / CLEAN)
         models.append(entry)
 
     report = {
         "task": args.task, "task_name": args.task_name, "test_file": str(args.test_file), "metric": metric,
-        "attacks": attacks, "seed": args.seed, "word_rate": args.word_rate, "attack_context": args.attack_context,
-        "max_predict_samples": args.max_predict_samples,
+        "attacks": attacks, "seed": args.seed, "word_rate": args.word_rate, "max_words": args.max_words,
+        "attack_context": args.attack_context, "max_predict_samples": args.max_predict_samples,
         "attack_files": {a: os.path.relpath(p, out) for a, p in attack_files.items()}, "attack_stats": attack_stats,
+        "outside": list(outside), "outside_files": {k: str(v) for k, v in outside.items()},
+        "outside_stats": outside_stats, "corrected": list(corrected), "corrected_stats": corrected_stats,
+        "correct_with": args.correct_with,
         "greedy_settings": {"max_edits": args.max_edits, "max_candidates": args.max_candidates,
-                            "max_examples": args.greedy_max_examples or args.max_predict_samples} if args.greedy else None,
+                            "max_examples": args.greedy_max_examples or args.max_predict_samples}
+        if args.greedy else None,
         "models": models, "command": f"{PROG} {shlex.join(list(argv))}",
         "wall_time_s": round(time.perf_counter() - start, 2),
     }

@@ -217,3 +217,16 @@ def test_real_model_attack(bert_dir, kind):
         assert len({(t, w) for t, w, _, _ in r.edits}) == len(r.edits)  # no word edited twice
         check_edit(r)
         assert r.final_prob == pytest.approx(float(predict([r.texts])[0, r.label]), abs=1e-5)
+
+
+def test_clean_predictions_replace_round_zero_and_queries_are_counted_per_example():
+    full = greedy_attack(EXAMPLES, LABELS, toy_proba, max_edits=3)
+    clean = toy_proba(EXAMPLES).argmax(1).tolist()
+    recorder = Recorder()
+    reused = greedy_attack(EXAMPLES, LABELS, recorder, max_edits=3, clean_predictions=clean)
+    assert reused.accuracy == full.accuracy and reused.num_queries == full.num_queries
+    assert all(ex not in EXAMPLES for call in recorder.calls for ex in call)  # the clean texts were not scored again
+    assert [r.edits for r in reused.examples] == [r.edits for r in full.examples]
+    assert sum(r.num_queries for r in full.examples) == full.num_queries and full.examples[4].num_queries == 0
+    with pytest.raises(ValueError, match="clean predictions"):
+        greedy_attack(EXAMPLES, LABELS, toy_proba, clean_predictions=clean[:2])

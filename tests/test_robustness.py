@@ -99,7 +99,7 @@ def test_glue_greedy_attack_starts_at_the_clean_accuracy_and_never_rises(mrpc_mo
 
 
 @pytest.mark.parametrize("case", ["unknown_attack", "other_format", "empty_file", "missing_model", "greedy_on_ner",
-                                  "unknown_task"])
+                                  "unknown_task", "unknown_flag"])
 @pytest.mark.slow
 def test_bad_input_gives_one_clear_line(case, ner_models, task_files, tmp_path, capsys):
     model, test_file = ner_models["plain"], task_files["ner_dev"]
@@ -117,6 +117,8 @@ def test_bad_input_gives_one_clear_line(case, ner_models, task_files, tmp_path, 
         model, expected = tmp_path / "nowhere", "no such checkpoint folder"
     elif case == "greedy_on_ner":
         extra, expected = ["--greedy"], "--greedy is for sequence classification"
+    elif case == "unknown_flag":  # parsed by the task program's own parser, which does not know it either
+        extra, expected = ["--bogus_flag", "2"], "unrecognized arguments (neither"
     else:
         task, expected = "parsing", "unknown --task 'parsing'"
     code = run_cli("robustness", "--task", task, "--model_name_or_path", model, "--test_file", test_file,
@@ -138,3 +140,77 @@ def test_score_drops_and_markdown_from_a_hand_made_report():
     lines = render_markdown(report).splitlines()
     assert "| swap | 60.00 | 20.00 | 25.0% | 45.00 | 5.00 | 10.0% |" in lines
     assert "| mean of attacks | 60.00 | 20.00 | 25.0% | 45.00 | 5.00 | 10.0% |" in lines
+
+
+def _write_outside(src, dst, transform):
+    dst.write_text(transform(src.read_text(encoding="utf-8")), encoding="utf-8")
+    return dst
+
+
+def test_outside_files_score_side_by_side_with_budgeted_attacks(ner_models, task_files, tmp_path):
+    """A misspelt -DOCSTART- scores as the intact marker; tokens with spaces are repaired and counted; the report
+    names the budget and gives the changed-prediction share of every attacked file."""
+    clean = task_files["ner_dev"]
+    lines = clean.read_text(encoding="utf-8").split("\n")
+    token_line = [i for i, line in enumerate(lines) if line and not line.startswith("-DOCSTART-")][1]
+    spaced = list(lines)
+    word, *tags = spaced[token_line].split()
+    spaced[token_line] = " ".join([word[:1], word[1:] or "x", *tags])  # "Decimals NN .." -> "D ecimals NN .."
+    intact = _write_outside(clean, tmp_path / "intact.txt", lambda t: t)
+    misspelt = _write_outside(clean, tmp_path / "misspelt.txt", lambda t: t.replace("-DOCSTART-", "-DCOSTART-"))
+    spaces = _write_outside(clean, tmp_path / "spaces.txt", lambda t: "\n".join(spaced))
+    out = tmp_path / "report"
+    code = run_cli("robustness", "--task", "ner", "--model_name_or_path", ner_models["plain"], "--test_file", clean,
+                   "--attacks", "swap", "--max_words", "1", "--output_dir", out, "--per_device_eval_batch_size", "4",
+                   "--attacked_file", f"intact={intact}", "--attacked_file", f"textflint={misspelt}",
+                   "--attacked_file", f"spaces={spaces}")
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    (model,) = report["models"]
+    assert report["outside"] == ["intact", "textflint", "spaces"] and report["max_words"] == 1
+    assert model["scores"]["textflint"] == model["scores"]["intact"] == model["scores"]["clean"]
+    assert report["outside_stats"]["textflint"] == {"misspelt_docstart_lines": 1}
+    assert report["outside_stats"]["spaces"] == {"repaired_lines": 1}
+    assert model["metrics"]["spaces"]["num_words"] == model["metrics"]["clean"]["num_words"]
+    swap = read_conll(out / report["attack_files"]["swap"])
+    assert all(sum(a != b for a, b in zip(s.tokens, c.tokens)) <= 1 for s, c in zip(swap, read_conll(clean)))
+    assert model["attack_metrics"]["intact"]["changed_prediction_share"] == 0.0
+    assert model["attack_metrics"]["intact"]["avg_perturbed_word_share"] == 0.0
+    assert 0.0 <= model["attack_metrics"]["swap"]["changed_prediction_share"] <= 1.0
+    markdown = (out / "report.md").read_text()
+    assert "at most 1 words per sentence" in markdown and "## Attack metrics" in markdown
+    assert "| textflint |" in markdown
+
+
+def test_misaligned_outside_file_names_its_line(ner_models, task_files, tmp_path, capsys):
+    clean = task_files["ner_dev"]
+    lines = clean.read_text(encoding="utf-8").split("\n")
+    k = next(i for i, line in enumerate(lines) if line.endswith(" O") and not line.startswith("-DOCSTART-"))
+    lines[k] = lines[k][:-1] + "B-PER"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join(lines), encoding="utf-8")
+    code = run_cli("robustness", "--task", "ner", "--model_name_or_path", ner_models["plain"], "--test_file", clean,
+                   "--attacks", "none", "--attacked_file", f"bad={bad}", "--output_dir", tmp_path / "out")
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and f"{bad}:{k + 1}: does not align token for token" in err
+
+
+def test_glue_attack_metrics_outside_tsv_and_advglue(mrpc_model, task_files, tmp_path):
+    dev = task_files["mrpc_dev"]
+    outside = tmp_path / "theirs.tsv"
+    outside.write_text(dev.read_text(encoding="utf-8").replace("the ", "teh "), encoding="utf-8")
+    out = tmp_path / "report"
+    code = run_cli("robustness", "--task", "glue", "--task_name", "mrpc", "--model_name_or_path", mrpc_model,
+                   "--test_file", dev, "--attacks", "drop", "--output_dir", out, "--attacked_file", f"theirs={outside}",
+                   "--per_device_eval_batch_size", "8", "--greedy", "--max_edits", "1", "--max_candidates", "4")
+    assert code == 0
+    (model,) = json.loads((out / "report.json").read_text())["models"]
+    for label in ("drop", "theirs"):
+        m = model["attack_metrics"][label]
+        assert m["successful"] + m["failed"] + m["skipped"] == m["num_examples"] == 13
+        assert m["original_accuracy"] == pytest.approx(model["scores"]["clean"])
+        assert m["accuracy_under_attack"] <= m["original_accuracy"]
+    greedy = model["greedy"]["attack_metrics"]
+    assert greedy["accuracy_under_attack"] == pytest.approx(model["greedy"]["accuracy"][-1])
+    assert greedy["avg_num_queries"] > 0 and greedy["skipped"] == model["attack_metrics"]["drop"]["skipped"]
+    assert "success rate" in (out / "report.md").read_text()

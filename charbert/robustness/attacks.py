@@ -22,12 +22,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from charbert.noise import PRUTHI_RULES, NoiseRules, noise_words, parse_attack_type
 from charbert.tasks.errors import PathLike, data_error, read_text_lines
+from charbert.tasks.ner import docstart_kind
 
 __all__ = [
     "attack_words",
@@ -35,6 +36,13 @@ __all__ = [
     "attack_column_file",
     "attack_glue_file",
     "attack_squad_file",
+    "noiser",
+    "rewrite_texts",
+    "rewrite_column_file",
+    "rewrite_glue_file",
+    "rewrite_squad_file",
+    "rewrite_advglue_file",
+    "rewrite_text_file",
 ]
 
 _WS_SPLIT = re.compile(r"(\s+)")
@@ -49,13 +57,14 @@ def attack_words(
     rng: np.random.Generator,
     rules: NoiseRules = PRUTHI_RULES,
     word_rate: float = 1.0,
+    max_words: Optional[int] = None,
 ) -> Tuple[List[str], List[int]]:
-    """Attack ``words`` with ``attack`` (``drop|add|swap|keyboard|all``).
+    """Attack ``words`` with ``attack`` (``drop|add|swap|keyboard|all``), at most ``max_words`` of them.
 
     Returns ``(new_words, changed_indices)``; see :func:`charbert.noise.noise_words`.
     """
     ops = parse_attack_type(attack)
-    return noise_words(list(words), rng, rules, word_rate, ops)
+    return noise_words(list(words), rng, rules, word_rate, ops, max_words)
 
 
 def _split_punct(chunk: str) -> Tuple[str, str, str]:
@@ -68,22 +77,33 @@ def _split_punct(chunk: str) -> Tuple[str, str, str]:
     return chunk[:i], chunk[i:j], chunk[j:]
 
 
-def _attack_pieces(
-    text: str,
-    ops: Tuple[str, ...],
-    rng: np.random.Generator,
-    rules: NoiseRules,
-    word_rate: float,
-    protected: Optional[Sequence[Tuple[int, int]]] = None,
-) -> Tuple[List[Tuple[int, int, str]], int, int]:
-    """Attack the whitespace-separated words of ``text``.
+Rewrite = Callable[[List[List[str]]], List[List[str]]]
+"""Rewrites the words of every sentence of a file at once (in file order), one word for one word:
+an attack (:func:`noiser`) or a corrector (:mod:`charbert.robustness.correct`)."""
 
-    Returns ``(edits, n_words, n_changed)`` where ``edits`` lists
-    ``(old_start, old_end, new_core)`` for every changed word core (the word
-    without its surrounding punctuation), in text order.  Cores whose span
-    contains a position in ``protected`` strictly inside it (e.g. an answer
-    boundary in the middle of a word) are never attacked.
-    """
+
+def noiser(ops: Tuple[str, ...], rng: np.random.Generator, rules: NoiseRules, word_rate: float,
+           max_words: Optional[int] = None) -> Rewrite:
+    """The character attack as a :data:`Rewrite`: :func:`~charbert.noise.noise_words` per sentence, in order."""
+
+    def rewrite(sentences: List[List[str]]) -> List[List[str]]:
+        return [noise_words(words, rng, rules, word_rate, ops, max_words)[0] for words in sentences]
+
+    return rewrite
+
+
+def _checked(rewrite: Rewrite, sentences: List[List[str]]) -> List[List[str]]:
+    out = rewrite(sentences)
+    if len(out) != len(sentences) or any(len(a) != len(b) for a, b in zip(out, sentences)):
+        raise ValueError("a rewrite must return one word for every word of every sentence")
+    return out
+
+
+def _word_spans(text: str, protected: Optional[Sequence[Tuple[int, int]]] = None
+                ) -> Tuple[List[Tuple[int, int]], List[str]]:
+    """The ``[start, end)`` spans of the word cores of ``text`` (whitespace-separated pieces without
+    their surrounding punctuation) and the words to rewrite: ``""`` (never rewritten) for a core with
+    a position of ``protected`` strictly inside it (e.g. an answer boundary in the middle of a word)."""
     cores: List[Tuple[int, int]] = []
     words: List[str] = []
     pos = 0
@@ -94,16 +114,41 @@ def _attack_pieces(
             cores.append((start, start + len(core)))
             words.append(core)
         pos += len(piece)
-    inputs = list(words)
     if protected:
         cuts = sorted({c for span in protected for c in span})
         for k, (a, b) in enumerate(cores):
             i = bisect.bisect_right(cuts, a)
             if i < len(cuts) and cuts[i] < b:
-                inputs[k] = ""  # not eligible: an answer boundary lies inside
-    new_words, changed = noise_words(inputs, rng, rules, word_rate, ops)
-    edits = [(cores[k][0], cores[k][1], new_words[k]) for k in changed]
-    return edits, len(words), len(changed)
+                words[k] = ""
+    return cores, words
+
+
+def rewrite_texts(texts: Sequence[str], rewrite: Rewrite,
+                  protected: Optional[Sequence[Optional[Sequence[Tuple[int, int]]]]] = None
+                  ) -> List[Tuple[List[Tuple[int, int, str]], int]]:
+    """Rewrite the words of several texts with one call of ``rewrite``; per text ``(edits, n_words)``
+    where ``edits`` lists ``(old_start, old_end, new_core)`` of every changed core, in text order."""
+    spans = [_word_spans(t, protected[i] if protected else None) for i, t in enumerate(texts)]
+    new = _checked(rewrite, [list(words) for _, words in spans])
+    out = []
+    for (cores, words), new_words in zip(spans, new):
+        edits = [(cores[k][0], cores[k][1], w) for k, (old, w) in enumerate(zip(words, new_words)) if w != old]
+        out.append((edits, len(cores)))
+    return out
+
+
+def _attack_pieces(
+    text: str,
+    ops: Tuple[str, ...],
+    rng: np.random.Generator,
+    rules: NoiseRules,
+    word_rate: float,
+    protected: Optional[Sequence[Tuple[int, int]]] = None,
+    max_words: Optional[int] = None,
+) -> Tuple[List[Tuple[int, int, str]], int, int]:
+    """Attack the whitespace-separated words of one text: ``(edits, n_words, n_changed)``."""
+    ((edits, n_words),) = rewrite_texts([text], noiser(ops, rng, rules, word_rate, max_words), [protected])
+    return edits, n_words, len(edits)
 
 
 def _apply_edits(text: str, edits: Sequence[Tuple[int, int, str]]) -> str:
@@ -123,12 +168,13 @@ def attack_text(
     rng: np.random.Generator,
     rules: NoiseRules = PRUTHI_RULES,
     word_rate: float = 1.0,
+    max_words: Optional[int] = None,
 ) -> Tuple[str, int, int]:
     """Attack every whitespace-separated word of ``text`` (spacing kept;
     surrounding punctuation is stripped before noising and put back, so
     ``"house,"`` may become ``"hoese,"``).  Returns ``(new_text, n_words, n_changed)``."""
     ops = parse_attack_type(attack)
-    edits, n_words, n_changed = _attack_pieces(text, ops, rng, rules, word_rate)
+    edits, n_words, n_changed = _attack_pieces(text, ops, rng, rules, word_rate, max_words=max_words)
     return _apply_edits(text, edits), n_words, n_changed
 
 
@@ -185,14 +231,28 @@ def attack_column_file(
     word_rate: float = 1.0,
     rules: NoiseRules = PRUTHI_RULES,
     task: Optional[str] = None,
+    max_words: Optional[int] = None,
 ) -> Dict[str, int]:
-    """Write a character-attacked copy of a NER/POS column file.
+    """Write a character-attacked copy of a NER/POS column file (:func:`rewrite_column_file`).
+
+    The rate (and ``max_words``, the most words attacked) applies per sentence (consecutive
+    token lines).  Returns ``{"sentences", "tokens", "changed"}``.
+    """
+    ops = parse_attack_type(attack)
+    rewrite = noiser(ops, np.random.default_rng(seed), rules, word_rate, max_words)
+    return rewrite_column_file(in_path, out_path, rewrite, task)
+
+
+def rewrite_column_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite,
+                        task: Optional[str] = None) -> Dict[str, int]:
+    """Write a copy of a NER/POS column file with its tokens rewritten by ``rewrite``.
 
     Only the token column of token lines changes (column 1 of ``.conllu``
     files, split on tabs; otherwise the first field of the line); the number
-    of lines, every other column, the separators, ``-DOCSTART-``, comment and
-    blank lines stay byte-identical.  The rate applies per sentence
-    (consecutive token lines).
+    of lines, every other column, the separators, ``-DOCSTART-`` (also a
+    misspelt one), comment and blank lines stay byte-identical.  A token the
+    reader takes as one token containing spaces (``S & P``, see
+    :func:`charbert.tasks.ner.read_conll`) is left as it is.
 
     ``task`` (``"ner"`` or ``"pos"``) additionally validates the input with
     the task reader (``read_conll`` / ``read_pos``) first, so a file of
@@ -200,7 +260,6 @@ def attack_column_file(
 
     Returns ``{"sentences", "tokens", "changed"}``.
     """
-    ops = parse_attack_type(attack)
     _check_paths(in_path, out_path)
     if task is not None:
         key = task.lower()
@@ -217,26 +276,15 @@ def attack_column_file(
 
     bom, lines = _read_raw(in_path)
     conllu = os.fspath(in_path).lower().endswith(".conllu")
-    rng = np.random.default_rng(seed)
 
-    # (line index, field start, field end) of every token of the current sentence
-    spans: List[Tuple[int, int, int]] = []
-    stats = {"sentences": 0, "tokens": 0, "changed": 0}
+    # per sentence: (line index, field start, field end) of every token
+    sentences: List[List[Tuple[int, int, int]]] = [[]]
     n_columns: Optional[int] = None
     first_line = 0
 
     def flush() -> None:
-        if not spans:
-            return
-        words = [lines[i][a:b] for i, a, b in spans]
-        new_words, changed = noise_words(words, rng, rules, word_rate, ops)
-        for k in changed:
-            i, a, b = spans[k]
-            lines[i] = lines[i][:a] + new_words[k] + lines[i][b:]
-        stats["sentences"] += 1
-        stats["tokens"] += len(words)
-        stats["changed"] += len(changed)
-        spans.clear()
+        if sentences[-1]:
+            sentences.append([])
 
     for idx, raw in enumerate(lines):
         body, _ = _split_cr(raw)
@@ -255,14 +303,17 @@ def attack_column_file(
             if "-" in fields[0] or "." in fields[0]:
                 continue  # multiword range / empty node: surface form left as is
             start = len(fields[0]) + 1
-            spans.append((idx, start, start + len(fields[1])))
+            sentences[-1].append((idx, start, start + len(fields[1])))
             continue
         fields = body.split()
-        if fields[0] == "-DOCSTART-":
+        if docstart_kind(fields) is not None:
             flush()
             continue
         if n_columns is None:
             n_columns, first_line = len(fields), lineno
+        elif len(fields) > n_columns and task is not None:
+            sentences[-1].append((idx, 0, 0))  # a token with spaces (validated by the reader): not rewritten
+            continue
         elif len(fields) != n_columns:
             raise data_error(
                 in_path, lineno,
@@ -276,12 +327,20 @@ def attack_column_file(
             m = re.search(r"\S+", body)
             assert m is not None
             start, end = m.start(), m.end()
-        spans.append((idx, start, end))
-    flush()
-    if stats["tokens"] == 0:
+        sentences[-1].append((idx, start, end))
+    sentences = [s for s in sentences if s]
+    if not sentences:
         raise data_error(in_path, None, "file contains no token lines")
+    words = [[lines[i][a:b] for i, a, b in spans] for spans in sentences]  # "" (never rewritten): spaces inside
+    new = _checked(rewrite, words)
+    changed = 0
+    for spans, old_words, new_words in zip(sentences, words, new):
+        for (i, a, b), old, word in zip(spans, old_words, new_words):
+            if word != old:
+                lines[i] = lines[i][:a] + word + lines[i][b:]
+                changed += 1
     _write_raw(out_path, bom, lines)
-    return stats
+    return {"sentences": len(sentences), "tokens": sum(len(w) for w in words), "changed": changed}
 
 
 # --------------------------------------------------------------------------- GLUE
@@ -295,29 +354,37 @@ def attack_glue_file(
     seed: int,
     word_rate: float = 1.0,
     rules: NoiseRules = PRUTHI_RULES,
+    max_words: Optional[int] = None,
 ) -> Dict[str, int]:
-    """Write a character-attacked copy of a labelled GLUE TSV.
+    """Write a character-attacked copy of a labelled GLUE TSV (:func:`rewrite_glue_file`); the rate
+    and ``max_words`` apply per text.  Returns ``{"examples", "words", "changed"}``."""
+    ops = parse_attack_type(attack)
+    rewrite = noiser(ops, np.random.default_rng(seed), rules, word_rate, max_words)
+    return rewrite_glue_file(task_name, in_path, out_path, rewrite)
+
+
+def rewrite_glue_file(task_name: str, in_path: PathLike, out_path: PathLike, rewrite: Rewrite) -> Dict[str, int]:
+    """Write a copy of a labelled GLUE TSV with the words of its text column(s) rewritten.
 
     The text column(s) of every example (both sentences of a pair) are
-    attacked word by word (:func:`attack_text`); header, other columns,
-    labels, blank lines and repeated header lines stay identical.  The input
-    is first checked with :func:`charbert.tasks.glue.read_glue`.
+    rewritten word by word (spacing and surrounding punctuation kept, as
+    :func:`attack_text`); header, other columns, labels, blank lines and
+    repeated header lines stay identical.  The input is first checked with
+    :func:`charbert.tasks.glue.read_glue`.
 
     Returns ``{"examples", "words", "changed"}``.
     """
     from charbert.tasks.glue import get_glue_task, read_glue
 
-    ops = parse_attack_type(attack)
     task = get_glue_task(task_name)
     _check_paths(in_path, out_path)
     read_glue(task.name, in_path, labelled=True)  # format / column / label checks
 
     bom, lines = _read_raw(in_path)
-    rng = np.random.default_rng(seed)
-    stats = {"examples": 0, "words": 0, "changed": 0}
     header: Optional[List[str]] = None
     text_idx: List[int] = []
     n_columns: Optional[int] = None
+    rows: List[Tuple[int, List[str], str]] = []  # (line index, fields, line end)
     for idx, raw in enumerate(lines):
         body, cr = _split_cr(raw)
         if not body.strip():
@@ -335,15 +402,45 @@ def attack_glue_file(
             continue
         if len(fields) != n_columns:
             raise data_error(in_path, idx + 1, f"expected {n_columns} tab-separated columns, found {len(fields)}")
+        rows.append((idx, fields, cr))
+    results = iter(rewrite_texts([fields[c] for _, fields, _ in rows for c in text_idx], rewrite))
+    stats = {"examples": len(rows), "words": 0, "changed": 0}
+    for idx, fields, cr in rows:
         for c in text_idx:
-            edits, n_words, n_changed = _attack_pieces(fields[c], ops, rng, rules, word_rate)
+            edits, n_words = next(results)
             fields[c] = _apply_edits(fields[c], edits)
             stats["words"] += n_words
-            stats["changed"] += n_changed
-        stats["examples"] += 1
+            stats["changed"] += len(edits)
         lines[idx] = "\t".join(fields) + cr
     _write_raw(out_path, bom, lines)
     return stats
+
+
+def rewrite_advglue_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite) -> Dict[str, int]:
+    """An AdvGLUE JSON file with the text fields of every split rewritten (idx and labels kept)."""
+    from charbert.tasks.glue import ADVGLUE_SPLITS
+
+    _check_paths(in_path, out_path)
+    with open(in_path, "r", encoding="utf-8-sig") as f:
+        data = json.load(f)
+    slots = [(rec, key) for split, records in data.items() if split in ADVGLUE_SPLITS for rec in records
+             for key in ADVGLUE_SPLITS[split][1:3] if key]
+    results = rewrite_texts([rec[key] for rec, key in slots], rewrite)
+    for (rec, key), (edits, _) in zip(slots, results):
+        rec[key] = _apply_edits(rec[key], edits)
+    Path(out_path).write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+    return {"texts": len(slots), "words": sum(n for _, n in results), "changed": sum(len(e) for e, _ in results)}
+
+
+def rewrite_text_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite) -> Dict[str, int]:
+    """A plain text file, one sentence a line, with its words rewritten (everything else byte for byte)."""
+    _check_paths(in_path, out_path)
+    bom, lines = _read_raw(in_path)
+    bodies = [_split_cr(line) for line in lines]
+    results = rewrite_texts([body for body, _ in bodies], rewrite)
+    out = [_apply_edits(body, edits) + cr for (body, cr), (edits, _) in zip(bodies, results)]
+    _write_raw(out_path, bom, out)
+    return {"lines": len(lines), "words": sum(n for _, n in results), "changed": sum(len(e) for e, _ in results)}
 
 
 # --------------------------------------------------------------------------- SQuAD
@@ -387,12 +484,22 @@ def attack_squad_file(
     attack_context: bool = False,
     word_rate: float = 1.0,
     rules: NoiseRules = PRUTHI_RULES,
+    max_words: Optional[int] = None,
 ) -> Dict[str, int]:
-    """Write a character-attacked copy of a SQuAD v1.1/v2.0 JSON file.
+    """Write a character-attacked copy of a SQuAD v1.1/v2.0 JSON file (:func:`rewrite_squad_file`);
+    the rate and ``max_words`` apply per question and per context."""
+    ops = parse_attack_type(attack)
+    rewrite = noiser(ops, np.random.default_rng(seed), rules, word_rate, max_words)
+    return rewrite_squad_file(in_path, out_path, rewrite, rewrite_context=attack_context)
 
-    Questions are always attacked; with ``attack_context`` each paragraph's
+
+def rewrite_squad_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite,
+                       rewrite_context: bool = False) -> Dict[str, int]:
+    """Write a copy of a SQuAD v1.1/v2.0 JSON file with its questions (and contexts) rewritten.
+
+    Questions are always rewritten; with ``rewrite_context`` each paragraph's
     context is too, and every ``answers``/``plausible_answers`` entry gets
-    its ``answer_start`` moved and its ``text`` set to the attacked span, so
+    its ``answer_start`` moved and its ``text`` set to the rewritten span, so
     ``context[start:start + len(text)] == text`` still holds.  Words with an
     answer boundary strictly inside them are left alone.  The input is first
     checked with :func:`charbert.tasks.squad.read_squad` (unlabelled mode).
@@ -401,48 +508,49 @@ def attack_squad_file(
     """
     from charbert.tasks.squad import read_squad
 
-    ops = parse_attack_type(attack)
     _check_paths(in_path, out_path)
     read_squad(in_path, labelled=False)  # structure + answer offset checks
     with open(in_path, "r", encoding="utf-8-sig") as f:
         data = json.load(f)
 
-    rng = np.random.default_rng(seed)
+    # Every text in file order (per paragraph: its context, then its questions), rewritten at once.
+    texts: List[str] = []
+    protected: List[Optional[List[Tuple[int, int]]]] = []
+    paragraphs = [para for article in data["data"] for para in article["paragraphs"]]
+    for para in paragraphs:
+        if rewrite_context:
+            texts.append(para["context"])
+            protected.append([(int(a["answer_start"]), int(a["answer_start"]) + len(a["text"]))
+                              for a in _answers(para)])
+        for qa in para["qas"]:
+            texts.append(qa["question"])
+            protected.append(None)
+    results = iter(rewrite_texts(texts, rewrite, protected))
+
     stats = {"questions": 0, "contexts": 0, "words": 0, "changed": 0, "answers_changed": 0}
-    for article in data["data"]:
-        for para in article["paragraphs"]:
-            if attack_context:
-                context = para["context"]
-                answers = [
-                    ans
-                    for qa in para["qas"]
-                    for key in ("answers", "plausible_answers")
-                    for ans in (qa.get(key) or [])
-                ]
-                protected = [
-                    (int(ans["answer_start"]), int(ans["answer_start"]) + len(ans["text"]))
-                    for ans in answers
-                ]
-                edits, n_words, n_changed = _attack_pieces(context, ops, rng, rules, word_rate, protected)
-                new_context = _apply_edits(context, edits)
-                mapper = _offset_mapper(edits)
-                for ans, (s, e) in zip(answers, protected):
-                    ns, ne = mapper(s), mapper(e)
-                    new_text = new_context[ns:ne]
-                    if new_text != ans["text"]:
-                        stats["answers_changed"] += 1
-                    ans["answer_start"] = ns
-                    ans["text"] = new_text
-                para["context"] = new_context
-                stats["contexts"] += 1
-                stats["words"] += n_words
-                stats["changed"] += n_changed
-            for qa in para["qas"]:
-                edits, n_words, n_changed = _attack_pieces(qa["question"], ops, rng, rules, word_rate)
-                qa["question"] = _apply_edits(qa["question"], edits)
-                stats["questions"] += 1
-                stats["words"] += n_words
-                stats["changed"] += n_changed
+    for para in paragraphs:
+        if rewrite_context:
+            edits, n_words = next(results)
+            new_context = _apply_edits(para["context"], edits)
+            mapper = _offset_mapper(edits)
+            for ans in _answers(para):
+                s, e = int(ans["answer_start"]), int(ans["answer_start"]) + len(ans["text"])
+                ns, ne = mapper(s), mapper(e)
+                new_text = new_context[ns:ne]
+                if new_text != ans["text"]:
+                    stats["answers_changed"] += 1
+                ans["answer_start"] = ns
+                ans["text"] = new_text
+            para["context"] = new_context
+            stats["contexts"] += 1
+            stats["words"] += n_words
+            stats["changed"] += len(edits)
+        for qa in para["qas"]:
+            edits, n_words = next(results)
+            qa["question"] = _apply_edits(qa["question"], edits)
+            stats["questions"] += 1
+            stats["words"] += n_words
+            stats["changed"] += len(edits)
 
     out = Path(out_path)
     if out.parent and not out.parent.exists():
@@ -450,3 +558,7 @@ def attack_squad_file(
     with open(out, "w", encoding="utf-8", newline="") as f:
         json.dump(data, f, ensure_ascii=False)
     return stats
+
+
+def _answers(para) -> List[dict]:
+    return [ans for qa in para["qas"] for key in ("answers", "plausible_answers") for ans in (qa.get(key) or [])]

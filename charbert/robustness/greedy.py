@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from charbert.noise import PRUTHI_RULES, NoiseRules, OpsSpec, _normalise_ops, single_edits
 from charbert.robustness.attacks import _split_punct
 
-__all__ = ["GreedyResult", "GreedyExample", "greedy_attack", "model_predict_proba", "word_cores", "replace_word"]
+__all__ = ["GreedyResult", "GreedyExample", "greedy_attack", "greedy_outcomes", "model_predict_proba", "word_cores",
+           "replace_word"]
 
 Example = Tuple[str, ...]
 PredictProba = Callable[[List[Example]], np.ndarray]
@@ -95,6 +96,7 @@ class GreedyExample:
     clean_prob: float = 0.0  # true-class probability on the clean texts
     final_prob: float = 0.0  # ... on the final texts
     broken_at: Optional[int] = None
+    num_queries: int = 0  # candidate texts of this example scored by the model
 
 
 @dataclass
@@ -164,6 +166,7 @@ def greedy_attack(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = False,
+    clean_predictions: Optional[Sequence[int]] = None,
 ) -> GreedyResult:
     """Greedy worst-case misspelling attack; returns accuracy under 0..``max_edits`` edited words.
 
@@ -183,20 +186,32 @@ def greedy_attack(
     ``predict_proba`` gets at most ``batch_size`` examples per call; the
     candidates of all examples under attack in a round are pooled into the
     same batches, and only the best candidate per example is kept in memory.
+
+    ``clean_predictions`` (the class ids a scoring run already predicted for the clean
+    examples) replaces round 0, so the clean texts are not encoded twice; the clean
+    probabilities are then unknown (``clean_prob`` NaN).
     """
     examples, labels = _check_inputs(examples, labels, max_edits, max_candidates, batch_size)
     ops_t = _normalise_ops(ops)
     rng = np.random.default_rng(seed)
 
-    clean = np.concatenate([_score(predict_proba, b, None) for b in _chunks(iter(examples), batch_size)])
-    num_classes = clean.shape[1]
-    if any(not 0 <= y < num_classes for y in labels):
-        raise ValueError(f"labels must be class ids in [0, {num_classes})")
-    records = [
-        GreedyExample(texts=ex, label=y, clean_prob=float(p[y]), final_prob=float(p[y]),
-                      broken_at=None if int(np.argmax(p)) == y else 0)
-        for ex, y, p in zip(examples, labels, clean)
-    ]
+    if clean_predictions is not None:
+        if len(clean_predictions) != len(examples):
+            raise ValueError(f"{len(clean_predictions)} clean predictions for {len(examples)} examples")
+        num_classes = None  # known after the first scored batch
+        records = [GreedyExample(texts=ex, label=y, clean_prob=float("nan"), final_prob=float("nan"),
+                                 broken_at=None if int(p) == y else 0)
+                   for ex, y, p in zip(examples, labels, clean_predictions)]
+    else:
+        clean = np.concatenate([_score(predict_proba, b, None) for b in _chunks(iter(examples), batch_size)])
+        num_classes = clean.shape[1]
+        if any(not 0 <= y < num_classes for y in labels):
+            raise ValueError(f"labels must be class ids in [0, {num_classes})")
+        records = [
+            GreedyExample(texts=ex, label=y, clean_prob=float(p[y]), final_prob=float(p[y]),
+                          broken_at=None if int(np.argmax(p)) == y else 0)
+            for ex, y, p in zip(examples, labels, clean)
+        ]
     edited: List[set] = [set() for _ in examples]
     num_queries = 0
 
@@ -219,8 +234,10 @@ def greedy_attack(
                    disable=not progress, file=sys.stderr)
         for batch in bar:
             probs = _score(predict_proba, [_apply(records[i].texts, e) for i, e in batch], num_classes)
+            num_classes = probs.shape[1]
             num_queries += len(batch)
             for (i, edit), p in zip(batch, probs):
+                records[i].num_queries += 1
                 if i not in best or p[labels[i]] < best[i][0]:  # strict: the first of equals wins
                     best[i] = (p[labels[i]], edit, p)
 
@@ -240,6 +257,18 @@ def greedy_attack(
     n = len(records)
     accuracy = [sum(r.broken_at is None or r.broken_at > k for r in records) / n for k in range(max_edits + 1)]
     return GreedyResult(accuracy=accuracy, num_examples=n, num_queries=num_queries, examples=records)
+
+
+def greedy_outcomes(result: GreedyResult) -> list:
+    """One :class:`charbert.robustness.metrics.Outcome` per attacked example (for ``attack_metrics``)."""
+    from charbert.robustness.metrics import Outcome
+
+    out = []
+    for r in result.examples:
+        clean_words = sum(len(word_cores(t)) for t in r.texts)  # edits keep the number of words
+        out.append(Outcome(clean_correct=r.broken_at != 0, attacked_correct=r.broken_at is None,
+                           num_words=clean_words, perturbed_words=len(r.edits), num_queries=r.num_queries))
+    return out
 
 
 # --------------------------------------------------------------------------- models

@@ -61,13 +61,18 @@ def _md_table(header: List[str], rows: List[List[str]]) -> List[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def scored_rows(report: Dict[str, Any]) -> List[str]:
+    """Every scored file but the clean one: generated attacks, outside files, corrected copies."""
+    return list(report["attacks"]) + list(report.get("outside") or []) + list(report.get("corrected") or [])
+
+
 def _score_table(report: Dict[str, Any]) -> List[str]:
     task, attacks, models = report["task"], report["attacks"], report["models"]
     header = ["attack"]
     for m in models:
         header += [f"{m['name']} {report['metric']}", "drop", "rel. drop"]
     body: List[List[str]] = []
-    for row in [CLEAN] + list(attacks) + ["mean of attacks"]:
+    for row in [CLEAN] + scored_rows(report) + (["mean of attacks"] if attacks else []):
         cells = [row]
         for m in models:
             clean = as_percent(m["scores"].get(CLEAN), task)
@@ -105,7 +110,7 @@ def _subword_table(report: Dict[str, Any]) -> List[str]:
         return []
     header = ["file"] + [f"{m['name']} {g}" for m in models for g in ("F1 one-subword (n)", "F1 split (n)")]
     body: List[List[str]] = []
-    for row in [CLEAN] + list(report["attacks"]):
+    for row in [CLEAN] + scored_rows(report):
         cells = [row]
         for m in models:
             groups = m["by_subwords"].get(row) or {}
@@ -114,6 +119,51 @@ def _subword_table(report: Dict[str, Any]) -> List[str]:
                 cells.append("-" if s is None else f"{100 * s['f1']:.2f} ({s['support']})")
         body.append(cells)
     return _md_table(header, body)
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+_CLASSIFICATION_COLUMNS = (("orig. acc", "original_accuracy", _pct), ("acc. under attack", "accuracy_under_attack", _pct),
+                           ("success rate", "attack_success_rate", _pct), ("skipped", "skipped", str),
+                           ("perturbed words %", "avg_perturbed_word_share", _pct),
+                           ("words/input", "avg_words_per_input", lambda v: _fmt(v, 1)),
+                           ("queries", "avg_num_queries", lambda v: _fmt(v, 1)))
+_LABELLING_COLUMNS = (("changed predictions %", "changed_prediction_share", _pct),
+                      ("perturbed words %", "avg_perturbed_word_share", _pct),
+                      ("words/input", "avg_words_per_input", lambda v: _fmt(v, 1)))
+
+
+def _attack_metrics_table(report: Dict[str, Any]) -> List[str]:
+    """The TextAttack summary (classification) or changed-prediction share (NER/POS) per attacked file."""
+    rows: Dict[str, Dict[str, Dict[str, Any]]] = {}  # row -> model -> metrics
+    for m in report["models"]:
+        for label, metrics in (m.get("attack_metrics") or {}).items():
+            rows.setdefault(label, {})[m["name"]] = metrics
+        if m.get("greedy", {}).get("attack_metrics"):
+            rows.setdefault(f"greedy (<= {len(m['greedy']['accuracy']) - 1} edits)", {})[m["name"]] = \
+                m["greedy"]["attack_metrics"]
+    if not rows:
+        return []
+    classification = any("attack_success_rate" in v for r in rows.values() for v in r.values())
+    columns = _CLASSIFICATION_COLUMNS if classification else _LABELLING_COLUMNS
+    header = ["file", "model"] + [c[0] for c in columns]
+    body = []
+    for label, per_model in rows.items():
+        for name, metrics in per_model.items():
+            body.append([label, name] + [fmt(metrics.get(key)) if metrics.get(key) is not None else "-"
+                                         for _, key, fmt in columns])
+    return _md_table(header, body)
+
+
+def _attack_metrics_note(report: Dict[str, Any]) -> str:
+    if any("attack_success_rate" in v for m in report["models"] for v in (m.get("attack_metrics") or {}).values()) \
+            or any(m.get("greedy") for m in report["models"]):
+        return ("TextAttack's convention: skipped = wrong on the clean input (not attacked); success rate = "
+                "successful / (successful + failed); accuracy under attack = failed / all; perturbed words over "
+                "attacked examples; queries = model calls per attacked example (greedy only).")
+    return "Share of sentences whose predicted tags changed under the attack; perturbed words = changed / words."
 
 
 def _greedy_table(report: Dict[str, Any]) -> List[str]:
@@ -140,8 +190,13 @@ def render_markdown(report: Dict[str, Any]) -> str:
         "",
         f"Test file: `{report['test_file']}`"
         + (f" (first {report['max_predict_samples']} examples)" if report.get("max_predict_samples") else "")
-        + f". Attacks: {', '.join(report['attacks'])} (seed {report['seed']}, word rate {report['word_rate']:g}"
-        + (", contexts too" if report.get("attack_context") else "") + "); attacked files in `attacks/`.",
+        + f". Attacks: {', '.join(report['attacks']) or 'none generated'} (seed {report['seed']}, "
+        + f"word rate {report['word_rate']:g}, budget: "
+        + (f"at most {report['max_words']} words per sentence" if report.get("max_words") else "all eligible words")
+        + (", contexts too" if report.get("attack_context") else "") + "); attacked files in `attacks/`."
+        + (f" Outside files: {', '.join(report['outside'])}." if report.get("outside") else "")
+        + (f" Rows '... corrected': the file after the NLM-head corrector of `{report['correct_with']}`."
+           if report.get("corrected") else ""),
         f"Scores: {report['metric']} in percent; drop = clean - attacked (points), rel. drop = drop / clean.",
         "",
     ]
@@ -155,6 +210,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
                                                           "several, under the model's own tokenizer.",
          _subword_table(report)),
         ("Greedy attack", _greedy_note(report), _greedy_table(report)),
+        ("Attack metrics", _attack_metrics_note(report), _attack_metrics_table(report)),
     ]
     for title, note, table in sections:
         if table:

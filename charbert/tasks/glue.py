@@ -49,6 +49,9 @@ __all__ = [
     "check_glue_texts",
     "glue_file_has_labels",
     "write_glue_predictions",
+    "ADVGLUE_SPLITS",
+    "is_advglue_file",
+    "read_advglue",
 ]
 
 Column = Union[str, int]
@@ -218,6 +221,8 @@ def read_glue(task_name: str, path: PathLike, labelled: bool = True) -> List[Glu
         column is not, as in concatenated files).
     """
     task = get_glue_task(task_name)
+    if is_advglue_file(path):
+        return read_advglue(path, task.name)
     lines = read_text_lines(path)
     stem = Path(path).stem
     numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
@@ -447,6 +452,8 @@ def check_glue_texts(examples: Sequence[GlueExample], path: PathLike) -> None:
 def glue_file_has_labels(task_name: str, path: PathLike) -> bool:
     """Does this GLUE file carry labels (train/dev) or not (the official unlabelled test files)?"""
     task = get_glue_task(task_name)
+    if is_advglue_file(path):
+        return True
     first = next((line for line in read_text_lines(path) if line.strip()), "")
     fields = _split_tsv(first, path, 1)
     if task.has_header:
@@ -464,3 +471,86 @@ def write_glue_predictions(path: PathLike, task_name: str, predictions) -> None:
         value = f"{float(p):.6f}" if task.is_regression else task.labels[int(p)]
         lines.append(f"{i}\t{value}")
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------
+# AdvGLUE (Wang et al., 2021): adversarial dev sets in one JSON file.
+# ----------------------------------------------------------------------------
+
+# split -> (GLUE task, field of text_a, field of text_b, labels in the file's id order).
+# AdvGLUE numbers labels as the GLUE datasets on the Hugging Face hub do (MNLI: 0 entailment,
+# 1 neutral, 2 contradiction), which is not the label order of GLUE_TASKS: map through names.
+ADVGLUE_SPLITS: Dict[str, Tuple[str, str, Optional[str], Tuple[str, ...]]] = {
+    "sst2": ("sst2", "sentence", None, _BINARY),
+    "qqp": ("qqp", "question1", "question2", _BINARY),
+    "mnli": ("mnli", "premise", "hypothesis", ("entailment", "neutral", "contradiction")),
+    "mnli-mm": ("mnli", "premise", "hypothesis", ("entailment", "neutral", "contradiction")),
+    "qnli": ("qnli", "question", "sentence", ("entailment", "not_entailment")),
+    "rte": ("rte", "sentence1", "sentence2", ("entailment", "not_entailment")),
+}
+
+
+def is_advglue_file(path: PathLike) -> bool:
+    """Is this an AdvGLUE JSON file (an object, not a TSV)? Reads only the first characters."""
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            head = f.read(256).lstrip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.startswith("{")
+
+
+def read_advglue(path: PathLike, task_name: str, split: Optional[str] = None) -> List[GlueExample]:
+    """Read one split of the AdvGLUE dev JSON (``{"sst2": [{"idx", "label", "sentence"}, ...], ...}``).
+
+    ``split`` defaults to the task's name (``mnli`` has two: ``mnli`` and ``mnli-mm``).  Labels
+    become the task's label strings (GLUE's label order, :data:`GLUE_TASKS`); ``guid`` is
+    ``advglue-<split>-<idx>``; ``line`` is the record's 1-based position in its split.
+    """
+    import json
+
+    task = get_glue_task(task_name)
+    key = split or task.name
+    if key not in ADVGLUE_SPLITS:
+        raise ValueError(f"unknown AdvGLUE split {key!r}; expected one of {sorted(ADVGLUE_SPLITS)}")
+    split_task, field_a, field_b, file_labels = ADVGLUE_SPLITS[key]
+    if split_task != task.name:
+        raise ValueError(f"AdvGLUE split {key!r} belongs to {split_task}, not {task.name}")
+    try:
+        data = json.loads("\n".join(read_text_lines(path)))
+    except json.JSONDecodeError as e:
+        raise data_error(path, e.lineno, f"invalid JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise data_error(path, None, "not an AdvGLUE file: expected an object keyed by task")
+    if key not in data:
+        raise data_error(path, None, f"no AdvGLUE split {key!r} (the file has {sorted(data)})")
+    records = data[key]
+    if not isinstance(records, list) or not records:
+        raise data_error(path, None, f"AdvGLUE split {key!r} is not a non-empty list of records")
+    examples: List[GlueExample] = []
+    for n, rec in enumerate(records, start=1):
+        where = f"{key}[{n - 1}]"
+        wanted = [field_a] + ([field_b] if field_b else []) + ["label"]
+        if not isinstance(rec, dict) or any(k not in rec for k in wanted):
+            raise data_error(path, None, f"{where} lacks one of the fields {wanted}")
+        label = rec["label"]
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(file_labels):
+            raise data_error(path, None, f"{where} has label {label!r}; expected an id in [0, {len(file_labels)})")
+        texts = [rec[field_a]] + ([rec[field_b]] if field_b else [])
+        if not all(isinstance(t, str) and t.strip() for t in texts):
+            raise data_error(path, None, f"{where} has an empty or non-string text")
+        examples.append(GlueExample(guid=f"advglue-{key}-{rec.get('idx', n - 1)}", text_a=texts[0],
+                                    text_b=texts[1] if field_b else None, label=file_labels[label], line=n))
+    return examples
+
+
+def write_advglue_split(in_path: PathLike, out_path: PathLike, task_name: str, split: str) -> int:
+    """Write one AdvGLUE split as a one-split file under the task's key (so ``--test_file`` of
+    ``finetune.glue`` reads it, e.g. ``mnli-mm`` as ``mnli``); returns its number of records."""
+    import json
+
+    task = get_glue_task(task_name)
+    read_advglue(in_path, task.name, split)  # checks
+    data = json.loads("\n".join(read_text_lines(in_path)))
+    Path(out_path).write_text(json.dumps({task.name: data[split]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    return len(data[split])

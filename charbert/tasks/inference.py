@@ -6,6 +6,12 @@ even), pads sequence outputs to a common length across processes, and gathers th
 ``accelerator.gather_for_metrics``, which drops the repeated tail.  Every process gets the
 predictions of the whole dataset, in dataset order, so metrics are identical everywhere and
 identical to a single-process run.
+
+:func:`eval_dataloader` sorts the examples by length into batches (little padding: on real
+test sets most batches are much shorter than their longest sentence), and
+:func:`gather_predictions` puts the predictions back into dataset order, so callers never see
+the sorting; the numbers equal those of unsorted batches up to float rounding (padding is
+masked).  The forward passes run under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ def gather_predictions(model, accelerator, dataloader, extract: Callable[[object
     ``pad_index`` (rows are then longer than their example; callers cut them).
     """
     outputs: list[list[np.ndarray]] | None = None
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.inference_mode():
         for batch in dataloader:
             tensors = extract(model(**batch))
             if outputs is None:
@@ -42,10 +48,37 @@ def gather_predictions(model, accelerator, dataloader, extract: Callable[[object
     got = len(outputs[0]) if outputs else 0
     if got != expected:
         raise RuntimeError(f"Evaluation gathered {got} predictions for {expected} examples: a sharding bug.")
+    order = getattr(dataloader, "eval_order", None)
+    if order is not None and outputs:  # gathered in the loader's (length-sorted) order: back to dataset order
+        outputs = [unsort(rows, order) for rows in outputs]
     return outputs or []
 
 
-def eval_dataloader(accelerator, dataset, collate_fn, batch_size: int):
-    """A sequential, prepared (sharded) loader for :func:`gather_predictions` outside ``train``."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
-    return accelerator.prepare(loader)
+def unsort(rows: Sequence, order: Sequence[int]) -> list:
+    """``rows[k]`` belongs to example ``order[k]``: the rows in example order."""
+    out = [None] * len(rows)
+    for k, i in enumerate(order):
+        out[int(i)] = rows[k]
+    return out
+
+
+def length_order(dataset) -> List[int] | None:
+    """Example indices from the longest input to the shortest (stable; the longest batch comes first,
+    so a batch that does not fit in memory fails at once); None when the rows have no ``input_ids``."""
+    try:
+        lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+    except (KeyError, TypeError):
+        return None
+    return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
+
+
+def eval_dataloader(accelerator, dataset, collate_fn, batch_size: int, sort_by_length: bool = True):
+    """A prepared (sharded) loader for :func:`gather_predictions` outside ``train``: batches of
+    similar length (``sort_by_length``), else the dataset order."""
+    order = length_order(dataset) if sort_by_length else None
+    sampler = order if order is not None else None  # a list of indices is a valid sampler
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                                         collate_fn=collate_fn)
+    prepared = accelerator.prepare(loader)
+    prepared.eval_order = order
+    return prepared

@@ -32,6 +32,7 @@ __all__ = [
     "check_labels",
     "conll_num_columns",
     "read_label_file",
+    "docstart_kind",
 ]
 
 
@@ -82,23 +83,81 @@ def to_iob2(tags: Sequence[str]) -> List[str]:
     return out
 
 
+DOCSTART = "-DOCSTART-"
+
+
+def _osa_distance(a: str, b: str) -> int:
+    """Edit distance with adjacent transpositions (optimal string alignment)."""
+    prev2: List[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def docstart_kind(fields: Sequence[str]) -> Optional[str]:
+    """``"exact"`` for a ``-DOCSTART-`` line, ``"misspelt"`` for one whose marker was itself attacked
+    (TextFlint's perturbed CoNLL sets write ``-DCOSTART-``), else None.
+
+    A misspelt marker is within two edits (transpositions count one) of ``-DOCSTART-`` and the rest of
+    its line is what a document line carries (``-X-`` columns, tag ``O``): no real token is that close.
+    """
+    if not fields:
+        return None
+    if fields[0] == DOCSTART:
+        return "exact"
+    head = fields[0]
+    if abs(len(head) - len(DOCSTART)) <= 2 and _osa_distance(head.upper(), DOCSTART) <= 2 \
+            and all(f in ("-X-", "O") for f in fields[1:]):
+        return "misspelt"
+    return None
+
+
+def _repair_fields(fields: List[str], n_columns: int, token_column: int) -> Optional[List[str]]:
+    """A line with more fields than the file's columns, read as one token that contains spaces
+    (``S & P NNP I-NP I-ORG`` -> ``["S & P", "NNP", "I-NP", "I-ORG"]``), or None when ambiguous.
+
+    Only the token column may hold the extra fields, so this needs the token first and at least
+    two more columns anchored at the line's end (CoNLL-2003's POS, chunk and NER tags): in a
+    ``token tag`` file an extra field could be a stray tag as well as a piece of the token.
+    """
+    if n_columns < 3 or token_column % n_columns != 0 or len(fields) <= n_columns:
+        return None
+    extra = len(fields) - n_columns
+    return [" ".join(fields[: extra + 1])] + fields[extra + 1 :]
+
+
 def read_conll(
     path: PathLike,
     token_column: int = 0,
     tag_column: int = -1,
     labelled: bool = True,
     convert_to_iob2: bool = True,
+    stats: Optional[Dict[str, int]] = None,
 ) -> List[Sentence]:
     """Read a CoNLL-style file (CoNLL-2003: ``token POS chunk NER``).
 
     * Columns are whitespace-separated; every token line must have as many
-      columns as the first one (else :class:`TaskDataError` with file:line).
-    * A blank line ends a sentence; ``-DOCSTART-`` lines are skipped (and
-      end the current sentence); empty sentences are never produced.
+      columns as the first one (else :class:`TaskDataError` with file:line),
+      except that a line with *more* fields in a file of three or more
+      columns is read as one token containing spaces plus the usual tag
+      columns (the CharBERT authors' attacked CoNLL test has ``S & P``,
+      ``C $``; see :func:`_repair_fields`).
+    * A blank line ends a sentence; ``-DOCSTART-`` lines, also misspelt ones
+      (:func:`docstart_kind`), are skipped (and end the current sentence);
+      empty sentences are never produced.
     * ``labelled=False`` reads only ``token_column`` (token-only files for
       prediction); ``tags`` is then ``None``.
     * Tags must be ``O``/``B-X``/``I-X``; with ``convert_to_iob2`` (default)
       IOB1 sentences are converted to IOB2 (:func:`to_iob2`).
+    * ``stats``, when given, receives ``repaired_lines`` (tokens with spaces)
+      and ``misspelt_docstart_lines``.
     """
     lines = read_text_lines(path)
     sentences: List[Sentence] = []
@@ -107,6 +166,7 @@ def read_conll(
     token_lines: List[int] = []
     n_columns: Optional[int] = None
     first_token_line = 0
+    counts = {"repaired_lines": 0, "misspelt_docstart_lines": 0}
 
     def flush() -> None:
         nonlocal tokens, tags, token_lines
@@ -120,7 +180,9 @@ def read_conll(
         if not fields:
             flush()
             continue
-        if fields[0] == "-DOCSTART-":
+        kind = docstart_kind(fields)
+        if kind is not None:
+            counts["misspelt_docstart_lines"] += kind == "misspelt"
             flush()
             continue
         if n_columns is None:
@@ -139,11 +201,15 @@ def read_conll(
                     "use labelled=False for token-only files",
                 )
         elif len(fields) != n_columns:
-            raise data_error(
-                path, lineno,
-                f"expected {n_columns} whitespace-separated columns (as on line "
-                f"{first_token_line}), found {len(fields)}",
-            )
+            repaired = _repair_fields(fields, n_columns, token_column)
+            if repaired is None:
+                raise data_error(
+                    path, lineno,
+                    f"expected {n_columns} whitespace-separated columns (as on line "
+                    f"{first_token_line}), found {len(fields)}",
+                )
+            fields = repaired
+            counts["repaired_lines"] += 1
         tokens.append(fields[token_column])
         token_lines.append(lineno)
         if labelled:
@@ -153,6 +219,8 @@ def read_conll(
     flush()
     if not sentences:
         raise data_error(path, None, "file contains no sentences")
+    if stats is not None:
+        stats.update(counts)
     return sentences
 
 
@@ -294,6 +362,7 @@ def write_conll(path: PathLike, sentences: Sequence[Sentence], predictions: Sequ
             )
         rows = []
         for k, (tok, p) in enumerate(zip(sent.tokens, pred)):
+            tok = "_".join(tok.split())  # a token read with spaces ("S & P") stays one column
             cols = [tok] + ([sent.tags[k]] if sent.tags is not None else []) + [p]
             if any(not c or any(ch.isspace() for ch in c) for c in cols):
                 raise ValueError(f"sentence {i}, token {k}: empty or whitespace-containing field in {cols!r}")
@@ -374,7 +443,7 @@ def conll_num_columns(path: PathLike) -> int:
     unlabelled token-only file."""
     for raw in read_text_lines(path):
         fields = raw.split()
-        if fields and fields[0] != "-DOCSTART-":
+        if fields and docstart_kind(fields) is None:
             return len(fields)
     raise data_error(path, None, "file contains no sentences")
 

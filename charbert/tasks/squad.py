@@ -370,8 +370,10 @@ def postprocess_qa_predictions(
         candidates: List[Dict[str, Any]] = []
         null: Optional[Dict[str, Any]] = None
         for f_idx in features_per_example[ex_id]:
-            start_logits, end_logits = start_all[f_idx], end_all[f_idx]
             offsets = features[f_idx]["offset_mapping"]
+            # Positions past the feature's tokens (batch padding) carry arbitrary logits: cut them, so
+            # they cannot take n-best slots and the answer does not depend on how examples were batched.
+            start_logits, end_logits = start_all[f_idx][: len(offsets)], end_all[f_idx][: len(offsets)]
             max_context = features[f_idx].get("token_is_max_context")
             feature_null = start_logits[0] + end_logits[0]
             if null is None or feature_null < null["score"]:
