@@ -38,7 +38,7 @@ def _require_datasets():
     try:
         import datasets
     except ImportError:
-        raise ImportError("--dataset_name needs the `datasets` package: pip install datasets (or charbert[datasets])") from None
+        raise ImportError("--dataset_name needs the `datasets` package: pip install datasets (the charbert[datasets] extra)") from None
     return datasets
 
 
