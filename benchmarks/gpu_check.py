@@ -52,7 +52,7 @@ PEAK_TFLOPS = {
 }
 
 FIELDS = ("model", "precision", "params_m", "tokens_per_s", "step_time_s", "tflops_per_s", "peak_tflops", "mfu",
-          "peak_memory_mib", "final_loss", "loss_diff_vs_fp32", "param_dtype")
+          "peak_memory_mib", "final_loss", "loss_diff_vs_fp32", "skipped_steps", "param_dtype")
 
 
 @dataclass
@@ -214,7 +214,7 @@ def train_steps(model, initial_state: dict, batches: list[dict], precision: str,
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    losses, start = [], None
+    losses, start, skipped = [], None, 0
     for step, batch in enumerate(batches):
         if step == warmup:
             synchronize(device)
@@ -226,8 +226,10 @@ def train_steps(model, initial_state: dict, batches: list[dict], precision: str,
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
+            skipped += scaler.get_scale() < scale  # an overflow: the scaler skipped this step
         else:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -242,6 +244,7 @@ def train_steps(model, initial_state: dict, batches: list[dict], precision: str,
         "step_time_s": seconds / timed,
         "peak_memory_mib": peak_memory_mib(device),
         "param_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "skipped_steps": int(skipped),
     }
 
 
@@ -253,7 +256,16 @@ def run_model(name: str, model, batches: list[dict], config, charbert: bool, pre
     params = sum(p.numel() for p in model.parameters())
     rows, reference = [], None
     for precision in precisions:
-        result = train_steps(model, initial, batches, precision, device, args.warmup, args.learning_rate)
+        try:
+            result = train_steps(model, initial, batches, precision, device, args.warmup, args.learning_rate)
+        except (RuntimeError, torch.OutOfMemoryError) as err:  # one failing precision must not lose the others
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            print(f"  {name} {precision}: FAILED: {first_line}", flush=True)
+            rows.append({"model": name, "precision": precision, "error": first_line} | dict.fromkeys(FIELDS[2:]))
+            model.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         final = result["losses"][-1]
         if precision == "fp32":
             reference = final
@@ -273,6 +285,7 @@ def run_model(name: str, model, batches: list[dict], config, charbert: bool, pre
             "final_loss": final,
             "loss_diff_vs_fp32": None if reference is None else abs(final - reference),
             "param_dtype": result["param_dtype"],
+            "skipped_steps": result["skipped_steps"],
             "losses": result["losses"],
         })
         print(f"  {name} {precision}: {rows[-1]['tokens_per_s']:.0f} tokens/s, loss {final:.4f}", flush=True)
@@ -297,7 +310,7 @@ def supported_precisions(device: torch.device, requested: list[str]) -> tuple[li
 
 
 def format_table(rows: list[dict]) -> str:
-    headers = ["model", "precision", "tokens/s", "step s", "TFLOP/s", "peak TFLOP/s", "MFU", "peak MiB", "loss", "|Δ fp32|"]
+    headers = ["model", "precision", "tokens/s", "step s", "TFLOP/s", "peak TFLOP/s", "MFU", "peak MiB", "loss", "|Δ fp32|", "scaler skips"]
 
     def fmt(v, spec):
         return "n/a" if v is None else format(v, spec)
@@ -306,6 +319,7 @@ def format_table(rows: list[dict]) -> str:
         r["model"], r["precision"], fmt(r["tokens_per_s"], ".0f"), fmt(r["step_time_s"], ".4f"),
         fmt(r["tflops_per_s"], ".3g"), fmt(r["peak_tflops"], ".4g"), fmt(r["mfu"], ".1%"),
         fmt(r["peak_memory_mib"], ".0f"), fmt(r["final_loss"], ".4f"), fmt(r["loss_diff_vs_fp32"], ".2e"),
+        fmt(r["skipped_steps"], "d"),
     ] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(headers))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
@@ -388,6 +402,10 @@ def main(argv=None) -> dict:
         "results": rows,
     }
     print(format_table(rows))
+    print("scaler skips: optimizer steps the fp16 GradScaler skipped after an overflow")
+    for r in rows:
+        if r.get("error"):
+            print(f"FAILED {r['model']} {r['precision']}: {r['error']}")
     for p, why in skipped.items():
         print(f"skipped {p}: {why}")
     if args.output:

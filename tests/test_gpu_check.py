@@ -51,6 +51,23 @@ def test_without_a_known_peak_mfu_is_not_invented(capsys, one_torch_thread):
     assert row["peak_tflops"] is None and row["mfu"] is None and "n/a" in capsys.readouterr().out
 
 
+def test_a_failing_precision_is_reported_and_the_others_still_run(monkeypatch, capsys, one_torch_thread):
+    from benchmarks import gpu_check
+
+    real = gpu_check.train_steps
+
+    def bf16_fails(model, initial, batches, precision, *args):
+        if precision == "bf16":
+            raise RuntimeError("no bf16 kernel for GRU\nlong traceback")
+        return real(model, initial, batches, precision, *args)
+
+    monkeypatch.setattr(gpu_check, "train_steps", bf16_fails)
+    rows = main(["--smoke", "--models", "bert"])["results"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"] and rows[0]["tokens_per_s"] > 0
+    assert rows[1]["error"] == "no bf16 kernel for GRU" and rows[1]["tokens_per_s"] is None
+    assert "FAILED BertForMaskedLM bf16: no bf16 kernel for GRU" in capsys.readouterr().out
+
+
 def test_synthetic_batch_is_shaped_like_the_collator():
     config = charbert_config(SMOKE)
     batch = synthetic_pretraining_batch(config, 8, 64, torch.Generator().manual_seed(0), chars_per_token=5.0)
