@@ -127,6 +127,11 @@ def corpus_fingerprint(paths: Sequence[Path], tokenizer_name: str, max_tokens: i
     return h.hexdigest()[:16]
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """The tokenizer's part of a packed corpus's identity: its name and size."""
+    return f"{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}|{len(tokenizer)}"
+
+
 def pack_corpus(
     patterns: Sequence[str | os.PathLike],
     tokenizer,
@@ -139,16 +144,29 @@ def pack_corpus(
     Lines that are empty or not valid UTF-8 are skipped and counted (`meta.json`: read_stats).
     """
     paths = expand_paths(patterns)
-    name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
-    target = Path(cache_dir) / corpus_fingerprint(paths, f"{name}|{len(tokenizer)}", max_tokens)
+    target = Path(cache_dir) / corpus_fingerprint(paths, tokenizer_fingerprint(tokenizer), max_tokens)
+    stats = ReadStats()
+    return pack_lines_into(target, iter_lines(paths, stats), stats, tokenizer, max_tokens,
+                           {"files": [str(p) for p in paths]}, show_progress)
+
+
+def pack_lines_into(
+    target: Path,
+    lines: Iterable[str],
+    stats: ReadStats,
+    tokenizer,
+    max_tokens: int,
+    source: dict,
+    show_progress: bool = True,
+) -> PackedBlocks:
+    """Pack `lines` (read lazily; `stats` counts what their reader skipped) into the folder `target`,
+    unless a complete build is already there. `source` (e.g. {"files": [...]}) goes into meta.json."""
     if (target / META_FILE).is_file():
         return PackedBlocks(target)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    stats = ReadStats()
     offsets = [0]
-    lines = iter_lines(paths, stats)
     if show_progress:
         lines = tqdm(lines, desc="packing corpus", unit=" lines", mininterval=1.0)
     with open(tmp / BLOCKS_FILE, "wb") as out:
@@ -157,11 +175,12 @@ def pack_corpus(
             out.write(data)
             offsets.append(offsets[-1] + len(data))
     if len(offsets) == 1:
-        raise ValueError(f"No text to pretrain on in {[str(p) for p in paths]} (every line empty or unreadable: {stats.as_dict()}).")
+        where = source.get("files", source)
+        raise ValueError(f"No text to pretrain on in {where} (every line empty or unreadable: {stats.as_dict()}).")
     np.save(tmp / INDEX_FILE, np.asarray(offsets, dtype=np.int64))
     meta = {
-        "files": [str(p) for p in paths],
-        "tokenizer": name,
+        **source,
+        "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
         "max_tokens": max_tokens,
         "blocks": len(offsets) - 1,
         "read_stats": stats.as_dict(),
