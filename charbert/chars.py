@@ -68,11 +68,11 @@ class CharVocab:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def default(cls) -> "CharVocab":
+    def default(cls) -> CharVocab:
         return cls(_default_chars())
 
     @classmethod
-    def from_counts(cls, counts: Counter | dict, max_size: int = 1024, min_count: int = 1) -> "CharVocab":
+    def from_counts(cls, counts: Counter | dict, max_size: int = 1024, min_count: int = 1) -> CharVocab:
         """The most frequent characters (ties broken by code point, so the result is deterministic),
         at most `max_size` ids in total including the 5 special ids. Whitespace is folded onto " "."""
         if max_size <= len(SPECIAL_CHARS):
@@ -87,7 +87,7 @@ class CharVocab:
         return cls(chars)
 
     @classmethod
-    def build(cls, texts: Iterable[str], max_size: int = 1024, min_count: int = 1) -> "CharVocab":
+    def build(cls, texts: Iterable[str], max_size: int = 1024, min_count: int = 1) -> CharVocab:
         counts: Counter = Counter()
         for text in texts:
             counts.update(text)
@@ -104,7 +104,7 @@ class CharVocab:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "CharVocab":
+    def load(cls, path: str | os.PathLike) -> CharVocab:
         path = Path(path)
         if path.is_dir():
             path = path / CHAR_VOCAB_FILE

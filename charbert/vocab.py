@@ -143,7 +143,7 @@ class WordCounter:
         if len(self.counts) > self.max_tracked:
             self.prune()
 
-    def update(self, texts: Iterable[str]) -> "WordCounter":
+    def update(self, texts: Iterable[str]) -> WordCounter:
         for text in texts:
             self.add(text)
         return self
@@ -226,7 +226,7 @@ class WordVocab:
     @classmethod
     def build(
         cls, texts: Iterable[str], max_size: int = 30000, min_count: int = 1, max_tracked: int = 2_000_000
-    ) -> "WordVocab":
+    ) -> WordVocab:
         """The `max_size` most frequent normalized words of `texts` with count >= `min_count`.
 
         One streaming pass with bounded memory (see :class:`WordCounter` for the pruning of
@@ -239,7 +239,7 @@ class WordVocab:
     @classmethod
     def from_counts(
         cls, counts: Mapping[str, int] | WordCounter, max_size: int = 30000, min_count: int = 1
-    ) -> "WordVocab":
+    ) -> WordVocab:
         """The `max_size` most frequent words with count >= `min_count`, ordered by count
         (descending) then by the word itself (code points), so the result is deterministic.
 
@@ -273,7 +273,7 @@ class WordVocab:
         return path
 
     @classmethod
-    def load(cls, path: PathLike) -> "WordVocab":
+    def load(cls, path: PathLike) -> WordVocab:
         """Read a file written by :meth:`save` (a directory means its ``word_vocab.txt``)."""
         path = Path(path)
         if path.is_dir():

@@ -34,8 +34,8 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stage machinery beside this script
 from stages import REPO, Runner
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def pretrain_command(args, base: str, objective: str, out: Path, vocab: Path, corpus: Sequence[str],
-                     validation: str) -> List[str]:
+                     validation: str) -> list[str]:
     return [sys.executable, "-m", "pretrain", "--model_name_or_path", base, "--objective", objective,
             "--train_file", *corpus, "--validation_file", validation, "--max_eval_blocks", "64",
             "--word_vocab", str(vocab), "--max_seq_length", str(args.max_seq_length),
@@ -94,7 +94,7 @@ def pretrain_command(args, base: str, objective: str, out: Path, vocab: Path, co
             "--resume_from_checkpoint", "latest", "--seed", str(args.seed), "--output_dir", str(out)]
 
 
-def finetune_command(args, task: str, model: str, out: Path) -> List[str]:
+def finetune_command(args, task: str, model: str, out: Path) -> list[str]:
     data = Path(args.data_dir)
     common = ["--model_name_or_path", model, "--output_dir", str(out), "--max_seq_length", str(args.max_seq_length),
               "--max_train_samples", str(args.train_samples),
@@ -116,7 +116,7 @@ def glue_folder(task: str) -> str:
     return {"sst2": "SST-2", "sst-2": "SST-2", "cola": "CoLA", "mrpc": "MRPC", "rte": "RTE"}.get(task.lower(), task)
 
 
-def robustness_command(args, task: str, models: Dict[str, Path], out: Path) -> List[str]:
+def robustness_command(args, task: str, models: dict[str, Path], out: Path) -> list[str]:
     data = Path(args.data_dir)
     command = [sys.executable, "-m", "finetune.robustness", "--task", "ner" if task == "ner" else "glue",
                "--model_name_or_path", *map(str, models.values()), "--model_names", *models.keys(),
@@ -136,7 +136,7 @@ def robustness_command(args, task: str, models: Dict[str, Path], out: Path) -> L
 # --------------------------------------------------------------------------------------
 
 
-def plot_curves(runs: Dict[str, Path], path: Path) -> Optional[Path]:
+def plot_curves(runs: dict[str, Path], path: Path) -> Path | None:
     """MLM loss, NLM loss and NLM accuracy over steps, from each pretraining run's log.jsonl."""
     import matplotlib
 
@@ -173,13 +173,13 @@ def plot_curves(runs: Dict[str, Path], path: Path) -> Optional[Path]:
     return path if drawn else None
 
 
-def final_pretraining_metrics(folder: Path) -> Dict[str, float]:
+def final_pretraining_metrics(folder: Path) -> dict[str, float]:
     from charbert.training import read_log
 
     log = folder / "log.jsonl"
     if not log.exists():
         return {}
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for record in read_log(log):
         for key, value in record.items():
             if isinstance(value, (int, float)):
@@ -187,7 +187,7 @@ def final_pretraining_metrics(folder: Path) -> Dict[str, float]:
     return out
 
 
-def head_channel_share(folder: Path) -> Optional[float]:
+def head_channel_share(folder: Path) -> float | None:
     """Share of a fine-tuned CharBERT head's weight norm on the character channel's half of its
     input: a quick check that the heads use the channel at all (None for plain models)."""
     config_path, weights = folder / "config.json", folder / "model.safetensors"
@@ -207,7 +207,7 @@ def head_channel_share(folder: Path) -> Optional[float]:
     return float(w[:, h:].norm() ** 2 / w.norm() ** 2)
 
 
-def results_table(report: dict, rows: Sequence[str]) -> List[str]:
+def results_table(report: dict, rows: Sequence[str]) -> list[str]:
     """One task's table. Rows: models; columns: clean, each attack, mean attacked, relative drop (percent)."""
     header = ["model", "clean", *report["attacks"], "mean attacked", "rel. drop"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -226,7 +226,7 @@ def results_table(report: dict, rows: Sequence[str]) -> List[str]:
     return lines
 
 
-def sensitivity_table(reports: Dict[str, dict], rows: Sequence[str]) -> List[str]:
+def sensitivity_table(reports: dict[str, dict], rows: Sequence[str]) -> list[str]:
     lines = ["| model | task | S noised words (mean over attacks) | S untouched words |", "|---|---|---|---|"]
     for task, report in reports.items():
         for row in rows:
@@ -292,7 +292,7 @@ def with_previous(reports: dict[str, dict], previous: dict, rows: Sequence[str])
     return merged, order
 
 
-def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: Dict[str, Path], runner: Runner) -> None:
+def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: dict[str, Path], runner: Runner) -> None:
     reports = {}
     for task in ("ner", args.glue_task):
         path = out / "robustness" / task / "report.json"
@@ -354,7 +354,7 @@ def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: Dict[str,
 # --------------------------------------------------------------------------------------
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rows = selected_models(args)
     if args.previous_results:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from charbert.noise import ATTACK_TYPES
 from charbert.robustness.tasks import ATTACK_TASKS, check_family_options, get_attack_task
@@ -65,7 +65,7 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(list(argv) if argv is not None else None)
         print(_run(args), flush=True)

@@ -25,9 +25,10 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from charbert.cli import (
     StderrHandler,
@@ -78,18 +79,18 @@ class Split:
 
     name: str  # "train", "eval" or "predict"
     path: str
-    data: List[Any]  # examples or sentences, as the reader returns them
+    data: list[Any]  # examples or sentences, as the reader returns them
     labelled: bool
-    rows: List[Dict[str, Any]] = field(default_factory=list)  # model features
+    rows: list[dict[str, Any]] = field(default_factory=list)  # model features
     meta: Any = None  # per-feature metadata the evaluation needs (alignments, QA windows)
 
 
 @dataclass
 class EvalResult:
-    metrics: Dict[str, Any]  # everything, nested allowed (goes to metrics.json)
+    metrics: dict[str, Any]  # everything, nested allowed (goes to metrics.json)
     predictions: Any  # task-specific, for write_predictions
 
-    def scalars(self) -> Dict[str, float]:
+    def scalars(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -115,25 +116,25 @@ class Task:
     def read(self, args, path: str, split: str) -> Split:
         raise NotImplementedError
 
-    def labels(self, args, train: Optional[Split], checkpoint: CheckpointInfo) -> Optional[List[str]]:
+    def labels(self, args, train: Split | None, checkpoint: CheckpointInfo) -> list[str] | None:
         """Label names in id order; None for tasks without a label set (QA, regression)."""
         return None
 
-    def num_labels(self, labels: Optional[List[str]]) -> Optional[int]:
+    def num_labels(self, labels: list[str] | None) -> int | None:
         return len(labels) if labels is not None else None
 
-    def problem_type(self) -> Optional[str]:
+    def problem_type(self) -> str | None:
         return None
 
-    def check_split_labels(self, split: Split, labels: Optional[List[str]]) -> None: ...
+    def check_split_labels(self, split: Split, labels: list[str] | None) -> None: ...
 
-    def build_features(self, args, tokenizer, split: Split, label2id: Optional[Dict[str, int]]) -> None:
+    def build_features(self, args, tokenizer, split: Split, label2id: dict[str, int] | None) -> None:
         raise NotImplementedError
 
     def evaluate(self, args, model, accelerator, loader, split: Split, id2label) -> EvalResult:
         raise NotImplementedError
 
-    def write_predictions(self, args, output_dir: Path, prefix: str, split: Split, result: EvalResult) -> List[str]:
+    def write_predictions(self, args, output_dir: Path, prefix: str, split: Split, result: EvalResult) -> list[str]:
         raise NotImplementedError
 
 
@@ -180,7 +181,7 @@ def build_parser(prog: str, description: str, task: Task) -> argparse.ArgumentPa
 # --------------------------------------------------------------------------------------
 
 
-def _versions() -> Dict[str, str]:
+def _versions() -> dict[str, str]:
     import accelerate
     import tokenizers
     import torch
@@ -200,14 +201,14 @@ def _versions() -> Dict[str, str]:
     return out
 
 
-def _limit(split: Optional[Split], n: Optional[int]) -> None:
+def _limit(split: Split | None, n: int | None) -> None:
     if split is not None and n is not None:
         if n < 1:
             raise UsageError(f"--max_{split.name}_samples must be >= 1; got {n}")
         split.data = split.data[:n]
 
 
-def run(task: Task, args, argv: Sequence[str], prog: str) -> Dict[str, Any]:
+def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
     """Run one fine-tuning job; returns the metrics.json record."""
     start = time.perf_counter()
     do_train = args.do_train if args.do_train is not None else bool(args.train_file)
@@ -277,11 +278,11 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> Dict[str, Any]:
                 ", ".join(f"{s.name} {len(s.data)} examples / {len(s.rows)} features"
                           for s in (train_split, eval_split, predict_split) if s is not None))
 
-    record: Dict[str, Any] = {"task": task.describe(args), "command": f"{prog} {shlex.join(list(argv))}",
+    record: dict[str, Any] = {"task": task.describe(args), "command": f"{prog} {shlex.join(list(argv))}",
                               "seed": args.seed, "versions": _versions(), "num_processes": accelerator.num_processes,
                               "model": report.to_dict(), "labels": labels}
-    files: List[str] = []
-    results: Dict[str, EvalResult] = {}
+    files: list[str] = []
+    results: dict[str, EvalResult] = {}
 
     if do_train:
         def eval_fn(model_, accelerator_, loader):
@@ -327,7 +328,7 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> Dict[str, Any]:
     return record
 
 
-def cli(task: Task, prog: str, description: str, argv: Optional[Sequence[str]] = None) -> int:
+def cli(task: Task, prog: str, description: str, argv: Sequence[str] | None = None) -> int:
     """Parse flags and run; expected failures -> one line on stderr and exit code 2 (see charbert.cli.run_main)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog, description, task).parse_args(argv)

@@ -40,8 +40,9 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, NamedTuple
 
 from charbert.noise import ATTACK_TYPES, parse_attack_type
 from charbert.robustness.report import CLEAN, plot_scores, render_markdown, score_drops
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------
 
 
-def model_names(paths: Sequence[str], names: Optional[Sequence[str]]) -> List[str]:
+def model_names(paths: Sequence[str], names: Sequence[str] | None) -> list[str]:
     """Report names: the given ones, else the shortest distinct path suffixes ('bert', 'run2/ner')."""
     if names is not None:
         if len(names) != len(paths):
@@ -132,7 +133,7 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def make_attack_files(args, task, attacks: Sequence[str], folder: Path) -> Tuple[Dict[str, str], Dict[str, Dict]]:
+def make_attack_files(args, task, attacks: Sequence[str], folder: Path) -> tuple[dict[str, str], dict[str, dict]]:
     """Write one attacked copy of the test file per attack type; returns ``(paths, stats)``."""
     folder.mkdir(parents=True, exist_ok=True)
     test = Path(args.test_file)
@@ -146,11 +147,11 @@ def make_attack_files(args, task, attacks: Sequence[str], folder: Path) -> Tuple
     return paths, stats
 
 
-def outside_files(args, task, task_args, folder: Path) -> Tuple[Dict[str, str], Dict[str, Dict], List[str]]:
+def outside_files(args, task, task_args, folder: Path) -> tuple[dict[str, str], dict[str, dict], list[str]]:
     """``--attacked_file NAME=PATH`` and ``--advglue``: ``(paths, read stats, names paired with the clean file)``."""
-    paths: Dict[str, str] = {}
-    stats: Dict[str, Dict] = {}
-    paired: List[str] = []
+    paths: dict[str, str] = {}
+    stats: dict[str, dict] = {}
+    paired: list[str] = []
     for spec in args.attacked_file:
         name, sep, path = spec.partition("=")
         name = name.strip()
@@ -187,7 +188,7 @@ class Scorer(NamedTuple):
 
     program: Any  # a finetune.common.Task
     prog: str
-    argv: List[str]
+    argv: list[str]
     task_args: argparse.Namespace
 
 
@@ -215,7 +216,7 @@ def program_args(task, args, passthrough: Sequence[str]) -> Scorer:
     return Scorer(program, prog, argv, task_args)
 
 
-def score_file(scorer: Scorer, model_path: str, test_file: str, output_dir: Path) -> Dict:
+def score_file(scorer: Scorer, model_path: str, test_file: str, output_dir: Path) -> dict:
     """Score one fine-tuned model on one labelled file with the task's fine-tuning program
     (``--do_predict``); returns its metrics (the ``predict`` record of metrics.json)."""
     program, prog, argv, task_args = scorer
@@ -251,7 +252,7 @@ def _load_encoder(model_path: str):
     return model, load_task_tokenizer(inspect_checkpoint(model_path), model)
 
 
-def run_sensitivity(args, task, task_args, model_path: str, attack_files: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
+def run_sensitivity(args, task, task_args, model_path: str, attack_files: dict[str, str]) -> dict[str, dict[str, Any]]:
     from charbert.robustness.sensitivity import sensitivity_from_encoder, word_vectors
 
     model, tokenizer = _load_encoder(model_path)
@@ -273,7 +274,7 @@ def run_sensitivity(args, task, task_args, model_path: str, attack_files: Dict[s
     return out
 
 
-def run_greedy(args, task, model_path: str, clean_run: Path) -> Dict[str, Any]:
+def run_greedy(args, task, model_path: str, clean_run: Path) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification
 
     import charbert  # noqa: F401
@@ -303,7 +304,7 @@ def run_greedy(args, task, model_path: str, clean_run: Path) -> Dict[str, Any]:
     return record
 
 
-def corrected_files(args, task, files: Dict[str, str], folder: Path) -> Tuple[Dict[str, str], Dict[str, Dict]]:
+def corrected_files(args, task, files: dict[str, str], folder: Path) -> tuple[dict[str, str], dict[str, dict]]:
     """Every file after the NLM-head corrector (``--correct_with``): ``({'<label> corrected': path}, stats)``."""
     from charbert.robustness.correct import DEFAULT_THRESHOLD, NlmCorrector
 
@@ -380,8 +381,8 @@ def validate(args):
     return task, attacks
 
 
-def _score_model(args, task, task_args, scorer, metric, name, path, files, paired, out) -> Dict[str, Any]:
-    entry: Dict[str, Any] = {"name": name, "path": str(path), "scores": {}, "metrics": {}, "attack_metrics": {}}
+def _score_model(args, task, task_args, scorer, metric, name, path, files, paired, out) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name, "path": str(path), "scores": {}, "metrics": {}, "attack_metrics": {}}
     runs = {}
     for label, file in files.items():
         logger.info("scoring %s on %s (%s)", name, label, file)
@@ -402,7 +403,7 @@ def _score_model(args, task, task_args, scorer, metric, name, path, files, paire
     return entry
 
 
-def robustness(args, argv: Sequence[str]) -> Dict[str, Any]:
+def robustness(args, argv: Sequence[str]) -> dict[str, Any]:
     start = time.perf_counter()
     task, attacks = validate(args)
     names = model_names(args.model_name_or_path, args.model_names)
@@ -453,7 +454,7 @@ def robustness(args, argv: Sequence[str]) -> Dict[str, Any]:
     return report
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -3,8 +3,6 @@ features, evaluation); the programs differ only in how they read files, score an
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 from charbert.tasks.errors import TaskDataError, location
 from charbert.tasks.features import word_features, words_from_token_predictions
 from charbert.tasks.inference import gather_predictions
@@ -25,11 +23,11 @@ class WordTagging(Task):
                             help="Train on every subword of a word (B-X -> I-X after the first) instead of the first only.")
 
     # -- subclasses ---------------------------------------------------------------------
-    def score(self, gold: List[List[str]], predicted: List[List[str]]) -> dict:
+    def score(self, gold: list[list[str]], predicted: list[list[str]]) -> dict:
         raise NotImplementedError
 
     # -- labels -------------------------------------------------------------------------
-    def labels(self, args, train: Optional[Split], checkpoint):
+    def labels(self, args, train: Split | None, checkpoint):
         if args.labels:
             labels = read_label_file(args.labels)
             if not labels:

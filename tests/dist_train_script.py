@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from test_training import RecordingModel, ToyMaskCollator, make_token_dataset  # noqa: E402
 
 from charbert.training import TrainingConfig, create_accelerator, train  # noqa: E402
-from test_training import RecordingModel, ToyMaskCollator, make_token_dataset  # noqa: E402
 
 NUM_EXAMPLES = 48
 BATCH = 4

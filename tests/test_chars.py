@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import corpus_lines
 
 from charbert import CharBertTokenizer, CharVocab, hide_characters
 from charbert.chars import MASK_ID, PAD_ID, SEP_ID, SPECIAL_ID, UNK_ID
-from conftest import corpus_lines
 
 HARD_TEXTS = [
     "C# is not C ## nor #",

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import corpus_lines
 
 from charbert import CharBertForPreTraining, CharBertTokenizer
 from charbert.chars import MASK_ID
@@ -20,7 +21,6 @@ from charbert.collator import PretrainingCollator, apply_word_edits, choose_whol
 from charbert.data import LINE_SEPARATOR, PackedBlocks, pack_corpus, pack_lines
 from charbert.training import read_log
 from charbert.vocab import WordVocab, split_words
-from conftest import corpus_lines
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,8 +21,8 @@ import bisect
 import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -57,8 +57,8 @@ def attack_words(
     rng: np.random.Generator,
     rules: NoiseRules = PRUTHI_RULES,
     word_rate: float = 1.0,
-    max_words: Optional[int] = None,
-) -> Tuple[List[str], List[int]]:
+    max_words: int | None = None,
+) -> tuple[list[str], list[int]]:
     """Attack ``words`` with ``attack`` (``drop|add|swap|keyboard|all``), at most ``max_words`` of them.
 
     Returns ``(new_words, changed_indices)``; see :func:`charbert.noise.noise_words`.
@@ -67,7 +67,7 @@ def attack_words(
     return noise_words(list(words), rng, rules, word_rate, ops, max_words)
 
 
-def _split_punct(chunk: str) -> Tuple[str, str, str]:
+def _split_punct(chunk: str) -> tuple[str, str, str]:
     """``'"house,'`` -> ``('"', 'house', ',')``: strip non-alphanumeric edges."""
     i, j = 0, len(chunk)
     while i < j and not chunk[i].isalnum():
@@ -77,35 +77,35 @@ def _split_punct(chunk: str) -> Tuple[str, str, str]:
     return chunk[:i], chunk[i:j], chunk[j:]
 
 
-Rewrite = Callable[[List[List[str]]], List[List[str]]]
+Rewrite = Callable[[list[list[str]]], list[list[str]]]
 """Rewrites the words of every sentence of a file at once (in file order), one word for one word:
 an attack (:func:`noiser`) or a corrector (:mod:`charbert.robustness.correct`)."""
 
 
-def noiser(ops: Tuple[str, ...], rng: np.random.Generator, rules: NoiseRules, word_rate: float,
-           max_words: Optional[int] = None) -> Rewrite:
+def noiser(ops: tuple[str, ...], rng: np.random.Generator, rules: NoiseRules, word_rate: float,
+           max_words: int | None = None) -> Rewrite:
     """The character attack as a :data:`Rewrite`: :func:`~charbert.noise.noise_words` per sentence, in order."""
 
-    def rewrite(sentences: List[List[str]]) -> List[List[str]]:
+    def rewrite(sentences: list[list[str]]) -> list[list[str]]:
         return [noise_words(words, rng, rules, word_rate, ops, max_words)[0] for words in sentences]
 
     return rewrite
 
 
-def _checked(rewrite: Rewrite, sentences: List[List[str]]) -> List[List[str]]:
+def _checked(rewrite: Rewrite, sentences: list[list[str]]) -> list[list[str]]:
     out = rewrite(sentences)
     if len(out) != len(sentences) or any(len(a) != len(b) for a, b in zip(out, sentences)):
         raise ValueError("a rewrite must return one word for every word of every sentence")
     return out
 
 
-def _word_spans(text: str, protected: Optional[Sequence[Tuple[int, int]]] = None
-                ) -> Tuple[List[Tuple[int, int]], List[str]]:
+def _word_spans(text: str, protected: Sequence[tuple[int, int]] | None = None
+                ) -> tuple[list[tuple[int, int]], list[str]]:
     """The ``[start, end)`` spans of the word cores of ``text`` (whitespace-separated pieces without
     their surrounding punctuation) and the words to rewrite: ``""`` (never rewritten) for a core with
     a position of ``protected`` strictly inside it (e.g. an answer boundary in the middle of a word)."""
-    cores: List[Tuple[int, int]] = []
-    words: List[str] = []
+    cores: list[tuple[int, int]] = []
+    words: list[str] = []
     pos = 0
     for piece in _WS_SPLIT.split(text):
         if piece and not piece.isspace():
@@ -124,8 +124,8 @@ def _word_spans(text: str, protected: Optional[Sequence[Tuple[int, int]]] = None
 
 
 def rewrite_texts(texts: Sequence[str], rewrite: Rewrite,
-                  protected: Optional[Sequence[Optional[Sequence[Tuple[int, int]]]]] = None
-                  ) -> List[Tuple[List[Tuple[int, int, str]], int]]:
+                  protected: Sequence[Sequence[tuple[int, int]] | None] | None = None
+                  ) -> list[tuple[list[tuple[int, int, str]], int]]:
     """Rewrite the words of several texts with one call of ``rewrite``; per text ``(edits, n_words)``
     where ``edits`` lists ``(old_start, old_end, new_core)`` of every changed core, in text order."""
     spans = [_word_spans(t, protected[i] if protected else None) for i, t in enumerate(texts)]
@@ -139,20 +139,20 @@ def rewrite_texts(texts: Sequence[str], rewrite: Rewrite,
 
 def _attack_pieces(
     text: str,
-    ops: Tuple[str, ...],
+    ops: tuple[str, ...],
     rng: np.random.Generator,
     rules: NoiseRules,
     word_rate: float,
-    protected: Optional[Sequence[Tuple[int, int]]] = None,
-    max_words: Optional[int] = None,
-) -> Tuple[List[Tuple[int, int, str]], int, int]:
+    protected: Sequence[tuple[int, int]] | None = None,
+    max_words: int | None = None,
+) -> tuple[list[tuple[int, int, str]], int, int]:
     """Attack the whitespace-separated words of one text: ``(edits, n_words, n_changed)``."""
     ((edits, n_words),) = rewrite_texts([text], noiser(ops, rng, rules, word_rate, max_words), [protected])
     return edits, n_words, len(edits)
 
 
-def _apply_edits(text: str, edits: Sequence[Tuple[int, int, str]]) -> str:
-    out: List[str] = []
+def _apply_edits(text: str, edits: Sequence[tuple[int, int, str]]) -> str:
+    out: list[str] = []
     pos = 0
     for a, b, new in edits:
         out.append(text[pos:a])
@@ -168,8 +168,8 @@ def attack_text(
     rng: np.random.Generator,
     rules: NoiseRules = PRUTHI_RULES,
     word_rate: float = 1.0,
-    max_words: Optional[int] = None,
-) -> Tuple[str, int, int]:
+    max_words: int | None = None,
+) -> tuple[str, int, int]:
     """Attack every whitespace-separated word of ``text`` (spacing kept;
     surrounding punctuation is stripped before noising and put back, so
     ``"house,"`` may become ``"hoese,"``).  Returns ``(new_text, n_words, n_changed)``."""
@@ -181,14 +181,14 @@ def attack_text(
 # --------------------------------------------------------------------------- file helpers
 
 
-def _read_raw(path: PathLike) -> Tuple[str, List[str]]:
+def _read_raw(path: PathLike) -> tuple[str, list[str]]:
     """``(bom, lines)`` where ``"\\n".join(lines)`` is the exact file text after the BOM.
 
     Raises ``FileNotFoundError``/``TaskDataError`` like the task readers
     (missing file, directory, empty file).
     """
     read_text_lines(path)  # uniform checks: missing, directory, empty
-    with open(path, "r", encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8", newline="") as f:
         text = f.read()
     bom = ""
     if text.startswith("\ufeff"):
@@ -204,7 +204,7 @@ def _write_raw(path: PathLike, bom: str, lines: Sequence[str]) -> None:
         f.write(bom + "\n".join(lines))
 
 
-def _split_cr(line: str) -> Tuple[str, str]:
+def _split_cr(line: str) -> tuple[str, str]:
     return (line[:-1], "\r") if line.endswith("\r") else (line, "")
 
 
@@ -230,9 +230,9 @@ def attack_column_file(
     seed: int,
     word_rate: float = 1.0,
     rules: NoiseRules = PRUTHI_RULES,
-    task: Optional[str] = None,
-    max_words: Optional[int] = None,
-) -> Dict[str, int]:
+    task: str | None = None,
+    max_words: int | None = None,
+) -> dict[str, int]:
     """Write a character-attacked copy of a NER/POS column file (:func:`rewrite_column_file`).
 
     The rate (and ``max_words``, the most words attacked) applies per sentence (consecutive
@@ -244,7 +244,7 @@ def attack_column_file(
 
 
 def rewrite_column_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite,
-                        task: Optional[str] = None) -> Dict[str, int]:
+                        task: str | None = None) -> dict[str, int]:
     """Write a copy of a NER/POS column file with its tokens rewritten by ``rewrite``.
 
     Only the token column of token lines changes (column 1 of ``.conllu``
@@ -278,8 +278,8 @@ def rewrite_column_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite,
     conllu = os.fspath(in_path).lower().endswith(".conllu")
 
     # per sentence: (line index, field start, field end) of every token
-    sentences: List[List[Tuple[int, int, int]]] = [[]]
-    n_columns: Optional[int] = None
+    sentences: list[list[tuple[int, int, int]]] = [[]]
+    n_columns: int | None = None
     first_line = 0
 
     def flush() -> None:
@@ -354,8 +354,8 @@ def attack_glue_file(
     seed: int,
     word_rate: float = 1.0,
     rules: NoiseRules = PRUTHI_RULES,
-    max_words: Optional[int] = None,
-) -> Dict[str, int]:
+    max_words: int | None = None,
+) -> dict[str, int]:
     """Write a character-attacked copy of a labelled GLUE TSV (:func:`rewrite_glue_file`); the rate
     and ``max_words`` apply per text.  Returns ``{"examples", "words", "changed"}``."""
     ops = parse_attack_type(attack)
@@ -363,7 +363,7 @@ def attack_glue_file(
     return rewrite_glue_file(task_name, in_path, out_path, rewrite)
 
 
-def rewrite_glue_file(task_name: str, in_path: PathLike, out_path: PathLike, rewrite: Rewrite) -> Dict[str, int]:
+def rewrite_glue_file(task_name: str, in_path: PathLike, out_path: PathLike, rewrite: Rewrite) -> dict[str, int]:
     """Write a copy of a labelled GLUE TSV with the words of its text column(s) rewritten.
 
     The text column(s) of every example (both sentences of a pair) are
@@ -381,10 +381,10 @@ def rewrite_glue_file(task_name: str, in_path: PathLike, out_path: PathLike, rew
     read_glue(task.name, in_path, labelled=True)  # format / column / label checks
 
     bom, lines = _read_raw(in_path)
-    header: Optional[List[str]] = None
-    text_idx: List[int] = []
-    n_columns: Optional[int] = None
-    rows: List[Tuple[int, List[str], str]] = []  # (line index, fields, line end)
+    header: list[str] | None = None
+    text_idx: list[int] = []
+    n_columns: int | None = None
+    rows: list[tuple[int, list[str], str]] = []  # (line index, fields, line end)
     for idx, raw in enumerate(lines):
         body, cr = _split_cr(raw)
         if not body.strip():
@@ -416,12 +416,12 @@ def rewrite_glue_file(task_name: str, in_path: PathLike, out_path: PathLike, rew
     return stats
 
 
-def rewrite_advglue_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite) -> Dict[str, int]:
+def rewrite_advglue_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite) -> dict[str, int]:
     """An AdvGLUE JSON file with the text fields of every split rewritten (idx and labels kept)."""
     from charbert.tasks.glue import ADVGLUE_SPLITS
 
     _check_paths(in_path, out_path)
-    with open(in_path, "r", encoding="utf-8-sig") as f:
+    with open(in_path, encoding="utf-8-sig") as f:
         data = json.load(f)
     slots = [(rec, key) for split, records in data.items() if split in ADVGLUE_SPLITS for rec in records
              for key in ADVGLUE_SPLITS[split][1:3] if key]
@@ -432,7 +432,7 @@ def rewrite_advglue_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite
     return {"texts": len(slots), "words": sum(n for _, n in results), "changed": sum(len(e) for e, _ in results)}
 
 
-def rewrite_text_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite) -> Dict[str, int]:
+def rewrite_text_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite) -> dict[str, int]:
     """A plain text file, one sentence a line, with its words rewritten (everything else byte for byte)."""
     _check_paths(in_path, out_path)
     bom, lines = _read_raw(in_path)
@@ -446,7 +446,7 @@ def rewrite_text_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite) -
 # --------------------------------------------------------------------------- SQuAD
 
 
-def _offset_mapper(edits: Sequence[Tuple[int, int, str]]):
+def _offset_mapper(edits: Sequence[tuple[int, int, str]]):
     """Map a character boundary of the old text to the new one.
 
     Boundaries outside edited cores shift by the accumulated length change;
@@ -455,7 +455,7 @@ def _offset_mapper(edits: Sequence[Tuple[int, int, str]]):
     """
     starts = [a for a, _, _ in edits]
     # cumulative delta *before* edit k, and the new start of edit k
-    deltas: List[int] = []
+    deltas: list[int] = []
     d = 0
     for a, b, new in edits:
         deltas.append(d)
@@ -484,8 +484,8 @@ def attack_squad_file(
     attack_context: bool = False,
     word_rate: float = 1.0,
     rules: NoiseRules = PRUTHI_RULES,
-    max_words: Optional[int] = None,
-) -> Dict[str, int]:
+    max_words: int | None = None,
+) -> dict[str, int]:
     """Write a character-attacked copy of a SQuAD v1.1/v2.0 JSON file (:func:`rewrite_squad_file`);
     the rate and ``max_words`` apply per question and per context."""
     ops = parse_attack_type(attack)
@@ -494,7 +494,7 @@ def attack_squad_file(
 
 
 def rewrite_squad_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite,
-                       rewrite_context: bool = False) -> Dict[str, int]:
+                       rewrite_context: bool = False) -> dict[str, int]:
     """Write a copy of a SQuAD v1.1/v2.0 JSON file with its questions (and contexts) rewritten.
 
     Questions are always rewritten; with ``rewrite_context`` each paragraph's
@@ -510,12 +510,12 @@ def rewrite_squad_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite,
 
     _check_paths(in_path, out_path)
     read_squad(in_path, labelled=False)  # structure + answer offset checks
-    with open(in_path, "r", encoding="utf-8-sig") as f:
+    with open(in_path, encoding="utf-8-sig") as f:
         data = json.load(f)
 
     # Every text in file order (per paragraph: its context, then its questions), rewritten at once.
-    texts: List[str] = []
-    protected: List[Optional[List[Tuple[int, int]]]] = []
+    texts: list[str] = []
+    protected: list[list[tuple[int, int]] | None] = []
     paragraphs = [para for article in data["data"] for para in article["paragraphs"]]
     for para in paragraphs:
         if rewrite_context:
@@ -560,5 +560,5 @@ def rewrite_squad_file(in_path: PathLike, out_path: PathLike, rewrite: Rewrite,
     return stats
 
 
-def _answers(para) -> List[dict]:
+def _answers(para) -> list[dict]:
     return [ans for qa in para["qas"] for key in ("answers", "plausible_answers") for ans in (qa.get(key) or [])]

@@ -70,7 +70,7 @@ class NlmCorrector:
         self.max_length = min(max_length, limit) if limit else max_length
 
     @classmethod
-    def from_pretrained(cls, path, **kwargs) -> "NlmCorrector":
+    def from_pretrained(cls, path, **kwargs) -> NlmCorrector:
         """A pretraining checkpoint folder (``python -m pretrain``): model, tokenizer, ``word_vocab.txt``."""
         import json
 

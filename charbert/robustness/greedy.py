@@ -24,8 +24,8 @@ import itertools
 import operator
 import re
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -36,9 +36,9 @@ from charbert.robustness.attacks import _split_punct
 __all__ = ["GreedyResult", "GreedyExample", "greedy_attack", "greedy_outcomes", "model_predict_proba", "word_cores",
            "replace_word"]
 
-Example = Tuple[str, ...]
-PredictProba = Callable[[List[Example]], np.ndarray]
-Edit = Tuple[int, int, str, str]  # (text_index, word_index, old_core, new_core)
+Example = tuple[str, ...]
+PredictProba = Callable[[list[Example]], np.ndarray]
+Edit = tuple[int, int, str, str]  # (text_index, word_index, old_core, new_core)
 
 # re.split with one capturing group alternates [word, space, word, ..., word]:
 # words sit at the even indices (possibly empty at the text's ends).
@@ -48,7 +48,7 @@ _WS_SPLIT = re.compile(r"(\s+)")
 # --------------------------------------------------------------------------- words
 
 
-def word_cores(text: str) -> List[str]:
+def word_cores(text: str) -> list[str]:
     """The words of ``text`` without their surrounding punctuation, in order."""
     return [_split_punct(p)[1] for p in _WS_SPLIT.split(text)[::2] if p]
 
@@ -67,7 +67,7 @@ def _apply(texts: Example, edit: Edit) -> Example:
     return texts[:t] + (replace_word(texts[t], w, new),) + texts[t + 1 :]
 
 
-def _candidates(texts: Example, edited: set, ops: Tuple[str, ...], rules: NoiseRules) -> List[Edit]:
+def _candidates(texts: Example, edited: set, ops: tuple[str, ...], rules: NoiseRules) -> list[Edit]:
     """Every single edit of every eligible, not yet edited word of every text."""
     return [
         (t, w, core, new)
@@ -92,10 +92,10 @@ class GreedyExample:
 
     texts: Example  # final texts (the clean ones when nothing was edited)
     label: int
-    edits: List[Edit] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)
     clean_prob: float = 0.0  # true-class probability on the clean texts
     final_prob: float = 0.0  # ... on the final texts
-    broken_at: Optional[int] = None
+    broken_at: int | None = None
     num_queries: int = 0  # candidate texts of this example scored by the model
 
 
@@ -103,16 +103,16 @@ class GreedyExample:
 class GreedyResult:
     """``accuracy[k]``: accuracy with up to ``k`` edited words per example (``[0]``: clean)."""
 
-    accuracy: List[float]
+    accuracy: list[float]
     num_examples: int
     num_queries: int  # candidate texts scored by the model (clean predictions not counted)
-    examples: List[GreedyExample]
+    examples: list[GreedyExample]
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-def _score(predict_proba: PredictProba, batch: List[Example], num_classes: Optional[int]) -> np.ndarray:
+def _score(predict_proba: PredictProba, batch: list[Example], num_classes: int | None) -> np.ndarray:
     probs = np.asarray(predict_proba(batch), dtype=np.float64)
     if probs.ndim != 2 or probs.shape[0] != len(batch) or probs.shape[1] < 1 or (
         num_classes is not None and probs.shape[1] != num_classes
@@ -130,7 +130,7 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
 # --------------------------------------------------------------------------- attack
 
 
-def _check_inputs(examples, labels, max_edits, max_candidates, batch_size) -> Tuple[List[Example], List[int]]:
+def _check_inputs(examples, labels, max_edits, max_candidates, batch_size) -> tuple[list[Example], list[int]]:
     examples = [(ex,) if isinstance(ex, str) else tuple(ex) for ex in examples]
     if not examples:
         raise ValueError("examples is empty")
@@ -162,11 +162,11 @@ def greedy_attack(
     ops: OpsSpec = "all",
     rules: NoiseRules = PRUTHI_RULES,
     max_edits: int = 2,
-    max_candidates: Optional[int] = None,
+    max_candidates: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = False,
-    clean_predictions: Optional[Sequence[int]] = None,
+    clean_predictions: Sequence[int] | None = None,
 ) -> GreedyResult:
     """Greedy worst-case misspelling attack; returns accuracy under 0..``max_edits`` edited words.
 
@@ -212,13 +212,13 @@ def greedy_attack(
                           broken_at=None if int(np.argmax(p)) == y else 0)
             for ex, y, p in zip(examples, labels, clean)
         ]
-    edited: List[set] = [set() for _ in examples]
+    edited: list[set] = [set() for _ in examples]
     num_queries = 0
 
     for k in range(1, max_edits + 1):
         active = [i for i, r in enumerate(records) if r.broken_at is None]
 
-        def pooled() -> Iterator[Tuple[int, Edit]]:
+        def pooled() -> Iterator[tuple[int, Edit]]:
             # Generated lazily, example by example: memory stays at one batch.
             for i in active:
                 cands = _candidates(records[i].texts, edited[i], ops_t, rules)
@@ -289,7 +289,7 @@ def model_predict_proba(model, tokenizer, max_length: int = 128, batch_size: int
 
     collate = TaskCollator(tokenizer.pad_token_id)
 
-    def predict_proba(examples: List[Example]) -> np.ndarray:
+    def predict_proba(examples: list[Example]) -> np.ndarray:
         if not examples:
             return np.zeros((0, model.config.num_labels))
         if len({len(ex) for ex in examples}) > 1:  # glue_features encodes all as pairs or none

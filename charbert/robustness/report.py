@@ -14,21 +14,22 @@ SQuAD); the Markdown and the chart show percent.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 CLEAN = "clean"
 
 __all__ = ["CLEAN", "score_drops", "as_percent", "render_markdown", "plot_scores"]
 
 
-def score_drops(scores: Dict[str, Optional[float]], attacks: Sequence[str]) -> Dict[str, Dict[str, Optional[float]]]:
+def score_drops(scores: dict[str, float | None], attacks: Sequence[str]) -> dict[str, dict[str, float | None]]:
     """``{attack: {"absolute": clean - attacked, "relative": (clean - attacked) / clean}}``.
 
     Positive numbers are losses.  ``relative`` is None when the clean score is 0 (or missing).
     """
     clean = scores.get(CLEAN)
-    out: Dict[str, Dict[str, Optional[float]]] = {}
+    out: dict[str, dict[str, float | None]] = {}
     for attack in attacks:
         value = scores.get(attack)
         if clean is None or value is None:
@@ -39,39 +40,39 @@ def score_drops(scores: Dict[str, Optional[float]], attacks: Sequence[str]) -> D
     return out
 
 
-def as_percent(value: Optional[float], task: str) -> Optional[float]:
+def as_percent(value: float | None, task: str) -> float | None:
     """Fractions -> percent (SQuAD's official metrics are percent already)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return float(value) if task == "squad" else 100.0 * float(value)
 
 
-def _fmt(value: Optional[float], digits: int = 2, signed: bool = False) -> str:
+def _fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _mean(values: List[Optional[float]]) -> Optional[float]:
+def _mean(values: list[float | None]) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
 
-def _md_table(header: List[str], rows: List[List[str]]) -> List[str]:
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def scored_rows(report: Dict[str, Any]) -> List[str]:
+def scored_rows(report: dict[str, Any]) -> list[str]:
     """Every scored file but the clean one: generated attacks, outside files, corrected copies."""
     return list(report["attacks"]) + list(report.get("outside") or []) + list(report.get("corrected") or [])
 
 
-def _score_table(report: Dict[str, Any]) -> List[str]:
+def _score_table(report: dict[str, Any]) -> list[str]:
     task, attacks, models = report["task"], report["attacks"], report["models"]
     header = ["attack"]
     for m in models:
         header += [f"{m['name']} {report['metric']}", "drop", "rel. drop"]
-    body: List[List[str]] = []
+    body: list[list[str]] = []
     for row in [CLEAN] + scored_rows(report) + (["mean of attacks"] if attacks else []):
         cells = [row]
         for m in models:
@@ -89,12 +90,12 @@ def _score_table(report: Dict[str, Any]) -> List[str]:
     return _md_table(header, body)
 
 
-def _sensitivity_table(report: Dict[str, Any]) -> List[str]:
+def _sensitivity_table(report: dict[str, Any]) -> list[str]:
     models = [m for m in report["models"] if m.get("sensitivity")]
     if not models:
         return []
     header = ["attack"] + [f"{m['name']} {k}" for m in models for k in ("S", "S noised", "S untouched")]
-    body: List[List[str]] = []
+    body: list[list[str]] = []
     for attack in report["attacks"]:
         cells = [attack]
         for m in models:
@@ -104,12 +105,12 @@ def _sensitivity_table(report: Dict[str, Any]) -> List[str]:
     return _md_table(header, body)
 
 
-def _subword_table(report: Dict[str, Any]) -> List[str]:
+def _subword_table(report: dict[str, Any]) -> list[str]:
     models = [m for m in report["models"] if m.get("by_subwords")]
     if not models:
         return []
     header = ["file"] + [f"{m['name']} {g}" for m in models for g in ("F1 one-subword (n)", "F1 split (n)")]
-    body: List[List[str]] = []
+    body: list[list[str]] = []
     for row in [CLEAN] + scored_rows(report):
         cells = [row]
         for m in models:
@@ -121,7 +122,7 @@ def _subword_table(report: Dict[str, Any]) -> List[str]:
     return _md_table(header, body)
 
 
-def _pct(value: Optional[float]) -> str:
+def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
@@ -135,9 +136,9 @@ _LABELLING_COLUMNS = (("changed predictions %", "changed_prediction_share", _pct
                       ("words/input", "avg_words_per_input", lambda v: _fmt(v, 1)))
 
 
-def _attack_metrics_table(report: Dict[str, Any]) -> List[str]:
+def _attack_metrics_table(report: dict[str, Any]) -> list[str]:
     """The TextAttack summary (classification) or changed-prediction share (NER/POS) per attacked file."""
-    rows: Dict[str, Dict[str, Dict[str, Any]]] = {}  # row -> model -> metrics
+    rows: dict[str, dict[str, dict[str, Any]]] = {}  # row -> model -> metrics
     for m in report["models"]:
         for label, metrics in (m.get("attack_metrics") or {}).items():
             rows.setdefault(label, {})[m["name"]] = metrics
@@ -157,7 +158,7 @@ def _attack_metrics_table(report: Dict[str, Any]) -> List[str]:
     return _md_table(header, body)
 
 
-def _attack_metrics_note(report: Dict[str, Any]) -> str:
+def _attack_metrics_note(report: dict[str, Any]) -> str:
     if any("attack_success_rate" in v for m in report["models"] for v in (m.get("attack_metrics") or {}).values()) \
             or any(m.get("greedy") for m in report["models"]):
         return ("TextAttack's convention: skipped = wrong on the clean input (not attacked); success rate = "
@@ -166,13 +167,13 @@ def _attack_metrics_note(report: Dict[str, Any]) -> str:
     return "Share of sentences whose predicted tags changed under the attack; perturbed words = changed / words."
 
 
-def _greedy_table(report: Dict[str, Any]) -> List[str]:
+def _greedy_table(report: dict[str, Any]) -> list[str]:
     models = [m for m in report["models"] if m.get("greedy")]
     if not models:
         return []
     depth = max(len(m["greedy"]["accuracy"]) for m in models)
     header = ["edited words k"] + [f"{m['name']} accuracy" for m in models]
-    body: List[List[str]] = []
+    body: list[list[str]] = []
     for k in range(depth):
         cells = [str(k) + (" (clean)" if k == 0 else "")]
         for m in models:
@@ -182,7 +183,7 @@ def _greedy_table(report: Dict[str, Any]) -> List[str]:
     return _md_table(header, body)
 
 
-def render_markdown(report: Dict[str, Any]) -> str:
+def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: the score table, then whichever analyses were run."""
     task = report["task"] + (f"/{report['task_name']}" if report.get("task_name") else "")
     out = [
@@ -220,7 +221,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _greedy_note(report: Dict[str, Any]) -> str:
+def _greedy_note(report: dict[str, Any]) -> str:
     g = report.get("greedy_settings") or {}
     return ("Accuracy when an attacker edits up to k words, each by one character, choosing at each step the edit "
             "(of the allowed types, on eligible words) that lowers the true-class probability most"
@@ -229,7 +230,7 @@ def _greedy_note(report: Dict[str, Any]) -> str:
             + (f"; first {g['max_examples']} examples" if g.get("max_examples") else "") + ".")
 
 
-def plot_scores(report: Dict[str, Any], path: Path) -> Path:
+def plot_scores(report: dict[str, Any], path: Path) -> Path:
     """A grouped bar chart: score per attack type (x), one bar per model."""
     import matplotlib
 

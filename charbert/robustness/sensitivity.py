@@ -18,7 +18,7 @@ one token one token, so the clean and noisy sentences have the same number of wo
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ import torch
 __all__ = ["cosine_distances", "sensitivity_stats", "sensitivity_from_encoder", "word_vectors", "sensitivity"]
 
 Words = Sequence[str]
-Encoder = Callable[[List[List[str]]], List[np.ndarray]]
+Encoder = Callable[[list[list[str]]], list[np.ndarray]]
 
 
 def cosine_distances(clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
@@ -50,7 +50,7 @@ def cosine_distances(clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
     return np.clip(dist, 0.0, 2.0)  # rounding can step just outside [0, 2]; NaN stays NaN
 
 
-def sensitivity_stats(distances: Sequence[float], noised_mask: Sequence[bool]) -> Dict[str, Optional[float]]:
+def sensitivity_stats(distances: Sequence[float], noised_mask: Sequence[bool]) -> dict[str, float | None]:
     """Mean distances overall (``S``), over noised words (``S_noised``) and untouched ones (``S_untouched``).
 
     NaN distances (a word without a representation, e.g. cut by truncation) are left out of
@@ -64,7 +64,7 @@ def sensitivity_stats(distances: Sequence[float], noised_mask: Sequence[bool]) -
         raise ValueError(f"{d.size} distances but {noised.size} noised flags.")
     valid = ~np.isnan(d)
 
-    def mean(selected: np.ndarray) -> Optional[float]:
+    def mean(selected: np.ndarray) -> float | None:
         return float(d[selected].mean()) if selected.any() else None
 
     return {
@@ -88,7 +88,7 @@ def _check_pairs(clean: Sequence[Words], noisy: Sequence[Words]) -> None:
             )
 
 
-def _noised_mask(clean: Sequence[Words], noisy: Sequence[Words], changed: Optional[Sequence[Sequence[int]]]) -> np.ndarray:
+def _noised_mask(clean: Sequence[Words], noisy: Sequence[Words], changed: Sequence[Sequence[int]] | None) -> np.ndarray:
     """One flag per word of all sentences, in order: was this word noised?"""
     if changed is None:  # default: a word was noised when its string differs
         return np.array([c != n for cs, ns in zip(clean, noisy) for c, n in zip(cs, ns)], dtype=bool)
@@ -105,7 +105,7 @@ def _noised_mask(clean: Sequence[Words], noisy: Sequence[Words], changed: Option
     return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
 
 
-def _stack(vectors: List[np.ndarray], sentences: Sequence[Words], side: str) -> np.ndarray:
+def _stack(vectors: list[np.ndarray], sentences: Sequence[Words], side: str) -> np.ndarray:
     """The encoder's per-sentence (n_words_i, D) arrays as one (sum n_words_i, D) array, checked."""
     if len(vectors) != len(sentences):
         raise ValueError(f"The encoder returned {len(vectors)} arrays for {len(sentences)} {side} sentences.")
@@ -117,7 +117,7 @@ def _stack(vectors: List[np.ndarray], sentences: Sequence[Words], side: str) -> 
 
 
 def sensitivity_from_encoder(encode: Encoder, clean_sentences: Sequence[Words], noisy_sentences: Sequence[Words],
-                             changed: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, Optional[float]]:
+                             changed: Sequence[Sequence[int]] | None = None) -> dict[str, float | None]:
     """S for sentence pairs under any encoder.
 
     ``encode(list_of_word_lists)`` returns one (n_words_i, D) array per sentence (NaN rows
@@ -134,7 +134,7 @@ def sensitivity_from_encoder(encode: Encoder, clean_sentences: Sequence[Words], 
     return sensitivity_stats(distances, mask)
 
 
-def _mean_per_word(states: np.ndarray, token_word: Sequence[Optional[int]], n_words: int) -> np.ndarray:
+def _mean_per_word(states: np.ndarray, token_word: Sequence[int | None], n_words: int) -> np.ndarray:
     """(n_words, D): each word's mean over its subword rows of ``states`` (L, D); NaN rows for words with none."""
     tokens = np.array([t for t, w in enumerate(token_word) if w is not None], dtype=np.intp)
     words = np.array([token_word[t] for t in tokens], dtype=np.intp)
@@ -149,7 +149,7 @@ def _mean_per_word(states: np.ndarray, token_word: Sequence[Optional[int]], n_wo
 
 
 def word_vectors(model, tokenizer, sentences: Sequence[Words], max_length: int = 128,
-                 batch_size: int = 32) -> List[np.ndarray]:
+                 batch_size: int = 32) -> list[np.ndarray]:
     """One (n_words, D) float64 array per sentence: each word's mean subword output of ``model``.
 
     Tokenisation is fine-tuning's own (:func:`~charbert.tasks.features.word_features`), so
@@ -170,7 +170,7 @@ def word_vectors(model, tokenizer, sentences: Sequence[Words], max_length: int =
     device = next(base.parameters()).device
     was_training = model.training
     model.eval()
-    out: List[np.ndarray] = []
+    out: list[np.ndarray] = []
     try:
         with torch.no_grad():
             for lo in range(0, len(rows), batch_size):
@@ -189,11 +189,11 @@ def word_vectors(model, tokenizer, sentences: Sequence[Words], max_length: int =
 
 
 def sensitivity(model, tokenizer, clean_sentences: Sequence[Words], noisy_sentences: Sequence[Words],
-                changed: Optional[Sequence[Sequence[int]]] = None, max_length: int = 128,
-                batch_size: int = 32) -> Dict[str, Optional[float]]:
+                changed: Sequence[Sequence[int]] | None = None, max_length: int = 128,
+                batch_size: int = 32) -> dict[str, float | None]:
     """S of a real model: :func:`sensitivity_from_encoder` with :func:`word_vectors`."""
 
-    def encode(sentences: List[List[str]]) -> List[np.ndarray]:
+    def encode(sentences: list[list[str]]) -> list[np.ndarray]:
         return word_vectors(model, tokenizer, sentences, max_length=max_length, batch_size=batch_size)
 
     return sensitivity_from_encoder(encode, clean_sentences, noisy_sentences, changed)

@@ -40,7 +40,7 @@ from charbert.tasks.errors import TaskDataError, location
 
 __all__ = ["AttackTask", "ATTACK_TASKS", "get_attack_task", "register"]
 
-ATTACK_TASKS: dict[str, "AttackTask"] = {}
+ATTACK_TASKS: dict[str, AttackTask] = {}
 
 
 def register(cls: type) -> type:
@@ -49,7 +49,7 @@ def register(cls: type) -> type:
     return cls
 
 
-def get_attack_task(name: str) -> "AttackTask":
+def get_attack_task(name: str) -> AttackTask:
     key = (name or "").strip().lower()
     if key not in ATTACK_TASKS:
         raise ValueError(f"unknown --task {name!r}; allowed: {list(ATTACK_TASKS)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -23,17 +23,17 @@ class TaskDataError(ValueError):
     """
 
 
-def location(path: PathLike, line: Optional[int] = None) -> str:
+def location(path: PathLike, line: int | None = None) -> str:
     """``"file:line"`` (1-based line) or just ``"file"`` when no line applies."""
     return f"{os.fspath(path)}:{line}" if line is not None else os.fspath(path)
 
 
-def data_error(path: PathLike, line: Optional[int], message: str) -> TaskDataError:
+def data_error(path: PathLike, line: int | None, message: str) -> TaskDataError:
     """Build a :class:`TaskDataError` whose message starts with ``file:line:``."""
     return TaskDataError(f"{location(path, line)}: {message}")
 
 
-def read_text_lines(path: PathLike) -> List[str]:
+def read_text_lines(path: PathLike) -> list[str]:
     """Read a UTF-8 text file into lines without their line terminators.
 
     * A missing file raises :class:`FileNotFoundError` naming the path (the
@@ -53,7 +53,7 @@ def read_text_lines(path: PathLike) -> List[str]:
         raise FileNotFoundError(f"{os.fspath(path)}: no such file")
     if p.is_dir():
         raise IsADirectoryError(f"{os.fspath(path)}: is a directory, expected a file")
-    with open(p, "r", encoding="utf-8-sig", newline="") as f:
+    with open(p, encoding="utf-8-sig", newline="") as f:
         text = f.read()
     if not text.strip():
         raise data_error(path, None, "file is empty")

@@ -26,8 +26,9 @@ Feature rows are dicts of python lists/ints (unpadded), ready for a map-style da
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,13 +46,13 @@ _TOKENIZE_BATCH = 512  # texts per tokenizer call: bounds the memory of the pyth
 class FeatureDataset(torch.utils.data.Dataset):
     """A map-style dataset over a list of feature dicts."""
 
-    def __init__(self, rows: Sequence[Dict[str, Any]]):
+    def __init__(self, rows: Sequence[dict[str, Any]]):
         self.rows = list(rows)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         return self.rows[index]
 
 
@@ -61,7 +62,7 @@ def is_charbert_tokenizer(tokenizer) -> bool:
     return isinstance(tokenizer, CharBertTokenizer)
 
 
-def tokenize(tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]] = None, **kwargs):
+def tokenize(tokenizer, texts: Sequence[str], pairs: Sequence[str] | None = None, **kwargs):
     """``tokenizer(texts, pairs, return_offsets_mapping=True, **kwargs)`` for either kind of tokenizer.
 
     Returns a BatchEncoding of python lists (no padding) that still has ``sequence_ids(row)``.
@@ -74,7 +75,7 @@ def tokenize(tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]] = N
     return tokenizer(list(texts), None if pairs is None else list(pairs), return_offsets_mapping=True, **kwargs)
 
 
-def _model_row(encoding, row: int) -> Dict[str, Any]:
+def _model_row(encoding, row: int) -> dict[str, Any]:
     return {k: encoding[k][row] for k in MODEL_INPUT_NAMES if k in encoding}
 
 
@@ -88,13 +89,13 @@ def _chunks(n: int, size: int = _TOKENIZE_BATCH):
 # --------------------------------------------------------------------------------------
 
 
-def glue_features(tokenizer, examples: Sequence[Any], max_length: int, label2id: Optional[Dict[str, int]] = None,
-                  is_regression: bool = False) -> List[Dict[str, Any]]:
+def glue_features(tokenizer, examples: Sequence[Any], max_length: int, label2id: dict[str, int] | None = None,
+                  is_regression: bool = False) -> list[dict[str, Any]]:
     """One feature per :class:`~charbert.tasks.glue.GlueExample`, truncated to ``max_length``.
 
     ``labels`` is the label id (a float for regression) when the examples carry labels.
     """
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     is_pair = bool(examples) and examples[0].text_b is not None
     for lo, hi in _chunks(len(examples)):
         chunk = examples[lo:hi]
@@ -113,7 +114,7 @@ def glue_features(tokenizer, examples: Sequence[Any], max_length: int, label2id:
 # --------------------------------------------------------------------------------------
 
 
-def join_words(words: Sequence[str]) -> Tuple[str, List[int], List[int]]:
+def join_words(words: Sequence[str]) -> tuple[str, list[int], list[int]]:
     """The words joined by single spaces, and each word's [start, end) character span in that text."""
     starts, ends, pos = [], [], 0
     for w in words:
@@ -123,14 +124,14 @@ def join_words(words: Sequence[str]) -> Tuple[str, List[int], List[int]]:
     return " ".join(words), starts, ends
 
 
-def token_words(offsets: Sequence[Sequence[int]], sequence_ids: Sequence[Optional[int]], text: str,
-                word_starts: Sequence[int], word_ends: Sequence[int]) -> List[Optional[int]]:
+def token_words(offsets: Sequence[Sequence[int]], sequence_ids: Sequence[int | None], text: str,
+                word_starts: Sequence[int], word_ends: Sequence[int]) -> list[int | None]:
     """The word index of every token (``None`` for special tokens and empty-span tokens).
 
     A token belongs to the word that holds its first non-space character, so a byte-level
     BPE token whose offsets include the preceding space still maps to its own word.
     """
-    out: List[Optional[int]] = []
+    out: list[int | None] = []
     for (a, b), seq in zip(offsets, sequence_ids):
         if seq is None:
             out.append(None)
@@ -153,12 +154,12 @@ class WordAlignment:
     has no subword (cut by truncation, or removed entirely by the tokenizer's normaliser).
     """
 
-    first_token: List[int]
+    first_token: list[int]
     truncated: int = 0  # words cut off by --max_seq_length
     unaligned: int = 0  # words with no subword although the sentence was not cut there
-    token_word: List[Optional[int]] = field(default_factory=list)  # word index of every token (None: special)
+    token_word: list[int | None] = field(default_factory=list)  # word index of every token (None: special)
 
-    def num_subwords(self) -> List[int]:
+    def num_subwords(self) -> list[int]:
         """How many subwords each word got in this feature (0: truncated or dropped)."""
         counts = [0] * len(self.first_token)
         for w in self.token_word:
@@ -167,14 +168,14 @@ class WordAlignment:
         return counts
 
 
-def inside_label_map(labels: Sequence[str]) -> Dict[str, str]:
+def inside_label_map(labels: Sequence[str]) -> dict[str, str]:
     """``B-X -> I-X`` where ``I-X`` is a label (for the non-first subwords with --label_all_tokens)."""
     known = set(labels)
     return {t: "I-" + t[2:] for t in labels if t.startswith("B-") and "I-" + t[2:] in known}
 
 
-def word_features(tokenizer, sentences: Sequence[Any], max_length: int, label2id: Optional[Dict[str, int]] = None,
-                  label_all_tokens: bool = False) -> Tuple[List[Dict[str, Any]], List[WordAlignment]]:
+def word_features(tokenizer, sentences: Sequence[Any], max_length: int, label2id: dict[str, int] | None = None,
+                  label_all_tokens: bool = False) -> tuple[list[dict[str, Any]], list[WordAlignment]]:
     """Features for token classification (NER, POS) from :class:`~charbert.tasks.ner.Sentence` objects.
 
     Labels: the first subword of each word carries the word's label id, the others
@@ -183,8 +184,8 @@ def word_features(tokenizer, sentences: Sequence[Any], max_length: int, label2id
     given and the sentence has tags.
     """
     inside = inside_label_map(list(label2id)) if label2id else {}
-    rows: List[Dict[str, Any]] = []
-    alignments: List[WordAlignment] = []
+    rows: list[dict[str, Any]] = []
+    alignments: list[WordAlignment] = []
     for lo, hi in _chunks(len(sentences)):
         chunk = sentences[lo:hi]
         joined = [join_words(s.tokens) for s in chunk]
@@ -220,8 +221,8 @@ def word_features(tokenizer, sentences: Sequence[Any], max_length: int, label2id
     return rows, alignments
 
 
-def words_from_token_predictions(predictions: Sequence[int], alignment: WordAlignment, id2label: Dict[int, str],
-                                 fallback: str) -> List[str]:
+def words_from_token_predictions(predictions: Sequence[int], alignment: WordAlignment, id2label: dict[int, str],
+                                 fallback: str) -> list[str]:
     """One tag per word from per-subword label ids: each word takes its first subword's prediction;
     a word without a subword (truncated away) gets ``fallback``."""
     out = []
@@ -240,8 +241,8 @@ class QAFeature:
     """What post-processing needs of one window (see charbert.tasks.squad)."""
 
     example_id: str
-    offset_mapping: List[Optional[Tuple[int, int]]]  # context tokens only, None elsewhere
-    token_is_max_context: List[bool] = field(default_factory=list)
+    offset_mapping: list[tuple[int, int] | None]  # context tokens only, None elsewhere
+    token_is_max_context: list[bool] = field(default_factory=list)
 
     def __getitem__(self, key):  # postprocess_qa_predictions reads features as mappings
         return getattr(self, key)
@@ -259,8 +260,8 @@ def truncate_question(tokenizer, question: str, max_query_length: int) -> str:
     return question[: enc["offset_mapping"][max_query_length - 1][1]]
 
 
-def answer_token_span(offsets: Sequence[Sequence[int]], sequence_ids: Sequence[Optional[int]],
-                      start_char: int, end_char: int) -> Tuple[int, int]:
+def answer_token_span(offsets: Sequence[Sequence[int]], sequence_ids: Sequence[int | None],
+                      start_char: int, end_char: int) -> tuple[int, int]:
     """Token (start, end) of the smallest run of context tokens covering [start_char, end_char),
     or (0, 0) -- the [CLS] position -- when the answer is not entirely inside this window."""
     context = [t for t, s in enumerate(sequence_ids) if s == 1]
@@ -280,11 +281,11 @@ def answer_token_span(offsets: Sequence[Sequence[int]], sequence_ids: Sequence[O
     return start, end
 
 
-def _max_context_flags(windows: List[List[Optional[Tuple[int, int]]]]) -> List[List[bool]]:
+def _max_context_flags(windows: list[list[tuple[int, int] | None]]) -> list[list[bool]]:
     """For every context token of every window of one example: is this the window where the
     token has the most context on both sides (score ``min(left, right) + 0.01 * length``, the
     original BERT rule; the first such window wins ties)?"""
-    best: Dict[Tuple[int, int], Tuple[float, int]] = {}
+    best: dict[tuple[int, int], tuple[float, int]] = {}
     positions = []
     for w, offsets in enumerate(windows):
         ctx = [t for t, o in enumerate(offsets) if o is not None]
@@ -305,7 +306,7 @@ def _max_context_flags(windows: List[List[Optional[Tuple[int, int]]]]) -> List[L
 
 
 def squad_features(tokenizer, examples: Sequence[Any], max_length: int, doc_stride: int, max_query_length: int = 64,
-                   training: bool = False) -> Tuple[List[Dict[str, Any]], List[QAFeature]]:
+                   training: bool = False) -> tuple[list[dict[str, Any]], list[QAFeature]]:
     """Windows over (question, context) pairs of :class:`~charbert.tasks.squad.SquadExample` objects.
 
     ``doc_stride`` is the number of context tokens consecutive windows share (the
@@ -324,15 +325,15 @@ def squad_features(tokenizer, examples: Sequence[Any], max_length: int, doc_stri
     pad_right = getattr(tokenizer, "padding_side", "right") == "right"
     if not pad_right:
         raise ValueError("squad_features expects a tokenizer with padding_side='right'.")
-    rows: List[Dict[str, Any]] = []
-    metas: List[QAFeature] = []
+    rows: list[dict[str, Any]] = []
+    metas: list[QAFeature] = []
     for lo, hi in _chunks(len(examples), 256):
         chunk = examples[lo:hi]
         questions = [truncate_question(tokenizer, ex.question.lstrip(), max_query_length) for ex in chunk]
         enc = tokenize(tokenizer, questions, [ex.context for ex in chunk], truncation="only_second",
                        max_length=max_length, stride=doc_stride, return_overflowing_tokens=True)
         sample_of_row = enc["overflow_to_sample_mapping"]
-        windows_of: Dict[int, List[int]] = {}
+        windows_of: dict[int, list[int]] = {}
         for row_idx in range(len(enc["input_ids"])):
             windows_of.setdefault(int(sample_of_row[row_idx]), []).append(row_idx)
         for sample, row_ids in windows_of.items():
@@ -376,8 +377,8 @@ class TaskCollator:
         self.pad_token_id = int(pad_token_id)
         self.char_layout = char_layout  # the tokenizer's (CharBertTokenizer.char_layout): how to pad characters
 
-    def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-        batch: Dict[str, torch.Tensor] = {}
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
         keys = list(features[0].keys())
         for key in keys:
             if key in CHAR_INPUT_NAMES:

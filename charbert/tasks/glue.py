@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -54,7 +54,7 @@ __all__ = [
     "read_advglue",
 ]
 
-Column = Union[str, int]
+Column = str | int
 
 
 @dataclass(frozen=True)
@@ -78,15 +78,15 @@ class GlueTask:
     """
 
     name: str
-    text_columns: Tuple[Column, ...]
+    text_columns: tuple[Column, ...]
     label_column: Column
-    labels: Optional[Tuple[str, ...]]
+    labels: tuple[str, ...] | None
     is_regression: bool
     has_header: bool
-    metrics: Tuple[str, ...]
-    num_columns: Optional[int] = None
-    dev_files: Tuple[str, ...] = ("dev.tsv",)
-    test_text_columns: Tuple[str, ...] = field(default=())
+    metrics: tuple[str, ...]
+    num_columns: int | None = None
+    dev_files: tuple[str, ...] = ("dev.tsv",)
+    test_text_columns: tuple[str, ...] = field(default=())
 
     @property
     def num_labels(self) -> int:
@@ -94,13 +94,13 @@ class GlueTask:
         return 1 if self.labels is None else len(self.labels)
 
     @property
-    def label2id(self) -> Dict[str, int]:
+    def label2id(self) -> dict[str, int]:
         if self.labels is None:
             return {}
         return {label: i for i, label in enumerate(self.labels)}
 
     @property
-    def id2label(self) -> Dict[int, str]:
+    def id2label(self) -> dict[int, str]:
         if self.labels is None:
             return {}
         return dict(enumerate(self.labels))
@@ -113,7 +113,7 @@ class GlueTask:
 _BINARY = ("0", "1")
 _NLI2 = ("entailment", "not_entailment")
 
-GLUE_TASKS: Dict[str, GlueTask] = {
+GLUE_TASKS: dict[str, GlueTask] = {
     t.name: t
     for t in [
         # Headerless: source, label, original mark, sentence.
@@ -165,12 +165,12 @@ class GlueExample:
 
     guid: str
     text_a: str
-    text_b: Optional[str]
-    label: Union[str, float, None]
+    text_b: str | None
+    label: str | float | None
     line: int
 
 
-def _split_tsv(line: str, path: PathLike, lineno: int) -> List[str]:
+def _split_tsv(line: str, path: PathLike, lineno: int) -> list[str]:
     # QUOTE_NONE: GLUE text contains unbalanced quotes ('"the witness"', '12"'),
     # which the default dialect would treat as multi-line quoted fields and
     # silently merge examples.
@@ -180,7 +180,7 @@ def _split_tsv(line: str, path: PathLike, lineno: int) -> List[str]:
         raise data_error(path, lineno, f"cannot parse TSV line: {e}") from None
 
 
-def _parse_label(task: GlueTask, raw: str, path: PathLike, lineno: int) -> Union[str, float]:
+def _parse_label(task: GlueTask, raw: str, path: PathLike, lineno: int) -> str | float:
     value = raw.strip()
     if task.is_regression:
         try:
@@ -198,7 +198,7 @@ def _parse_label(task: GlueTask, raw: str, path: PathLike, lineno: int) -> Union
     return value
 
 
-def read_glue(task_name: str, path: PathLike, labelled: bool = True) -> List[GlueExample]:
+def read_glue(task_name: str, path: PathLike, labelled: bool = True) -> list[GlueExample]:
     """Read a GLUE TSV file of ``task_name``.
 
     Args:
@@ -259,7 +259,7 @@ def read_glue(task_name: str, path: PathLike, labelled: bool = True) -> List[Glu
         n_columns = task.num_columns
         body = numbered
 
-    examples: List[GlueExample] = []
+    examples: list[GlueExample] = []
     for lineno, line in body:
         fields = _split_tsv(line, path, lineno)
         if header is not None and fields == header:
@@ -304,7 +304,7 @@ def _as_1d(values, name: str, dtype) -> np.ndarray:
     return arr.astype(dtype)
 
 
-def _check_pair(predictions, references, dtype) -> Tuple[np.ndarray, np.ndarray]:
+def _check_pair(predictions, references, dtype) -> tuple[np.ndarray, np.ndarray]:
     p = _as_1d(predictions, "predictions", dtype)
     r = _as_1d(references, "references", dtype)
     if len(p) != len(r):
@@ -401,7 +401,7 @@ def spearman_corrcoef(x, y) -> float:
     return pearson_corrcoef(average_ranks(a), average_ranks(b))
 
 
-def glue_metrics(task_name: str, predictions, references) -> Dict[str, float]:
+def glue_metrics(task_name: str, predictions, references) -> dict[str, float]:
     """Official GLUE metric(s) of ``task_name``.
 
     Args:
@@ -419,7 +419,7 @@ def glue_metrics(task_name: str, predictions, references) -> Dict[str, float]:
             "pearson": pearson_corrcoef(predictions, references),
             "spearmanr": spearman_corrcoef(predictions, references),
         }
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for metric in task.metrics:
         if metric == "matthews_correlation":
             out[metric] = matthews_corrcoef(predictions, references)
@@ -480,7 +480,7 @@ def write_glue_predictions(path: PathLike, task_name: str, predictions) -> None:
 # split -> (GLUE task, field of text_a, field of text_b, labels in the file's id order).
 # AdvGLUE numbers labels as the GLUE datasets on the Hugging Face hub do (MNLI: 0 entailment,
 # 1 neutral, 2 contradiction), which is not the label order of GLUE_TASKS: map through names.
-ADVGLUE_SPLITS: Dict[str, Tuple[str, str, Optional[str], Tuple[str, ...]]] = {
+ADVGLUE_SPLITS: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
     "sst2": ("sst2", "sentence", None, _BINARY),
     "qqp": ("qqp", "question1", "question2", _BINARY),
     "mnli": ("mnli", "premise", "hypothesis", ("entailment", "neutral", "contradiction")),
@@ -493,14 +493,14 @@ ADVGLUE_SPLITS: Dict[str, Tuple[str, str, Optional[str], Tuple[str, ...]]] = {
 def is_advglue_file(path: PathLike) -> bool:
     """Is this an AdvGLUE JSON file (an object, not a TSV)? Reads only the first characters."""
     try:
-        with open(path, "r", encoding="utf-8-sig") as f:
+        with open(path, encoding="utf-8-sig") as f:
             head = f.read(256).lstrip()
     except (OSError, UnicodeDecodeError):
         return False
     return head.startswith("{")
 
 
-def read_advglue(path: PathLike, task_name: str, split: Optional[str] = None) -> List[GlueExample]:
+def read_advglue(path: PathLike, task_name: str, split: str | None = None) -> list[GlueExample]:
     """Read one split of the AdvGLUE dev JSON (``{"sst2": [{"idx", "label", "sentence"}, ...], ...}``).
 
     ``split`` defaults to the task's name (``mnli`` has two: ``mnli`` and ``mnli-mm``).  Labels
@@ -527,7 +527,7 @@ def read_advglue(path: PathLike, task_name: str, split: Optional[str] = None) ->
     records = data[key]
     if not isinstance(records, list) or not records:
         raise data_error(path, None, f"AdvGLUE split {key!r} is not a non-empty list of records")
-    examples: List[GlueExample] = []
+    examples: list[GlueExample] = []
     for n, rec in enumerate(records, start=1):
         where = f"{key}[{n - 1}]"
         wanted = [field_a] + ([field_b] if field_b else []) + ["label"]

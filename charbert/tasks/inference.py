@@ -62,7 +62,7 @@ def unsort(rows: Sequence, order: Sequence[int]) -> list:
     return out
 
 
-def length_order(dataset) -> List[int] | None:
+def length_order(dataset) -> list[int] | None:
     """Example indices from the longest input to the shortest (stable; the longest batch comes first,
     so a batch that does not fit in memory fails at once); None when the rows have no ``input_ids``."""
     try:

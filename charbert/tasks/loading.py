@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
 
 from torch import nn
 
@@ -47,7 +46,7 @@ class ModelSetupError(ValueError):
     """The checkpoint cannot serve this task as asked (wrong head, label set, tokenizer...)."""
 
 
-def _default_label_names(id2label: Dict[int, str]) -> bool:
+def _default_label_names(id2label: dict[int, str]) -> bool:
     return all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
 
 
@@ -58,11 +57,11 @@ class CheckpointInfo:
     path: Path
     model_type: str
     build_charbert: bool  # the run builds CharBERT (a CharBERT checkpoint, or --charbert)
-    architecture: Optional[str]
-    head: Optional[str]  # the task head the checkpoint carries, None for an encoder/pretraining one
+    architecture: str | None
+    head: str | None  # the task head the checkpoint carries, None for an encoder/pretraining one
     num_labels: int
-    id2label: Optional[Dict[int, str]]  # None when the names are transformers' defaults (LABEL_0...)
-    finetuning_task: Optional[str] = None  # what the head was fine-tuned for (config.finetuning_task)
+    id2label: dict[int, str] | None  # None when the names are transformers' defaults (LABEL_0...)
+    finetuning_task: str | None = None  # what the head was fine-tuned for (config.finetuning_task)
 
     @property
     def is_charbert_checkpoint(self) -> bool:
@@ -95,7 +94,7 @@ def inspect_checkpoint(path, charbert: bool = False) -> CheckpointInfo:
     )
 
 
-def check_head(info: CheckpointInfo, head: str, task: str, num_labels: int, labels: Optional[List[str]] = None,
+def check_head(info: CheckpointInfo, head: str, task: str, num_labels: int, labels: list[str] | None = None,
                new_head: bool = False) -> None:
     """Fail clearly when the checkpoint's head cannot serve ``head`` for ``task`` with these labels.
 
@@ -142,9 +141,9 @@ class LoadReport:
     model_class: str
     charbert: bool
     backbone: str
-    checkpoint_architecture: Optional[str]
+    checkpoint_architecture: str | None
     head: str  # "loaded" from the checkpoint, or "new" (initialised)
-    initialized: List[str] = field(default_factory=list)  # newly initialised modules
+    initialized: list[str] = field(default_factory=list)  # newly initialised modules
     num_parameters: int = 0
 
     def to_dict(self) -> dict:
@@ -152,9 +151,17 @@ class LoadReport:
 
 
 def _head_classes(head: str):
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
-    from ..modeling import CharBertForQuestionAnswering, CharBertForSequenceClassification, CharBertForTokenClassification
+    from ..modeling import (
+        CharBertForQuestionAnswering,
+        CharBertForSequenceClassification,
+        CharBertForTokenClassification,
+    )
 
     return {
         SEQUENCE_CLASSIFICATION: (AutoModelForSequenceClassification, CharBertForSequenceClassification),
@@ -179,12 +186,12 @@ def _reinit_head(model: nn.Module, head: str) -> None:
                 nn.init.zeros_(sub.bias)
 
 
-def _modules_of(keys) -> List[str]:
+def _modules_of(keys) -> list[str]:
     return sorted({k.rsplit(".", 1)[0] for k in keys})
 
 
-def load_task_model(info: CheckpointInfo, head: str, *, id2label: Optional[Dict[int, str]] = None,
-                    num_labels: Optional[int] = None, problem_type: Optional[str] = None,
+def load_task_model(info: CheckpointInfo, head: str, *, id2label: dict[int, str] | None = None,
+                    num_labels: int | None = None, problem_type: str | None = None,
                     new_head: bool = False):
     """Build the model for ``head`` from the checkpoint; returns ``(model, LoadReport)``.
 
@@ -250,7 +257,7 @@ def load_task_tokenizer(info: CheckpointInfo, model=None):
     return tokenizer
 
 
-def max_model_length(model) -> Optional[int]:
+def max_model_length(model) -> int | None:
     """Longest token sequence the model's position embeddings allow."""
     return max_sequence_length(model.config)
 

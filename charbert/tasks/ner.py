@@ -14,8 +14,8 @@ Errors: bad input raises :class:`~charbert.tasks.errors.TaskDataError`
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .errors import PathLike, TaskDataError, data_error, location, read_text_lines
 
@@ -48,10 +48,10 @@ class Sentence:
             about a single token, e.g. an unseen label).
     """
 
-    tokens: List[str]
-    tags: Optional[List[str]]
+    tokens: list[str]
+    tags: list[str] | None
     line: int
-    token_lines: List[int] = field(default_factory=list)
+    token_lines: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -67,7 +67,7 @@ def _check_iob_tag(tag: str, path: PathLike, lineno: int) -> None:
     )
 
 
-def to_iob2(tags: Sequence[str]) -> List[str]:
+def to_iob2(tags: Sequence[str]) -> list[str]:
     """Convert IOB1 (or mixed) tags to IOB2; IOB2 input is returned unchanged.
 
     In IOB1 an entity may begin with ``I-``; IOB2 requires ``B-``.  An
@@ -88,7 +88,7 @@ DOCSTART = "-DOCSTART-"
 
 def _osa_distance(a: str, b: str) -> int:
     """Edit distance with adjacent transpositions (optimal string alignment)."""
-    prev2: List[int] = []
+    prev2: list[int] = []
     prev = list(range(len(b) + 1))
     for i in range(1, len(a) + 1):
         cur = [i] + [0] * len(b)
@@ -101,7 +101,7 @@ def _osa_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def docstart_kind(fields: Sequence[str]) -> Optional[str]:
+def docstart_kind(fields: Sequence[str]) -> str | None:
     """``"exact"`` for a ``-DOCSTART-`` line, ``"misspelt"`` for one whose marker was itself attacked
     (TextFlint's perturbed CoNLL sets write ``-DCOSTART-``), else None.
 
@@ -119,7 +119,7 @@ def docstart_kind(fields: Sequence[str]) -> Optional[str]:
     return None
 
 
-def _repair_fields(fields: List[str], n_columns: int, token_column: int) -> Optional[List[str]]:
+def _repair_fields(fields: list[str], n_columns: int, token_column: int) -> list[str] | None:
     """A line with more fields than the file's columns, read as one token that contains spaces
     (``S & P NNP I-NP I-ORG`` -> ``["S & P", "NNP", "I-NP", "I-ORG"]``), or None when ambiguous.
 
@@ -139,8 +139,8 @@ def read_conll(
     tag_column: int = -1,
     labelled: bool = True,
     convert_to_iob2: bool = True,
-    stats: Optional[Dict[str, int]] = None,
-) -> List[Sentence]:
+    stats: dict[str, int] | None = None,
+) -> list[Sentence]:
     """Read a CoNLL-style file (CoNLL-2003: ``token POS chunk NER``).
 
     * Columns are whitespace-separated; every token line must have as many
@@ -160,11 +160,11 @@ def read_conll(
       and ``misspelt_docstart_lines``.
     """
     lines = read_text_lines(path)
-    sentences: List[Sentence] = []
-    tokens: List[str] = []
-    tags: List[str] = []
-    token_lines: List[int] = []
-    n_columns: Optional[int] = None
+    sentences: list[Sentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    token_lines: list[int] = []
+    n_columns: int | None = None
     first_token_line = 0
     counts = {"repaired_lines": 0, "misspelt_docstart_lines": 0}
 
@@ -224,14 +224,14 @@ def read_conll(
     return sentences
 
 
-def _split_tag(tag: str) -> Tuple[str, str]:
+def _split_tag(tag: str) -> tuple[str, str]:
     """(prefix, type) exactly as seqeval's ``Token`` parses a tag."""
     if not tag or tag[0] not in "BIO":
         raise ValueError(f"invalid IOB2 tag {tag!r}: expected 'O', 'B-TYPE' or 'I-TYPE'")
     return tag[0], tag[1:].strip("-") or "_"
 
 
-def get_entities(tags: Sequence[str]) -> List[Tuple[str, int, int]]:
+def get_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     """Entities ``(type, start, end_inclusive)`` under strict IOB2.
 
     Same result as ``seqeval`` with ``mode="strict", scheme=IOB2``: an entity
@@ -242,7 +242,7 @@ def get_entities(tags: Sequence[str]) -> List[Tuple[str, int, int]]:
     Adjacent ``B-PER B-PER`` are two entities.
     """
     parsed = [_split_tag(t) for t in tags]
-    entities: List[Tuple[str, int, int]] = []
+    entities: list[tuple[str, int, int]] = []
     i, n = 0, len(parsed)
     while i < n:
         prefix, typ = parsed[i]
@@ -267,7 +267,7 @@ def _check_lengths(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
             )
 
 
-def _prf(tp: int, n_pred: int, n_gold: int) -> Tuple[float, float, float]:
+def _prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
     # Zero denominators give 0.0, as seqeval (zero_division="warn" -> 0).
     precision = tp / n_pred if n_pred else 0.0
     recall = tp / n_gold if n_gold else 0.0
@@ -275,7 +275,7 @@ def _prf(tp: int, n_pred: int, n_gold: int) -> Tuple[float, float, float]:
     return precision, recall, f1
 
 
-def ner_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> Dict[str, object]:
+def ner_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, object]:
     """Entity-level micro precision/recall/F1, token accuracy, per-type scores.
 
     Args:
@@ -301,7 +301,7 @@ def ner_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) ->
     hit_by_type = Counter(e[1] for e in hits)
 
     precision, recall, f1 = _prf(len(hits), len(pred_ents), len(gold_ents))
-    per_type: Dict[str, Dict[str, float]] = {}
+    per_type: dict[str, dict[str, float]] = {}
     for typ in sorted(set(gold_by_type) | set(pred_by_type)):
         p, r, f = _prf(hit_by_type[typ], pred_by_type[typ], gold_by_type[typ])
         per_type[typ] = {"precision": p, "recall": r, "f1": f, "support": gold_by_type[typ]}
@@ -315,7 +315,7 @@ def ner_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) ->
 
 
 def ner_subword_breakdown(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
-                          num_subwords: Sequence[Sequence[int]]) -> Dict[str, Dict[str, float]]:
+                          num_subwords: Sequence[Sequence[int]]) -> dict[str, dict[str, float]]:
     """Entity scores split by how the tokenizer cut the entity's words.
 
     ``single``: every word of the entity span is one subword; ``multi``: at least one word
@@ -338,7 +338,7 @@ def ner_subword_breakdown(gold: Sequence[Sequence[str]], pred: Sequence[Sequence
     for ents, key in ((gold_ents, "gold"), (pred_ents, "pred"), (gold_ents & pred_ents, "hit")):
         for s, _, a, b in ents:
             counts[group(s, a, b)][key] += 1
-    out: Dict[str, Dict[str, float]] = {}
+    out: dict[str, dict[str, float]] = {}
     for name, c in counts.items():
         p, r, f = _prf(c["hit"], c["pred"], c["gold"])
         out[name] = {"precision": p, "recall": r, "f1": f, "support": c["gold"]}
@@ -373,7 +373,7 @@ def write_conll(path: PathLike, sentences: Sequence[Sentence], predictions: Sequ
         f.write("\n")
 
 
-def _tag_lists(items: Iterable[Union[Sentence, Sequence[str]]]) -> Iterable[Sequence[str]]:
+def _tag_lists(items: Iterable[Sentence | Sequence[str]]) -> Iterable[Sequence[str]]:
     for item in items:
         if isinstance(item, Sentence):
             if item.tags is not None:
@@ -382,7 +382,7 @@ def _tag_lists(items: Iterable[Union[Sentence, Sequence[str]]]) -> Iterable[Sequ
             yield item
 
 
-def label_list(sentences: Iterable[Union[Sentence, Sequence[str]]]) -> List[str]:
+def label_list(sentences: Iterable[Sentence | Sequence[str]]) -> list[str]:
     """Sorted tags seen in ``sentences`` (Sentences or tag lists), ``"O"`` first.
 
     Label id = index in this list; keep the list with the model (it is what
@@ -393,7 +393,7 @@ def label_list(sentences: Iterable[Union[Sentence, Sequence[str]]]) -> List[str]
 
 
 def check_labels(
-    dev_labels: Iterable[Union[Sentence, Sequence[str], str]],
+    dev_labels: Iterable[Sentence | Sequence[str] | str],
     train_label_list: Sequence[str],
     path: PathLike,
 ) -> None:
@@ -413,7 +413,7 @@ def check_labels(
             label (line when known), listing every unseen label.
     """
     known = set(train_label_list)
-    first: Optional[Tuple[str, Optional[int]]] = None
+    first: tuple[str, int | None] | None = None
     unseen = set()
     for item in dev_labels:
         if isinstance(item, Sentence):
@@ -448,10 +448,10 @@ def conll_num_columns(path: PathLike) -> int:
     raise data_error(path, None, "file contains no sentences")
 
 
-def read_label_file(path: PathLike) -> List[str]:
+def read_label_file(path: PathLike) -> list[str]:
     """A label list, one label a line (blank lines skipped); duplicates are an error."""
-    labels: List[str] = []
-    seen: Dict[str, int] = {}
+    labels: list[str] = []
+    seen: dict[str, int] = {}
     for lineno, raw in enumerate(read_text_lines(path), start=1):
         label = raw.strip()
         if not label:

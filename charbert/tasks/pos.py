@@ -8,7 +8,7 @@ Errors: :class:`~charbert.tasks.errors.TaskDataError` with ``file:line``.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 from .errors import PathLike, TaskDataError, data_error, read_text_lines
 from .ner import Sentence, check_labels, label_list
@@ -28,12 +28,12 @@ __all__ = [
 _CONLLU_TAG_INDEX = {"upos": 3, "xpos": 4}
 
 
-def _sentences_from_blocks(path, rows, finish) -> List[Sentence]:
+def _sentences_from_blocks(path, rows, finish) -> list[Sentence]:
     """Group ``(lineno, token, tag)`` rows (``None`` = boundary) into sentences."""
-    sentences: List[Sentence] = []
-    tokens: List[str] = []
-    tags: List[str] = []
-    lines: List[int] = []
+    sentences: list[Sentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    lines: list[int] = []
     for row in rows:
         if row is None:
             if tokens:
@@ -51,7 +51,7 @@ def _sentences_from_blocks(path, rows, finish) -> List[Sentence]:
     return sentences
 
 
-def read_conllu(path: PathLike, tag_column: str = "upos") -> List[Sentence]:
+def read_conllu(path: PathLike, tag_column: str = "upos") -> list[Sentence]:
     """Read a CoNLL-U file (Universal Dependencies) into tagged sentences.
 
     Args:
@@ -94,7 +94,7 @@ def read_conllu(path: PathLike, tag_column: str = "upos") -> List[Sentence]:
     return _sentences_from_blocks(path, rows(), "sentences")
 
 
-def read_token_tag(path: PathLike) -> List[Sentence]:
+def read_token_tag(path: PathLike) -> list[Sentence]:
     """Read ``token<TAB>tag`` lines, a blank line between sentences."""
 
     def rows():
@@ -113,7 +113,7 @@ def read_token_tag(path: PathLike) -> List[Sentence]:
     return _sentences_from_blocks(path, rows(), "sentences")
 
 
-def read_pos(path: PathLike, tag_column: str = "upos") -> List[Sentence]:
+def read_pos(path: PathLike, tag_column: str = "upos") -> list[Sentence]:
     """Read POS data by extension: ``.conllu`` -> :func:`read_conllu`, else
     :func:`read_token_tag` (where ``tag_column`` does not apply)."""
     if os.fspath(path).lower().endswith(".conllu"):
@@ -121,7 +121,7 @@ def read_pos(path: PathLike, tag_column: str = "upos") -> List[Sentence]:
     return read_token_tag(path)
 
 
-def pos_accuracy(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> Dict[str, float]:
+def pos_accuracy(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
     """Token accuracy ``{"accuracy": fraction}``; sentences must align in length."""
     if len(gold) != len(pred):
         raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted sentences")

@@ -28,8 +28,9 @@ import json
 import math
 import re
 import string
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,16 +62,16 @@ class SquadExample:
     title: str
     question: str
     context: str
-    answers: List[Dict[str, Any]]
+    answers: list[dict[str, Any]]
     is_impossible: bool = False
-    plausible_answers: List[Dict[str, Any]] = field(default_factory=list)
+    plausible_answers: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _qa_error(path: PathLike, qid: str, message: str) -> TaskDataError:
     return TaskDataError(f"{location(path)}: question id {qid!r}: {message}")
 
 
-def _check_answers(answers: Any, context: str, path: PathLike, qid: str, key: str) -> List[Dict[str, Any]]:
+def _check_answers(answers: Any, context: str, path: PathLike, qid: str, key: str) -> list[dict[str, Any]]:
     if not isinstance(answers, list):
         raise _qa_error(path, qid, f"{key!r} must be a list")
     out = []
@@ -93,7 +94,7 @@ def _check_answers(answers: Any, context: str, path: PathLike, qid: str, key: st
     return out
 
 
-def read_squad(path: PathLike, labelled: bool = True) -> List[SquadExample]:
+def read_squad(path: PathLike, labelled: bool = True) -> list[SquadExample]:
     """Read a SQuAD v1.1 or v2.0 JSON file (``{"data": [articles]}``).
 
     Every answer (and v2.0 plausible answer) is checked:
@@ -114,8 +115,8 @@ def read_squad(path: PathLike, labelled: bool = True) -> List[SquadExample]:
     if not isinstance(data, Mapping) or not isinstance(data.get("data"), list):
         raise data_error(path, None, "not a SQuAD file: expected an object with a 'data' list")
 
-    examples: List[SquadExample] = []
-    seen: Dict[str, int] = {}
+    examples: list[SquadExample] = []
+    seen: dict[str, int] = {}
     for a_idx, article in enumerate(data["data"]):
         title = article.get("title", "") if isinstance(article, Mapping) else ""
         paragraphs = article.get("paragraphs") if isinstance(article, Mapping) else None
@@ -181,7 +182,7 @@ def normalize_answer(s: str) -> str:
     return " ".join(s.split())
 
 
-def get_tokens(s: str) -> List[str]:
+def get_tokens(s: str) -> list[str]:
     """Normalized whitespace tokens; ``[]`` for an empty/None answer."""
     if not s:
         return []
@@ -212,14 +213,14 @@ def compute_f1(a_gold: str, a_pred: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _gold_texts(example: SquadExample) -> List[str]:
+def _gold_texts(example: SquadExample) -> list[str]:
     # As evaluate-v2.0.py: golds that normalize to nothing are dropped, and an
     # unanswerable question's only gold is the empty string.
     golds = [a["text"] for a in example.answers if normalize_answer(a["text"])]
     return golds or [""]
 
 
-def squad_evaluate(examples: Sequence[SquadExample], predictions: Mapping[str, str]) -> Dict[str, float]:
+def squad_evaluate(examples: Sequence[SquadExample], predictions: Mapping[str, str]) -> dict[str, float]:
     """Score ``predictions`` (question id -> answer text, ``""`` = no answer).
 
     Returns ``exact``, ``f1`` (percent, 0-100, each the max over gold
@@ -232,9 +233,9 @@ def squad_evaluate(examples: Sequence[SquadExample], predictions: Mapping[str, s
     """
     if not examples:
         raise ValueError("squad_evaluate needs at least one example")
-    exact: Dict[str, float] = {}
-    f1: Dict[str, float] = {}
-    has_ans: Dict[str, bool] = {}
+    exact: dict[str, float] = {}
+    f1: dict[str, float] = {}
+    has_ans: dict[str, bool] = {}
     missing = 0
     for ex in examples:
         has_ans[ex.id] = bool(ex.answers)
@@ -250,7 +251,7 @@ def squad_evaluate(examples: Sequence[SquadExample], predictions: Mapping[str, s
         exact[ex.id] = float(max(compute_exact(g, pred) for g in golds))
         f1[ex.id] = max(compute_f1(g, pred) for g in golds)
 
-    def summary(ids: List[str], prefix: str = "") -> Dict[str, float]:
+    def summary(ids: list[str], prefix: str = "") -> dict[str, float]:
         n = len(ids)
         return {
             f"{prefix}exact": 100.0 * sum(exact[i] for i in ids) / n,
@@ -354,21 +355,21 @@ def postprocess_qa_predictions(
         raise ValueError("n_best_size and max_answer_length must be >= 1")
 
     example_ids = [str(_field(ex, "id")) for ex in examples]
-    features_per_example: Dict[str, List[int]] = {i: [] for i in example_ids}
+    features_per_example: dict[str, list[int]] = {i: [] for i in example_ids}
     for f_idx, feat in enumerate(features):
         ex_id = str(feat["example_id"])
         if ex_id not in features_per_example:
             raise ValueError(f"feature {f_idx} has example_id {ex_id!r}, which is not among the examples")
         features_per_example[ex_id].append(f_idx)
 
-    predictions: Dict[str, str] = {}
-    all_nbest: Dict[str, List[Dict[str, Any]]] = {}
-    null_odds: Dict[str, float] = {}
+    predictions: dict[str, str] = {}
+    all_nbest: dict[str, list[dict[str, Any]]] = {}
+    null_odds: dict[str, float] = {}
 
     for ex, ex_id in zip(examples, example_ids):
         context = _field(ex, "context")
-        candidates: List[Dict[str, Any]] = []
-        null: Optional[Dict[str, Any]] = None
+        candidates: list[dict[str, Any]] = []
+        null: dict[str, Any] | None = None
         for f_idx in features_per_example[ex_id]:
             offsets = features[f_idx]["offset_mapping"]
             # Positions past the feature's tokens (batch padding) carry arbitrary logits: cut them, so
