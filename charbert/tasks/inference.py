@@ -16,7 +16,7 @@ masked).  The forward passes run under ``torch.inference_mode``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -65,10 +65,9 @@ def unsort(rows: Sequence, order: Sequence[int]) -> list:
 def length_order(dataset) -> list[int] | None:
     """Example indices from the longest input to the shortest (stable; the longest batch comes first,
     so a batch that does not fit in memory fails at once); None when the rows have no ``input_ids``."""
-    try:
-        lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
-    except (KeyError, TypeError):
+    if len(dataset) == 0 or not isinstance(dataset[0], Mapping) or "input_ids" not in dataset[0]:
         return None
+    lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
     return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
 
 

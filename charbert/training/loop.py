@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from charbert.tasks.inference import length_order
+
 from .arguments import TrainingConfig
 from .checkpoints import (
     LOG_NAME,
@@ -75,8 +77,11 @@ def build_dataloaders(train_dataset, eval_dataset, collate_fn, config: TrainingC
     )
     eval_loader = None
     if eval_dataset is not None:
+        # The batches of `--do_predict` (charbert.tasks.inference): sorted by length, so an
+        # evaluation during training and one after reloading give the same numbers.
+        eval_order = length_order(eval_dataset)
         eval_loader = DataLoader(
-            IndexedDataset(eval_dataset), batch_size=config.per_device_eval_batch_size, shuffle=False,
+            IndexedDataset(eval_dataset), batch_size=config.per_device_eval_batch_size, sampler=eval_order,
             collate_fn=IndexedCollator(collate_fn, config.seed, epoch=EVAL_EPOCH),
             num_workers=config.dataloader_num_workers, generator=torch.Generator(),
         )
@@ -318,7 +323,9 @@ def train(model, train_dataset, config: TrainingConfig, collate_fn, eval_fn=None
     optimizer = build_optimizer(model, config)
     model, optimizer, data.train = accelerator.prepare(model, optimizer, data.train)
     if data.eval is not None:
+        eval_order = data.eval.sampler if isinstance(data.eval.sampler, list) else None
         data.eval = accelerator.prepare(data.eval)
+        data.eval.eval_order = eval_order  # gather_predictions puts the predictions back in dataset order
     schedule = Schedule.of(config, len(data.train))  # batches per process, after sharding
     lr_scheduler = accelerator.prepare(build_lr_scheduler(optimizer, config, schedule, accelerator.num_processes))
     state = TrainState(max_train_steps=schedule.max_train_steps, num_processes=accelerator.num_processes,
