@@ -31,14 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from charbert.cli import (
-    StderrHandler,
     UsageError,
-    json_safe,
-    one_line,
-    report_error,
     run_main,
     setup_logging,
-    shutdown_distributed,
     write_json,
 )
 from charbert.tasks.errors import TaskDataError
@@ -335,7 +330,3 @@ def cli(task: Task, prog: str, description: str, argv: Sequence[str] | None = No
     return run_main(prog, lambda: run(task, args, argv, prog),
                     known_errors=(TaskDataError, ModelSetupError, CheckpointError))
 
-
-# Old private names, kept until finetune/robustness.py imports charbert.cli directly.
-_json_safe, _one_line, _report = json_safe, one_line, report_error
-_shutdown, _StderrHandler = shutdown_distributed, StderrHandler
