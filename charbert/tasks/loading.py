@@ -24,7 +24,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import max_sequence_length, quiet_transformers, read_config_dict
+from ..checkpoint import max_sequence_length, read_config_dict
+from ..cli import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
