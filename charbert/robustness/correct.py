@@ -92,6 +92,7 @@ class NlmCorrector:
     def predict(self, sentences: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Per sentence a (n_words, 2) array: best word id and its probability (-1, 0 for words
         without a subword, e.g. past ``max_length``)."""
+        from charbert.cli import eval_mode
         from charbert.tasks.features import TaskCollator, word_features
         from charbert.tasks.ner import Sentence
 
@@ -101,19 +102,14 @@ class NlmCorrector:
         device = next(self.model.parameters()).device
         order = np.argsort([len(r["input_ids"]) for r in rows], kind="stable")  # length-sorted batches
         out: list[np.ndarray | None] = [None] * len(rows)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for lo in range(0, len(order), self.batch_size):
-                    idx = order[lo:lo + self.batch_size]
-                    batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
-                    char = self.model.charbert(**batch).char_last_hidden_state  # (B, L, H); no MLM logits needed
-                    probs = self.model.nlm_head(char).float().softmax(-1).cpu().numpy()  # (B, L, W)
-                    for j, i in enumerate(idx):
-                        out[i] = self._per_word(probs[j], alignments[i].token_word, len(words[i]))
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.inference_mode():
+            for lo in range(0, len(order), self.batch_size):
+                idx = order[lo:lo + self.batch_size]
+                batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
+                char = self.model.charbert(**batch).char_last_hidden_state  # (B, L, H); no MLM logits needed
+                probs = self.model.nlm_head(char).float().softmax(-1).cpu().numpy()  # (B, L, W)
+                for j, i in enumerate(idx):
+                    out[i] = self._per_word(probs[j], alignments[i].token_word, len(words[i]))
         return out
 
     @staticmethod
