@@ -37,7 +37,7 @@ from charbert.cli import (
     write_json,
 )
 from charbert.tasks.errors import TaskDataError
-from charbert.tasks.features import FeatureDataset, TaskCollator
+from charbert.tasks.features import FeatureDataset
 from charbert.tasks.inference import eval_dataloader
 from charbert.tasks.loading import (
     CheckpointInfo,
@@ -47,6 +47,7 @@ from charbert.tasks.loading import (
     load_task_model,
     load_task_tokenizer,
     max_model_length,
+    task_collator,
 )
 from charbert.training import (
     CheckpointError,
@@ -268,7 +269,7 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
             task.build_features(args, tokenizer, split, label2id if split.name == "train" else None)
             if not split.rows:
                 raise TaskDataError(f"{split.path}: no {split.name} features could be built")
-    collator = TaskCollator(tokenizer.pad_token_id)
+    collator = task_collator(tokenizer)
     logger.info("%s: %s (%s head: %s), %s", task.describe(args), report.model_class, task.head, report.head,
                 ", ".join(f"{s.name} {len(s.data)} examples / {len(s.rows)} features"
                           for s in (train_split, eval_split, predict_split) if s is not None))

@@ -93,12 +93,13 @@ class NlmCorrector:
         """Per sentence a (n_words, 2) array: best word id and its probability (-1, 0 for words
         without a subword, e.g. past ``max_length``)."""
         from charbert.cli import eval_mode
-        from charbert.tasks.features import TaskCollator, word_features
+        from charbert.tasks.features import word_features
+        from charbert.tasks.loading import task_collator
         from charbert.tasks.ner import Sentence
 
         words = [[w if w else "_" for w in s] for s in sentences]  # "" has no subword: any stand-in
         rows, alignments = word_features(self.tokenizer, [Sentence(list(w), None, 0) for w in words], self.max_length)
-        collate = TaskCollator(self.tokenizer.pad_token_id)
+        collate = task_collator(self.tokenizer)
         device = next(self.model.parameters()).device
         order = np.argsort([len(r["input_ids"]) for r in rows], kind="stable")  # length-sorted batches
         out: list[np.ndarray | None] = [None] * len(rows)

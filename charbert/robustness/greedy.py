@@ -285,10 +285,11 @@ def model_predict_proba(model, tokenizer, max_length: int = 128, batch_size: int
     import torch
 
     from charbert.cli import eval_mode
-    from charbert.tasks.features import TaskCollator, glue_features
+    from charbert.tasks.features import glue_features
     from charbert.tasks.glue import GlueExample
+    from charbert.tasks.loading import task_collator
 
-    collate = TaskCollator(tokenizer.pad_token_id)
+    collate = task_collator(tokenizer)
 
     def predict_proba(examples: list[Example]) -> np.ndarray:
         if not examples:

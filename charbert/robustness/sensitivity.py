@@ -161,12 +161,13 @@ def word_vectors(model, tokenizer, sentences: Sequence[Words], max_length: int =
     The model's train/eval mode is restored afterwards.
     """
     from charbert.cli import eval_mode
-    from charbert.tasks.features import TaskCollator, word_features
+    from charbert.tasks.features import word_features
+    from charbert.tasks.loading import task_collator
     from charbert.tasks.ner import Sentence
 
     words = [list(s) for s in sentences]
     rows, alignments = word_features(tokenizer, [Sentence(tokens=w, tags=None, line=0) for w in words], max_length)
-    collate = TaskCollator(tokenizer.pad_token_id)
+    collate = task_collator(tokenizer)
     base = model.base_model  # HF: the bare encoder of a *For* model, or the model itself
     device = next(base.parameters()).device
     out: list[np.ndarray] = []
