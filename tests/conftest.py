@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -34,6 +35,20 @@ def corpus_lines(n: int = 400) -> list[str]:
                 if taken >= n // 3:
                     break
     return lines
+
+
+def gloo_available() -> bool:
+    """Can two processes run torch.distributed here (the gloo backend)?"""
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_gloo_available()
+
+
+def free_port() -> int:
+    """A local TCP port free now, for a torchrun / accelerate rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture
