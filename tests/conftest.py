@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import socket
 import sys
@@ -35,6 +36,13 @@ def corpus_lines(n: int = 400) -> list[str]:
                 if taken >= n // 3:
                     break
     return lines
+
+
+def mrpc_pairs(n: int) -> list[tuple[str, str]]:
+    """The first ``n`` sentence pairs of the real MRPC dev set (skips when absent)."""
+    with open(shared_data("glue/MRPC/dev.tsv"), encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    return [(r[3], r[4]) for r in rows[:n]]
 
 
 def gloo_available() -> bool:
