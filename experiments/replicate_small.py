@@ -190,13 +190,16 @@ def final_pretraining_metrics(folder: Path) -> dict[str, float]:
 def head_channel_share(folder: Path) -> float | None:
     """Share of a fine-tuned CharBERT head's weight norm on the character channel's half of its
     input: a quick check that the heads use the channel at all (None for plain models)."""
-    config_path, weights = folder / "config.json", folder / "model.safetensors"
-    if not (config_path.exists() and weights.exists()):
-        return None
-    config = json.loads(config_path.read_text())
-    if config.get("model_type") != "charbert":
+    weights = folder / "model.safetensors"
+    if not ((folder / "config.json").exists() and weights.exists()):
         return None
     from safetensors.torch import load_file
+
+    from charbert.checkpoint import read_config_dict
+
+    config = read_config_dict(folder)
+    if config.get("model_type") != "charbert":
+        return None
 
     tensors = load_file(str(weights))
     key = next((k for k in tensors if k.endswith("classifier.weight")), None)

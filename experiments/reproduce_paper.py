@@ -134,14 +134,15 @@ def fail(message: str):
 def check_models(args) -> None:
     """--charbert must be a CharBERT folder and --bert a plain one: the authors' unconverted folder says
     model_type "bert" and would be fine-tuned as a plain BERT, its character channel silently dropped."""
+    from charbert.checkpoint import read_model_type
+
     for flag, want_charbert in (("bert", False), ("charbert", True)):
-        config = Path(getattr(args, flag)) / "config.json"
-        if not config.is_file():
+        if not (Path(getattr(args, flag)) / "config.json").is_file():
             fail(f"--{flag} {getattr(args, flag)}: no config.json there (not a checkpoint folder)")
         try:
-            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-        except json.JSONDecodeError as err:
-            fail(f"{config}: not JSON ({err})")
+            model_type = read_model_type(getattr(args, flag))
+        except ValueError as err:  # not JSON, or not an object
+            fail(str(err))
         if want_charbert and model_type != "charbert":
             fail(f"--charbert {args.charbert} is a {model_type!r} checkpoint, not CharBERT: convert the authors' "
                  "folder first (python -m charbert.convert)")

@@ -6,8 +6,8 @@
 
 Attacks (Pruthi et al., 2019): drop, add, swap, keyboard, all (a random one
 per word); see :mod:`charbert.robustness.attacks`.  Prints a one-line
-summary; any error ends with one line ``python -m finetune.attack: error: ...``
-on stderr and exit status 2.
+summary; bad input ends with one line ``python -m finetune.attack: error: ...``
+on stderr and exit status 2 (``CHARBERT_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -17,24 +17,17 @@ import json
 import sys
 from collections.abc import Sequence
 
-from charbert.noise import ATTACK_TYPES
+from charbert.cli import ArgumentParser, UsageError, run_main
+from charbert.noise import ATTACK_TYPES, parse_attack_type
 from charbert.robustness.tasks import ATTACK_TASKS, check_family_options, get_attack_task
+from charbert.tasks.errors import TaskDataError
 
 PROG = "python -m finetune.attack"
 TASKS = tuple(ATTACK_TASKS)
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Write a character-attacked copy of a task file.")
+    p = ArgumentParser(prog=PROG, description="Write a character-attacked copy of a task file.")
     p.add_argument("--task", required=True, help=f"one of {list(TASKS)}")
     p.add_argument("--task_name", default=None, help="GLUE task (mrpc, sst2, ...); required with --task glue")
     p.add_argument("--input", required=True, help="task file to attack")
@@ -49,9 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> str:
-    task = get_attack_task(args.task)
-    check_family_options(task, args)
-    task.validate(args)
+    try:  # flag checks: reported like argparse's own errors
+        task = get_attack_task(args.task)
+        check_family_options(task, args)
+        task.validate(args)
+        parse_attack_type(args.attack)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     stats = task.attack_file(args, args.input, args.output, args.attack, args.seed, args.word_rate, args.max_words)
     budget = f", max_words {args.max_words}" if args.max_words is not None else ""
     return (
@@ -60,19 +57,12 @@ def _run(args) -> str:
     )
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err) or type(err).__name__
-    return " ".join(text.split())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
+    def run() -> None:
         args = build_parser().parse_args(list(argv) if argv is not None else None)
         print(_run(args), flush=True)
-        return 0
-    except (_UsageError, ValueError, OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr, flush=True)
-        return 2
+
+    return run_main(PROG, run, known_errors=(TaskDataError,))  # the readers' errors name file and line
 
 
 if __name__ == "__main__":

@@ -31,18 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from charbert.cli import (
-    StderrHandler,
     UsageError,
-    json_safe,
-    one_line,
-    report_error,
     run_main,
     setup_logging,
-    shutdown_distributed,
     write_json,
 )
 from charbert.tasks.errors import TaskDataError
-from charbert.tasks.features import FeatureDataset, TaskCollator
+from charbert.tasks.features import FeatureDataset
 from charbert.tasks.inference import eval_dataloader
 from charbert.tasks.loading import (
     CheckpointInfo,
@@ -52,6 +47,7 @@ from charbert.tasks.loading import (
     load_task_model,
     load_task_tokenizer,
     max_model_length,
+    task_collator,
 )
 from charbert.training import (
     CheckpointError,
@@ -273,7 +269,7 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
             task.build_features(args, tokenizer, split, label2id if split.name == "train" else None)
             if not split.rows:
                 raise TaskDataError(f"{split.path}: no {split.name} features could be built")
-    collator = TaskCollator(tokenizer.pad_token_id)
+    collator = task_collator(tokenizer)
     logger.info("%s: %s (%s head: %s), %s", task.describe(args), report.model_class, task.head, report.head,
                 ", ".join(f"{s.name} {len(s.data)} examples / {len(s.rows)} features"
                           for s in (train_split, eval_split, predict_split) if s is not None))
@@ -335,7 +331,3 @@ def cli(task: Task, prog: str, description: str, argv: Sequence[str] | None = No
     return run_main(prog, lambda: run(task, args, argv, prog),
                     known_errors=(TaskDataError, ModelSetupError, CheckpointError))
 
-
-# Old private names, kept until finetune/robustness.py imports charbert.cli directly.
-_json_safe, _one_line, _report = json_safe, one_line, report_error
-_shutdown, _StderrHandler = shutdown_distributed, StderrHandler

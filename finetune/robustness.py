@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from charbert.cli import ArgumentParser, UsageError, quiet_transformers, run_main, setup_logging, write_json
 from charbert.noise import ATTACK_TYPES, parse_attack_type
 from charbert.robustness.report import CLEAN, plot_scores, render_markdown, score_drops
 from charbert.robustness.tasks import ATTACK_TASKS, check_family_options, get_attack_task
@@ -51,7 +52,6 @@ from charbert.tasks.errors import TaskDataError
 from charbert.tasks.loading import ModelSetupError
 
 from . import common
-from .common import UsageError
 
 PROG = "python -m finetune.robustness"
 TASKS = tuple(ATTACK_TASKS)
@@ -60,13 +60,8 @@ CORRECTED = "corrected"
 logger = logging.getLogger("finetune")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit code 2, like every other error here
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True, help=f"one of {list(TASKS)}")
     p.add_argument("--task_name", default=None, help="GLUE task (mrpc, rte, sst2, ...); required with --task glue")
     p.add_argument("--model_name_or_path", nargs="+", required=True,
@@ -238,17 +233,12 @@ def score_file(scorer: Scorer, model_path: str, test_file: str, output_dir: Path
 def _load_encoder(model_path: str):
     """The fine-tuned model (its base model gives the representations) and its tokenizer."""
     from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
 
     import charbert  # noqa: F401  (registers CharBERT with the Auto classes)
     from charbert.tasks.loading import inspect_checkpoint, load_task_tokenizer
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # a fine-tuned checkpoint has no pooler: not needed here
-    try:
+    with quiet_transformers():  # a fine-tuned checkpoint has no pooler: not needed here
         model = AutoModel.from_pretrained(model_path)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     return model, load_task_tokenizer(inspect_checkpoint(model_path), model)
 
 
@@ -447,7 +437,7 @@ def robustness(args, argv: Sequence[str]) -> dict[str, Any]:
         "models": models, "command": f"{PROG} {shlex.join(list(argv))}",
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
-    (out / "report.json").write_text(json.dumps(common._json_safe(report), indent=2) + "\n", encoding="utf-8")
+    write_json(out / "report.json", report)
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
     plot_scores(report, out / "scores.png")
     print(render_markdown(report))
@@ -455,31 +445,15 @@ def robustness(args, argv: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def run() -> None:
         args, passthrough = build_parser().parse_known_args(argv)
         args.passthrough = passthrough
-        _setup_logging()
+        setup_logging(("finetune",))
         robustness(args, argv)
-        code = 0
-    except (UsageError, TaskDataError, ModelSetupError, FileNotFoundError, IsADirectoryError, ValueError,
-            OSError, json.JSONDecodeError) as err:
-        if os.environ.get("CHARBERT_DEBUG"):
-            raise
-        common._report(PROG, common._one_line(err))
-        code = 2
-    common._shutdown()
-    return code
 
-
-def _setup_logging() -> None:
-    named = logging.getLogger("finetune")
-    named.setLevel(logging.INFO)
-    if not any(isinstance(h, common._StderrHandler) for h in named.handlers):
-        handler = common._StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        named.addHandler(handler)
+    return run_main(PROG, run, known_errors=(TaskDataError, ModelSetupError, json.JSONDecodeError))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -34,6 +36,27 @@ def corpus_lines(n: int = 400) -> list[str]:
                 if taken >= n // 3:
                     break
     return lines
+
+
+def mrpc_pairs(n: int) -> list[tuple[str, str]]:
+    """The first ``n`` sentence pairs of the real MRPC dev set (skips when absent)."""
+    with open(shared_data("glue/MRPC/dev.tsv"), encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    return [(r[3], r[4]) for r in rows[:n]]
+
+
+def gloo_available() -> bool:
+    """Can two processes run torch.distributed here (the gloo backend)?"""
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_gloo_available()
+
+
+def free_port() -> int:
+    """A local TCP port free now, for a torchrun / accelerate rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

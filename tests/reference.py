@@ -70,15 +70,16 @@ class _Unclosable(io.BytesIO):
 
 
 def authors_processors() -> SimpleNamespace:
-    """Their feature builders: `glue`, `utils` (InputExample) and their WordPiece `BertTokenizer`."""
+    """Their feature builders: `glue`, `squad`, `utils_ner`, `utils` (InputExample) and their WordPiece `BertTokenizer`."""
     authors_code()  # puts their folders on sys.path, or raises AuthorsCodeMissing
     stdout = sys.stdout
     sys.stdout = io.TextIOWrapper(_Unclosable())
     try:
-        from processors import glue, tokenization_bert, utils
+        from processors import glue, squad, tokenization_bert, utils, utils_ner
     finally:
         sys.stdout = stdout
-    return SimpleNamespace(glue=glue, utils=utils, BertTokenizer=tokenization_bert.BertTokenizer)
+    return SimpleNamespace(glue=glue, squad=squad, utils_ner=utils_ner, utils=utils,
+                           BertTokenizer=tokenization_bert.BertTokenizer)
 
 
 def authors_code_or_skip() -> SimpleNamespace:

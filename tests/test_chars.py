@@ -283,3 +283,27 @@ def test_task_collator_pads_the_reference_layout_to_six_per_token(bert_dir):
     short = len(rows[0]["input_ids"])
     assert (batch["char_start_positions"][0, short:] == 6 * n_tokens - 1).all(), "padded tokens point at the last position"
     assert batch["char_attention_mask"][0].sum() == len(rows[0]["char_input_ids"])
+
+
+def test_finetuning_collator_follows_the_checkpoints_char_layout(bert_dir, tmp_path):
+    """Fine-tuning data of a reference-layout checkpoint is padded the reference way (6 L), as finetune.common
+    builds its collator (load_task_tokenizer + task_collator); an offsets checkpoint to its longest row."""
+    import shutil
+
+    from charbert.tasks.features import word_features
+    from charbert.tasks.loading import inspect_checkpoint, load_task_tokenizer, task_collator
+    from charbert.tasks.ner import Sentence
+
+    plain = CharBertTokenizer.from_pretrained(bert_dir)
+    CharBertTokenizer(plain.tokenizer, plain.char_vocab, char_layout="reference").save_pretrained(tmp_path)
+    shutil.copy(bert_dir / "config.json", tmp_path / "config.json")
+    sentences = [Sentence(text.split(), None, 0) for text in ("a short one", "a somewhat longer sentence than that")]
+    for folder, layout in ((bert_dir, "offsets"), (tmp_path, "reference")):
+        tok = load_task_tokenizer(inspect_checkpoint(folder, charbert=True))
+        assert tok.char_layout == layout
+        rows, _ = word_features(tok, sentences, 32)
+        batch = task_collator(tok)(rows)
+        n_tokens = batch["input_ids"].shape[1]
+        width = 6 * n_tokens if layout == "reference" else max(len(r["char_input_ids"]) for r in rows)
+        assert batch["char_input_ids"].shape == (2, width)
+        assert batch["char_attention_mask"].sum(1).tolist() == [len(r["char_input_ids"]) for r in rows]

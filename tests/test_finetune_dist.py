@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port, gloo_available
 
 from charbert import CharBertForQuestionAnswering, CharBertForSequenceClassification, CharBertTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _gloo_available() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_gloo_available()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(program: str, argv: list[str], nproc: int) -> subprocess.CompletedProcess:
@@ -39,7 +29,7 @@ def _run(program: str, argv: list[str], nproc: int) -> subprocess.CompletedProce
         cmd = [sys.executable, "-m", f"finetune.{program}"]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-               "127.0.0.1", "--master_port", str(_free_port()), "-m", f"finetune.{program}"]
+               "127.0.0.1", "--master_port", str(free_port()), "-m", f"finetune.{program}"]
     proc = subprocess.run(cmd + [str(a) for a in argv], env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -65,7 +55,7 @@ def _plain_token_model(ckpt: Path, out: Path, labels: list[str]) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with the gloo backend is unavailable")
+@pytest.mark.skipif(not gloo_available(), reason="torch.distributed with the gloo backend is unavailable")
 def test_two_process_evaluation_equals_one_process(tmp_path, task_files, bert_dir):
     glue_model = _fixed_model(CharBertForSequenceClassification, bert_dir, tmp_path / "glue_model",
                               id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port, gloo_available
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "fsdp_step_script.py"
@@ -27,8 +27,7 @@ CPU_FSDP_CONFIG = REPO / "configs" / "accelerate" / "fsdp_cpu_2proc.yaml"
 CONFIGS = REPO / "configs" / "accelerate"
 LAYER_CLASS = {"bert": "BertLayer", "roberta": "RobertaLayer"}
 
-needs_gloo = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                                reason="needs torch.distributed with gloo")
+needs_gloo = pytest.mark.skipif(not gloo_available(), reason="needs torch.distributed with gloo")
 
 
 def _tiny(backbone: str):
@@ -72,12 +71,6 @@ def test_auto_wrap_finds_the_layers_from_no_split_modules(backbone):
     assert _wrapped_classes(model, None) == {LAYER_CLASS[backbone], "HeterogeneousInteraction", "CharEncoder"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(launcher: list[str], mode: str, out: Path, *extra: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", *launcher, str(SCRIPT), mode, str(out), *extra]
@@ -89,11 +82,11 @@ def _launch(launcher: list[str], mode: str, out: Path, *extra: str) -> dict:
 
 
 def _torchrun() -> list[str]:
-    return ["torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    return ["torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
 
 
 def _accelerate(config: Path) -> list[str]:
-    return ["accelerate.commands.launch", "--config_file", str(config), "--main_process_port", str(_free_port())]
+    return ["accelerate.commands.launch", "--config_file", str(config), "--main_process_port", str(free_port())]
 
 
 def _assert_same_training(a: dict, b: dict) -> None:

@@ -19,7 +19,7 @@ import io
 
 import pytest
 import torch
-from conftest import corpus_lines, shared_data
+from conftest import corpus_lines, mrpc_pairs
 from reference import (
     CHAR_VOCAB,
     TERM_VOCAB,
@@ -124,14 +124,6 @@ def test_exact_padding_mode_is_not_the_authors_function(tmp_path):
     assert max_diff(got.char_hidden_states[-1][real], expected[1][real]) > 1e-3
 
 
-def _mrpc_pairs(n: int) -> list[tuple[str, str]]:
-    import csv
-
-    with open(shared_data("glue/MRPC/dev.tsv"), encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-    return [(r[3], r[4]) for r in rows[:n]]
-
-
 def test_text_to_outputs_equal_their_processors_and_model(tmp_path):
     """End to end on real text: their GLUE feature builder + their model == our tokenizer + our
     converted model (BERT sequence classification, single sentences and MRPC pairs, padded to
@@ -148,7 +140,7 @@ def test_text_to_outputs_equal_their_processors_and_model(tmp_path):
     tok = CharBertTokenizer.from_pretrained(out)
 
     max_length = 64
-    candidates = [(t, None) for t in corpus_lines(60)] + _mrpc_pairs(40)
+    candidates = [(t, None) for t in corpus_lines(60)] + mrpc_pairs(40)
     examples = [
         (a, b) for a, b in candidates
         if "#" not in a + (b or "") and len(tok.tokenizer(a, b)["input_ids"]) <= max_length

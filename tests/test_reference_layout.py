@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import csv
 import io
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import corpus_lines, shared_data
+from conftest import corpus_lines, mrpc_pairs, shared_data
+from reference import CHAR_VOCAB, REFERENCE_DIR, AuthorsCodeMissing, authors_processors
 
 from charbert import CharBertTokenizer, CharVocab
 from charbert.chars import PAD_ID, UNK_ID, align
@@ -37,7 +36,6 @@ from charbert.tiny import train_tokenizer
 from charbert.tokenization import pad_char_features
 from charbert.vocab import WordVocab
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "wtma_charbert"
 MAX_LENGTH = 96
 N_SENTENCES = 200
 
@@ -47,25 +45,14 @@ N_SENTENCES = 200
 
 @pytest.fixture(scope="module")
 def authors():
-    """Their `processors` package (glue, utils_ner, squad, tokenization_bert) and their vocab files."""
-    if not (REFERENCE / "processors" / "glue.py").is_file():
-        pytest.skip(f"{REFERENCE} not found: this test compares with the CharBERT authors' code (absent here)")
-    for path in (REFERENCE / "stubs", REFERENCE):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-    stdout = sys.stdout
-    sys.stdout = io.TextIOWrapper(_Unclosable())  # their modules rewrap sys.stdout.buffer at import
+    """Their `processors` package (glue, utils_ner, squad, tokenization_bert) and their pretraining script's
+    `build_char_inputs`."""
     try:
-        from processors import glue, squad, tokenization_bert, utils, utils_ner
-    finally:
-        sys.stdout = stdout
-    return SimpleNamespace(glue=glue, squad=squad, utils_ner=utils_ner, utils=utils, BertTokenizer=tokenization_bert.BertTokenizer,
-                           build_char_inputs=_their_method(REFERENCE / "run_lm_finetuning.py", "TextDataset", "build_char_inputs"))
-
-
-class _Unclosable(io.BytesIO):
-    def close(self):  # each rewrap drops the previous wrapper, which would close the buffer
-        pass
+        processors = authors_processors()
+    except AuthorsCodeMissing as err:
+        pytest.skip(str(err))
+    build_char_inputs = _their_method(REFERENCE_DIR / "run_lm_finetuning.py", "TextDataset", "build_char_inputs")
+    return SimpleNamespace(**vars(processors), build_char_inputs=build_char_inputs)
 
 
 def _their_method(path: Path, class_name: str, name: str):
@@ -85,7 +72,7 @@ def their_char_vocab(backbone: str) -> tuple[Path, CharVocab, np.ndarray]:
     Read as their loader does: line i is id i (a later repeat wins). Their 0 (space, separator,
     padding) is our [PAD]; their last line `<unk>` our [UNK]; ids no character reaches map to -1.
     """
-    path = REFERENCE / "data" / "dict" / f"{backbone}_char_vocab"
+    path = CHAR_VOCAB[backbone]
     lines = [line.rstrip("\n") for line in path.open(encoding="utf-8").readlines()]
     chars = list(dict.fromkeys(c for c in lines[1:] if len(c) == 1))
     vocab = CharVocab(chars)
@@ -173,19 +160,13 @@ def _quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def _mrpc_pairs(n: int) -> list[tuple[str, str]]:
-    with open(shared_data("glue/MRPC/dev.tsv"), encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-    return [(r[3], r[4]) for r in rows[:n]]
-
-
 HAND_MADE = [("C# and F# are # not ##", None), ("Émile naïve ☃ snowman", "Tom's #1 ✓")]
 
 
 def test_glue_single_and_pair_layout(setup, authors):
     """Their GLUE features (pad tokens laid out like special tokens), 100 corpus sentences + 100 MRPC pairs."""
     # (truncation is left out: the two tokenizer generations break longest_first ties differently)
-    fits = [(a, b) for a, b in [(t, None) for t in corpus_lines(N_SENTENCES)] + _mrpc_pairs(2 * N_SENTENCES)
+    fits = [(a, b) for a, b in [(t, None) for t in corpus_lines(N_SENTENCES)] + mrpc_pairs(2 * N_SENTENCES)
             if len(setup.ours.tokenizer(a, b)["input_ids"]) <= MAX_LENGTH]
     examples = fits[: N_SENTENCES // 2] + [ab for ab in fits if ab[1] is not None][: N_SENTENCES // 2] + HAND_MADE
     assert len(examples) == N_SENTENCES + len(HAND_MADE)
@@ -357,7 +338,7 @@ def test_text_to_outputs_equals_the_authors_pipeline(setup, authors, tmp_path, h
         return len(enc["input_ids"]) <= MAX_LENGTH and not bug_tokens(tok.convert_ids_to_tokens(enc["input_ids"]), tok.unk_token)
 
     singles = [(t, None) for t in corpus_lines(60) if clean(t, None)][:6]
-    pairs = [ab for ab in _mrpc_pairs(60) if clean(*ab)][:6]
+    pairs = [ab for ab in mrpc_pairs(60) if clean(*ab)][:6]
     assert len(singles) == len(pairs) == 6
     checked = 0
     for group in (singles, pairs):

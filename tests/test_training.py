@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import free_port, gloo_available
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -503,24 +503,14 @@ def test_save_model_writes_model_tokenizer_and_extra_files(tmp_path):
 # ----------------------------------------------------------------------------- two processes
 
 
-def _gloo_available() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_gloo_available()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with the gloo backend is unavailable")
+@pytest.mark.skipif(not gloo_available(), reason="torch.distributed with the gloo backend is unavailable")
 @pytest.mark.slow
 def test_two_process_run_shards_data_and_syncs(tmp_path):
     out, report = tmp_path / "run", tmp_path / "report"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
            "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(REPO / "tests" / "dist_train_script.py"), str(out), str(report)]
+           "--master_port", str(free_port()), str(REPO / "tests" / "dist_train_script.py"), str(out), str(report)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

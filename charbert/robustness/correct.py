@@ -92,28 +92,25 @@ class NlmCorrector:
     def predict(self, sentences: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Per sentence a (n_words, 2) array: best word id and its probability (-1, 0 for words
         without a subword, e.g. past ``max_length``)."""
-        from charbert.tasks.features import TaskCollator, word_features
+        from charbert.cli import eval_mode
+        from charbert.tasks.features import word_features
+        from charbert.tasks.loading import task_collator
         from charbert.tasks.ner import Sentence
 
         words = [[w if w else "_" for w in s] for s in sentences]  # "" has no subword: any stand-in
         rows, alignments = word_features(self.tokenizer, [Sentence(list(w), None, 0) for w in words], self.max_length)
-        collate = TaskCollator(self.tokenizer.pad_token_id)
+        collate = task_collator(self.tokenizer)
         device = next(self.model.parameters()).device
         order = np.argsort([len(r["input_ids"]) for r in rows], kind="stable")  # length-sorted batches
         out: list[np.ndarray | None] = [None] * len(rows)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for lo in range(0, len(order), self.batch_size):
-                    idx = order[lo:lo + self.batch_size]
-                    batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
-                    char = self.model.charbert(**batch).char_last_hidden_state  # (B, L, H); no MLM logits needed
-                    probs = self.model.nlm_head(char).float().softmax(-1).cpu().numpy()  # (B, L, W)
-                    for j, i in enumerate(idx):
-                        out[i] = self._per_word(probs[j], alignments[i].token_word, len(words[i]))
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.inference_mode():
+            for lo in range(0, len(order), self.batch_size):
+                idx = order[lo:lo + self.batch_size]
+                batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
+                char = self.model.charbert(**batch).char_last_hidden_state  # (B, L, H); no MLM logits needed
+                probs = self.model.nlm_head(char).float().softmax(-1).cpu().numpy()  # (B, L, W)
+                for j, i in enumerate(idx):
+                    out[i] = self._per_word(probs[j], alignments[i].token_word, len(words[i]))
         return out
 
     @staticmethod

@@ -284,10 +284,12 @@ def model_predict_proba(model, tokenizer, max_length: int = 128, batch_size: int
     """
     import torch
 
-    from charbert.tasks.features import TaskCollator, glue_features
+    from charbert.cli import eval_mode
+    from charbert.tasks.features import glue_features
     from charbert.tasks.glue import GlueExample
+    from charbert.tasks.loading import task_collator
 
-    collate = TaskCollator(tokenizer.pad_token_id)
+    collate = task_collator(tokenizer)
 
     def predict_proba(examples: list[Example]) -> np.ndarray:
         if not examples:
@@ -298,16 +300,11 @@ def model_predict_proba(model, tokenizer, max_length: int = 128, batch_size: int
                 for ex in examples]
         features = glue_features(tokenizer, glue, max_length)
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         out = []
-        try:
-            with torch.no_grad():
-                for lo in range(0, len(features), batch_size):
-                    batch = {k: v.to(device) for k, v in collate(features[lo : lo + batch_size]).items()}
-                    out.append(model(**batch).logits.float().softmax(-1).cpu().numpy())
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.inference_mode():
+            for lo in range(0, len(features), batch_size):
+                batch = {k: v.to(device) for k, v in collate(features[lo : lo + batch_size]).items()}
+                out.append(model(**batch).logits.float().softmax(-1).cpu().numpy())
         return np.concatenate(out)
 
     return predict_proba

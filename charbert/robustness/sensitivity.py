@@ -160,31 +160,28 @@ def word_vectors(model, tokenizer, sentences: Sequence[Words], max_length: int =
     ``last_hidden_state`` (D = H).  Words past ``max_length`` get NaN rows.
     The model's train/eval mode is restored afterwards.
     """
-    from charbert.tasks.features import TaskCollator, word_features
+    from charbert.cli import eval_mode
+    from charbert.tasks.features import word_features
+    from charbert.tasks.loading import task_collator
     from charbert.tasks.ner import Sentence
 
     words = [list(s) for s in sentences]
     rows, alignments = word_features(tokenizer, [Sentence(tokens=w, tags=None, line=0) for w in words], max_length)
-    collate = TaskCollator(tokenizer.pad_token_id)
+    collate = task_collator(tokenizer)
     base = model.base_model  # HF: the bare encoder of a *For* model, or the model itself
     device = next(base.parameters()).device
-    was_training = model.training
-    model.eval()
     out: list[np.ndarray] = []
-    try:
-        with torch.no_grad():
-            for lo in range(0, len(rows), batch_size):
-                batch = {k: v.to(device) for k, v in collate(rows[lo:lo + batch_size]).items()}
-                output = base(**batch)
-                states = output.last_hidden_state  # (B, L, H)
-                char = getattr(output, "char_last_hidden_state", None)
-                if char is not None:  # CharBERT: both channels, as the heads see them
-                    states = torch.cat([states, char], dim=-1)  # (B, L, 2H)
-                states = states.float().cpu().numpy()
-                for i, align in enumerate(alignments[lo:lo + batch_size]):
-                    out.append(_mean_per_word(states[i], align.token_word, len(align.first_token)))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for lo in range(0, len(rows), batch_size):
+            batch = {k: v.to(device) for k, v in collate(rows[lo:lo + batch_size]).items()}
+            output = base(**batch)
+            states = output.last_hidden_state  # (B, L, H)
+            char = getattr(output, "char_last_hidden_state", None)
+            if char is not None:  # CharBERT: both channels, as the heads see them
+                states = torch.cat([states, char], dim=-1)  # (B, L, 2H)
+            states = states.float().cpu().numpy()
+            for i, align in enumerate(alignments[lo:lo + batch_size]):
+                out.append(_mean_per_word(states[i], align.token_word, len(align.first_token)))
     return out
 
 

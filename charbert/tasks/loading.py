@@ -24,7 +24,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import max_sequence_length, quiet_transformers, read_config_dict
+from ..checkpoint import max_sequence_length, read_config_dict
+from ..cli import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +258,14 @@ def load_task_tokenizer(info: CheckpointInfo, model=None):
     return tokenizer
 
 
+def task_collator(tokenizer):
+    """The :class:`~charbert.tasks.features.TaskCollator` for features built by ``tokenizer``: its pad id
+    and, for a CharBertTokenizer, its character layout (the reference layout pads characters to 6 L)."""
+    from .features import TaskCollator
+
+    return TaskCollator(tokenizer.pad_token_id, char_layout=getattr(tokenizer, "char_layout", "offsets"))
+
+
 def max_model_length(model) -> int | None:
     """Longest token sequence the model's position embeddings allow."""
     return max_sequence_length(model.config)
@@ -274,4 +283,5 @@ __all__ = [
     "load_task_model",
     "load_task_tokenizer",
     "max_model_length",
+    "task_collator",
 ]
