@@ -86,6 +86,9 @@ def run(args) -> dict:
         accelerator.print(f"Default job: a tiny CharBERT from scratch on Python's stdlib docstrings ({job['train_file']}).")
 
     word_vocab, char_vocab = resolve_vocabularies(args.model_name_or_path, args.word_vocab, args.char_vocab)
+    from accelerate.utils import set_seed
+
+    set_seed(args.seed)  # before the model is built: its new character modules and heads start seeded
     model, tokenizer = load_pretraining_model(args.model_name_or_path, args.objective, word_vocab, char_vocab, args.max_seq_length)
     budget = int((args.max_seq_length - 2) * (1 - args.packing_slack))
     cache = args.cache_dir or str(Path(args.output_dir) / "cache")
