@@ -61,6 +61,7 @@ from charbert.training import (
     train,
     training_config_from_args,
 )
+from charbert.training.lock import OutputDirError, lock_output_dir
 
 logger = logging.getLogger("finetune")
 
@@ -231,6 +232,8 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
         raise UsageError(str(err)) from None
     task.validate(args)
     accelerator = create_accelerator(config)
+    if accelerator.is_main_process:
+        lock_output_dir(config.output_dir)  # one run per folder, until this process exits
     setup_logging(("finetune", "charbert"), logging.INFO if accelerator.is_main_process else logging.WARNING)
     output_dir = Path(config.output_dir)
 
@@ -333,7 +336,7 @@ def cli(task: Task, prog: str, description: str, argv: Sequence[str] | None = No
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog, description, task).parse_args(argv)
     return run_main(prog, lambda: run(task, args, argv, prog),
-                    known_errors=(TaskDataError, ModelSetupError, CheckpointError))
+                    known_errors=(TaskDataError, ModelSetupError, CheckpointError, OutputDirError))
 
 
 # Old private names, kept until finetune/robustness.py imports charbert.cli directly.

@@ -73,10 +73,13 @@ def run(args) -> dict:
         resolve_vocabularies,
     )
     from charbert.training import create_accelerator, save_model, train, training_config_from_args
+    from charbert.training.lock import lock_output_dir
 
     start = time.time()
     config = training_config_from_args(args)
     accelerator = create_accelerator(config)
+    if accelerator.is_main_process:
+        lock_output_dir(args.output_dir)  # for the whole run, the final save included
     if args.default_job:
         with accelerator.main_process_first():
             job = prepare_default_job(Path(args.output_dir) / "default-job", seed=args.seed)

@@ -91,3 +91,77 @@ def test_a_one_megabyte_line_runs_in_bounded_memory(bert_dir):
     # the cap the GRU over 1M characters took > 20 GB).
     assert peaks["long"]["chars"] <= peaks["normal"]["chars"] + 20
     assert peaks["long"]["peak_mb"] < 1.5 * peaks["normal"]["peak_mb"], peaks
+
+
+# ---- 3. one run per output folder ---------------------------------------------------------
+
+LOCK_SCRIPT = """
+import sys, time
+from charbert.training.lock import lock_output_dir
+lock_output_dir(sys.argv[1])
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused(job, tmp_path):
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_SCRIPT, str(out), "120"], cwd=REPO, env=env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = run_program(*pretrain_argv(job, out))
+        line = error_line(second, "python -m pretrain")
+        assert "in use by another run" in line and f"PID {holder.pid}" in line and str(out) in line
+        assert not (out / "log.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed: the kernel dropped its lock, so the folder is free again.
+    again = subprocess.run([sys.executable, "-c", LOCK_SCRIPT, str(out), "0"], cwd=REPO, env=env(),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "locked" in again.stdout, again.stderr
+
+
+def test_lock_is_reentrant_in_a_process_and_output_dir_must_be_a_folder(tmp_path):
+    from charbert.training.lock import OutputDirError, lock_output_dir, release_output_dir
+
+    lock_output_dir(tmp_path / "run")
+    lock_output_dir(tmp_path / "run")  # the program took it, then train() asks again
+    release_output_dir(tmp_path / "run")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputDirError, match="is a file"):
+        lock_output_dir(tmp_path / "a_file")
+
+
+# ---- 4. two processes building one packed cache -------------------------------------------
+
+PACK_SCRIPT = """
+import json, sys, time
+from transformers import AutoTokenizer
+from charbert.data import pack_corpus
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+while time.time() < float(sys.argv[4]):  # start together
+    time.sleep(0.001)
+blocks = pack_corpus([sys.argv[2]], tok, sys.argv[3], 24, show_progress=False)
+print(json.dumps({"n": len(blocks), "all": sum(len(blocks[i]) for i in range(len(blocks)))}))
+"""
+
+
+def test_two_processes_building_one_cache(bert_dir, tiny_texts, tmp_path):
+    import time
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(tiny_texts[:1500]) * 3, encoding="utf-8")
+    cache = tmp_path / "cache"
+    start = str(time.time() + 8)
+    procs = [subprocess.Popen([sys.executable, "-c", PACK_SCRIPT, str(bert_dir), str(corpus), str(cache), start],
+                              cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert results[0] == results[1] and results[0]["n"] > 100  # both read the same complete cache
+    assert [p.name for p in cache.iterdir()] == [next(cache.iterdir()).name]  # one folder, no leftovers

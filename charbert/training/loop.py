@@ -18,6 +18,7 @@ from .checkpoints import (
     CheckpointError,
     TrainState,
     append_log,
+    check_checkpoint_complete,
     list_checkpoints,
     load_checkpoint,
     read_trainer_state,
@@ -26,6 +27,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .determinism import EVAL_EPOCH, EpochShuffleSampler, IndexedCollator, IndexedDataset, derive_seed
+from .lock import lock_output_dir
 from .metrics import Meter, aux_losses, call_model, count_tokens, run_eval
 from .setup import Schedule, build_lr_scheduler, build_optimizer, check_accelerator
 
@@ -96,7 +98,7 @@ def _check_inputs(config, train_dataset, eval_dataset) -> None:
 
 def _prepare_output_dir(accelerator, output_dir: Path) -> Path:
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        lock_output_dir(output_dir)  # one run per folder (a no-op when the program took it already)
         remove_stale_saves(output_dir)
     accelerator.wait_for_everyone()
     return output_dir
@@ -309,6 +311,9 @@ def train(model, train_dataset, config: TrainingConfig, collate_fn, eval_fn=None
     # ---- restore, part 1: a bad --resume_from_checkpoint fails before any expensive setup
     checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
     saved = TrainState.from_dict(read_trainer_state(checkpoint)) if checkpoint is not None else None
+    if checkpoint is not None:
+        check_checkpoint_complete(checkpoint, accelerator.num_processes, accelerator.process_index,
+                                  allow_inexact=config.allow_inexact_resume)
     if config.resume_from_checkpoint == "latest" and checkpoint is None:
         logger.info("No complete checkpoint in %s yet: starting from scratch", output_dir)
     set_seed(config.seed)
