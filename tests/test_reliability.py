@@ -165,3 +165,36 @@ def test_two_processes_building_one_cache(bert_dir, tiny_texts, tmp_path):
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert results[0] == results[1] and results[0]["n"] > 100  # both read the same complete cache
     assert [p.name for p in cache.iterdir()] == [next(cache.iterdir()).name]  # one folder, no leftovers
+
+
+# ---- 2. a resume is exact, or refused -----------------------------------------------------
+
+
+def test_resume_needs_every_file_the_loop_restores(tmp_path, caplog):
+    from test_training import RecordingModel, ToyMaskCollator, make_token_dataset
+
+    from charbert.training import CheckpointError, TrainingConfig, train
+
+    out = tmp_path / "run"
+    common = dict(output_dir=str(out), max_train_steps=4, per_device_train_batch_size=4)
+    train(RecordingModel(), make_token_dataset(24), TrainingConfig(checkpointing_steps=2, **common), ToyMaskCollator())
+    (out / "step_2" / "random_states_0.pkl").unlink()
+    (out / "step_4" / "random_states_0.pkl").write_bytes(b"garbage")
+    for step, problem in (("step_2", "random_states_0.pkl is missing"), ("step_4", r"random_states_0.pkl \(unreadable")):
+        resume = TrainingConfig(resume_from_checkpoint=str(out / step), **common)
+        with pytest.raises(CheckpointError, match=f"{step} is incomplete: .*{problem}.*--allow_inexact_resume"):
+            train(RecordingModel(), make_token_dataset(24), resume, ToyMaskCollator())
+    (out / "step_2" / "optimizer.bin").unlink()
+    with pytest.raises(CheckpointError, match=r"optimizer.bin is missing or unreadable \(and 1 more\)"):
+        train(RecordingModel(), make_token_dataset(24), TrainingConfig(resume_from_checkpoint="step_2", **common),
+              ToyMaskCollator())
+    # On purpose: a warning, and the run continues.
+    inexact = TrainingConfig(resume_from_checkpoint=str(out / "step_4"), allow_inexact_resume=True,
+                             **{**common, "max_train_steps": 6})
+    with caplog.at_level("WARNING", logger="charbert.training"):
+        assert train(RecordingModel(), make_token_dataset(24), inexact, ToyMaskCollator()).global_step == 6
+    assert "will not be exact" in caplog.text
+    # A file given as the checkpoint folder says so.
+    with pytest.raises(CheckpointError, match="is a file; give a checkpoint folder"):
+        train(RecordingModel(), make_token_dataset(24),
+              TrainingConfig(resume_from_checkpoint=str(out / "log.jsonl"), **common), ToyMaskCollator())
