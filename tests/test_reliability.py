@@ -198,3 +198,193 @@ def test_resume_needs_every_file_the_loop_restores(tmp_path, caplog):
     with pytest.raises(CheckpointError, match="is a file; give a checkpoint folder"):
         train(RecordingModel(), make_token_dataset(24),
               TrainingConfig(resume_from_checkpoint=str(out / "log.jsonl"), **common), ToyMaskCollator())
+
+
+# ---- 5, 6, 8, 9: vocabularies, tokenizers, weights, flags: one line each ------------------
+
+
+def pretrain_fails(capsys, argv: list[str]) -> str:
+    from conftest import reset_accelerate
+
+    from pretrain.__main__ import main
+
+    reset_accelerate()
+    capsys.readouterr()
+    rc = main(argv[1:])  # argv[0] is the module name
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("python -m pretrain: error: "), line
+    return line
+
+
+def finetune_fails(capsys, *argv) -> str:
+    from conftest import run_cli
+
+    capsys.readouterr()
+    rc = run_cli("glue", "--task_name", "mrpc", *argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("python -m finetune.glue: error: "), line
+    return line
+
+
+def copy_without(src: Path, dst: Path, *names: str) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*names))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def trained(job, tmp_path_factory) -> Path:
+    """A CharBERT checkpoint pretrained for one step (it records its vocabularies' fingerprints)."""
+    from conftest import reset_accelerate
+
+    from pretrain.__main__ import main
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    reset_accelerate()
+    assert main(pretrain_argv(job, out, "--max_train_steps", "1")[1:]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory, roberta_dir) -> Path:
+    """A tiny GPT-2 (a decoder: no padding token, not a masked LM)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    out = tmp_path_factory.mktemp("gpt2")
+    GPT2TokenizerFast(vocab_file=str(roberta_dir / "vocab.json"), merges_file=str(roberta_dir / "merges.txt")).save_pretrained(out)
+    GPT2LMHeadModel(GPT2Config(vocab_size=600, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(out)
+    return out
+
+
+def test_vocabulary_fingerprints_are_saved_and_checked(job, trained, task_files, tmp_path, capsys, caplog):
+    from charbert.chars import CharVocab
+    from charbert.configuration import CharBertConfig
+
+    config = CharBertConfig.from_pretrained(trained)
+    assert config.char_vocab_hash == CharVocab.load(trained).fingerprint()
+    assert config.word_vocab_hash == WordVocab.load(job / "vocab").fingerprint()
+    # Another word vocabulary of the same size: pretraining refuses it...
+    words = WordVocab.load(job / "vocab").words
+    other = tmp_path / "other"
+    other.mkdir()
+    WordVocab(list(reversed(words))).save(other)
+    argv = pretrain_argv(job, tmp_path / "out", "--max_train_steps", "1")
+    argv[argv.index("--model_name_or_path") + 1] = str(trained)
+    argv[argv.index("--word_vocab") + 1] = str(other)
+    line = pretrain_fails(capsys, argv)
+    assert "word vocabulary is not the one" in line and "--allow_vocab_mismatch" in line
+    # ... unless told it is on purpose.
+    from conftest import reset_accelerate
+
+    from pretrain.__main__ import main
+
+    reset_accelerate()
+    with caplog.at_level("WARNING"):
+        assert main([*argv[1:], "--allow_vocab_mismatch", "--output_dir", str(tmp_path / "on_purpose")]) == 0
+    assert "using it anyway" in caplog.text
+    # A smaller char_vocab.json from elsewhere, in a CharBERT folder, for fine-tuning.
+    swapped = copy_without(trained, tmp_path / "swapped")
+    CharVocab(list("abcdefgh ")).save(swapped)
+    line = finetune_fails(capsys, "--model_name_or_path", swapped, "--train_file", task_files["mrpc_train"],
+                          "--output_dir", tmp_path / "ft")
+    assert "character vocabulary is not the one" in line
+
+
+def test_checkpoint_without_tokenizer_files(job, trained, bert_dir, task_files, tmp_path, capsys):
+    bare = copy_without(trained, tmp_path / "bare", "tokenizer*", "vocab.txt", "special_tokens_map.json")
+    argv = pretrain_argv(job, tmp_path / "out", "--max_train_steps", "1")
+    argv[argv.index("--model_name_or_path") + 1] = str(bare)
+    line = pretrain_fails(capsys, argv)
+    assert f"{bare} has no tokenizer files" in line and "--tokenizer_name" in line
+    plain = copy_without(bert_dir, tmp_path / "plain", "tokenizer*", "vocab.txt", "special_tokens_map.json")
+    line = finetune_fails(capsys, "--model_name_or_path", plain, "--train_file", task_files["mrpc_train"],
+                          "--output_dir", tmp_path / "ft")
+    assert f"{plain} has no tokenizer files" in line
+    from conftest import run_cli
+
+    assert run_cli("glue", "--task_name", "mrpc", "--model_name_or_path", plain, "--tokenizer_name", bert_dir,
+                   "--train_file", task_files["mrpc_train"], "--max_train_steps", "1",
+                   "--output_dir", tmp_path / "ft_ok") == 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "no_weights", "sizes"])
+def test_damaged_weights_are_one_line(damage, job, bert_dir, task_files, tmp_path, capsys):
+    model = copy_without(bert_dir, tmp_path / "model")
+    weights = model / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "garbage":
+        weights.write_bytes(b"\xff" * 4096)
+    elif damage == "no_weights":
+        weights.unlink()
+    else:
+        config = json.loads((model / "config.json").read_text())
+        config.update(hidden_size=64, intermediate_size=100)
+        (model / "config.json").write_text(json.dumps(config))
+    expected = {"truncated": f"{weights} is not a readable weights file", "garbage": f"{weights} is not a readable",
+                "no_weights": f"{model} has no model weights", "sizes": "config.json does not match the weights"}[damage]
+    argv = pretrain_argv(job, tmp_path / "out", "--max_train_steps", "1")
+    argv[argv.index("--model_name_or_path") + 1] = str(model)
+    assert expected in pretrain_fails(capsys, argv)
+    assert expected in finetune_fails(capsys, "--model_name_or_path", model, "--train_file", task_files["mrpc_train"],
+                                      "--output_dir", tmp_path / "ft")
+
+
+def test_programs_say_what_is_wrong(job, gpt2_dir, task_files, tmp_path, capsys):
+    # A GPT-2 checkpoint: not an encoder (finetune), not a masked LM (pretrain --objective mlm).
+    line = finetune_fails(capsys, "--model_name_or_path", gpt2_dir, "--train_file", task_files["mrpc_train"],
+                          "--output_dir", tmp_path / "ft")
+    assert "no padding token" in line and "'gpt2' is not an encoder" in line
+    argv = pretrain_argv(job, tmp_path / "out", "--objective", "mlm")
+    argv[argv.index("--model_name_or_path") + 1] = str(gpt2_dir)
+    assert "trains a plain bert / roberta masked LM" in pretrain_fails(capsys, argv)
+    # Flags: the smallest --max_seq_length named.
+    for value in ("0", "-5", "9"):
+        argv = pretrain_argv(job, tmp_path / "out")
+        argv[argv.index("--max_seq_length") + 1] = value
+        assert f"--max_seq_length must be >= 11 (with --packing_slack 0.1); got {value}" in pretrain_fails(capsys, argv)
+    # --resume_from_checkpoint an existing file; --output_dir a file.
+    argv = pretrain_argv(job, tmp_path / "out", "--resume_from_checkpoint", str(job / "train.txt"))
+    assert f"--resume_from_checkpoint {job / 'train.txt'} is a file" in pretrain_fails(capsys, argv)
+    (tmp_path / "a_file").write_text("x")
+    assert f"--output_dir {tmp_path / 'a_file'} is a file" in pretrain_fails(capsys, pretrain_argv(job, tmp_path / "a_file"))
+    assert "is a file" in finetune_fails(capsys, "--model_name_or_path", job / "model", "--train_file",
+                                         task_files["mrpc_train"], "--output_dir", tmp_path / "a_file")
+    # A FIFO as --train_file.
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    argv = pretrain_argv(job, tmp_path / "out")
+    argv[argv.index("--train_file") + 1] = str(fifo)
+    assert f"{fifo} is not a regular file" in pretrain_fails(capsys, argv)
+    # A byte that is not UTF-8 in a task file: file and line.
+    bad = tmp_path / "bad.tsv"
+    lines = Path(task_files["mrpc_train"]).read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b" ", b" \xff ", 1)
+    bad.write_bytes(b"\n".join(lines))
+    line = finetune_fails(capsys, "--model_name_or_path", job / "model", "--train_file", bad, "--output_dir", tmp_path / "ft")
+    assert f"{bad}:4: not valid UTF-8 (byte 0xff)" in line
+
+
+def test_output_dir_turning_read_only_mid_run_names_the_last_checkpoint(tmp_path, monkeypatch):
+    from test_training import RecordingModel, ToyMaskCollator, make_token_dataset
+
+    from charbert.training import CheckpointError, TrainingConfig, checkpoints, train
+
+    real_save = checkpoints.save_checkpoint
+
+    def save_then_fail(accelerator, output_dir, name, state, limit):
+        if name == "step_4":
+            raise OSError(30, "Read-only file system")
+        return real_save(accelerator, output_dir, name, state, limit)
+
+    monkeypatch.setattr("charbert.training.loop.save_checkpoint", save_then_fail)
+    out = tmp_path / "run"
+    config = TrainingConfig(output_dir=str(out), max_train_steps=6, checkpointing_steps=2, per_device_train_batch_size=4)
+    with pytest.raises(CheckpointError, match=f"Could not write checkpoint step_4 in {out} .Read-only file system.; "
+                                              f"the last intact checkpoint is {out / 'step_2'}"):
+        train(RecordingModel(), make_token_dataset(24), config, ToyMaskCollator())

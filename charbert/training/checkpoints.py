@@ -182,6 +182,15 @@ def check_checkpoint_complete(checkpoint: Path, num_processes: int, process_inde
     )
 
 
+def write_failure(output_dir: Path, what: str, err: OSError) -> CheckpointError:
+    """The one-line error for a write that failed mid-run (disk full, read-only): what failed and
+    the last checkpoint that is intact, to resume from once the disk is fixed."""
+    checkpoints = list_checkpoints(output_dir)
+    last = (f"the last intact checkpoint is {checkpoints[-1][1]} (resume with --resume_from_checkpoint latest "
+            "once it is writable)") if checkpoints else "no checkpoint was saved before"
+    return CheckpointError(f"Could not write {what} in {output_dir} ({err.strerror or err}); {last}")
+
+
 def read_log(log_path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records of ``log.jsonl`` as seen by the final timeline.
 

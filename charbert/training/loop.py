@@ -25,6 +25,7 @@ from .checkpoints import (
     remove_stale_saves,
     resolve_checkpoint,
     save_checkpoint,
+    write_failure,
 )
 from .determinism import EVAL_EPOCH, EpochShuffleSampler, IndexedCollator, IndexedDataset, derive_seed
 from .lock import lock_output_dir
@@ -157,7 +158,10 @@ class TrainingRun:
 
     def write_log(self, record: dict) -> None:
         if self.accelerator.is_main_process:
-            append_log(self.log_path, record)
+            try:
+                append_log(self.log_path, record)
+            except OSError as err:
+                raise write_failure(self.output_dir, LOG_NAME, err) from None
 
     def log_metrics(self, values: dict) -> None:
         step = self.state.global_step
@@ -262,8 +266,11 @@ class TrainingRun:
         )
 
     def checkpoint(self, name: str, epoch: int, batches_done: int) -> None:
-        save_checkpoint(self.accelerator, self.output_dir, name, self.snapshot(epoch, batches_done),
-                        self.config.save_total_limit)
+        try:
+            save_checkpoint(self.accelerator, self.output_dir, name, self.snapshot(epoch, batches_done),
+                            self.config.save_total_limit)
+        except OSError as err:  # e.g. the disk became full or read-only
+            raise write_failure(self.output_dir, f"checkpoint {name}", err) from None
 
     def finish(self, wall_start: float) -> TrainResult:
         self.progress.close()
