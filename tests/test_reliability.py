@@ -388,3 +388,50 @@ def test_output_dir_turning_read_only_mid_run_names_the_last_checkpoint(tmp_path
     with pytest.raises(CheckpointError, match=f"Could not write checkpoint step_4 in {out} .Read-only file system.; "
                                               f"the last intact checkpoint is {out / 'step_2'}"):
         train(RecordingModel(), make_token_dataset(24), config, ToyMaskCollator())
+
+
+# ---- the contract: SIGKILL at random moments, then resume = the uninterrupted run ---------
+
+
+def loss_records(out: Path) -> dict[int, tuple]:
+    keys = ("loss", "mlm_loss", "nlm_loss")
+    return {r["step"]: tuple(r.get(k) for k in keys) for r in read_log(out / "log.jsonl") if "loss" in r}
+
+
+def logged_steps(out: Path) -> int:
+    log = out / "log.jsonl"
+    return sum(1 for line in log.read_text().splitlines() if '"loss"' in line) if log.exists() else 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(job, tmp_path):
+    import random
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    steps = ["--max_train_steps", "12", "--checkpointing_steps", "2"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert run_program(*pretrain_argv(job, full, *steps)).returncode == 0
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(3):  # kill at a random logged step of each attempt (sometimes in the middle of a save)
+        target = logged_steps(killed) + rng.randint(1, 4)
+        proc = subprocess.Popen([sys.executable, "-m", *pretrain_argv(job, killed, *steps, "--resume_from_checkpoint",
+                                                                        "latest")],
+                                cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while proc.poll() is None and logged_steps(killed) < target and time.time() < deadline:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2, "the runs ended before they could be killed"
+    final = run_program(*pretrain_argv(job, killed, *steps, "--resume_from_checkpoint", "latest"))
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert loss_records(killed) == loss_records(full)  # every step's losses, bit for bit
+    assert sorted(loss_records(full)) == list(range(1, 13))
+    a, b = load_file(full / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
