@@ -114,19 +114,22 @@ def load_weights(model_cls, path: str | os.PathLike, **kwargs):
 
 
 def check_vocab_fingerprints(config, char_vocab=None, word_vocab=None, allow_mismatch: bool = False,
-                             where: str | os.PathLike = "the checkpoint") -> None:
+                             where: str | os.PathLike = "the checkpoint", new_model: bool = False) -> None:
     """Compare the vocabularies' fingerprints with those saved in a CharBertConfig, then record
     theirs in it (so the model saved after the run names the vocabularies it was trained with).
 
     A different vocabulary is a ValueError, or with `allow_mismatch` (--allow_vocab_mismatch) a
-    warning. A config saved before fingerprints existed (None) is not checked.
+    warning. A config saved before fingerprints existed (None) is not checked (a warning says so);
+    `new_model` (CharBERT just built on a plain checkpoint): nothing to check, only recorded.
     """
     for field_name, vocab, what in (("char_vocab_hash", char_vocab, "character"), ("word_vocab_hash", word_vocab, "word")):
         if vocab is None or not hasattr(config, field_name):
             continue
         saved, given = getattr(config, field_name), vocab.fingerprint()
-        if saved is None:
-            logger.info("%s has no %s; the %s vocabulary is not checked (saved before fingerprints existed)",
+        if new_model:
+            pass
+        elif saved is None:
+            logger.warning("%s has no %s; the %s vocabulary is not checked (saved before fingerprints existed)",
                         where, field_name, what)
         elif saved != given:
             message = (f"The {what} vocabulary is not the one {where} was trained with ({field_name} {given} != "

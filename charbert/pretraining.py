@@ -88,7 +88,8 @@ def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | N
                 f"The character vocabulary has {len(char_vocab)} entries but the model at {model_path} embeds only "
                 f"{config.char_vocab_size}: pass the char_vocab.json it was trained with."
             )
-        check_vocab_fingerprints(config, char_vocab, word_vocab, allow_vocab_mismatch, where=model_path)
+        check_vocab_fingerprints(config, char_vocab, word_vocab, allow_vocab_mismatch, where=model_path,
+                                 new_model=model_type != "charbert")
         # The character layout and limits are the model's (a converted checkpoint keeps the authors' layout).
         tokenizer = CharBertTokenizer(AutoTokenizer.from_pretrained(tokenizer_path), char_vocab, char_layout=config.char_layout,
                                       max_chars_per_token=config.max_chars_per_token,

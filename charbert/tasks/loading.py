@@ -265,7 +265,8 @@ def load_task_tokenizer(info: CheckpointInfo, model=None, tokenizer_name=None, a
                 )
             try:
                 check_vocab_fingerprints(model.config, char_vocab=tokenizer.char_vocab,
-                                         allow_mismatch=allow_vocab_mismatch, where=info.path)
+                                         allow_mismatch=allow_vocab_mismatch, where=info.path,
+                                         new_model=not info.is_charbert_checkpoint)
             except ValueError as err:
                 raise ModelSetupError(str(err)) from None
             tokenizer.max_chars_per_token = model.config.max_chars_per_token
