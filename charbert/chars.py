@@ -15,6 +15,7 @@ characters. WordPiece and byte-level BPE go through the same code: no `##` strip
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -127,6 +128,10 @@ class CharVocab:
     def __eq__(self, other) -> bool:
         return isinstance(other, CharVocab) and self.chars == other.chars
 
+    def fingerprint(self) -> str:
+        """A short hash of the id -> character assignment (saved in the model config as char_vocab_hash)."""
+        return vocab_fingerprint([*SPECIAL_CHARS, *self.chars])
+
     def _lookup_table(self) -> np.ndarray:
         """Dense code point -> id table; the last slot catches every code point beyond it."""
         max_cp = max([ord(c) for c in self.chars] + [_MIN_TABLE_SIZE - 1])
@@ -153,6 +158,25 @@ class CharVocab:
         return "".join(out)
 
 
+def vocab_fingerprint(entries: Sequence[str]) -> str:
+    """16 hex digits of the SHA-256 of the entries in id order (any change of an entry or an id changes it)."""
+    return hashlib.sha256(json.dumps(list(entries), ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+def saved_char_limits(path: str | os.PathLike) -> dict[str, int | None]:
+    """The max_chars_per_token / max_chars_per_sequence a checkpoint folder's config.json names
+    (the defaults when it names none, or there is no config)."""
+    limits: dict[str, int | None] = {"max_chars_per_token": MAX_CHARS_PER_TOKEN, "max_chars_per_sequence": None}
+    file = Path(path) / "config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        config = {}
+    if isinstance(config, dict):
+        limits.update({k: config[k] for k in limits if k in config})
+    return limits
+
+
 # ---- alignment -------------------------------------------------------------------------
 
 # "offsets": the characters of the text each token covers (ours, the default for new models).
@@ -160,6 +184,12 @@ class CharVocab:
 CHAR_LAYOUTS = ("offsets", "reference")
 # The authors' `char_maxlen_for_word`: a row holds 6 characters per subword position.
 REFERENCE_CHARS_PER_TOKEN = 6
+# Bounded memory whatever the text ("offsets" layout): a token covering more characters than
+# this (a URL, a 1 MB line without spaces that became one [UNK]) keeps its first and last
+# characters (10 + 10), so its first/last GRU states still read the word's two ends; a run
+# of text between two tokens (whitespace, characters the tokenizer dropped) is cut the same
+# way. A row then holds at most 1 + L x 2 x MAX_CHARS_PER_TOKEN characters for L tokens.
+MAX_CHARS_PER_TOKEN = 20
 
 
 def check_char_layout(layout: str) -> str:
@@ -180,6 +210,8 @@ def align(
     padding: np.ndarray | None = None,
     padded_tokens_last: bool = False,
     continuation_prefix: str | None = None,
+    max_chars_per_token: int | None = MAX_CHARS_PER_TOKEN,
+    max_chars_per_sequence: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Character ids and per-token first/last character positions for one tokenised sequence.
 
@@ -199,6 +231,11 @@ def align(
             the last real token: the padding's characters are 0s, what `pad_char_features` fills
             in, so the character mask covers exactly the real tokens.
         continuation_prefix: the WordPiece prefix ("##") the reference layout removes; None for BPE.
+        max_chars_per_token: ("offsets") a longer token keeps its first and last characters (half of
+            the budget each), and so does a longer run of text between tokens; None: no cap.
+        max_chars_per_sequence: ("offsets") the row is cut after this many characters; tokens past
+            the cut point at its last position. None: no cap beyond the per-token one. The
+            reference layout ignores both: it is cut at 6 L, as the authors'.
 
     Returns:
         char_ids (C,), starts (L,), ends (L,), all int64.
@@ -212,14 +249,51 @@ def align(
             raise ValueError("The reference layout spells the subword strings: pass tokens (one per offset).")
         return _reference_layout(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, padding, padded_tokens_last,
                                  continuation_prefix)
-    char_ids, starts, ends = _offsets_layout(offsets, sequence_ids, texts, vocab)
+    char_ids, starts, ends = _offsets_layout(offsets, sequence_ids, texts, vocab, max_chars_per_token)
+    if max_chars_per_sequence is not None and len(char_ids) > max_chars_per_sequence:
+        if max_chars_per_sequence < 1:
+            raise ValueError(f"max_chars_per_sequence must be >= 1; got {max_chars_per_sequence}.")
+        char_ids = char_ids[:max_chars_per_sequence]
+        starts = np.minimum(starts, max_chars_per_sequence - 1)
+        ends = np.minimum(ends, max_chars_per_sequence - 1)
     if hidden is not None and np.any(hidden):
         char_ids = hide_characters(char_ids, starts, ends, np.asarray(hidden, dtype=bool))
     return char_ids, starts, ends
 
 
-def _offsets_layout(offsets, sequence_ids, texts, vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[SPECIAL] + the text segment A's tokens cover (+ [SEP] + segment B's); tokens index into it."""
+def _kept_positions(n: int, s: np.ndarray, e: np.ndarray, cap: int) -> np.ndarray:
+    """(n,) bool: the characters of a covered text that stay when every token span [s, e) and
+    every run between spans longer than `cap` keeps only its first (cap+1)//2 and last cap//2."""
+    head, tail = (cap + 1) // 2, cap // 2
+    delta = np.zeros(n + 1, dtype=np.int64)
+    # Each token keeps [s, s + head) and [e - tail, e) (all of it when shorter than cap).
+    short = e - s <= cap
+    for lo, hi in ((s, np.where(short, e, s + head)), (np.where(short, e, e - tail), e)):
+        np.add.at(delta, lo, 1)
+        np.add.at(delta, hi, -1)
+    kept = np.cumsum(delta)[:n] > 0
+    cover = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(cover, s, 1)
+    np.add.at(cover, e, -1)
+    uncovered = np.cumsum(cover)[:n] == 0
+    # Runs of uncovered positions (between tokens): same rule, by position within the run.
+    edges = np.diff(np.concatenate([[0], uncovered.astype(np.int8), [0]]))
+    for lo, hi in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+        if hi - lo <= cap:
+            kept[lo:hi] = True
+        else:
+            kept[lo:lo + head] = True
+            kept[hi - tail:hi] = True
+    return kept
+
+
+def _offsets_layout(offsets, sequence_ids, texts, vocab, max_chars_per_token: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[SPECIAL] + the text segment A's tokens cover (+ [SEP] + segment B's); tokens index into it.
+
+    With `max_chars_per_token`, over-long tokens and gaps keep only their two ends (`_kept_positions`)."""
+    if max_chars_per_token is not None and max_chars_per_token < 2:
+        raise ValueError(f"max_chars_per_token must be >= 2 (a first and a last character); got {max_chars_per_token}.")
     seg = np.array([-1 if s is None else s for s in sequence_ids], dtype=np.int64)
     starts = np.zeros(len(seg), dtype=np.int64)
     ends = np.zeros(len(seg), dtype=np.int64)
@@ -236,15 +310,23 @@ def _offsets_layout(offsets, sequence_ids, texts, vocab) -> tuple[np.ndarray, np
             base += 1
         seg_offsets = offsets[is_seg]
         first, last = int(seg_offsets[:, 0].min()), int(seg_offsets[:, 1].max())
-        covered = vocab.encode(texts[segment_id][first:last])  # (n,) the text these tokens cover
-        n = len(covered)
+        text = texts[segment_id][first:last]  # the text these tokens cover
+        n = len(text)
         if n == 0:  # only empty-span tokens: nothing to point at but the placeholder
             continue
+        s = np.minimum(seg_offsets[:, 0] - first, n - 1)
+        e = np.minimum(np.maximum(seg_offsets[:, 1] - 1 - first, s), n - 1)  # empty span -> its start character
+        if max_chars_per_token is not None and n > max_chars_per_token:
+            kept = _kept_positions(n, s, e + 1, max_chars_per_token)
+            index = np.cumsum(kept) - 1  # old position -> position among the kept ones
+            kept_at = np.flatnonzero(kept)
+            covered = vocab.encode("".join(text[i] for i in kept_at)) if len(kept_at) < n else vocab.encode(text)
+            s, e, n = index[s], index[e], len(kept_at)
+        else:
+            covered = vocab.encode(text)  # (n,)
         pieces.append(covered)
-        s = seg_offsets[:, 0] - first
-        e = np.maximum(seg_offsets[:, 1] - 1 - first, s)  # empty span -> its start character
-        starts[is_seg] = base + np.minimum(s, n - 1)
-        ends[is_seg] = base + np.minimum(e, n - 1)
+        starts[is_seg] = base + s
+        ends[is_seg] = base + e
         base += n
     return np.concatenate(pieces), starts, ends
 

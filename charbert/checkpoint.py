@@ -7,6 +7,9 @@ CharBERT on a plain BERT/RoBERTa checkpoint.
     build_on_backbone(cls, path)  a new CharBERT model (class `cls`) whose backbone is the plain checkpoint
     read_checkpoint_tensors(path, names)  selected tensors of a folder's weight files
 
+    check_tokenizer_files(path)   a one-line error when a folder holds no tokenizer
+    check_vocab_fingerprints(config, ...)  the vocabularies are the ones the model was trained with
+
 `CharBertPreTrainedModel.from_pretrained` is the public entry: a CharBERT folder loads the usual
 transformers way, a plain one goes through `build_on_backbone`.
 """
@@ -64,6 +67,76 @@ def read_config_dict(path: str | os.PathLike) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{config_file} is not a readable model config: a JSON object was expected.")
     return config
+
+
+# A folder holds a tokenizer when it has one of these (fast tokenizer, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_tokenizer_files(path: str | os.PathLike, flag: str = "--tokenizer_name") -> Path:
+    """`path`, or FileNotFoundError when it has no tokenizer file (transformers would quietly
+    build a tokenizer that maps every word to [UNK])."""
+    path = Path(path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{path} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): copy them from the model it "
+            f"was trained from, or pass {flag} with a folder that has them"
+        )
+    return path
+
+
+# Weight files a checkpoint folder may hold (transformers' names).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def load_weights(model_cls, path: str | os.PathLike, **kwargs):
+    """``model_cls.from_pretrained(path, **kwargs)`` with one-line errors naming the file: no
+    weights in the folder, an unreadable (truncated, garbage) weights file, or a config.json
+    whose sizes do not match the weights."""
+    path = Path(path)
+    present = [name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not present:
+        raise FileNotFoundError(f"{path} has no model weights (none of {', '.join(WEIGHT_FILES)})")
+    try:
+        return model_cls.from_pretrained(str(path), **kwargs)
+    except Exception as err:  # noqa: BLE001 -- torch/safetensors errors name neither file nor cause
+        text = " ".join(str(err).split())
+        if "size mismatch" in text or "ignore_mismatched_sizes" in text or "mismatched" in text.lower():
+            detail = next((part.strip() for part in str(err).splitlines() if "size mismatch" in part or "shape" in part), "")
+            raise ValueError(f"{path / 'config.json'} does not match the weights in {path / present[0]}: the sizes differ"
+                             + (f" ({' '.join(detail.split())[:200]})" if detail else "")) from None
+        if type(err).__name__ == "SafetensorError" or isinstance(err, (OSError, EOFError, RuntimeError)) \
+                or "pickle" in text.lower() or "header" in text.lower():
+            raise ValueError(f"{path / present[0]} is not a readable weights file (truncated or corrupt?): "
+                             f"{type(err).__name__}: {text[:200]}") from None
+        raise
+
+
+def check_vocab_fingerprints(config, char_vocab=None, word_vocab=None, allow_mismatch: bool = False,
+                             where: str | os.PathLike = "the checkpoint", new_model: bool = False) -> None:
+    """Compare the vocabularies' fingerprints with those saved in a CharBertConfig, then record
+    theirs in it (so the model saved after the run names the vocabularies it was trained with).
+
+    A different vocabulary is a ValueError, or with `allow_mismatch` (--allow_vocab_mismatch) a
+    warning. A config saved before fingerprints existed (None) is not checked (a warning says so);
+    `new_model` (CharBERT just built on a plain checkpoint): nothing to check, only recorded.
+    """
+    for field_name, vocab, what in (("char_vocab_hash", char_vocab, "character"), ("word_vocab_hash", word_vocab, "word")):
+        if vocab is None or not hasattr(config, field_name):
+            continue
+        saved, given = getattr(config, field_name), vocab.fingerprint()
+        if new_model:
+            pass
+        elif saved is None:
+            logger.warning("%s has no %s; the %s vocabulary is not checked (saved before fingerprints existed)",
+                        where, field_name, what)
+        elif saved != given:
+            message = (f"The {what} vocabulary is not the one {where} was trained with ({field_name} {given} != "
+                       f"{saved})")
+            if not allow_mismatch:
+                raise ValueError(f"{message}: pass the model's own, or --allow_vocab_mismatch to use this one on purpose")
+            logger.warning("%s; using it anyway (--allow_vocab_mismatch)", message)
+        setattr(config, field_name, given)
 
 
 def read_model_type(path: str | os.PathLike) -> str:

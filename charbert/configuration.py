@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from transformers import BertConfig, PretrainedConfig, RobertaConfig
 
-from .chars import check_char_layout
+from .chars import MAX_CHARS_PER_TOKEN, check_char_layout
 from .compat import LEGACY_ARCHITECTURE, upgrade_saved_config
 
 BACKBONE_CONFIGS = {"bert": BertConfig, "roberta": RobertaConfig}
@@ -36,6 +36,10 @@ CHARBERT_FIELDS = (
     "fusion_bias",
     "char_padding",
     "char_layout",
+    "max_chars_per_token",
+    "max_chars_per_sequence",
+    "char_vocab_hash",
+    "word_vocab_hash",
 )
 
 
@@ -68,6 +72,14 @@ class CharBertConfig(PretrainedConfig):
             padded tokens.
         char_layout (`str`, "offsets"): how the tokenizer lays out the characters ("offsets": ours, from
             the fast tokenizer's offsets; "reference": the authors'). The model does not read it.
+        max_chars_per_token (`int`, 20): the tokenizer keeps at most this many characters of a token
+            (its first 10 and last 10) and of the text between two tokens, so memory is bounded by the
+            batch shape whatever the text ("offsets" layout; the reference layout cuts at 6 x L).
+        max_chars_per_sequence (`int`, None): optional cap on a row's characters (tokens past it point
+            at its last position); None: only the per-token cap.
+        char_vocab_hash (`str`, None), word_vocab_hash (`str`, None): fingerprints of the character and
+            word vocabularies the model was trained with (`CharVocab.fingerprint`, `WordVocab.fingerprint`),
+            checked by the programs on load. None (checkpoints saved before they existed): no check.
         **kwargs: every field of the backbone config (hidden_size, num_hidden_layers, vocab_size, ...).
     """
 
@@ -88,6 +100,10 @@ class CharBertConfig(PretrainedConfig):
         fusion_bias: bool = False,
         char_padding: str = "exact",
         char_layout: str = "offsets",
+        max_chars_per_token: int | None = MAX_CHARS_PER_TOKEN,
+        max_chars_per_sequence: int | None = None,
+        char_vocab_hash: str | None = None,
+        word_vocab_hash: str | None = None,
         **kwargs,
     ):
         if backbone_type not in BACKBONE_CONFIGS:
@@ -123,6 +139,14 @@ class CharBertConfig(PretrainedConfig):
         self.fusion_bias = fusion_bias
         self.char_padding = char_padding
         self.char_layout = check_char_layout(char_layout)  # the tokenizer's; the model does not read it
+        for name, value, smallest in (("max_chars_per_token", max_chars_per_token, 2),
+                                      ("max_chars_per_sequence", max_chars_per_sequence, 1)):
+            if value is not None and (not isinstance(value, int) or value < smallest):
+                raise ValueError(f"{name} must be an integer >= {smallest} or None; got {value!r}.")
+        self.max_chars_per_token = max_chars_per_token  # the tokenizer's too
+        self.max_chars_per_sequence = max_chars_per_sequence
+        self.char_vocab_hash = char_vocab_hash
+        self.word_vocab_hash = word_vocab_hash
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> CharBertConfig:

@@ -537,6 +537,8 @@ def convert(
     words = map_term_vocab(read_lines(term_vocab, "term vocabulary")) if term_vocab is not None and ckpt.head == "pretraining" else None
     state = convert_state_dict(ckpt, chars, words)
     config = build_config(ckpt, state, len(words.vocab) if words else None)
+    config.char_vocab_hash = chars.vocab.fingerprint()  # checked by the programs that load it
+    config.word_vocab_hash = words.vocab.fingerprint() if words is not None else None
     _check_against_model(state, config, ckpt.head)
     tokenizer = build_tokenizer(ckpt, config, do_lower_case)
 

@@ -86,7 +86,7 @@ def expand_paths(patterns: Sequence[PathLike]) -> list[Path]:
       counted twice.
     * A path that does not exist, or a pattern matching no file, raises ``FileNotFoundError``
       naming every such argument (all of them at once, not only the first).
-    * A directory given as a path, an empty file (0 bytes, or a ``.gz`` that decompresses to
+    * A directory, a FIFO or another non-regular file given as a path, an empty file (0 bytes, or a ``.gz`` that decompresses to
       nothing) or an unreadable ``.gz`` raises ``ValueError`` naming it.
     """
     if isinstance(patterns, (str, os.PathLike)):
@@ -108,6 +108,9 @@ def expand_paths(patterns: Sequence[PathLike]) -> list[Path]:
                 continue
             if path.is_dir():
                 raise ValueError(f"{path} is a directory; pass its files or a pattern such as {path / '*.txt'}")
+            if not path.is_file():  # a FIFO, socket or device: read more than once (cache key, packing), so refused
+                raise ValueError(f"{path} is not a regular file (a pipe, socket or device); corpus files are read "
+                                 "more than once: write the stream to a file first")
             matches = [path]
         for path in matches:
             key = path.resolve()

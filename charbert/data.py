@@ -7,7 +7,9 @@ for both channels).
 
 The packed corpus lives in a folder holding `blocks.bin` (all blocks, UTF-8, concatenated),
 `blocks.idx.npy` (n+1 byte offsets) and `meta.json` (written last: a folder without it is an
-interrupted build and is rebuilt). `PackedBlocks` memory-maps it, so a corpus of any size
+interrupted build and is rebuilt). Each process builds in its own temporary folder and
+publishes it with one atomic rename; when two build the same corpus at once, the later one
+uses the first one's complete folder. `PackedBlocks` memory-maps it, so a corpus of any size
 costs no memory, every block is reachable by index (exact resume, per-process sharding by the
 training loop's sampler), and the build is done once and reused.
 """
@@ -18,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -163,9 +166,28 @@ def pack_lines_into(
     unless a complete build is already there. `source` (e.g. {"files": [...]}) goes into meta.json."""
     if (target / META_FILE).is_file():
         return PackedBlocks(target)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    # Each builder writes its own temporary folder and publishes it with one atomic rename:
+    # two processes building the same cache never see each other's half-written files.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    try:
+        _write_packed(tmp, lines, stats, tokenizer, max_tokens, source, show_progress)
+        os.chmod(tmp, 0o755)  # mkdtemp's folder is private
+        if target.is_dir() and not (target / META_FILE).is_file():  # left by an interrupted build of an old version
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.rename(tmp, target)  # fails if another process published first
+        except OSError:
+            if not (target / META_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; the loser's copy otherwise
+    return PackedBlocks(target)
+
+
+def _write_packed(tmp: Path, lines, stats: ReadStats, tokenizer, max_tokens: int, source: dict,
+                  show_progress: bool) -> None:
+    """Write blocks.bin, the index and meta.json (last) into the folder `tmp`."""
     offsets = [0]
     if show_progress:
         lines = tqdm(lines, desc="packing corpus", unit=" lines", mininterval=1.0)
@@ -186,8 +208,3 @@ def pack_lines_into(
         "read_stats": stats.as_dict(),
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")  # last: marks the build complete
-    if target.exists():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-    return PackedBlocks(target)

@@ -18,12 +18,22 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from .chars import CHAR_VOCAB_FILE, CharVocab
-from .checkpoint import max_sequence_length, read_model_type
+from .checkpoint import (
+    check_tokenizer_files,
+    check_vocab_fingerprints,
+    load_weights,
+    max_sequence_length,
+    read_model_type,
+)
 from .modeling import CharBertForPreTraining
 from .tokenization import CharBertTokenizer
 from .vocab import WORD_VOCAB_FILE, WordVocab
 
 logger = logging.getLogger(__name__)
+
+# The plain models --objective advbert/mlm trains (the backbones CharBERT is built on, whose masked-LM
+# collator and whole-word rules this package knows).
+MLM_MODEL_TYPES = ("bert", "roberta")
 
 
 def resolve_vocabularies(model_path, word_vocab_path=None, char_vocab_path=None) -> tuple[WordVocab | None, CharVocab]:
@@ -53,15 +63,20 @@ def resolve_vocabularies(model_path, word_vocab_path=None, char_vocab_path=None)
     return word_vocab, char_vocab if char_vocab is not None else CharVocab.default()
 
 
-def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | None, char_vocab: CharVocab, max_seq_length: int):
-    """(model, tokenizer) for the objective, with every size checked against the vocabularies."""
+def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | None, char_vocab: CharVocab, max_seq_length: int,
+                           tokenizer_name: str | None = None, allow_vocab_mismatch: bool = False):
+    """(model, tokenizer) for the objective, with every size and vocabulary fingerprint checked.
+
+    The subword tokenizer comes from `tokenizer_name` when given, else from the checkpoint folder
+    (one without tokenizer files is an error)."""
     model_type = read_model_type(model_path)
+    tokenizer_path = check_tokenizer_files(tokenizer_name or model_path)
     if objective == "charbert":
         if word_vocab is None:
             raise ValueError("The charbert objective needs a word vocabulary: pass --word_vocab (build it with python -m pretrain.vocab).")
         # Sizes are chosen only when building on a plain checkpoint; a CharBERT checkpoint keeps its own.
         sizes = {} if model_type == "charbert" else {"char_vocab_size": len(char_vocab), "word_vocab_size": len(word_vocab)}
-        model = CharBertForPreTraining.from_pretrained(model_path, **sizes)
+        model = load_weights(CharBertForPreTraining, model_path, **sizes)
         config = model.config
         if config.word_vocab_size != len(word_vocab):
             raise ValueError(
@@ -73,13 +88,20 @@ def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | N
                 f"The character vocabulary has {len(char_vocab)} entries but the model at {model_path} embeds only "
                 f"{config.char_vocab_size}: pass the char_vocab.json it was trained with."
             )
-        # The character layout is the model's (a converted checkpoint keeps the authors').
-        tokenizer = CharBertTokenizer(AutoTokenizer.from_pretrained(model_path), char_vocab, char_layout=config.char_layout)
+        check_vocab_fingerprints(config, char_vocab, word_vocab, allow_vocab_mismatch, where=model_path,
+                                 new_model=model_type != "charbert")
+        # The character layout and limits are the model's (a converted checkpoint keeps the authors' layout).
+        tokenizer = CharBertTokenizer(AutoTokenizer.from_pretrained(tokenizer_path), char_vocab, char_layout=config.char_layout,
+                                      max_chars_per_token=config.max_chars_per_token,
+                                      max_chars_per_sequence=config.max_chars_per_sequence)
     else:
         if model_type == "charbert":
             raise ValueError(f"--objective {objective} trains a plain BERT/RoBERTa; {model_path} is a CharBERT checkpoint.")
-        model = AutoModelForMaskedLM.from_pretrained(model_path)
-        tokenizer = CharBertTokenizer(AutoTokenizer.from_pretrained(model_path), char_vocab)
+        if model_type not in MLM_MODEL_TYPES:
+            raise ValueError(f"--objective {objective} trains a plain {' / '.join(MLM_MODEL_TYPES)} masked LM; {model_path} "
+                             f"holds a {model_type!r} model.")
+        model = load_weights(AutoModelForMaskedLM, model_path)
+        tokenizer = CharBertTokenizer(AutoTokenizer.from_pretrained(tokenizer_path), char_vocab)
     limit = max_sequence_length(model.config)
     if limit is not None and max_seq_length > limit:
         raise ValueError(f"--max_seq_length {max_seq_length} is above what {model_path} allows ({limit}).")

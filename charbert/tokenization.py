@@ -26,11 +26,13 @@ from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 from .chars import (
     CHAR_INPUT_NAMES,
     CHAR_VOCAB_FILE,
+    MAX_CHARS_PER_TOKEN,
     PAD_ID,
     REFERENCE_CHARS_PER_TOKEN,
     CharVocab,
     align,
     check_char_layout,
+    saved_char_limits,
 )
 
 logger = logging.getLogger(__name__)
@@ -104,8 +106,10 @@ class CharBertTokenizer:
     are those of the wrapped tokenizer.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, char_vocab: CharVocab | None = None, char_layout: str = "offsets"):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, char_vocab: CharVocab | None = None, char_layout: str = "offsets",
+                 max_chars_per_token: int | None = MAX_CHARS_PER_TOKEN, max_chars_per_sequence: int | None = None):
         _require_fast(tokenizer)
+        self.max_chars_per_token, self.max_chars_per_sequence = max_chars_per_token, max_chars_per_sequence
         self.tokenizer = tokenizer
         self.char_vocab = char_vocab if char_vocab is not None else CharVocab.default()
         self.char_layout = check_char_layout(char_layout)
@@ -138,7 +142,7 @@ class CharBertTokenizer:
                 char_vocab = CharVocab.default()
         if char_layout is None:
             char_layout = _saved_char_layout(Path(path)) or "offsets"
-        return cls(tokenizer, char_vocab, char_layout)
+        return cls(tokenizer, char_vocab, char_layout, **saved_char_limits(path))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -150,7 +154,8 @@ class CharBertTokenizer:
 
     def __getattr__(self, name):
         # Only called for attributes not found on the wrapper: delegate to the subword tokenizer.
-        if name in ("tokenizer", "char_vocab", "char_layout", "continuation_prefix"):
+        if name in ("tokenizer", "char_vocab", "char_layout", "continuation_prefix", "max_chars_per_token",
+                    "max_chars_per_sequence"):
             raise AttributeError(name)
         return getattr(self.tokenizer, name)
 
@@ -168,7 +173,8 @@ class CharBertTokenizer:
         offsets = np.asarray(encoding["offset_mapping"][row])
         sequence_ids = encoding.sequence_ids(row)
         if self.char_layout == "offsets":
-            return align(offsets, sequence_ids, seg_texts, self.char_vocab, hidden=hidden)
+            return align(offsets, sequence_ids, seg_texts, self.char_vocab, hidden=hidden,
+                         max_chars_per_token=self.max_chars_per_token, max_chars_per_sequence=self.max_chars_per_sequence)
         ids = np.asarray(encoding["input_ids"][row])
         padding = np.array([s is None for s in sequence_ids]) & (ids == self.tokenizer.pad_token_id)
         unknown = ids == self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else None

@@ -306,6 +306,12 @@ class WordVocab:
         return cls(lines[1:])
 
     # ---- lookup ---------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A short hash of the id -> word assignment (saved in the model config as word_vocab_hash)."""
+        from .chars import vocab_fingerprint
+
+        return vocab_fingerprint(self._id_to_word)
+
     def __len__(self) -> int:
         return len(self._id_to_word)
 

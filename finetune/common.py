@@ -57,6 +57,7 @@ from charbert.training import (
     train,
     training_config_from_args,
 )
+from charbert.training.lock import OutputDirError, lock_output_dir
 
 logger = logging.getLogger("finetune")
 
@@ -148,6 +149,10 @@ def build_parser(prog: str, description: str, task: Task) -> argparse.ArgumentPa
     m.add_argument("--charbert", action="store_true",
                    help="Build CharBERT on a plain BERT/RoBERTa checkpoint: backbone loaded, character encoder, "
                         "fusion and task head new (e.g. 'CharBERT initialised from MiniLM').")
+    m.add_argument("--tokenizer_name", default=None,
+                   help="A folder with the tokenizer files, when --model_name_or_path has none (as in transformers' examples).")
+    m.add_argument("--allow_vocab_mismatch", action="store_true",
+                   help="Use a character vocabulary other than the one the checkpoint was trained with (a warning, not an error).")
     m.add_argument("--new_head", action="store_true",
                    help="Drop the checkpoint's task head (another task's, or another label set) and train a new one.")
     d = parser.add_argument_group("data")
@@ -227,6 +232,8 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
         raise UsageError(str(err)) from None
     task.validate(args)
     accelerator = create_accelerator(config)
+    if accelerator.is_main_process:
+        lock_output_dir(config.output_dir)  # one run per folder, until this process exits
     setup_logging(("finetune", "charbert"), logging.INFO if accelerator.is_main_process else logging.WARNING)
     output_dir = Path(config.output_dir)
 
@@ -259,7 +266,8 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
     model, report = load_task_model(checkpoint, task.head, id2label=id2label, num_labels=num_labels,
                                     problem_type=task.problem_type(), new_head=args.new_head)
     model.config.finetuning_task = task.family(args)  # saved with the model; checked when it is reused
-    tokenizer = load_task_tokenizer(checkpoint, model)
+    tokenizer = load_task_tokenizer(checkpoint, model, tokenizer_name=args.tokenizer_name,
+                                    allow_vocab_mismatch=args.allow_vocab_mismatch)
     limit = max_model_length(model)
     if limit is not None and args.max_seq_length > limit:
         raise UsageError(f"--max_seq_length {args.max_seq_length} exceeds what {checkpoint.path} allows ({limit} tokens)")
@@ -329,5 +337,5 @@ def cli(task: Task, prog: str, description: str, argv: Sequence[str] | None = No
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog, description, task).parse_args(argv)
     return run_main(prog, lambda: run(task, args, argv, prog),
-                    known_errors=(TaskDataError, ModelSetupError, CheckpointError))
+                    known_errors=(TaskDataError, ModelSetupError, CheckpointError, OutputDirError))
 

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validation_file", nargs="+", help="held-out text for MLM perplexity and NLM accuracy")
     parser.add_argument("--word_vocab", help="folder (or word_vocab.txt) from python -m pretrain.vocab; its char_vocab.json is used too")
     parser.add_argument("--char_vocab", help="a char_vocab.json (default: beside --word_vocab, then in the checkpoint)")
+    parser.add_argument("--tokenizer_name", help="a folder with the tokenizer files, when --model_name_or_path has none")
+    parser.add_argument("--allow_vocab_mismatch", action="store_true",
+                        help="continue a CharBERT checkpoint with other vocabularies than its own, on purpose (a warning)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="charbert",
                         help="charbert: MLM+NLM; advbert: plain model, MLM on the same noised text; mlm: plain MLM")
     parser.add_argument("--max_seq_length", type=int, default=128)
@@ -63,6 +66,31 @@ def parse_args(argv=None):
     return args
 
 
+# The smallest block of clean tokens packing makes (charbert.data.pack_lines).
+MIN_BLOCK_TOKENS = 8
+
+
+def block_budget(max_seq_length: int, packing_slack: float) -> int:
+    """Clean tokens per block: [CLS] and [SEP] take two positions, the noise slack a share of the rest."""
+    return int((max_seq_length - 2) * (1 - packing_slack))
+
+
+def check_sizes(args) -> None:
+    from charbert.cli import UsageError
+
+    if not 0.0 <= args.packing_slack < 1.0:
+        raise UsageError(f"--packing_slack must be in [0, 1); got {args.packing_slack}")
+    if block_budget(args.max_seq_length, args.packing_slack) < MIN_BLOCK_TOKENS:
+        smallest = next(n for n in range(3, 100_000) if block_budget(n, args.packing_slack) >= MIN_BLOCK_TOKENS)
+        raise UsageError(f"--max_seq_length must be >= {smallest} (with --packing_slack {args.packing_slack}); "
+                         f"got {args.max_seq_length}")
+    for name in ("mlm_probability", "noise_probability"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise UsageError(f"--{name} must be in [0, 1]; got {getattr(args, name)}")
+    if args.max_eval_blocks < 1:
+        raise UsageError(f"--max_eval_blocks must be >= 1; got {args.max_eval_blocks}")
+
+
 def run(args) -> dict:
     from charbert.collator import PretrainingCollator
     from charbert.data import pack_corpus
@@ -73,10 +101,14 @@ def run(args) -> dict:
         resolve_vocabularies,
     )
     from charbert.training import create_accelerator, save_model, train, training_config_from_args
+    from charbert.training.lock import lock_output_dir
 
     start = time.time()
+    check_sizes(args)
     config = training_config_from_args(args)
     accelerator = create_accelerator(config)
+    if accelerator.is_main_process:
+        lock_output_dir(args.output_dir)  # for the whole run, the final save included
     if args.default_job:
         with accelerator.main_process_first():
             job = prepare_default_job(Path(args.output_dir) / "default-job", seed=args.seed)
@@ -86,8 +118,12 @@ def run(args) -> dict:
         accelerator.print(f"Default job: a tiny CharBERT from scratch on Python's stdlib docstrings ({job['train_file']}).")
 
     word_vocab, char_vocab = resolve_vocabularies(args.model_name_or_path, args.word_vocab, args.char_vocab)
-    model, tokenizer = load_pretraining_model(args.model_name_or_path, args.objective, word_vocab, char_vocab, args.max_seq_length)
-    budget = int((args.max_seq_length - 2) * (1 - args.packing_slack))
+    from accelerate.utils import set_seed
+
+    set_seed(args.seed)  # before the model is built: its new character modules and heads start seeded
+    model, tokenizer = load_pretraining_model(args.model_name_or_path, args.objective, word_vocab, char_vocab,
+                                              args.max_seq_length, args.tokenizer_name, args.allow_vocab_mismatch)
+    budget = block_budget(args.max_seq_length, args.packing_slack)
     cache = args.cache_dir or str(Path(args.output_dir) / "cache")
     with accelerator.main_process_first():
         train_blocks = pack_corpus(args.train_file, tokenizer.tokenizer, cache, budget, accelerator.is_main_process)

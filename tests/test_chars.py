@@ -8,7 +8,7 @@ import torch
 from conftest import corpus_lines
 
 from charbert import CharBertTokenizer, CharVocab, hide_characters
-from charbert.chars import MASK_ID, PAD_ID, SEP_ID, SPECIAL_ID, UNK_ID
+from charbert.chars import MASK_ID, MAX_CHARS_PER_TOKEN, PAD_ID, SEP_ID, SPECIAL_ID, UNK_ID
 
 HARD_TEXTS = [
     "C# is not C ## nor #",
@@ -72,7 +72,8 @@ def test_vocab_load_rejects_bad_files(tmp_path):
 
 def check_alignment(tok: CharBertTokenizer, texts, pairs=None, **kwargs):
     """For every non-special token, the characters between its start and end are exactly the
-    characters its offsets cover; special tokens point at the placeholder. Returns #tokens checked."""
+    characters its offsets cover (a token longer than MAX_CHARS_PER_TOKEN: its first and last
+    characters); special tokens point at the placeholder. Returns #tokens checked."""
     enc = tok(texts, pairs, return_offsets_mapping=True, **kwargs)
     checked = 0
     sample_of_row = enc.get("overflow_to_sample_mapping")
@@ -88,7 +89,10 @@ def check_alignment(tok: CharBertTokenizer, texts, pairs=None, **kwargs):
                 continue
             assert 1 <= start <= end < len(chars)
             if e > s:
-                expected = tok.char_vocab.encode(segments[seg][s:e])
+                text = segments[seg][s:e]
+                if len(text) > MAX_CHARS_PER_TOKEN:
+                    text = text[: (MAX_CHARS_PER_TOKEN + 1) // 2] + text[len(text) - MAX_CHARS_PER_TOKEN // 2 :]
+                expected = tok.char_vocab.encode(text)
                 assert chars[start : end + 1].tolist() == expected.tolist(), (segments[seg][s:e], t)
                 checked += 1
         if pairs is not None and 1 in enc.sequence_ids(row):
@@ -307,3 +311,21 @@ def test_finetuning_collator_follows_the_checkpoints_char_layout(bert_dir, tmp_p
         width = 6 * n_tokens if layout == "reference" else max(len(r["char_input_ids"]) for r in rows)
         assert batch["char_input_ids"].shape == (2, width)
         assert batch["char_attention_mask"].sum(1).tolist() == [len(r["char_input_ids"]) for r in rows]
+
+
+def test_long_tokens_and_gaps_keep_their_two_ends():
+    from charbert.chars import align
+
+    vocab = CharVocab.default()
+    word = "a" + "x" * 98 + "z"  # one 100-character token
+    text = f"hi {word}{' ' * 50}yo"
+    offsets = np.array([[0, 0], [0, 2], [3, 103], [153, 155], [0, 0]])
+    ids, starts, ends = align(offsets, [None, 0, 0, 0, None], [text], vocab, max_chars_per_token=6)
+    assert vocab.decode(ids) == "[SPECIAL]hi axxxxz" + " " * 6 + "yo"  # long token and gap: 3 first + 3 last
+    assert vocab.decode(ids[starts[2] : ends[2] + 1]) == "axxxxz"
+    assert vocab.decode(ids[starts[3] : ends[3] + 1]) == "yo" and starts[0] == ends[0] == ends[4] == 0
+    uncapped, _, _ = align(offsets, [None, 0, 0, 0, None], [text], vocab, max_chars_per_token=None)
+    assert len(uncapped) == 1 + len(text)
+    cut, cut_starts, cut_ends = align(offsets, [None, 0, 0, 0, None], [text], vocab, max_chars_per_token=6,
+                                      max_chars_per_sequence=8)
+    assert len(cut) == 8 and cut_starts.max() <= 7 and cut_ends.max() <= 7 and cut_ends[2] == 7

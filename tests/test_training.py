@@ -277,7 +277,7 @@ def test_save_total_limit_and_corrupt_checkpoints(tmp_path):
     cfg = TrainingConfig(output_dir=str(out), max_train_steps=10, checkpointing_steps=2, save_total_limit=2,
                          per_device_train_batch_size=4, logging_steps=5)
     train(RecordingModel(), make_token_dataset(24), cfg, ToyMaskCollator())
-    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "step_10", "step_8"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["log.jsonl", "step_10", "step_8"]
 
     with pytest.raises(CheckpointError, match="step_3.*does not exist"):
         resolve_checkpoint(out, str(out / "step_3"))
@@ -526,7 +526,7 @@ def test_two_process_run_shards_data_and_syncs(tmp_path):
     p0, p1 = (torch.load(report / f"params{r}.pt") for r in range(2))
     for key in p0:
         assert torch.equal(p0[key], p1[key]), key
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != ".lock")  # .lock: the run's lock file
     assert names == ["log.jsonl", "step_12", "step_3", "step_6", "step_9"]  # one folder per step, no .tmp left
     for name in names[1:]:
         files = {p.name for p in (out / name).iterdir()}

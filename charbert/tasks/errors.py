@@ -42,6 +42,7 @@ def read_text_lines(path: PathLike) -> list[str]:
     * A file with no non-whitespace content raises :class:`TaskDataError`
       saying it is empty: an empty train/dev file is always a mistake (a
       failed download, a wrong path), never something to train on.
+    * A byte that is not UTF-8 raises :class:`TaskDataError` naming the file and line.
     * A UTF-8 byte-order mark is dropped (``utf-8-sig``): some GLUE copies
       carry one and it would otherwise end up in the first header name.
     * Lines are split on ``\\n`` only (``\\r`` stripped); ``str.splitlines``
@@ -53,8 +54,12 @@ def read_text_lines(path: PathLike) -> list[str]:
         raise FileNotFoundError(f"{os.fspath(path)}: no such file")
     if p.is_dir():
         raise IsADirectoryError(f"{os.fspath(path)}: is a directory, expected a file")
-    with open(p, encoding="utf-8-sig", newline="") as f:
-        text = f.read()
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:  # name the line and the byte, not only a byte offset
+        line = data.count(b"\n", 0, err.start) + 1
+        raise data_error(path, line, f"not valid UTF-8 (byte 0x{data[err.start]:02x}); convert the file to UTF-8") from None
     if not text.strip():
         raise data_error(path, None, "file is empty")
     lines = text.split("\n")

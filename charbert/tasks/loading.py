@@ -24,7 +24,13 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import max_sequence_length, read_config_dict
+from ..checkpoint import (
+    check_tokenizer_files,
+    check_vocab_fingerprints,
+    load_weights,
+    max_sequence_length,
+    read_config_dict,
+)
 from ..cli import quiet_transformers
 
 logger = logging.getLogger(__name__)
@@ -212,7 +218,7 @@ def load_task_model(info: CheckpointInfo, head: str, *, id2label: dict[int, str]
         kwargs["ignore_mismatched_sizes"] = True
     model_cls = charbert_cls if info.build_charbert else plain_cls
     with quiet_transformers():  # we report what was loaded and what is new ourselves
-        result = model_cls.from_pretrained(str(info.path), output_loading_info=True, **kwargs)
+        result = load_weights(model_cls, info.path, output_loading_info=True, **kwargs)
     model, loading = result if isinstance(result, tuple) else (result, None)
     if loading is not None:
         initialized = _modules_of(set(loading.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k for k in loading.get("mismatched_keys", ())})
@@ -237,24 +243,45 @@ def load_task_model(info: CheckpointInfo, head: str, *, id2label: dict[int, str]
     return model, report
 
 
-def load_task_tokenizer(info: CheckpointInfo, model=None):
+def load_task_tokenizer(info: CheckpointInfo, model=None, tokenizer_name=None, allow_vocab_mismatch: bool = False):
     """CharBertTokenizer for CharBERT runs (char_vocab.json beside the checkpoint, else the default
-    character set), the plain fast tokenizer otherwise."""
+    character set), the plain fast tokenizer otherwise.
+
+    The subword tokenizer comes from ``tokenizer_name`` (--tokenizer_name) when given, else from
+    the checkpoint folder, which must then hold tokenizer files. The character vocabulary's
+    fingerprint is checked against the model config's ``char_vocab_hash`` (and recorded in it)."""
+    tokenizer_path = check_tokenizer_files(tokenizer_name or info.path)
     if info.build_charbert:
+        from ..chars import CHAR_VOCAB_FILE
         from ..tokenization import CharBertTokenizer
 
-        tokenizer = CharBertTokenizer.from_pretrained(info.path)
-        if model is not None and len(tokenizer.char_vocab) > model.config.char_vocab_size:
-            raise ModelSetupError(
-                f"The character vocabulary of {info.path} has {len(tokenizer.char_vocab)} ids but the model only "
-                f"{model.config.char_vocab_size} (char_vocab_size): they do not belong together."
-            )
-        return tokenizer
-    from transformers import AutoTokenizer
+        own = Path(info.path) / CHAR_VOCAB_FILE
+        tokenizer = CharBertTokenizer.from_pretrained(tokenizer_path, char_vocab=own if own.is_file() else None)
+        if model is not None:
+            if len(tokenizer.char_vocab) > model.config.char_vocab_size:
+                raise ModelSetupError(
+                    f"The character vocabulary of {info.path} has {len(tokenizer.char_vocab)} ids but the model only "
+                    f"{model.config.char_vocab_size} (char_vocab_size): they do not belong together."
+                )
+            try:
+                check_vocab_fingerprints(model.config, char_vocab=tokenizer.char_vocab,
+                                         allow_mismatch=allow_vocab_mismatch, where=info.path,
+                                         new_model=not info.is_charbert_checkpoint)
+            except ValueError as err:
+                raise ModelSetupError(str(err)) from None
+            tokenizer.max_chars_per_token = model.config.max_chars_per_token
+            tokenizer.max_chars_per_sequence = model.config.max_chars_per_sequence
+    else:
+        from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(info.path), use_fast=True)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelSetupError(f"{info.path} has no fast tokenizer (tokenizer.json): fine-tuning needs character offsets.")
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), use_fast=True)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelSetupError(f"{tokenizer_path} has no fast tokenizer (tokenizer.json): fine-tuning needs character offsets.")
+    if tokenizer.pad_token_id is None:
+        raise ModelSetupError(
+            f"The tokenizer of {tokenizer_path} has no padding token: {info.model_type!r} is not an encoder these programs "
+            "fine-tune; give a BERT/RoBERTa-style checkpoint (bert, roberta, distilbert, electra, xlm-roberta, ...)"
+        )
     return tokenizer
 
 

@@ -93,6 +93,10 @@ class TrainingConfig:
         default=None, metadata=_help("Save a resumable checkpoint every N optimizer steps, or 'epoch'."))
     resume_from_checkpoint: str | None = field(
         default=None, metadata=_help("A checkpoint folder, or 'latest' for the newest complete one in --output_dir."))
+    allow_inexact_resume: bool = field(default=False, metadata=_help(
+        "Resume from a checkpoint that lacks a file the loop restores (e.g. random_states_0.pkl), with a warning "
+        "that the run will not reproduce the uninterrupted one; without it such a checkpoint is an error.",
+        action="store_true"))
     save_total_limit: int | None = field(default=None, metadata=_help("Keep only the N newest checkpoints."))
     logging_steps: int = field(default=50, metadata=_help("Log the training loss every N optimizer steps."))
     eval_steps: int | None = field(
@@ -156,7 +160,9 @@ def add_dataclass_arguments(parser, cls, title: str | None = None) -> None:
         help_text = f.metadata.get("help", "")
         if default is not None:
             help_text = f"{help_text} (default: %(default)s)".strip()
-        group.add_argument(f"--{f.name}", type=_flag_type(f.type), default=default, help=help_text or None, **extra)
+        if extra.get("action") != "store_true":  # a switch takes no value, hence no type
+            extra["type"] = _flag_type(f.type)
+        group.add_argument(f"--{f.name}", default=default, help=help_text or None, **extra)
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:

@@ -127,10 +127,68 @@ def resolve_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: st
     path = Path(resume_from_checkpoint).expanduser()
     if not path.exists() and not path.is_absolute() and (Path(output_dir) / path).exists():
         path = Path(output_dir) / path
+    if path.is_file():
+        raise CheckpointError(f"--resume_from_checkpoint {path} is a file; give a checkpoint folder (e.g. "
+                              f"{Path(output_dir) / 'step_N'}) or 'latest'")
     if not path.is_dir():
         raise CheckpointError(f"Checkpoint folder {path} does not exist")
     read_trainer_state(path)
     return path
+
+
+MODEL_FILES = ("model.safetensors", "pytorch_model.bin")  # what accelerate.save_state writes for the model
+LOOP_FILES = ("optimizer.bin", "scheduler.bin")  # one optimizer, one scheduler: what train() prepares
+
+
+def missing_checkpoint_files(checkpoint: Path, num_processes: int, process_index: int = 0) -> list[str]:
+    """What a resume from ``checkpoint`` would lack: the files the loop restores that are absent
+    or empty, and this process's RNG state if it cannot be read. Empty list: complete."""
+    checkpoint = Path(checkpoint)
+    present = {p.name: p for p in checkpoint.iterdir() if p.is_file() and p.stat().st_size > 0}
+    missing = [] if any(name in present for name in MODEL_FILES) else [MODEL_FILES[0]]
+    missing += [name for name in (*LOOP_FILES, TRAINER_STATE_NAME) if name not in present]
+    missing += [f"random_states_{i}.pkl" for i in range(num_processes) if f"random_states_{i}.pkl" not in present]
+    own = present.get(f"random_states_{process_index}.pkl")
+    if own is not None:
+        from accelerate.utils import load
+
+        try:  # the same load accelerate does (it only logs at INFO level when it fails)
+            states = load(own)
+            if not isinstance(states, dict) or "torch_manual_seed" not in states:
+                raise ValueError("no torch RNG state in it")
+        except Exception as exc:  # noqa: BLE001 -- any failure means the RNG state is lost
+            missing.append(f"{own.name} (unreadable: {type(exc).__name__})")
+    return missing
+
+
+def check_checkpoint_complete(checkpoint: Path, num_processes: int, process_index: int = 0,
+                              allow_inexact: bool = False) -> None:
+    """CheckpointError naming the first missing or unreadable file, unless ``allow_inexact``
+    (then a warning: the resumed run continues, but its numbers will not match the uninterrupted run's)."""
+    missing = missing_checkpoint_files(checkpoint, num_processes, process_index)
+    if not missing:
+        return
+    if allow_inexact:
+        import logging
+
+        logging.getLogger("charbert.training").warning(
+            "Checkpoint %s lacks %s: resuming anyway (--allow_inexact_resume), the run will not be exact",
+            checkpoint, ", ".join(missing))
+        return
+    raise CheckpointError(
+        f"Checkpoint {checkpoint} is incomplete: {missing[0]} is missing or unreadable"
+        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        + "; resume from another checkpoint, or pass --allow_inexact_resume to continue without an exact resume"
+    )
+
+
+def write_failure(output_dir: Path, what: str, err: OSError) -> CheckpointError:
+    """The one-line error for a write that failed mid-run (disk full, read-only): what failed and
+    the last checkpoint that is intact, to resume from once the disk is fixed."""
+    checkpoints = list_checkpoints(output_dir)
+    last = (f"the last intact checkpoint is {checkpoints[-1][1]} (resume with --resume_from_checkpoint latest "
+            "once it is writable)") if checkpoints else "no checkpoint was saved before"
+    return CheckpointError(f"Could not write {what} in {output_dir} ({err.strerror or err}); {last}")
 
 
 def read_log(log_path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -20,14 +20,17 @@ from .checkpoints import (
     CheckpointError,
     TrainState,
     append_log,
+    check_checkpoint_complete,
     list_checkpoints,
     load_checkpoint,
     read_trainer_state,
     remove_stale_saves,
     resolve_checkpoint,
     save_checkpoint,
+    write_failure,
 )
 from .determinism import EVAL_EPOCH, EpochShuffleSampler, IndexedCollator, IndexedDataset, derive_seed
+from .lock import lock_output_dir
 from .metrics import Meter, aux_losses, call_model, count_tokens, run_eval
 from .setup import Schedule, build_lr_scheduler, build_optimizer, check_accelerator
 
@@ -101,7 +104,7 @@ def _check_inputs(config, train_dataset, eval_dataset) -> None:
 
 def _prepare_output_dir(accelerator, output_dir: Path) -> Path:
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        lock_output_dir(output_dir)  # one run per folder (a no-op when the program took it already)
         remove_stale_saves(output_dir)
     accelerator.wait_for_everyone()
     return output_dir
@@ -160,7 +163,10 @@ class TrainingRun:
 
     def write_log(self, record: dict) -> None:
         if self.accelerator.is_main_process:
-            append_log(self.log_path, record)
+            try:
+                append_log(self.log_path, record)
+            except OSError as err:
+                raise write_failure(self.output_dir, LOG_NAME, err) from None
 
     def log_metrics(self, values: dict) -> None:
         step = self.state.global_step
@@ -265,8 +271,11 @@ class TrainingRun:
         )
 
     def checkpoint(self, name: str, epoch: int, batches_done: int) -> None:
-        save_checkpoint(self.accelerator, self.output_dir, name, self.snapshot(epoch, batches_done),
-                        self.config.save_total_limit)
+        try:
+            save_checkpoint(self.accelerator, self.output_dir, name, self.snapshot(epoch, batches_done),
+                            self.config.save_total_limit)
+        except OSError as err:  # e.g. the disk became full or read-only
+            raise write_failure(self.output_dir, f"checkpoint {name}", err) from None
 
     def finish(self, wall_start: float) -> TrainResult:
         self.progress.close()
@@ -314,6 +323,9 @@ def train(model, train_dataset, config: TrainingConfig, collate_fn, eval_fn=None
     # ---- restore, part 1: a bad --resume_from_checkpoint fails before any expensive setup
     checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
     saved = TrainState.from_dict(read_trainer_state(checkpoint)) if checkpoint is not None else None
+    if checkpoint is not None:
+        check_checkpoint_complete(checkpoint, accelerator.num_processes, accelerator.process_index,
+                                  allow_inexact=config.allow_inexact_resume)
     if config.resume_from_checkpoint == "latest" and checkpoint is None:
         logger.info("No complete checkpoint in %s yet: starting from scratch", output_dir)
     set_seed(config.seed)
