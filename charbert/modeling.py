@@ -301,6 +301,9 @@ class CharBertModel(CharBertPreTrainedModel):
         n_fusion = 1 if config.share_fusion else config.num_hidden_layers
         self.fusion = nn.ModuleList([HeterogeneousInteraction(config) for _ in range(n_fusion)])
         self.gradient_checkpointing = False
+        # Per instance, not per class: accelerate's FSDP auto-wrap raises for a listed class the
+        # model lacks, so the list names this backbone's layer only (heads collect it in post_init).
+        self._no_split_modules = [type(self.encoder.layer[0]).__name__, "HeterogeneousInteraction", "CharEncoder"]
         self.post_init()
 
     def get_input_embeddings(self):
