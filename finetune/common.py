@@ -41,6 +41,7 @@ from charbert.cli import (
     shutdown_distributed,
     write_json,
 )
+from charbert.model_card import CARD_NAME, write_model_card
 from charbert.tasks.errors import TaskDataError
 from charbert.tasks.features import FeatureDataset, TaskCollator
 from charbert.tasks.inference import eval_dataloader
@@ -201,6 +202,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def write_card(output_dir: Path, record: dict[str, Any], model, args, results: dict[str, EvalResult]) -> None:
+    """The model card (README.md) of a fine-tuned model: task and eval metrics as in metrics.json."""
+    config = getattr(model, "config", None)
+    metrics = {f"eval_{k}": v for k, v in results["eval"].scalars().items()} if "eval" in results else {}
+    data_files = [f for f in (args.train_file, args.validation_file) if f]
+    write_model_card(output_dir, task=record["task"], metrics=metrics, base_model=args.model_name_or_path,
+                     training_args=record["args"], data_files=data_files,
+                     char_vocab_size=getattr(config, "char_vocab_size", None),
+                     word_vocab_size=getattr(config, "word_vocab_size", None), dataset=record["task"])
+
+
 def _limit(split: Split | None, n: int | None) -> None:
     if split is not None and n is not None:
         if n < 1:
@@ -297,7 +309,7 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
                            "num_examples": len(train_split.data), "num_features": len(train_split.rows),
                            "file": train_split.path}
         save_model(accelerator, model, output_dir, tokenizer=tokenizer)
-        files.append("model.safetensors")
+        files += ["model.safetensors", CARD_NAME]
     else:
         model = accelerator.prepare_model(model, evaluation_mode=True)
 
@@ -322,6 +334,8 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
         record["args"] = {k: v for k, v in sorted(vars(args).items())}
         record["wall_time_s"] = round(time.perf_counter() - start, 2)
         write_json(output_dir / METRICS_FILE, record)
+        if do_train:  # the folder holds a model: describe it
+            write_card(output_dir, record, model, args, results)
         summary = {p: results[p].scalars() for p in results}
         print(json.dumps({"output_dir": str(output_dir), **summary}, indent=None))
     accelerator.wait_for_everyone()
