@@ -332,8 +332,9 @@ class CharBertModel(CharBertPreTrainedModel):
                 f"char_start_positions {tuple(char_start_positions.shape)} and char_end_positions "
                 f"{tuple(char_end_positions.shape)} must have the shape of input_ids {tuple(input_ids.shape)}."
             )
-        # Value checks read the tensors: only where that costs no device synchronisation.
-        if char_input_ids.device.type == "cpu" and char_input_ids.numel():
+        # Value checks read the tensors: only where that costs no device synchronisation (and not
+        # under torch.compile, where reading a value breaks the graph).
+        if char_input_ids.device.type == "cpu" and char_input_ids.numel() and not torch.compiler.is_compiling():
             top = int(char_input_ids.max())
             if top >= self.config.char_vocab_size:
                 raise ValueError(
