@@ -91,4 +91,28 @@ def test_dataset_errors_are_one_line(mrpc_dataset, bert_dir, tmp_path, capsys):
     assert "not both" in capsys.readouterr().err
     assert run_cli("squad", "--dataset_name", mrpc_dataset, "--model_name_or_path", bert_dir,
                    "--output_dir", tmp_path / "z") == 2
-    assert "does not take --dataset_name" in capsys.readouterr().err
+    assert "has no column 'id', 'question', 'context', 'answers'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_squad_dataset_name_equals_files(task_files, bert_dir, tmp_path):
+    from charbert.tasks.squad import read_squad
+
+    def split(path):
+        examples = read_squad(path)
+        return datasets.Dataset.from_dict({
+            "id": [e.id for e in examples], "title": [e.title for e in examples],
+            "context": [e.context for e in examples], "question": [e.question for e in examples],
+            "answers": [{"text": [a["text"] for a in e.answers], "answer_start": [a["answer_start"] for a in e.answers]}
+                        for e in examples]})
+
+    folder = tmp_path / "squad"
+    datasets.DatasetDict({"train": split(task_files["squad_v2_train"]), "validation": split(task_files["squad_v2_dev"])}
+                         ).save_to_disk(str(folder))
+    files, data = tmp_path / "files", tmp_path / "data"
+    flags = ("--version_2_with_negative", "--doc_stride", "16", "--max_query_length", "16")
+    assert run_cli("squad", "--train_file", task_files["squad_v2_train"], "--validation_file", task_files["squad_v2_dev"],
+                   "--model_name_or_path", bert_dir, "--output_dir", files, *COMMON, *flags) == 0
+    assert run_cli("squad", "--dataset_name", folder, "--model_name_or_path", bert_dir, "--output_dir", data,
+                   *COMMON, *flags) == 0
+    _same_run(_record(files), _record(data))
