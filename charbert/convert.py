@@ -34,6 +34,7 @@ import torch
 from .chars import PAD_ID, UNK_ID, CharVocab
 from .checkpoint import read_config_dict
 from .configuration import CharBertConfig
+from .model_card import write_model_card
 from .modeling import (
     CharBertForPreTraining,
     CharBertForQuestionAnswering,
@@ -57,6 +58,9 @@ AUTHORS_CLASSES = {
     ("roberta", "token_classification"): "RobertaForTokenClassification",
     ("roberta", "question_answering"): "RobertaForQuestionAnswering",
 }
+# The authors' head -> the task a model card names (charbert.model_card.HUB_TASK_TYPES).
+CARD_TASKS = {"pretraining": "pretraining", "sequence_classification": "text-classification",
+              "token_classification": "token-classification", "question_answering": "question-answering"}
 HEADS = {
     "pretraining": CharBertForPreTraining,
     "sequence_classification": CharBertForSequenceClassification,
@@ -498,7 +502,7 @@ def _model_card(ckpt: AuthorsCheckpoint, config: CharBertConfig, chars: CharVoca
     lower = "" if ckpt.backbone != "bert" else f" Tokenizer: `do_lower_case={do_lower_case}`."
     nlm = f", NLM word vocabulary `word_vocab.txt` ({len(words.vocab)} words, `[UNK]` first)" if words else ""
     return "\n".join([
-        f"# CharBERT ({ckpt.backbone}) converted from the authors' checkpoint",
+        f"## Conversion: CharBERT ({ckpt.backbone}) from the authors' checkpoint",
         "",
         f"Converted with `python -m charbert.convert` from `{ckpt.path.name}`, a checkpoint of the CharBERT authors' code",
         "(Ma et al., COLING 2020, https://github.com/wtma/CharBERT, transformers 2.4):",
@@ -552,7 +556,11 @@ def convert(
         words.vocab.save(out)
         sources["term vocabulary"] = Path(term_vocab)
     lower = getattr(tokenizer, "do_lower_case", None)
-    (out / "README.md").write_text(_model_card(ckpt, config, chars, words, sources, lower), encoding="utf-8")
+    write_model_card(
+        out, task=CARD_TASKS[ckpt.head], metrics=None, base_model=None, training_args=None, data_files=None,
+        char_vocab_size=len(chars.vocab), word_vocab_size=len(words.vocab) if words is not None else None,
+        source=str(ckpt.path), notes=_model_card(ckpt, config, chars, words, sources, lower),
+    )
     return out
 
 

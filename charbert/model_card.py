@@ -41,6 +41,14 @@ HUB_TASK_TYPES = {
 }
 
 
+def hub_task_type(task: str) -> str | None:
+    """The Hub task type of one of our task names, also as metrics.json names them ("glue/mrpc", "squad_v2")."""
+    for key in (task, task.split("/")[0], task.split("/")[0].split("_")[0]):
+        if key in HUB_TASK_TYPES:
+            return HUB_TASK_TYPES[key]
+    return None
+
+
 def package_version() -> str:
     from . import __version__
 
@@ -91,7 +99,7 @@ def _metric_type(name: str) -> str:
 def _eval_results(model_name: str, task: str, metrics: Mapping[str, Any], dataset: str | None, data_files: Sequence[str]):
     from huggingface_hub import EvalResult
 
-    task_type = HUB_TASK_TYPES.get(task, task)
+    task_type = hub_task_type(task) or task
     dataset_name = dataset or (Path(data_files[0]).stem if data_files else "custom")
     results = []
     for name, value in metrics.items():
@@ -109,7 +117,7 @@ def _size(entries: int | None) -> str:
     return "none" if entries is None else f"{entries} entries"
 
 
-def _body(model_name: str, task: str, meta: dict, metrics: Mapping[str, Any]) -> str:
+def _body(model_name: str, task: str, meta: dict, metrics: Mapping[str, Any], notes: str | None = None) -> str:
     info = meta["charbert"]
     lines = [
         f"# {model_name}",
@@ -122,6 +130,8 @@ def _body(model_name: str, task: str, meta: dict, metrics: Mapping[str, Any]) ->
     ]
     if info.get("source"):
         lines.append(f"- converted from: `{info['source']}`")
+    if notes:
+        lines += ["", notes.rstrip("\n")]
     lines += ["", "## Results", ""]
     if metrics:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_plain(v)} |" for k, v in metrics.items()]
@@ -146,12 +156,14 @@ def write_model_card(
     word_vocab_size: int | None,
     source: str | None = None,
     dataset: str | None = None,
+    notes: str | None = None,
 ) -> Path:
     """Write `output_dir/README.md`, a model card whose front matter holds everything given.
 
     `task` is one of our task names ("pretraining", "glue", "ner", "pos", "squad") or a Hub task
     type; `metrics` maps names ("eval_f1") to numbers; `source` names the original checkpoint of
-    a converted model; `dataset` names the dataset in model-index (default: the first data file's stem).
+    a converted model; `dataset` names the dataset in model-index (default: the first data file's stem);
+    `notes` is Markdown placed after the summary (e.g. how a checkpoint was converted).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -176,12 +188,12 @@ def write_model_card(
         base_model=base_model,
         library_name="transformers",
         tags=["charbert"],
-        pipeline_tag=HUB_TASK_TYPES.get(task),
+        pipeline_tag=hub_task_type(task),
         eval_results=results or None,
         charbert=info,
     )
     meta = card_data.to_dict()
-    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{_body(model_name, task, meta, metrics)}")
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{_body(model_name, task, meta, metrics, notes)}")
     path = output_dir / CARD_NAME
     card.save(path)
     return path

@@ -301,6 +301,9 @@ class CharBertModel(CharBertPreTrainedModel):
         n_fusion = 1 if config.share_fusion else config.num_hidden_layers
         self.fusion = nn.ModuleList([HeterogeneousInteraction(config) for _ in range(n_fusion)])
         self.gradient_checkpointing = False
+        # Per instance, not per class: accelerate's FSDP auto-wrap raises for a listed class the
+        # model lacks, so the list names this backbone's layer only (heads collect it in post_init).
+        self._no_split_modules = [type(self.encoder.layer[0]).__name__, "HeterogeneousInteraction", "CharEncoder"]
         self.post_init()
 
     def get_input_embeddings(self):
@@ -329,8 +332,9 @@ class CharBertModel(CharBertPreTrainedModel):
                 f"char_start_positions {tuple(char_start_positions.shape)} and char_end_positions "
                 f"{tuple(char_end_positions.shape)} must have the shape of input_ids {tuple(input_ids.shape)}."
             )
-        # Value checks read the tensors: only where that costs no device synchronisation.
-        if char_input_ids.device.type == "cpu" and char_input_ids.numel():
+        # Value checks read the tensors: only where that costs no device synchronisation (and not
+        # under torch.compile, where reading a value breaks the graph).
+        if char_input_ids.device.type == "cpu" and char_input_ids.numel() and not torch.compiler.is_compiling():
             top = int(char_input_ids.max())
             if top >= self.config.char_vocab_size:
                 raise ValueError(

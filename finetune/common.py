@@ -36,6 +36,7 @@ from charbert.cli import (
     setup_logging,
     write_json,
 )
+from charbert.model_card import CARD_NAME, write_model_card
 from charbert.tasks.errors import TaskDataError
 from charbert.tasks.features import FeatureDataset
 from charbert.tasks.inference import eval_dataloader
@@ -113,6 +114,14 @@ class Task:
     def read(self, args, path: str, split: str) -> Split:
         raise NotImplementedError
 
+    def dataset_split(self, args, split: str) -> str:
+        """The --dataset_name split our split reads (predict: the validation split, as with files)."""
+        return "train" if split == "train" else "validation"
+
+    def read_dataset(self, args, rows, source: str, split: str) -> Split:
+        """A Split from the rows of a `datasets` split (``rows.features`` names the columns)."""
+        raise UsageError(f"{self.name} does not take --dataset_name; give data files")
+
     def labels(self, args, train: Split | None, checkpoint: CheckpointInfo) -> list[str] | None:
         """Label names in id order; None for tasks without a label set (QA, regression)."""
         return None
@@ -156,6 +165,15 @@ def build_parser(prog: str, description: str, task: Task) -> argparse.ArgumentPa
     m.add_argument("--new_head", action="store_true",
                    help="Drop the checkpoint's task head (another task's, or another label set) and train a new one.")
     d = parser.add_argument_group("data")
+    d.add_argument("--dataset_name", type=str, default=None,
+                   help="Instead of data files: a datasets Hub name, a local dataset folder or a save_to_disk folder "
+                        "(its train and validation splits; needs the `datasets` extra).")
+    d.add_argument("--dataset_config_name", type=str, default=None, help="The dataset's configuration (e.g. mrpc).")
+    d.add_argument("--dataset_revision", type=str, default=None, help="The dataset's revision.")
+    d.add_argument("--text_column_name", type=str, default=None,
+                   help="The dataset's text column(s), comma-separated (default: the task's usual columns).")
+    d.add_argument("--label_column_name", type=str, default=None,
+                   help="The dataset's label column (default: the task's usual column).")
     d.add_argument("--train_file", type=str, default=None)
     d.add_argument("--validation_file", type=str, default=None)
     d.add_argument("--test_file", type=str, default=None,
@@ -202,6 +220,40 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def read_split(task: Task, args, path: str | None, split: str) -> Split:
+    """One split from its file, else from the --dataset_name split."""
+    if path:
+        return task.read(args, path, split)
+    from charbert.hf_datasets import open_dataset
+
+    name = task.dataset_split(args, split)
+    try:
+        rows = open_dataset(args.dataset_name, args.dataset_config_name, name, revision=args.dataset_revision,
+                            streaming=False)
+    except (ImportError, ValueError, FileNotFoundError) as err:  # no datasets, no such split/dataset
+        raise UsageError(f"--dataset_name {args.dataset_name}: {one_line(err)}") from None
+    source = args.dataset_name + (f"/{args.dataset_config_name}" if args.dataset_config_name else "") + f"[{name}]"
+    return task.read_dataset(args, rows, source, split)
+
+
+def dataset_columns(rows, source: str, wanted: Sequence[str]) -> None:
+    missing = [c for c in wanted if c not in rows.column_names]
+    if missing:
+        raise TaskDataError(f"{source} has no column {', '.join(map(repr, missing))} (columns: "
+                            f"{', '.join(rows.column_names)}); set --text_column_name / --label_column_name")
+
+
+def write_card(output_dir: Path, record: dict[str, Any], model, args, results: dict[str, EvalResult]) -> None:
+    """The model card (README.md) of a fine-tuned model: task and eval metrics as in metrics.json."""
+    config = getattr(model, "config", None)
+    metrics = {f"eval_{k}": v for k, v in results["eval"].scalars().items()} if "eval" in results else {}
+    data_files = [f for f in (args.train_file, args.validation_file) if f] or [args.dataset_name]
+    write_model_card(output_dir, task=record["task"], metrics=metrics, base_model=args.model_name_or_path,
+                     training_args=record["args"], data_files=data_files,
+                     char_vocab_size=getattr(config, "char_vocab_size", None),
+                     word_vocab_size=getattr(config, "word_vocab_size", None), dataset=record["task"])
+
+
 def _limit(split: Split | None, n: int | None) -> None:
     if split is not None and n is not None:
         if n < 1:
@@ -212,16 +264,19 @@ def _limit(split: Split | None, n: int | None) -> None:
 def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
     """Run one fine-tuning job; returns the metrics.json record."""
     start = time.perf_counter()
-    do_train = args.do_train if args.do_train is not None else bool(args.train_file)
-    do_eval = args.do_eval if args.do_eval is not None else bool(args.validation_file)
+    dataset = args.dataset_name is not None
+    if dataset and (args.train_file or args.validation_file):
+        raise UsageError("give --dataset_name or --train_file/--validation_file, not both")
+    do_train = args.do_train if args.do_train is not None else bool(args.train_file or dataset)
+    do_eval = args.do_eval if args.do_eval is not None else bool(args.validation_file or dataset)
     do_predict = bool(args.do_predict)
-    if do_train and not args.train_file:
-        raise UsageError("--do_train needs --train_file")
-    if do_eval and not args.validation_file:
-        raise UsageError("--do_eval needs --validation_file")
+    if do_train and not (args.train_file or dataset):
+        raise UsageError("--do_train needs --train_file (or --dataset_name)")
+    if do_eval and not (args.validation_file or dataset):
+        raise UsageError("--do_eval needs --validation_file (or --dataset_name)")
     predict_file = args.test_file or (args.validation_file if do_predict else None)
-    if do_predict and not predict_file:
-        raise UsageError("--do_predict needs --test_file (or --validation_file)")
+    if do_predict and not (predict_file or dataset):
+        raise UsageError("--do_predict needs --test_file (or --validation_file, or --dataset_name)")
     if not (do_train or do_eval or do_predict):
         raise UsageError("nothing to do: give --train_file, --validation_file, or --do_predict with --test_file")
     if args.max_seq_length < 8:
@@ -238,9 +293,9 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
     output_dir = Path(config.output_dir)
 
     # Data first: bad files fail before any model is loaded.
-    train_split = task.read(args, args.train_file, "train") if do_train else None
-    eval_split = task.read(args, args.validation_file, "eval") if do_eval else None
-    predict_split = task.read(args, predict_file, "predict") if do_predict else None
+    train_split = read_split(task, args, args.train_file, "train") if do_train else None
+    eval_split = read_split(task, args, args.validation_file, "eval") if do_eval else None
+    predict_split = read_split(task, args, predict_file, "predict") if do_predict else None
     checkpoint = inspect_checkpoint(args.model_name_or_path, charbert=args.charbert)
     labels = task.labels(args, train_split, checkpoint)  # from the whole training file, as run_ner does
     for split in (eval_split, predict_split):
@@ -301,7 +356,7 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
                            "num_examples": len(train_split.data), "num_features": len(train_split.rows),
                            "file": train_split.path}
         save_model(accelerator, model, output_dir, tokenizer=tokenizer)
-        files.append("model.safetensors")
+        files += ["model.safetensors", CARD_NAME]
     else:
         model = accelerator.prepare_model(model, evaluation_mode=True)
 
@@ -326,6 +381,8 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
         record["args"] = {k: v for k, v in sorted(vars(args).items())}
         record["wall_time_s"] = round(time.perf_counter() - start, 2)
         write_json(output_dir / METRICS_FILE, record)
+        if do_train:  # the folder holds a model: describe it
+            write_card(output_dir, record, model, args, results)
         summary = {p: results[p].scalars() for p in results}
         print(json.dumps({"output_dir": str(output_dir), **summary}, indent=None))
     accelerator.wait_for_everyone()

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from charbert.tasks.errors import TaskDataError
 from charbert.tasks.features import glue_features
 from charbert.tasks.glue import (
     GLUE_TASKS,
+    GlueExample,
     check_glue_texts,
     get_glue_task,
     glue_file_has_labels,
@@ -25,9 +27,15 @@ from charbert.tasks.glue import (
 from charbert.tasks.inference import gather_predictions
 from charbert.tasks.loading import SEQUENCE_CLASSIFICATION
 
-from .common import EvalResult, Split, Task, UsageError, cli
+from .common import EvalResult, Split, Task, UsageError, cli, dataset_columns
 
 PROG = "python -m finetune.glue"
+# The text columns of the Hub's `glue` dataset (as run_glue_no_trainer.py's task_to_keys).
+DATASET_TEXT_COLUMNS = {
+    "cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
+    "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"), "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"), "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2"),
+}
 
 
 class GlueFinetune(Task):
@@ -51,6 +59,41 @@ class GlueFinetune(Task):
         examples = read_glue(self.task.name, path, labelled=labelled)
         check_glue_texts(examples, path)
         return Split(split, path, examples, labelled)
+
+    def dataset_split(self, args, split):
+        if split != "train" and self.task.name == "mnli":
+            return "validation_matched"
+        return super().dataset_split(args, split)
+
+    def read_dataset(self, args, rows, source, split):
+        columns = args.text_column_name.split(",") if args.text_column_name else DATASET_TEXT_COLUMNS[self.task.name]
+        label_column = args.label_column_name or "label"
+        dataset_columns(rows, source, [*columns, label_column])
+        if len(columns) != len(self.task.text_columns):
+            raise UsageError(f"{self.task.name} takes {len(self.task.text_columns)} text column(s); got {columns}")
+        names = getattr(rows.features[label_column], "names", None)  # a ClassLabel's names
+        examples = []
+        for i, row in enumerate(rows):
+            label = self.dataset_label(row[label_column], names, source, i)
+            examples.append(GlueExample(str(row.get("idx", i)), row[columns[0]],
+                                        row[columns[1]] if len(columns) > 1 else None, label, i + 1))
+        labelled = all(ex.label is not None for ex in examples)
+        if split != "predict" and not labelled:
+            raise TaskDataError(f"{source}: rows without a label (-1) in the {split} split")
+        check_glue_texts(examples, source)
+        return Split(split, source, examples, labelled)
+
+    def dataset_label(self, value, names, source, row):
+        """Our label string (or float) of a dataset's label value; None for the test split's -1."""
+        if value is None or value == -1:
+            return None
+        if self.task.is_regression:
+            return float(value)
+        for candidate in ((names[value] if names and isinstance(value, int) else None), str(value)):
+            if candidate in self.task.labels:  # by name (MNLI, QNLI, RTE), else by id (binary tasks)
+                return candidate
+        raise TaskDataError(f"{source} row {row}: label {value!r} is not a {self.task.name} label "
+                            f"(expected one of {list(self.task.labels)})")
 
     def labels(self, args, train, checkpoint):
         return list(self.task.labels) if self.task.labels is not None else None

@@ -28,6 +28,9 @@ class NerFinetune(WordTagging):
         parser.add_argument("--tag_column", type=int, default=-1,
                             help="Column of the NER tag (0-based, negative from the end; default: the last).")
 
+    def dataset_tag_column(self, args):
+        return "ner_tags"
+
     def read(self, args, path, split):
         labelled = split != "predict" or conll_num_columns(path) > 1
         stats = {}  # lines the reader repaired (tokens with spaces, misspelt -DOCSTART-): reported in metrics

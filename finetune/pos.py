@@ -33,6 +33,9 @@ class PosFinetune(WordTagging):
     def describe(self, args):
         return f"pos/{args.tag_column}"
 
+    def dataset_tag_column(self, args):
+        return args.tag_column
+
     def read(self, args, path, split):
         if split == "predict" and not str(path).lower().endswith(".conllu"):
             first = next((line for line in read_text_lines(path) if line.strip()), "")

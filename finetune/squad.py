@@ -21,9 +21,9 @@ from charbert.tasks.errors import TaskDataError
 from charbert.tasks.features import squad_features
 from charbert.tasks.inference import gather_predictions
 from charbert.tasks.loading import QUESTION_ANSWERING
-from charbert.tasks.squad import postprocess_qa_predictions, read_squad, squad_evaluate
+from charbert.tasks.squad import SquadExample, _check_answers, postprocess_qa_predictions, read_squad, squad_evaluate
 
-from .common import EvalResult, Split, Task, UsageError, cli
+from .common import EvalResult, Split, Task, UsageError, cli, dataset_columns
 
 PROG = "python -m finetune.squad"
 
@@ -57,7 +57,21 @@ class SquadFinetune(Task):
         return "squad"  # a v2.0 model answers v1.1 questions too
 
     def read(self, args, path, split):
-        examples = read_squad(path, labelled=split != "predict")
+        return self.checked_split(args, path, split, read_squad(path, labelled=split != "predict"))
+
+    def read_dataset(self, args, rows, source, split):
+        """The Hub's squad / squad_v2 columns: id, title, context, question, answers{text, answer_start}."""
+        dataset_columns(rows, source, ["id", "question", "context", "answers"])
+        examples = []
+        for row in rows:
+            spans = row["answers"] or {"text": [], "answer_start": []}
+            answers = [{"text": t, "answer_start": int(a)} for t, a in zip(spans["text"], spans["answer_start"])]
+            answers = _check_answers(answers, row["context"], source, str(row["id"]), "answers")
+            examples.append(SquadExample(str(row["id"]), row.get("title") or "", row["question"], row["context"],
+                                         answers, is_impossible=not answers))
+        return self.checked_split(args, source, split, examples)
+
+    def checked_split(self, args, path, split, examples):
         labelled = all(ex.answers or ex.is_impossible for ex in examples)
         impossible = sum(ex.is_impossible for ex in examples)
         if impossible and not args.version_2_with_negative:

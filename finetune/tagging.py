@@ -7,9 +7,9 @@ from charbert.tasks.errors import TaskDataError, location
 from charbert.tasks.features import word_features, words_from_token_predictions
 from charbert.tasks.inference import gather_predictions
 from charbert.tasks.loading import TOKEN_CLASSIFICATION
-from charbert.tasks.ner import check_labels, label_list, read_label_file
+from charbert.tasks.ner import Sentence, check_labels, label_list, read_label_file
 
-from .common import EvalResult, Split, Task, UsageError
+from .common import EvalResult, Split, Task, UsageError, dataset_columns
 
 
 class WordTagging(Task):
@@ -25,6 +25,29 @@ class WordTagging(Task):
     # -- subclasses ---------------------------------------------------------------------
     def score(self, gold: list[list[str]], predicted: list[list[str]]) -> dict:
         raise NotImplementedError
+
+    def dataset_tag_column(self, args) -> str:
+        """The tag column of the task's usual Hub datasets (conll2003's ner_tags, universal_dependencies' upos)."""
+        raise NotImplementedError
+
+    # -- datasets -------------------------------------------------------------------------
+    def read_dataset(self, args, rows, source, split):
+        tokens_column = args.text_column_name or "tokens"
+        tags_column = args.label_column_name or self.dataset_tag_column(args)
+        labelled = tags_column in rows.column_names
+        dataset_columns(rows, source, [tokens_column] + ([tags_column] if split != "predict" else []))
+        names = getattr(getattr(rows.features[tags_column], "feature", None), "names", None) if labelled else None
+        if names is not None and split == "train":
+            self.dataset_labels = list(names)  # the label ids of the dataset, in its order
+        sentences = []
+        for i, row in enumerate(rows):
+            tags = None
+            if labelled:
+                tags = [names[t] if names is not None else str(t) for t in row[tags_column]]
+                if len(tags) != len(row[tokens_column]):
+                    raise TaskDataError(f"{source} row {i}: {len(row[tokens_column])} tokens but {len(tags)} tags")
+            sentences.append(Sentence(list(row[tokens_column]), tags, i + 1))
+        return Split(split, source, [s for s in sentences if s.tokens], labelled)
 
     # -- labels -------------------------------------------------------------------------
     def labels(self, args, train: Split | None, checkpoint):
@@ -51,6 +74,8 @@ class WordTagging(Task):
             return labels
         if train is None:
             return None  # no labels without training: the head check reports the missing head
+        if getattr(self, "dataset_labels", None):
+            return self.dataset_labels
         return label_list(train.data)
 
     def check_split_labels(self, split, labels):

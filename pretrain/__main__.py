@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 PROG = "python -m pretrain"
@@ -33,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_name_or_path", help="a CharBERT checkpoint, or a plain BERT/RoBERTa checkpoint folder to start from")
     parser.add_argument("--train_file", nargs="+", help="text files or glob patterns (plain or .gz), one line a unit")
     parser.add_argument("--validation_file", nargs="+", help="held-out text for MLM perplexity and NLM accuracy")
+    parser.add_argument("--dataset_name",
+                        help="instead of --train_file: a datasets Hub name, a local dataset folder or a save_to_disk folder "
+                             "(streamed into the packed blocks; needs the `datasets` extra)")
+    parser.add_argument("--dataset_config_name", help="the dataset's configuration (e.g. wikitext-103-raw-v1)")
+    parser.add_argument("--dataset_revision", help="the dataset's revision (pin it: the packed cache is keyed on it)")
+    parser.add_argument("--text_column_name", help="the text column (default: 'text', else the first text column)")
+    parser.add_argument("--train_split_name", default="train", help="the --dataset_name split to train on")
+    parser.add_argument("--validation_split_name",
+                        help="a --dataset_name split for validation (e.g. validation), unless --validation_file is given")
     parser.add_argument("--word_vocab", help="folder (or word_vocab.txt) from python -m pretrain.vocab; its char_vocab.json is used too")
     parser.add_argument("--char_vocab", help="a char_vocab.json (default: beside --word_vocab, then in the checkpoint)")
     parser.add_argument("--tokenizer_name", help="a folder with the tokenizer files, when --model_name_or_path has none")
@@ -54,15 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.default_job = args.model_name_or_path is None and args.train_file is None
+    if args.train_file is not None and args.dataset_name is not None:
+        parser.error("give --train_file or --dataset_name, not both")
+    if args.dataset_name is not None and importlib.util.find_spec("datasets") is None:
+        parser.error("--dataset_name needs the `datasets` package: pip install 'charbert[datasets]'")
+    has_data = args.train_file is not None or args.dataset_name is not None
+    args.default_job = args.model_name_or_path is None and not has_data
     if args.default_job:
         given = {a.split("=")[0].lstrip("-") for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
         for key, value in DEFAULT_JOB_FLAGS.items():
             if key not in given:
                 setattr(args, key, value)
         args.output_dir = args.output_dir or DEFAULT_OUTPUT_DIR
-    elif args.model_name_or_path is None or args.train_file is None:
-        parser.error("--model_name_or_path and --train_file go together (or give neither for the built-in default job)")
+    elif args.model_name_or_path is None or not has_data:
+        parser.error("--model_name_or_path and --train_file (or --dataset_name) go together "
+                     "(or give neither for the built-in default job)")
     return args
 
 
@@ -91,9 +108,34 @@ def check_sizes(args) -> None:
         raise UsageError(f"--max_eval_blocks must be >= 1; got {args.max_eval_blocks}")
 
 
+def write_card(args, model, eval_metrics: dict, word_vocab) -> None:
+    """The model card (README.md) of the pretrained model."""
+    from charbert.model_card import write_model_card
+
+    config = model.config
+    metrics = {k if k.startswith("eval_") else f"eval_{k}": v for k, v in eval_metrics.items()}
+    data_files = [*(args.train_file or []), *(args.validation_file or [])] or [args.dataset_name]
+    write_model_card(args.output_dir, task="pretraining", metrics=metrics, base_model=args.model_name_or_path,
+                     training_args=vars(args), data_files=data_files,
+                     char_vocab_size=getattr(config, "char_vocab_size", None),
+                     word_vocab_size=len(word_vocab) if word_vocab is not None else None)
+
+
+def pack_text(args, files: list[str] | None, split: str | None, *, tokenizer, cache: str, budget: int,
+              show_progress: bool):
+    """Packed blocks of text files, else of the --dataset_name split (streamed, never held in memory)."""
+    if files:
+        from charbert.data import pack_corpus
+
+        return pack_corpus(files, tokenizer, cache, budget, show_progress)
+    from charbert.hf_datasets import pack_dataset
+
+    return pack_dataset(args.dataset_name, tokenizer, cache, budget, args.dataset_config_name, split,
+                        args.text_column_name, revision=args.dataset_revision, show_progress=show_progress)
+
+
 def run(args) -> dict:
     from charbert.collator import PretrainingCollator
-    from charbert.data import pack_corpus
     from charbert.pretraining import (
         load_pretraining_model,
         prepare_default_job,
@@ -126,10 +168,12 @@ def run(args) -> dict:
     budget = block_budget(args.max_seq_length, args.packing_slack)
     cache = args.cache_dir or str(Path(args.output_dir) / "cache")
     with accelerator.main_process_first():
-        train_blocks = pack_corpus(args.train_file, tokenizer.tokenizer, cache, budget, accelerator.is_main_process)
+        pack = partial(pack_text, args, tokenizer=tokenizer.tokenizer, cache=cache, budget=budget,
+                       show_progress=accelerator.is_main_process)
+        train_blocks = pack(args.train_file, args.train_split_name)
         eval_blocks = None
-        if args.validation_file:
-            eval_blocks = pack_corpus(args.validation_file, tokenizer.tokenizer, cache, budget, accelerator.is_main_process)
+        if args.validation_file or (args.dataset_name and args.validation_split_name):
+            eval_blocks = pack(args.validation_file, args.validation_split_name)
     if eval_blocks is not None and len(eval_blocks) > args.max_eval_blocks:
         from torch.utils.data import Subset
 
@@ -150,6 +194,8 @@ def run(args) -> dict:
     if word_vocab is not None:
         extra["word_vocab.txt"] = "\n".join([word_vocab.UNK, *word_vocab.words]) + "\n"
     save_model(accelerator, model, args.output_dir, tokenizer=tokenizer if args.objective == "charbert" else tokenizer.tokenizer, extra_files=extra)
+    if accelerator.is_main_process:
+        write_card(args, model, result.last_eval, word_vocab)
     summary = {
         "output_dir": args.output_dir,
         "objective": args.objective,

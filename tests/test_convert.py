@@ -134,6 +134,11 @@ def test_converted_folder_loads_with_nothing_new(tmp_path, authors_dirs, backbon
     card = (out / "README.md").read_text(encoding="utf-8")
     expected_class = "CharBertForMaskedLM" if backbone == "bert" else "RobertaForMaskedLM"
     assert expected_class in card and "char_padding" in card
+    from charbert.model_card import read_model_card
+
+    info = read_model_card(out)["charbert"]
+    assert info["source"] == str(authors_dirs[backbone]) and info["word_vocab_size"] == 30001
+    assert info["char_vocab_size"] == config.char_vocab_size
 
 
 def test_bert_tokenizer_is_cased_unless_told(tmp_path, authors_dirs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 
 import pytest
 
@@ -120,3 +121,55 @@ def test_without_datasets_the_error_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_datasets)
     with pytest.raises(ImportError, match="pip install datasets"):
         list(iter_dataset_lines("wikitext"))
+
+
+# ---- the programs take --dataset_name ------------------------------------------------------------
+
+
+def _pretrain_losses(bert_dir, vocab_dir, out, *data_flags) -> list[float]:
+    from pretrain.__main__ import main
+    from tests.conftest import reset_accelerate
+
+    reset_accelerate()
+    assert main(["--model_name_or_path", str(bert_dir), *data_flags, "--word_vocab", str(vocab_dir),
+                 "--max_seq_length", "48", "--per_device_train_batch_size", "4", "--max_train_steps", "3",
+                 "--logging_steps", "1", "--seed", "5", "--output_dir", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+@pytest.mark.slow
+def test_pretrain_dataset_name_trains_on_the_same_blocks_as_the_file(bert_dir, tiny_texts, lines, text_file, tmp_path):
+    from charbert.vocab import WordVocab
+
+    vocab = tmp_path / "vocab"
+    vocab.mkdir()
+    WordVocab.build(tiny_texts, max_size=200).save(vocab)
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"id": list(range(len(lines))), "body": lines})}
+                         ).save_to_disk(str(saved))
+    from_file = _pretrain_losses(bert_dir, vocab, tmp_path / "file", "--train_file", str(text_file))
+    from_disk = _pretrain_losses(bert_dir, vocab, tmp_path / "disk", "--dataset_name", str(saved),
+                                 "--text_column_name", "body")
+    assert len(from_file) == len(from_disk) == 3 and all(map(math.isfinite, from_disk))
+
+    def trained_blocks(out):
+        (folder,) = [p for p in (out / "cache").iterdir() if p.is_dir()]
+        return list(PackedBlocks(folder))
+
+    assert trained_blocks(tmp_path / "disk") == trained_blocks(tmp_path / "file")
+    from charbert.model_card import read_model_card
+
+    assert read_model_card(tmp_path / "disk")["charbert"]["data_files"] == [str(saved)]
+
+
+def test_pretrain_dataset_flags_are_checked(capsys, monkeypatch):
+    from pretrain.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--model_name_or_path", "m", "--train_file", "a.txt", "--dataset_name", "text"])
+    assert "not both" in capsys.readouterr().err
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "datasets" else object())
+    with pytest.raises(SystemExit):
+        parse_args(["--model_name_or_path", "m", "--dataset_name", "wikitext"])
+    assert "pip install 'charbert[datasets]'" in capsys.readouterr().err

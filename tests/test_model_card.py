@@ -87,3 +87,41 @@ def test_git_commit_outside_a_checkout_is_none(tmp_path):
 def test_missing_card_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model card"):
         read_model_card(tmp_path)
+
+
+# ---- the programs write cards ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_finetune_run_card_matches_its_metrics(task_files, bert_dir, tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    out = tmp_path / "ner"
+    assert run_cli("ner", "--train_file", task_files["ner_train"], "--validation_file", task_files["ner_dev"],
+                   "--model_name_or_path", bert_dir, "--charbert", "--max_seq_length", "32", "--max_train_steps", "2",
+                   "--per_device_train_batch_size", "8", "--output_dir", out, "--seed", "1") == 0
+    record = json.loads((out / "metrics.json").read_text())
+    meta = read_model_card(out)
+    added_by_the_program = {"num_features", "num_examples", "file", "labelled", "predictions"}
+    expected = {f"eval_{k}": v for k, v in record["eval"].items() if k not in added_by_the_program
+                and isinstance(v, (int, float)) and not isinstance(v, bool) and model_card._is_metric(f"eval_{k}")}
+    assert expected and card_metrics(meta) == expected
+    assert meta["charbert"]["task"] == record["task"] and meta["pipeline_tag"] == "token-classification"
+    assert meta["base_model"] == str(bert_dir) and meta["charbert"]["data_files"] == [str(task_files["ner_train"]),
+                                                                                      str(task_files["ner_dev"])]
+    assert meta["charbert"]["char_vocab_size"] > 0 and "README.md" in record["files"]
+
+
+@pytest.mark.slow
+def test_pretraining_writes_a_card(tmp_path):
+    from pretrain.__main__ import main
+    from tests.conftest import reset_accelerate
+
+    reset_accelerate()
+    out = tmp_path / "pre"
+    assert main(["--max_train_steps", "2", "--eval_steps", "2", "--max_eval_blocks", "4", "--output_dir", str(out)]) == 0
+    meta = read_model_card(out)
+    assert meta["pipeline_tag"] == "fill-mask" and meta["charbert"]["word_vocab_size"] > 0
+    assert card_metrics(meta) and all(name.startswith("eval_") for name in card_metrics(meta))

@@ -16,6 +16,8 @@ LR_SCHEDULER_TYPES = (
     "constant_with_warmup",
 )
 
+MIXED_PRECISION_TYPES = ("no", "fp16", "bf16")
+
 
 def parse_checkpointing_steps(value: Any) -> int | str | None:
     """``None`` | positive int | ``"epoch"``; anything else is a clear error."""
@@ -104,6 +106,14 @@ class TrainingConfig:
     report_to: str | list[str] = field(
         default="none", metadata=_help("Trackers for accelerate: none, tensorboard, all, or a comma-separated list."))
     dataloader_num_workers: int = field(default=0, metadata=_help("DataLoader worker processes (0: load in-process)."))
+    mixed_precision: str | None = field(
+        default=None, metadata=_help("accelerate's autocast: no, fp16 (with a gradient scaler; V100-class GPUs) or bf16 "
+                                     "(CPUs, A100/H100); weights stay fp32 (default: accelerate's config/env).",
+                                     choices=MIXED_PRECISION_TYPES))
+    gradient_checkpointing: bool = field(
+        default=False, metadata=_help("Recompute each layer's activations in the backward pass (less memory, ~30% slower)."))
+    torch_compile: bool = field(
+        default=False, metadata=_help("torch.compile the prepared model (dynamic shapes: batches are padded per batch)."))
 
     def __post_init__(self) -> None:
         if not self.output_dir:
@@ -130,6 +140,8 @@ class TrainingConfig:
             raise ValueError("dataloader_num_workers must be >= 0")
         if self.lr_scheduler_type not in LR_SCHEDULER_TYPES:
             raise ValueError(f"lr_scheduler_type must be one of {LR_SCHEDULER_TYPES}, got {self.lr_scheduler_type!r}")
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION_TYPES:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_TYPES}, got {self.mixed_precision!r}")
         if self.resume_from_checkpoint in ("", "none", "None"):
             self.resume_from_checkpoint = None
 
@@ -158,6 +170,9 @@ def add_dataclass_arguments(parser, cls, title: str | None = None) -> None:
         default = None if f.default is MISSING else f.default
         extra = {k: v for k, v in f.metadata.items() if k != "help"}
         help_text = f.metadata.get("help", "")
+        if "bool" in str(f.type):  # switches: --flag turns them on
+            group.add_argument(f"--{f.name}", action="store_true", default=bool(default), help=help_text or None)
+            continue
         if default is not None:
             help_text = f"{help_text} (default: %(default)s)".strip()
         if extra.get("action") != "store_true":  # a switch takes no value, hence no type

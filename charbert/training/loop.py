@@ -102,6 +102,24 @@ def _check_inputs(config, train_dataset, eval_dataset) -> None:
         raise ValueError("eval_dataset is empty")
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Turn on activation recomputation (before ``prepare``, so DDP/FSDP wrap the checkpointed model)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"--gradient_checkpointing: {type(model).__name__} does not support gradient checkpointing")
+    # transformers 5 names it activation checkpointing (the old name warns that it is deprecated).
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
+def compile_model(model):
+    """``torch.compile`` the prepared model; ``dynamic=True`` because every batch is padded to its own
+    length (one graph for all lengths instead of a recompile per new shape).  The parameters are
+    shared with ``model``, so callers keep saving the module they passed to :func:`train`."""
+    from accelerate.utils import is_compiled_module
+
+    return model if is_compiled_module(model) else torch.compile(model, dynamic=True)
+
+
 def _prepare_output_dir(accelerator, output_dir: Path) -> Path:
     if accelerator.is_main_process:
         lock_output_dir(output_dir)  # one run per folder (a no-op when the program took it already)
@@ -333,7 +351,11 @@ def train(model, train_dataset, config: TrainingConfig, collate_fn, eval_fn=None
     # ---- setup: data, optimizer, schedule
     data = build_dataloaders(train_dataset, eval_dataset, collate_fn, config, accelerator)
     optimizer = build_optimizer(model, config)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model, optimizer, data.train = accelerator.prepare(model, optimizer, data.train)
+    if config.torch_compile:
+        model = compile_model(model)
     if data.eval is not None:
         eval_order = data.eval.sampler if isinstance(data.eval.sampler, list) else None
         data.eval = accelerator.prepare(data.eval)

@@ -35,6 +35,8 @@ def create_accelerator(config: TrainingConfig, **kwargs):
         # Under plain torchrun on a CPU-only machine accelerate only goes distributed (gloo)
         # with cpu=True; otherwise every rank would silently train its own copy.
         kwargs.setdefault("cpu", True)
+    if config.mixed_precision is not None:  # None: accelerate's config file / environment decides
+        kwargs.setdefault("mixed_precision", config.mixed_precision)
     kwargs.setdefault("gradient_accumulation_steps", config.gradient_accumulation_steps)
     kwargs.setdefault("log_with", config.report_to or None)
     kwargs.setdefault("project_dir", config.output_dir)
