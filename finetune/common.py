@@ -32,6 +32,7 @@ from typing import Any
 
 from charbert.cli import (
     UsageError,
+    one_line,
     run_main,
     setup_logging,
     write_json,
