@@ -12,6 +12,7 @@ from transformers import (
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
+    AutoTokenizer,
 )
 
 from .chars import CHAR_INPUT_NAMES, CharVocab, align, hide_characters
@@ -25,7 +26,7 @@ from .modeling import (
     CharBertModel,
     CharBertPreTrainedModel,
 )
-from .tokenization import CharBertTokenizer
+from .tokenization import CharBertTokenizer, CharBertTokenizerFast
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ for _auto, _cls in (
     (AutoModelForMultipleChoice, CharBertForMultipleChoice),
 ):
     _auto.register(CharBertConfig, _cls, exist_ok=True)
+AutoTokenizer.register(CharBertConfig, fast_tokenizer_class=CharBertTokenizerFast, exist_ok=True)
 
 __all__ = [
     "CHAR_INPUT_NAMES",
@@ -51,6 +53,7 @@ __all__ = [
     "CharBertModel",
     "CharBertPreTrainedModel",
     "CharBertTokenizer",
+    "CharBertTokenizerFast",
     "CharVocab",
     "align",
     "hide_characters",

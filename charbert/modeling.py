@@ -266,16 +266,18 @@ class CharBertPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Load a CharBERT checkpoint, or build CharBERT on a plain BERT/RoBERTa checkpoint folder.
+        """Load a CharBERT checkpoint, or build CharBERT on a plain BERT/RoBERTa checkpoint: a folder or
+        a hub name (`checkpoint.resolve_checkpoint`: the hub cache when offline, `revision` passed through).
 
         With a plain checkpoint every backbone weight is copied (and a *ForMaskedLM head, when the
         checkpoint has one), the character modules and fusion are new; `model.loading_info` lists
         what was loaded and what was initialised (see `checkpoint.build_on_backbone`). Extra keyword
         arguments set CharBertConfig fields (char_vocab_size, word_vocab_size, num_labels, ...).
         """
-        if checkpoint.read_model_type(pretrained_model_name_or_path) == CharBertConfig.model_type:
+        path = checkpoint.resolve_checkpoint(pretrained_model_name_or_path, **checkpoint.hub_kwargs(kwargs))
+        if checkpoint.read_model_type(path) == CharBertConfig.model_type:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        return checkpoint.build_on_backbone(cls, pretrained_model_name_or_path, **kwargs)
+        return checkpoint.build_on_backbone(cls, path, **kwargs)
 
     @classmethod
     def from_backbone(cls, path: str | os.PathLike, **config_kwargs):

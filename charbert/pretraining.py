@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from .chars import CHAR_VOCAB_FILE, CharVocab
-from .checkpoint import max_sequence_length, read_model_type
+from .checkpoint import max_sequence_length, read_model_type, resolve_checkpoint
 from .modeling import CharBertForPreTraining
 from .tokenization import CharBertTokenizer
 from .vocab import WORD_VOCAB_FILE, WordVocab
@@ -30,6 +30,8 @@ def resolve_vocabularies(model_path, word_vocab_path=None, char_vocab_path=None)
     """The word vocabulary (NLM) and the character vocabulary, looked up in this order:
     the given paths, the word-vocabulary folder, the checkpoint folder; the default character
     set last. A CharBERT checkpoint carries both (save_pretrained writes them)."""
+    if model_path is not None:  # a folder, or a hub name's snapshot (its word_vocab.txt and char_vocab.json)
+        model_path = resolve_checkpoint(model_path)
     word_vocab = None
     for candidate in (word_vocab_path, model_path):
         if candidate is None:
@@ -55,6 +57,7 @@ def resolve_vocabularies(model_path, word_vocab_path=None, char_vocab_path=None)
 
 def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | None, char_vocab: CharVocab, max_seq_length: int):
     """(model, tokenizer) for the objective, with every size checked against the vocabularies."""
+    model_path = resolve_checkpoint(model_path)
     model_type = read_model_type(model_path)
     if objective == "charbert":
         if word_vocab is None:
@@ -74,7 +77,7 @@ def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | N
                 f"{config.char_vocab_size}: pass the char_vocab.json it was trained with."
             )
         # The character layout is the model's (a converted checkpoint keeps the authors').
-        tokenizer = CharBertTokenizer(AutoTokenizer.from_pretrained(model_path), char_vocab, char_layout=config.char_layout)
+        tokenizer = CharBertTokenizer.from_pretrained(model_path, char_vocab=char_vocab, char_layout=config.char_layout)
     else:
         if model_type == "charbert":
             raise ValueError(f"--objective {objective} trains a plain BERT/RoBERTa; {model_path} is a CharBERT checkpoint.")

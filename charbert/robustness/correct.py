@@ -75,8 +75,9 @@ class NlmCorrector:
         import json
 
         from charbert import CharBertForPreTraining, CharBertTokenizer
+        from charbert.checkpoint import resolve_checkpoint
 
-        path = Path(path)
+        path = resolve_checkpoint(path)  # a folder, or a hub name's snapshot
         config = path / "config.json"
         if not config.is_file():
             raise FileNotFoundError(f"{path}: no config.json (expected a CharBERT pretraining checkpoint)")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import max_sequence_length, quiet_transformers, read_config_dict
+from ..checkpoint import max_sequence_length, quiet_transformers, read_config_dict, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class CheckpointInfo:
 
 
 def inspect_checkpoint(path, charbert: bool = False) -> CheckpointInfo:
-    path = Path(path)
+    path = resolve_checkpoint(path)  # a folder, or a hub name's snapshot (the cache when offline)
     config = read_config_dict(path)
     model_type = config.get("model_type")
     if not model_type:
