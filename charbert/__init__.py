@@ -7,6 +7,7 @@ matching AutoModelFor... classes, so a saved CharBERT never silently loads as pl
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForMaskedLM,
     AutoModelForMultipleChoice,
     AutoModelForPreTraining,
     AutoModelForQuestionAnswering,
@@ -18,6 +19,7 @@ from transformers import (
 from .chars import CHAR_INPUT_NAMES, CharVocab, align, hide_characters
 from .configuration import CharBertConfig
 from .modeling import (
+    CharBertForMaskedLM,
     CharBertForMultipleChoice,
     CharBertForPreTraining,
     CharBertForQuestionAnswering,
@@ -34,6 +36,7 @@ AutoConfig.register("charbert", CharBertConfig, exist_ok=True)
 for _auto, _cls in (
     (AutoModel, CharBertModel),
     (AutoModelForPreTraining, CharBertForPreTraining),
+    (AutoModelForMaskedLM, CharBertForMaskedLM),
     (AutoModelForSequenceClassification, CharBertForSequenceClassification),
     (AutoModelForTokenClassification, CharBertForTokenClassification),
     (AutoModelForQuestionAnswering, CharBertForQuestionAnswering),
@@ -45,6 +48,7 @@ AutoTokenizer.register(CharBertConfig, fast_tokenizer_class=CharBertTokenizerFas
 __all__ = [
     "CHAR_INPUT_NAMES",
     "CharBertConfig",
+    "CharBertForMaskedLM",
     "CharBertForMultipleChoice",
     "CharBertForPreTraining",
     "CharBertForQuestionAnswering",

@@ -143,6 +143,8 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
                 if key in tokenizer.init_kwargs or key in ("model_max_length", "padding_side", "truncation_side"):
                     kwargs.setdefault(key, getattr(tokenizer, key, tokenizer.init_kwargs.get(key)))
             kwargs.setdefault("name_or_path", tokenizer.name_or_path)
+            subword_names = [n for n in tokenizer.model_input_names if n not in CHAR_INPUT_NAMES]
+            kwargs.setdefault("model_input_names", subword_names + list(CHAR_INPUT_NAMES))
         saved_layout = None
         if char_vocab is None and char_vocab_file is not None:
             char_vocab, saved_layout = CharVocab.load(char_vocab_file), _layout_in_file(char_vocab_file)
@@ -239,17 +241,28 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
         """Per-row character features (unpadded numpy arrays) of a batch encoding of `texts` (and `text_pairs`).
 
         Rows map to texts through `overflow_to_sample_mapping` when windows overflow (SQuAD).
-        `hidden[row]` flags the tokens whose characters the model must not see (pretraining's MLM).
+        `hidden[row]` flags the tokens whose characters the model must not see (pretraining's MLM);
+        by default the mask tokens of the text (fill-mask).
         """
         sample_of_row = encoding.get("overflow_to_sample_mapping")
         out = []
         for row in range(len(encoding["input_ids"])):
             sample = int(sample_of_row[row]) if sample_of_row is not None else row
             seg_texts = (texts[sample],) if text_pairs is None else (texts[sample], text_pairs[sample])
-            char_ids, starts, ends = self.align_row(encoding, row, seg_texts, None if hidden is None else hidden[row],
+            row_hidden = hidden[row] if hidden is not None else self._mask_tokens(encoding, row)
+            char_ids, starts, ends = self.align_row(encoding, row, seg_texts, row_hidden,
                                                     padded_tokens_last=padded_tokens_last)
             out.append({"char_input_ids": char_ids, "char_start_positions": starts, "char_end_positions": ends})
         return out
+
+    def _mask_tokens(self, encoding: BatchEncoding, row: int) -> np.ndarray | None:
+        """The mask tokens of a row: their characters are hidden, as pretraining hides those of every
+        MLM-chosen token (the model never saw the characters of "[MASK]"); None when there are none."""
+        if self.mask_token_id is None:
+            return None
+        ids = np.asarray(encoding.encodings[row].ids if encoding.encodings else encoding["input_ids"][row])
+        is_mask = ids == self.mask_token_id
+        return is_mask if is_mask.any() else None
 
     def _encode_plus(self, text, text_pair=None, padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
                      pad_to_multiple_of: int | None = None, return_tensors=None, return_offsets_mapping: bool = False,

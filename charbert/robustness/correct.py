@@ -24,7 +24,6 @@ restored exactly and the share of clean words wrongly changed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
