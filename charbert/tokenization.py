@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from .chars import (
     REFERENCE_CHARS_PER_TOKEN,
     CharVocab,
     align,
+    align_offsets_batch,
     check_char_layout,
 )
 
@@ -236,24 +238,70 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
             continuation_prefix=self.continuation_prefix,
         )
 
-    def char_features(self, encoding: BatchEncoding, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
-                      padded_tokens_last: bool = False, hidden: Sequence[np.ndarray] | None = None) -> list[dict]:
-        """Per-row character features (unpadded numpy arrays) of a batch encoding of `texts` (and `text_pairs`).
+    def char_columns(self, encoding: BatchEncoding, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+                     padded_tokens_last: bool = False, hidden: Sequence[np.ndarray] | None = None,
+                     special_template: tuple[int, int] | None = None) -> tuple[list, list, list]:
+        """The character fields of a batch encoding of `texts` (and `text_pairs`), unpadded, per row:
+        (char_input_ids, char_start_positions, char_end_positions), each a list with one sequence per row.
 
         Rows map to texts through `overflow_to_sample_mapping` when windows overflow (SQuAD).
         `hidden[row]` flags the tokens whose characters the model must not see (pretraining's MLM);
-        by default the mask tokens of the text (fill-mask).
+        by default the mask tokens of the text (fill-mask). The "offsets" layout is aligned for the
+        whole batch at once (`chars.align_offsets_batch`), the "reference" layout row by row.
+        `special_template` (unpadded single texts only): how many special tokens the post-processor
+        puts before and after every text, which saves reading each row's special-tokens mask.
         """
+        n_rows = len(encoding["input_ids"])
         sample_of_row = encoding.get("overflow_to_sample_mapping")
-        out = []
-        for row in range(len(encoding["input_ids"])):
-            sample = int(sample_of_row[row]) if sample_of_row is not None else row
-            seg_texts = (texts[sample],) if text_pairs is None else (texts[sample], text_pairs[sample])
-            row_hidden = hidden[row] if hidden is not None else self._mask_tokens(encoding, row)
-            char_ids, starts, ends = self.align_row(encoding, row, seg_texts, row_hidden,
-                                                    padded_tokens_last=padded_tokens_last)
-            out.append({"char_input_ids": char_ids, "char_start_positions": starts, "char_end_positions": ends})
-        return out
+        samples = list(range(n_rows)) if sample_of_row is None else [int(s) for s in sample_of_row]
+        seg_texts = [(texts[s],) if text_pairs is None else (texts[s], text_pairs[s]) for s in samples]
+        if self.char_layout == "reference":
+            rows = [self.align_row(encoding, row, seg_texts[row], hidden[row] if hidden is not None else self._mask_tokens(encoding, row),
+                                   padded_tokens_last=padded_tokens_last) for row in range(n_rows)]
+            return tuple(list(column) for column in zip(*rows)) if rows else ([], [], [])
+        encodings = encoding.encodings
+        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=n_rows)
+        n_tokens = int(lengths.sum())
+        # The offsets and ids the base class already turned into lists (reading them from Rust again costs more).
+        offset_rows = encoding["offset_mapping"] if "offset_mapping" in encoding else [e.offsets for e in encodings]
+        offsets = np.fromiter(chain.from_iterable(chain.from_iterable(offset_rows)), dtype=np.int64, count=2 * n_tokens)
+        if text_pairs is None:  # one segment: the special tokens (and padding) are the only ones outside it
+            segment = _template_segments(lengths, special_template) if special_template else None
+            if segment is None:
+                special = np.fromiter(chain.from_iterable(e.special_tokens_mask for e in encodings), dtype=np.int64,
+                                      count=n_tokens)
+                segment = -special
+        else:
+            segment = np.fromiter((-1 if s is None else s for e in encodings for s in e.sequence_ids), dtype=np.int64,
+                                  count=n_tokens)
+        if hidden is not None:
+            flags = np.concatenate([np.asarray(h, dtype=bool) for h in hidden]) if n_rows else None
+        elif (mask := self.mask_token) is not None and any(mask in t for t in chain(texts, text_pairs or ())):
+            ids = np.fromiter(chain.from_iterable(encoding["input_ids"]), dtype=np.int64, count=n_tokens)
+            flags = ids == self.mask_token_id
+        else:
+            flags = None
+        chars, row_starts, starts, ends = align_offsets_batch(
+            offsets, np.repeat(np.arange(n_rows), lengths), segment, seg_texts, self.char_vocab, n_rows, flags)
+        chars, starts, ends = chars.tolist(), starts.tolist(), ends.tolist()
+        char_bounds, token_bounds = row_starts.tolist(), [0, *np.cumsum(lengths).tolist()]
+        return ([chars[char_bounds[i]:char_bounds[i + 1]] for i in range(n_rows)],
+                [starts[token_bounds[i]:token_bounds[i + 1]] for i in range(n_rows)],
+                [ends[token_bounds[i]:token_bounds[i + 1]] for i in range(n_rows)])
+
+    def char_features(self, encoding: BatchEncoding, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+                      padded_tokens_last: bool = False, hidden: Sequence[np.ndarray] | None = None) -> list[dict]:
+        """`char_columns` as one dict per row (unpadded), the form collators and datasets hold."""
+        columns = self.char_columns(encoding, texts, text_pairs, padded_tokens_last, hidden)
+        return [dict(zip(CHAR_FEATURE_NAMES, row)) for row in zip(*columns)]
+
+    def _special_template(self, add_special_tokens: bool) -> tuple[int, int] | None:
+        """(special tokens before, after) a single text, read off the encoding of a probe text."""
+        mask = self._tokenizer.encode("a", add_special_tokens=add_special_tokens).special_tokens_mask
+        if 0 not in mask:
+            return None
+        before = mask.index(0)
+        return before, len(mask) - 1 - max(i for i, m in enumerate(mask) if m == 0)
 
     def _mask_tokens(self, encoding: BatchEncoding, row: int) -> np.ndarray | None:
         """The mask tokens of a row: their characters are hidden, as pretraining hides those of every
@@ -284,23 +332,25 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
                 raise TypeError(f"CharBertTokenizerFast takes strings; got {type(t).__name__}.")
         enc = super()._encode_plus(texts, pairs, padding_strategy=padding_strategy, pad_to_multiple_of=pad_to_multiple_of,
                                    return_tensors=None, return_offsets_mapping=True, **kwargs)
-        features = self.char_features(enc, texts, pairs, padded_tokens_last=padded_tokens_last)
+        padded = padding_strategy != PaddingStrategy.DO_NOT_PAD
+        template = None if padded or pairs is not None else self._special_template(kwargs.get("add_special_tokens", True))
+        char_ids, starts, ends = self.char_columns(enc, texts, pairs, padded_tokens_last=padded_tokens_last,
+                                                   special_template=template)
         data = dict(enc)
         if not return_offsets_mapping:
             data.pop("offset_mapping")
-        padded = padding_strategy != PaddingStrategy.DO_NOT_PAD
         if padded or return_tensors is not None:
             lengths = {len(ids) for ids in enc["input_ids"]}
             if len(lengths) > 1:
                 raise ValueError("Sequences have different lengths: pass padding=True to return tensors.")
-            chars = pad_char_arrays(*_char_columns(features), n_tokens=lengths.pop() if lengths else 0,
+            chars = pad_char_arrays(char_ids, starts, ends, n_tokens=lengths.pop() if lengths else 0,
                                     char_layout=self.char_layout, pad_to_multiple_of=pad_to_multiple_of)
             data.update(chars if return_tensors is not None else {k: v.tolist() for k, v in chars.items()})
         else:
-            data["char_input_ids"] = [f["char_input_ids"].tolist() for f in features]
-            data["char_attention_mask"] = [[1] * len(f["char_input_ids"]) for f in features]
-            data["char_start_positions"] = [f["char_start_positions"].tolist() for f in features]
-            data["char_end_positions"] = [f["char_end_positions"].tolist() for f in features]
+            data["char_input_ids"] = [_as_list(c) for c in char_ids]
+            data["char_attention_mask"] = [[1] * len(c) for c in char_ids]
+            data["char_start_positions"] = [_as_list(s) for s in starts]
+            data["char_end_positions"] = [_as_list(e) for e in ends]
         if not batched and return_tensors is None and "overflow_to_sample_mapping" not in data:
             data = {k: v[0] for k, v in data.items()}
         return BatchEncoding(data, encoding=enc.encodings, tensor_type=return_tensors)
@@ -337,12 +387,23 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
 CharBertTokenizer = CharBertTokenizerFast
 
 
-def _char_columns(features: Sequence[dict]) -> tuple[list, list, list]:
-    return tuple([f[k] for f in features] for k in CHAR_FEATURE_NAMES)
+def _template_segments(lengths: np.ndarray, template: tuple[int, int]) -> np.ndarray | None:
+    """Segment ids (-1 special, 0 text) of unpadded single-text rows whose special tokens follow the template;
+    None when a row is too short for it (then the rows' own masks are read)."""
+    before, after = template
+    if len(lengths) and int(lengths.min()) < before + after:
+        return None
+    segment = np.zeros(int(lengths.sum()), dtype=np.int64)
+    row_ends = np.cumsum(lengths)
+    for k in range(before):
+        segment[row_ends - lengths + k] = -1
+    for k in range(1, after + 1):
+        segment[row_ends - k] = -1
+    return segment
 
 
 def _as_list(value):
-    return value.tolist() if hasattr(value, "tolist") else list(value)
+    return value if isinstance(value, list) else value.tolist() if hasattr(value, "tolist") else list(value)
 
 
 def _feature_rows(encoded_inputs) -> list[dict] | None:

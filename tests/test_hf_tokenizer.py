@@ -141,3 +141,32 @@ def test_split_words_input_is_refused_clearly(bert_dir):
     tok = CharBertTokenizerFast.from_pretrained(bert_dir)
     with pytest.raises(ValueError, match="pre-split"):
         tok(["a", "b"], is_split_into_words=True)
+
+
+def test_batched_alignment_equals_the_per_row_routine(backbone_dir, tiny_texts):
+    """The vectorised "offsets" layout of a whole batch is `chars.align` row by row (pairs, empty texts,
+    overflowing windows, hidden tokens)."""
+    from charbert.chars import align
+
+    tok = CharBertTokenizerFast.from_pretrained(backbone_dir)
+    texts = [*tiny_texts[:30], "", "  spaced   out  ", f"a {tok.mask_token} b"]
+    pairs = [*tiny_texts[30:60], "x", "", "y z"]
+    rng = np.random.default_rng(0)
+    for a, b, extra in ((texts, None, {}), (texts, pairs, {}),
+                        ([q[:20] for q in texts], pairs, {"truncation": "only_second", "max_length": 32, "stride": 4,
+                                        "return_overflowing_tokens": True})):
+        enc = tok.tokenizer(a, b, return_offsets_mapping=True, **extra)
+        rows = range(len(enc["input_ids"]))
+        hidden = [rng.random(len(enc["input_ids"][r])) < 0.2 for r in rows]
+        for flags in (None, hidden):
+            columns = tok.char_columns(enc, a, b, hidden=flags)
+            sample = enc.get("overflow_to_sample_mapping") or list(rows)
+            for r in rows:
+                seg = (a[sample[r]],) if b is None else (a[sample[r]], b[sample[r]])
+                row_hidden = flags[r] if flags is not None else np.array(enc["input_ids"][r]) == tok.mask_token_id
+                expected = align(enc["offset_mapping"][r], enc.sequence_ids(r), seg, tok.char_vocab, hidden=row_hidden)
+                for got, want in zip(columns, expected):
+                    assert list(got[r]) == want.tolist(), (r, seg)
+    # the template shortcut for single texts gives what the rows' own special-token masks give
+    enc = tok.tokenizer(texts, return_offsets_mapping=True)
+    assert tok.char_columns(enc, texts, special_template=tok._special_template(True)) == tok.char_columns(enc, texts)
