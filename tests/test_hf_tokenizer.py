@@ -170,3 +170,17 @@ def test_batched_alignment_equals_the_per_row_routine(backbone_dir, tiny_texts):
     # the template shortcut for single texts gives what the rows' own special-token masks give
     enc = tok.tokenizer(texts, return_offsets_mapping=True)
     assert tok.char_columns(enc, texts, special_template=tok._special_template(True)) == tok.char_columns(enc, texts)
+
+
+@pytest.mark.parametrize("layout", ["offsets", "reference"])
+def test_task_collator_pads_task_features_like_the_tokenizer(bert_dir, layout):
+    from charbert.tasks.features import TaskCollator, glue_features
+    from charbert.tasks.glue import GlueExample
+
+    tok = CharBertTokenizerFast.from_pretrained(bert_dir, char_layout=layout)
+    examples = [GlueExample(guid=str(i), text_a=a, text_b=b, label="1", line=i + 1) for i, (a, b) in enumerate(zip(TEXTS, PAIRS))]
+    rows = glue_features(tok, examples, max_length=24, label2id={"1": 1})
+    batch = TaskCollator(tok)(rows)
+    assert torch.equal(batch.pop("labels"), torch.ones(4, dtype=torch.long))
+    padded = tok.pad([{k: v for k, v in r.items() if k != "labels"} for r in rows], return_tensors="pt")
+    assert_same_batch(batch, padded)
