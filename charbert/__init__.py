@@ -7,16 +7,19 @@ matching AutoModelFor... classes, so a saved CharBERT never silently loads as pl
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForMaskedLM,
     AutoModelForMultipleChoice,
     AutoModelForPreTraining,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
+    AutoTokenizer,
 )
 
 from .chars import CHAR_INPUT_NAMES, CharVocab, align, hide_characters
 from .configuration import CharBertConfig
 from .modeling import (
+    CharBertForMaskedLM,
     CharBertForMultipleChoice,
     CharBertForPreTraining,
     CharBertForQuestionAnswering,
@@ -25,7 +28,7 @@ from .modeling import (
     CharBertModel,
     CharBertPreTrainedModel,
 )
-from .tokenization import CharBertTokenizer
+from .tokenization import CharBertTokenizer, CharBertTokenizerFast
 
 __version__ = "0.1.0"
 
@@ -33,16 +36,19 @@ AutoConfig.register("charbert", CharBertConfig, exist_ok=True)
 for _auto, _cls in (
     (AutoModel, CharBertModel),
     (AutoModelForPreTraining, CharBertForPreTraining),
+    (AutoModelForMaskedLM, CharBertForMaskedLM),
     (AutoModelForSequenceClassification, CharBertForSequenceClassification),
     (AutoModelForTokenClassification, CharBertForTokenClassification),
     (AutoModelForQuestionAnswering, CharBertForQuestionAnswering),
     (AutoModelForMultipleChoice, CharBertForMultipleChoice),
 ):
     _auto.register(CharBertConfig, _cls, exist_ok=True)
+AutoTokenizer.register(CharBertConfig, fast_tokenizer_class=CharBertTokenizerFast, exist_ok=True)
 
 __all__ = [
     "CHAR_INPUT_NAMES",
     "CharBertConfig",
+    "CharBertForMaskedLM",
     "CharBertForMultipleChoice",
     "CharBertForPreTraining",
     "CharBertForQuestionAnswering",
@@ -51,6 +57,7 @@ __all__ = [
     "CharBertModel",
     "CharBertPreTrainedModel",
     "CharBertTokenizer",
+    "CharBertTokenizerFast",
     "CharVocab",
     "align",
     "hide_characters",

@@ -20,6 +20,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -407,3 +408,88 @@ def hide_characters(
     covered = np.cumsum(delta, axis=1)[:, :n_chars] > 0
     char_ids[covered] = mask_id
     return char_ids if batched else char_ids[0]
+
+
+def align_offsets_batch(
+    offsets: np.ndarray, row_of_token: np.ndarray, segment: np.ndarray, texts: Sequence[Sequence[str]], vocab: CharVocab,
+    n_rows: int, hidden: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The "offsets" layout of `align` for a whole batch at once, vectorised over its tokens.
+
+    Args:
+        offsets: (N, 2) the offsets of every token of the batch, rows one after the other.
+        row_of_token: (N,) the row each token belongs to (non-decreasing).
+        segment: (N,) 0/1 = which text of its row the token comes from, -1 = special or padding token.
+        texts: per row, its segment texts (one, or two for a pair).
+        hidden: (N,) bool, tokens whose characters become [MASK] (see `align`).
+
+    Returns:
+        chars (C_total,) the rows' character ids one after the other; row_starts (B + 1,) where each
+        row's characters begin in `chars`; starts, ends (N,) each token's first/last character
+        position within its own row. Row by row the same as `align(..., layout="offsets")`.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    row_of_token = np.asarray(row_of_token, dtype=np.int64)
+    segment = np.asarray(segment, dtype=np.int64)
+    starts = np.zeros(len(segment), dtype=np.int64)
+    ends = np.zeros(len(segment), dtype=np.int64)
+    real = segment >= 0
+    # One group per (row, segment) that has tokens. Tokens come row by row, and within a row segment A
+    # before segment B, so each group is one contiguous run of real tokens (reduceat, no sort).
+    group_key = row_of_token[real] * 2 + segment[real]
+    if len(group_key) and np.any(np.diff(group_key) < 0):
+        raise ValueError("align_offsets_batch expects tokens row by row, each row's segments in order.")
+    is_first = np.ones(len(group_key), dtype=bool)
+    is_first[1:] = group_key[1:] != group_key[:-1]
+    group_starts = np.flatnonzero(is_first)
+    group_of_real = np.cumsum(is_first) - 1
+    keys = group_key[group_starts]
+    group_row, group_seg = keys // 2, keys % 2
+    n_groups = len(keys)
+    real_offsets = offsets[real]
+    first = np.minimum.reduceat(real_offsets[:, 0], group_starts) if n_groups else np.zeros(0, dtype=np.int64)
+    last = np.maximum.reduceat(real_offsets[:, 1], group_starts) if n_groups else np.zeros(0, dtype=np.int64)
+    pieces = []
+    for row, seg, a, b in zip(group_row.tolist(), group_seg.tolist(), first.tolist(), last.tolist()):
+        row_texts = texts[row]
+        if seg >= len(row_texts):
+            raise ValueError(f"The encoding has segment {seg} but only {len(row_texts)} text(s) were given.")
+        pieces.append(row_texts[seg][a:b])
+    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=n_groups)
+    # Row layout: [SPECIAL] + group chars, with a [SEP] before every segment after the first.
+    sep = (group_seg > 0).astype(np.int64)
+    width = sep + lengths
+    row_len = 1 + np.bincount(group_row, weights=width, minlength=n_rows).astype(np.int64)
+    row_starts = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(row_len, out=row_starts[1:])
+    before = np.cumsum(width) - width  # groups' widths before each group, over the batch
+    row_first_group = np.searchsorted(group_row, np.arange(n_rows))  # every row that has groups: its first
+    within = before - before[row_first_group[group_row]]
+    group_base = 1 + within + sep  # where the group's characters start in its row
+    # The whole batch in one string, a placeholder space where each [SPECIAL] / [SEP] goes (set below).
+    opens_row = np.ones(n_groups, dtype=bool)
+    opens_row[1:] = group_row[1:] != group_row[:-1]
+    if n_groups == n_rows or len(np.unique(group_row)) == n_rows:  # every row has text
+        placeholders = [("", " ", "  ")[k] for k in (opens_row.astype(np.int64) + sep).tolist()]
+        chars = vocab.encode("".join(chain.from_iterable(zip(placeholders, pieces))))  # (C_total,)
+    else:  # rows with no text at all (empty strings): scatter the groups' characters into place
+        encoded = vocab.encode("".join(pieces))
+        chars = np.zeros(int(row_starts[-1]), dtype=np.int64)
+        offset_in_group = np.arange(len(encoded)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        chars[np.repeat(row_starts[group_row] + group_base, lengths) + offset_in_group] = encoded
+    chars[row_starts[:-1]] = SPECIAL_ID
+    chars[(row_starts[group_row] + group_base - 1)[sep > 0]] = SEP_ID
+    # Token spans; a group that covers no character leaves its tokens on the placeholder.
+    n = lengths[group_of_real]
+    s = real_offsets[:, 0] - first[group_of_real]
+    e = np.maximum(real_offsets[:, 1] - 1 - first[group_of_real], s)
+    base = group_base[group_of_real]
+    starts[real] = np.where(n > 0, base + np.minimum(s, n - 1), 0)
+    ends[real] = np.where(n > 0, base + np.minimum(e, n - 1), 0)
+    if hidden is not None and np.any(hidden):
+        flag = np.asarray(hidden, dtype=bool)
+        token_origin = row_starts[row_of_token]
+        size = len(chars) + 1
+        delta = np.bincount((token_origin + starts)[flag], minlength=size) - np.bincount((token_origin + ends)[flag] + 1, minlength=size)
+        chars[np.cumsum(delta)[:-1] > 0] = MASK_ID
+    return chars, row_starts, starts, ends

@@ -1,7 +1,8 @@
 """Checkpoint folders: what a folder holds, how long a sequence its model takes, and building
 CharBERT on a plain BERT/RoBERTa checkpoint.
 
-    read_config_dict(path)        config.json of a local checkpoint folder (one-line errors)
+    resolve_checkpoint(name)      the local folder of a checkpoint: the folder itself, or a hub repo's snapshot
+    read_config_dict(path)        config.json of a checkpoint (one-line errors)
     read_model_type(path)         its model_type ("charbert", "bert", "roberta", ...)
     max_sequence_length(config)   longest token sequence any BERT-like config's positions allow
     build_on_backbone(cls, path)  a new CharBERT model (class `cls`) whose backbone is the plain checkpoint
@@ -53,13 +54,57 @@ MLM_HEAD_KEYS = {
 
 # from_pretrained arguments that only a transformers loader reads; building on a backbone ignores them.
 _LOADER_ONLY_KWARGS = ("local_files_only", "trust_remote_code", "ignore_mismatched_sizes")
+# from_pretrained arguments that say where a hub checkpoint comes from (resolve_checkpoint's).
+HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download")
+# What a checkpoint folder needs from a hub repo (not its TF/Flax/ONNX weights).
+_HUB_FILES = ["*.json", "*.txt", "*.model", "*.md", "*.safetensors"]
+_HUB_TORCH_BIN = ["pytorch_model*.bin", "pytorch_model*.bin.index.json"]
+
+
+def hub_kwargs(kwargs: dict, pop: bool = False) -> dict:
+    """The hub arguments among from_pretrained's keyword arguments (removed from `kwargs` with `pop`)."""
+    return {k: (kwargs.pop(k) if pop else kwargs[k]) for k in HUB_KWARGS if k in kwargs}
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None,
+                       token: str | bool | None = None, local_files_only: bool = False, force_download: bool = False) -> Path:
+    """The local folder of the checkpoint `name_or_path`: a folder is itself; anything else is a hub
+    repo id ("org/name", "bert-base-cased"), resolved by huggingface_hub: downloaded when online, the
+    cached snapshot when offline (HF_HUB_OFFLINE=1, `local_files_only`); `revision` is passed through.
+
+    Only what a PyTorch checkpoint needs is fetched (configs, vocabularies, safetensors weights;
+    pytorch_model*.bin only when the repo has no safetensors).
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise FileNotFoundError(f"{name_or_path} is a file; a model checkpoint is a folder (or a hub name).")
+    name = str(name_or_path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip():
+        raise FileNotFoundError(f"No model checkpoint at {name_or_path}: the folder does not exist.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    where = dict(revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+    try:
+        folder = Path(snapshot_download(name, allow_patterns=_HUB_FILES, force_download=force_download, **where))
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+            folder = Path(snapshot_download(name, allow_patterns=_HUB_TORCH_BIN, force_download=force_download, **where))
+    except (OSError, ValueError, HfHubHTTPError, LocalEntryNotFoundError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise FileNotFoundError(
+            f"No model checkpoint at {name_or_path}: not a local folder, and the hub name did not resolve "
+            f"(offline: it must be in the hub cache; revision={revision or 'main'}): {reason}"
+        ) from None
+    return folder
 
 
 def read_config_dict(path: str | os.PathLike) -> dict:
-    """The config.json of a local checkpoint folder as a dict."""
-    config_file = Path(path) / "config.json"
+    """The config.json of a checkpoint folder (or hub name, see `resolve_checkpoint`) as a dict."""
+    config_file = resolve_checkpoint(path) / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"No model checkpoint at {path} (expected {config_file}); charbert never downloads from a hub.")
+        raise FileNotFoundError(f"No model checkpoint at {path} (expected {config_file}).")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -182,6 +227,7 @@ def build_on_backbone(model_cls, path: str | os.PathLike, **config_kwargs):
     model has an MLM head); the character modules and the fusion are new. `model.loading_info`
     lists what was loaded and what was initialised. `config_kwargs` set CharBertConfig fields.
     """
+    path = resolve_checkpoint(path, **hub_kwargs(config_kwargs, pop=True))
     model_type = read_model_type(path)
     if model_type not in BACKBONE_CONFIGS:
         raise ValueError(

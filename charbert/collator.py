@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .noise import OPERATIONS, PRETRAIN_RULES, NoiseRules, noise_words
-from .tokenization import CharBertTokenizer, pad_char_features
+from .tokenization import CharBertTokenizer
 from .vocab import WordVocab, split_words
 
 OBJECTIVES = ("charbert", "advbert", "mlm")
@@ -104,6 +104,7 @@ class PretrainingCollator:
         if mask_ratio < 0 or random_ratio < 0 or mask_ratio + random_ratio > 1:
             raise ValueError(f"mask_ratio ({mask_ratio}) + random_ratio ({random_ratio}) must lie in [0, 1].")
         self.tokenizer = tokenizer
+        # Subwords first (the masks are drawn on them), the characters after, with the chosen tokens hidden.
         self.hf_tokenizer = tokenizer.tokenizer if isinstance(tokenizer, CharBertTokenizer) else tokenizer
         if self.hf_tokenizer.mask_token_id is None:
             raise ValueError("The tokenizer has no mask token: MLM needs one.")
@@ -134,6 +135,10 @@ class PretrainingCollator:
             originals.append(words)
         enc = self.hf_tokenizer(texts, truncation=True, max_length=self.max_seq_length, return_offsets_mapping=True)
         rows = [self._row(enc, i, texts[i], word_ends[i], noised_words[i], originals[i], rng) for i in range(len(texts))]
+        if self.objective == "charbert":
+            chars = self.tokenizer.char_features(enc, texts, hidden=[row.pop("hidden") for row in rows])
+            for row, row_chars in zip(rows, chars):
+                row.update(row_chars)
         return self._pad(rows)
 
     def _row(self, enc, i, text, word_ends, noised, words, rng) -> dict:
@@ -166,9 +171,7 @@ class PretrainingCollator:
             row["token_type_ids"] = np.asarray(enc["token_type_ids"][i], dtype=np.int64)
         if self.objective == "charbert":
             row["nlm_labels"] = nlm_labels
-            char_ids, starts, ends = self.tokenizer.align_row(enc, i, (text,), hidden=chosen)
-            row["char_input_ids"] = char_ids
-            row["char_start_positions"], row["char_end_positions"] = starts, ends
+            row["hidden"] = chosen  # the characters of these tokens are hidden (char_features)
         return row
 
     def _random_tokens(self, n: int, rng) -> np.ndarray:
@@ -181,23 +184,14 @@ class PretrainingCollator:
         return ids
 
     def _pad(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        length = max(len(r["input_ids"]) for r in rows)
-        pad_id = self.hf_tokenizer.pad_token_id
-
-        def stack(key, value):
-            out = np.full((len(rows), length), value, dtype=np.int64)
+        """The tokenizer's `pad` for the model inputs (characters included); the labels padded with -100."""
+        label_names = [k for k in ("labels", "nlm_labels") if k in rows[0]]
+        inputs = [{k: v for k, v in r.items() if k not in label_names} for r in rows]
+        batch = dict(self.tokenizer.pad(inputs, return_tensors="pt"))
+        length = batch["input_ids"].shape[1]
+        for key in label_names:
+            out = np.full((len(rows), length), -100, dtype=np.int64)
             for i, r in enumerate(rows):
                 out[i, : len(r[key])] = r[key]
-            return torch.from_numpy(out)
-
-        batch = {"input_ids": stack("input_ids", pad_id), "labels": stack("labels", -100)}
-        mask = np.zeros((len(rows), length), dtype=np.int64)
-        for i, r in enumerate(rows):
-            mask[i, : len(r["input_ids"])] = 1
-        batch["attention_mask"] = torch.from_numpy(mask)
-        if "token_type_ids" in rows[0]:
-            batch["token_type_ids"] = stack("token_type_ids", 0)
-        if self.objective == "charbert":
-            batch["nlm_labels"] = stack("nlm_labels", -100)
-            batch.update(pad_char_features(rows, char_layout=self.tokenizer.char_layout))
+            batch[key] = torch.from_numpy(out)
         return batch

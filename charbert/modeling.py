@@ -24,6 +24,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
+    MaskedLMOutput,
     MultipleChoiceModelOutput,
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
@@ -266,16 +267,18 @@ class CharBertPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Load a CharBERT checkpoint, or build CharBERT on a plain BERT/RoBERTa checkpoint folder.
+        """Load a CharBERT checkpoint, or build CharBERT on a plain BERT/RoBERTa checkpoint: a folder or
+        a hub name (`checkpoint.resolve_checkpoint`: the hub cache when offline, `revision` passed through).
 
         With a plain checkpoint every backbone weight is copied (and a *ForMaskedLM head, when the
         checkpoint has one), the character modules and fusion are new; `model.loading_info` lists
         what was loaded and what was initialised (see `checkpoint.build_on_backbone`). Extra keyword
         arguments set CharBertConfig fields (char_vocab_size, word_vocab_size, num_labels, ...).
         """
-        if checkpoint.read_model_type(pretrained_model_name_or_path) == CharBertConfig.model_type:
+        path = checkpoint.resolve_checkpoint(pretrained_model_name_or_path, **checkpoint.hub_kwargs(kwargs))
+        if checkpoint.read_model_type(path) == CharBertConfig.model_type:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        return checkpoint.build_on_backbone(cls, pretrained_model_name_or_path, **kwargs)
+        return checkpoint.build_on_backbone(cls, path, **kwargs)
 
     @classmethod
     def from_backbone(cls, path: str | os.PathLike, **config_kwargs):
@@ -535,6 +538,48 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
             hidden_states=outputs.hidden_states,
             char_hidden_states=outputs.char_hidden_states,
         )
+
+
+class CharBertForMaskedLM(CharBertPreTrainedModel):
+    """The MLM head of CharBertForPreTraining alone (decoder tied to the word embeddings): what
+    `pipeline("fill-mask")` and `AutoModelForMaskedLM` load. A CharBertForPreTraining checkpoint
+    loads into it with its NLM head left out."""
+
+    _keys_to_ignore_on_load_unexpected = [r"pooler", r"nlm_head\."]
+
+    def __init__(self, config: CharBertConfig):
+        super().__init__(config)
+        self.charbert = CharBertModel(config, add_pooling_layer=False)
+        self.mlm_head = MaskedLMHead(config, config.vocab_size, owns_decoder=False)  # same names as CharBertForPreTraining
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        char_input_ids: torch.Tensor | None = None,
+        char_attention_mask: torch.Tensor | None = None,
+        char_start_positions: torch.Tensor | None = None,
+        char_end_positions: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        r"""labels (B, L): subword ids at MLM positions, -100 elsewhere. logits: (B, L, V) at every position."""
+        outputs = self.charbert(
+            input_ids, attention_mask, token_type_ids, position_ids,
+            char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
+            output_hidden_states=output_hidden_states, **kwargs,
+        )
+        tied = self.charbert.embeddings.word_embeddings.weight
+        logits = self.mlm_head(outputs.last_hidden_state, tied)  # (B, L, V)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
 class CharBertForSequenceClassification(CharBertPreTrainedModel):

@@ -24,6 +24,7 @@ from .checkpoint import (
     load_weights,
     max_sequence_length,
     read_model_type,
+    resolve_checkpoint,
 )
 from .modeling import CharBertForPreTraining
 from .tokenization import CharBertTokenizer
@@ -40,6 +41,8 @@ def resolve_vocabularies(model_path, word_vocab_path=None, char_vocab_path=None)
     """The word vocabulary (NLM) and the character vocabulary, looked up in this order:
     the given paths, the word-vocabulary folder, the checkpoint folder; the default character
     set last. A CharBERT checkpoint carries both (save_pretrained writes them)."""
+    if model_path is not None:  # a folder, or a hub name's snapshot (its word_vocab.txt and char_vocab.json)
+        model_path = resolve_checkpoint(model_path)
     word_vocab = None
     for candidate in (word_vocab_path, model_path):
         if candidate is None:
@@ -69,6 +72,7 @@ def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | N
 
     The subword tokenizer comes from `tokenizer_name` when given, else from the checkpoint folder
     (one without tokenizer files is an error)."""
+    model_path = resolve_checkpoint(model_path)
     model_type = read_model_type(model_path)
     tokenizer_path = check_tokenizer_files(tokenizer_name or model_path)
     if objective == "charbert":
@@ -91,7 +95,7 @@ def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | N
         check_vocab_fingerprints(config, char_vocab, word_vocab, allow_vocab_mismatch, where=model_path,
                                  new_model=model_type != "charbert")
         # The character layout and limits are the model's (a converted checkpoint keeps the authors' layout).
-        tokenizer = CharBertTokenizer(AutoTokenizer.from_pretrained(tokenizer_path), char_vocab, char_layout=config.char_layout,
+        tokenizer = CharBertTokenizer.from_pretrained(tokenizer_path, char_vocab=char_vocab, char_layout=config.char_layout,
                                       max_chars_per_token=config.max_chars_per_token,
                                       max_chars_per_sequence=config.max_chars_per_sequence)
     else:

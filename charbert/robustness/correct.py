@@ -24,7 +24,6 @@ restored exactly and the share of clean words wrongly changed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,8 +74,9 @@ class NlmCorrector:
         import json
 
         from charbert import CharBertForPreTraining, CharBertTokenizer
+        from charbert.checkpoint import resolve_checkpoint
 
-        path = Path(path)
+        path = resolve_checkpoint(path)  # a folder, or a hub name's snapshot
         config = path / "config.json"
         if not config.is_file():
             raise FileNotFoundError(f"{path}: no config.json (expected a CharBERT pretraining checkpoint)")

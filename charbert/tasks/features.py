@@ -366,14 +366,18 @@ def squad_features(tokenizer, examples: Sequence[Any], max_length: int, doc_stri
 class TaskCollator:
     """Pads per-example feature dicts into a batch of tensors (right padding).
 
-    Sequence fields are padded to the longest in the batch: ``input_ids`` with the
-    tokenizer's pad id, ``labels`` with -100, masks and token types with 0; the character
+    Built from a tokenizer (``TaskCollator(tokenizer)``: its pad id and character layout) or
+    from a pad id and ``char_layout``.  Sequence fields are padded to the longest in the batch:
+    ``input_ids`` with the tokenizer's pad id, ``labels`` with -100, masks and token types with 0; the character
     fields go through :func:`charbert.tokenization.pad_char_features` in ``char_layout``
     (pass the tokenizer's: the reference layout pads rows to 6 L).  Scalar fields
     (sequence labels, answer positions) are stacked, floats as float32.
     """
 
-    def __init__(self, pad_token_id: int, char_layout: str = "offsets"):
+    def __init__(self, pad_token_id, char_layout: str = "offsets"):
+        if hasattr(pad_token_id, "pad_token_id"):  # a tokenizer: its pad id and its character layout
+            char_layout = getattr(pad_token_id, "char_layout", char_layout)
+            pad_token_id = pad_token_id.pad_token_id
         self.pad_token_id = int(pad_token_id)
         self.char_layout = char_layout  # the tokenizer's (CharBertTokenizer.char_layout): how to pad characters
 

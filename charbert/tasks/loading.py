@@ -30,6 +30,7 @@ from ..checkpoint import (
     load_weights,
     max_sequence_length,
     read_config_dict,
+    resolve_checkpoint,
 )
 from ..cli import quiet_transformers
 
@@ -81,7 +82,7 @@ class CheckpointInfo:
 
 
 def inspect_checkpoint(path, charbert: bool = False) -> CheckpointInfo:
-    path = Path(path)
+    path = resolve_checkpoint(path)  # a folder, or a hub name's snapshot (the cache when offline)
     config = read_config_dict(path)
     model_type = config.get("model_type")
     if not model_type:
