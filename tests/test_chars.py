@@ -329,3 +329,16 @@ def test_long_tokens_and_gaps_keep_their_two_ends():
     cut, cut_starts, cut_ends = align(offsets, [None, 0, 0, 0, None], [text], vocab, max_chars_per_token=6,
                                       max_chars_per_sequence=8)
     assert len(cut) == 8 and cut_starts.max() <= 7 and cut_ends.max() <= 7 and cut_ends[2] == 7
+
+
+def test_tokenizer_batches_keep_the_character_limits(bert_dir):
+    """The batched fast path and the capped routine agree: a 5,000-character word costs at most
+    max_chars_per_token characters, and a short sentence in the same batch is untouched."""
+    tok = CharBertTokenizer.from_pretrained(bert_dir)
+    long_word = "a" + "b" * 4998 + "c"
+    batch = tok(["a short one", f"x {long_word} y"])
+    capped = batch["char_input_ids"][1]
+    assert len(capped) <= 1 + 3 * tok.max_chars_per_token
+    assert batch["char_input_ids"][0] == tok(["a short one"])["char_input_ids"][0]
+    decoded = tok.char_vocab.decode(capped)
+    assert "a" + "b" * (tok.max_chars_per_token // 2 - 1) in decoded and decoded.rstrip().endswith("c y")
