@@ -193,6 +193,7 @@ def test_crlf_and_rate(tmp_path):
     assert out.read_bytes().count(b"\r\n") == src.read_bytes().count(b"\r\n")
 
 
+@pytest.mark.slow  # reads a whole real data set
 def test_real_conll_dev(tmp_path):
     _need(CONLL_DEV)
     out = tmp_path / "dev.all.txt"
@@ -212,6 +213,7 @@ def test_real_conll_dev(tmp_path):
     assert changed / eligible > 0.3
 
 
+@pytest.mark.slow  # reads a whole real data set
 def test_real_conllu_dev(tmp_path):
     _need(UD_DEV)
     out = tmp_path / "dev.swap.conllu"

@@ -39,6 +39,7 @@ def minilm_tokenizer():
 # ----------------------------------------------------------------------------- SQuAD
 
 
+@pytest.mark.slow  # reads a whole real data set
 def test_squad_answer_spans_on_real_dev_data():
     """Every training window that contains the answer points at the smallest token run covering it;
     where the answer starts and ends on token boundaries, that run's text is exactly the answer."""

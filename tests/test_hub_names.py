@@ -68,6 +68,7 @@ print(json.dumps({"plain": type(plain).__name__, "tok": type(tok).__name__, "aut
 """
 
 
+@pytest.mark.slow  # subprocesses
 def test_from_pretrained_resolves_hub_names_from_the_offline_cache(tmp_path, hub):
     done = run_offline(tmp_path, hub, "-c", LOAD)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -77,6 +78,7 @@ def test_from_pretrained_resolves_hub_names_from_the_offline_cache(tmp_path, hub
                    "logits": [1, 2], "chars": True}
 
 
+@pytest.mark.slow  # subprocesses
 def test_missing_hub_name_offline_is_a_one_line_error(tmp_path, hub):
     done = run_offline(tmp_path, hub, "-c", "from charbert import CharBertModel; CharBertModel.from_pretrained('org/absent')")
     assert done.returncode != 0 and "FileNotFoundError: No model checkpoint at org/absent" in done.stderr

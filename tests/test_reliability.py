@@ -78,6 +78,7 @@ def test_same_command_twice_gives_identical_losses(job, tmp_path):
 # ---- 7. bounded memory on any input -------------------------------------------------------
 
 
+@pytest.mark.slow  # subprocesses
 def test_a_one_megabyte_line_runs_in_bounded_memory(bert_dir):
     script = str(REPO / "tests" / "memory_script.py")
     peaks = {}
@@ -104,6 +105,7 @@ time.sleep(float(sys.argv[2]))
 """
 
 
+@pytest.mark.slow  # subprocesses
 def test_a_second_run_into_the_same_output_dir_is_refused(job, tmp_path):
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", LOCK_SCRIPT, str(out), "120"], cwd=REPO, env=env(),
@@ -148,6 +150,7 @@ print(json.dumps({"n": len(blocks), "all": sum(len(blocks[i]) for i in range(len
 """
 
 
+@pytest.mark.slow  # subprocesses
 def test_two_processes_building_one_cache(bert_dir, tiny_texts, tmp_path):
     import time
 

@@ -271,6 +271,7 @@ def test_pos_accuracy():
         pos_accuracy([["NN"]], [["NN", "VB"]])
 
 
+@pytest.mark.slow  # reads a whole real data set
 @pytest.mark.data
 def test_ner_metrics_match_seqeval_on_corrupted_conll_dev():
     seqeval_metrics = pytest.importorskip("seqeval.metrics", reason="seqeval not installed")

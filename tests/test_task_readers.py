@@ -44,6 +44,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
         ("rte", "RTE", 2490, 277),
     ],
 )
+@pytest.mark.slow  # reads a whole real data set
 def test_glue_counts(data_dir, task, folder, n_train, n_dev):
     spec = get_glue_task(task)
     for split, n in (("train", n_train), ("dev", n_dev)):
@@ -71,6 +72,7 @@ def test_glue_quotes_are_literal(data_dir):
     assert examples[-1].line == 409
 
 
+@pytest.mark.slow  # reads a whole real data set
 @pytest.mark.data
 def test_conll2003_counts(data_dir):
     train = read_conll(data_dir / "conll2003" / "train.txt")
@@ -100,6 +102,7 @@ def test_squad_counts(data_dir, name, n_train, n_dev):
     assert all(not ex.answers for ex in dev if ex.is_impossible)
 
 
+@pytest.mark.slow  # reads a whole real data set
 @pytest.mark.data
 def test_ud_ewt_counts(data_dir):
     folder = data_dir / "pos" / "ud_en_ewt"
