@@ -147,6 +147,17 @@ def test_identical_inputs_give_zero_real_models(backbone_dir, charbert):
 
 
 @pytest.mark.parametrize("charbert", [True, False], ids=["charbert", "plain"])
+def test_length_sorted_batches_equal_one_sentence_at_a_time(bert_dir, charbert):
+    model, tok = load(bert_dir, charbert)
+    sentences = [SENTENCES[2], SENTENCES[1], SENTENCES[0], SENTENCES[2][:1], SENTENCES[1][:7]]  # lengths mixed
+    batched = word_vectors(model, tok, sentences, batch_size=2)  # sorted into batches, returned in input order
+    for sentence, vec in zip(sentences, batched):
+        (alone,) = word_vectors(model, tok, [sentence], batch_size=1)  # no padding at all
+        assert vec.shape == (len(sentence), alone.shape[1])
+        np.testing.assert_allclose(vec, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("charbert", [True, False], ids=["charbert", "plain"])
 def test_word_vector_is_mean_of_its_subwords(bert_dir, charbert):
     model, tok = load(bert_dir, charbert)
     model.eval()

@@ -162,6 +162,7 @@ def word_vectors(model, tokenizer, sentences: Sequence[Words], max_length: int =
     """
     from charbert.cli import eval_mode
     from charbert.tasks.features import word_features
+    from charbert.tasks.inference import length_order
     from charbert.tasks.loading import task_collator
     from charbert.tasks.ner import Sentence
 
@@ -170,18 +171,22 @@ def word_vectors(model, tokenizer, sentences: Sequence[Words], max_length: int =
     collate = task_collator(tokenizer)
     base = model.base_model  # HF: the bare encoder of a *For* model, or the model itself
     device = next(base.parameters()).device
-    out: list[np.ndarray] = []
+    # Longest first, in batches of similar length (little padding); results go back to input order.
+    order = length_order(rows) or list(range(len(rows)))
+    out: list[np.ndarray | None] = [None] * len(rows)
     with eval_mode(model), torch.inference_mode():
-        for lo in range(0, len(rows), batch_size):
-            batch = {k: v.to(device) for k, v in collate(rows[lo:lo + batch_size]).items()}
+        for lo in range(0, len(order), batch_size):
+            ids = order[lo:lo + batch_size]
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in ids]).items()}
             output = base(**batch)
             states = output.last_hidden_state  # (B, L, H)
             char = getattr(output, "char_last_hidden_state", None)
             if char is not None:  # CharBERT: both channels, as the heads see them
                 states = torch.cat([states, char], dim=-1)  # (B, L, 2H)
             states = states.float().cpu().numpy()
-            for i, align in enumerate(alignments[lo:lo + batch_size]):
-                out.append(_mean_per_word(states[i], align.token_word, len(align.first_token)))
+            for row, i in enumerate(ids):
+                align = alignments[i]
+                out[i] = _mean_per_word(states[row], align.token_word, len(align.first_token))
     return out
 
 
