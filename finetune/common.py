@@ -379,7 +379,8 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
                                   "num_examples": len(split.data), "num_features": len(split.rows),
                                   "predictions": written}
         record["files"] = files
-        record["args"] = {k: v for k, v in sorted(vars(args).items())}
+        # (finetune.robustness's in-process word_vector_sink is not an argument: left out)
+        record["args"] = {k: v for k, v in sorted(vars(args).items()) if k != "word_vector_sink"}
         record["wall_time_s"] = round(time.perf_counter() - start, 2)
         write_json(output_dir / METRICS_FILE, record)
         if do_train:  # the folder holds a model: describe it

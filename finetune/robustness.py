@@ -211,12 +211,16 @@ def program_args(task, args, passthrough: Sequence[str]) -> Scorer:
     return Scorer(program, prog, argv, task_args)
 
 
-def score_file(scorer: Scorer, model_path: str, test_file: str, output_dir: Path) -> dict:
+def score_file(scorer: Scorer, model_path: str, test_file: str, output_dir: Path,
+               word_vectors: list | None = None) -> dict:
     """Score one fine-tuned model on one labelled file with the task's fine-tuning program
-    (``--do_predict``); returns its metrics (the ``predict`` record of metrics.json)."""
+    (``--do_predict``); returns its metrics (the ``predict`` record of metrics.json).
+    ``word_vectors`` (a list; tagging tasks): filled with ``(words, (n_words, D) vectors)`` per
+    sentence from the same forward pass, for the sensitivity S."""
     program, prog, argv, task_args = scorer
     run_args = argparse.Namespace(**vars(task_args))
     run_args.model_name_or_path, run_args.test_file, run_args.output_dir = model_path, test_file, str(output_dir)
+    run_args.word_vector_sink = word_vectors
     run_argv = list(argv)
     for flag, value in (("--model_name_or_path", model_path), ("--test_file", test_file),
                         ("--output_dir", str(output_dir))):
@@ -240,6 +244,23 @@ def _load_encoder(model_path: str):
     with quiet_transformers():  # a fine-tuned checkpoint has no pooler: not needed here
         model = AutoModel.from_pretrained(model_path)
     return model, load_task_tokenizer(inspect_checkpoint(model_path), model)
+
+
+def _sensitivity_step(entry: dict, label: str, vectors: list, clean_vectors: list | None) -> list | None:
+    """S of one attacked file from the vectors its scoring pass kept (``vectors``: (words, array) per
+    sentence); the clean file's are returned to be kept. Sentences without words are left out, as
+    ``task.word_sentences`` does."""
+    pairs = [(words, vec) for words, vec in vectors if words]  # (the program applied --max_predict_samples)
+    if label == CLEAN:
+        return pairs
+    from charbert.robustness.sensitivity import sensitivity_from_vectors
+
+    clean_words, clean_vecs = zip(*clean_vectors) if clean_vectors else ((), ())
+    noisy_words, noisy_vecs = zip(*pairs) if pairs else ((), ())
+    stats = sensitivity_from_vectors(clean_words, noisy_words, clean_vecs, noisy_vecs)
+    entry.setdefault("sensitivity", {})[label] = stats
+    logger.info("sensitivity %s: %s", label, json.dumps(stats))
+    return clean_vectors
 
 
 def run_sensitivity(args, task, task_args, model_path: str, attack_files: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -371,13 +392,20 @@ def validate(args):
     return task, attacks
 
 
-def _score_model(args, task, task_args, scorer, metric, name, path, files, paired, out) -> dict[str, Any]:
+def _score_model(args, task, task_args, scorer, metric, name, path, files, paired, out,
+                 sensitivity_of: Sequence[str] = ()) -> dict[str, Any]:
+    """Score one model on every file; ``sensitivity_of``: the attacks whose S comes from the same
+    forward passes (``task.vectors_from_scoring``), the clean vectors kept once."""
     entry: dict[str, Any] = {"name": name, "path": str(path), "scores": {}, "metrics": {}, "attack_metrics": {}}
     runs = {}
+    clean_vectors = None
     for label, file in files.items():
         logger.info("scoring %s on %s (%s)", name, label, file)
         runs[label] = out / "runs" / _safe(name) / _safe(label)
-        metrics = score_file(scorer, path, file, runs[label])
+        vectors = [] if sensitivity_of and (label == CLEAN or label in sensitivity_of) else None
+        metrics = score_file(scorer, path, file, runs[label], word_vectors=vectors)
+        if vectors is not None:
+            clean_vectors = _sensitivity_step(entry, label, vectors, clean_vectors)
         if metric not in metrics:
             raise UsageError(f"--metric {metric!r} is not one of the task's metrics: "
                              f"{sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))}")
@@ -416,8 +444,10 @@ def robustness(args, argv: Sequence[str]) -> dict[str, Any]:
                                                     if corrected and label not in unpaired]
     models = []
     for name, path in zip(names, args.model_name_or_path):
-        entry = _score_model(args, task, task_args, scorer, metric, name, path, {**files, **corrected}, paired, out)
-        if args.sensitivity:
+        shared = list(attack_files) if args.sensitivity and task.vectors_from_scoring else []
+        entry = _score_model(args, task, task_args, scorer, metric, name, path, {**files, **corrected}, paired, out,
+                             sensitivity_of=shared)
+        if args.sensitivity and not shared:
             entry["sensitivity"] = run_sensitivity(args, task, task_args, path, attack_files)
         if args.greedy:
             entry["greedy"] = run_greedy(args, task, path, out / "runs" / _safe(name) / CLEAN)

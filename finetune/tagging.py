@@ -3,6 +3,9 @@ features, evaluation); the programs differ only in how they read files, score an
 
 from __future__ import annotations
 
+import torch
+
+from charbert.robustness.sensitivity import word_means
 from charbert.tasks.errors import TaskDataError, location
 from charbert.tasks.features import word_features, words_from_token_predictions
 from charbert.tasks.inference import gather_predictions
@@ -93,7 +96,16 @@ class WordTagging(Task):
                                                label2id if split.labelled else None, args.label_all_tokens)
 
     def evaluate(self, args, model, accelerator, loader, split, id2label):
-        (predicted_ids,) = gather_predictions(model, accelerator, loader, lambda out: (out.logits.argmax(-1),))
+        sink = getattr(args, "word_vector_sink", None)  # set by finetune.robustness (not a flag): see below
+        if sink is None:
+            (predicted_ids,) = gather_predictions(model, accelerator, loader, lambda out: (out.logits.argmax(-1),))
+        else:
+            # The same forward pass also gives each word's output vector (the sensitivity S), so a
+            # robustness report encodes every file once: (tokens, (n_words, D)) per sentence.
+            predicted_ids, states = gather_predictions(model, accelerator, loader, _logits_and_states,
+                                                       output_hidden_states=True)
+            sink.extend((s.tokens, word_means(h, a.token_word, len(a.first_token)))
+                        for s, h, a in zip(split.data, states, split.meta))
         fallback = self.fallback(id2label)
         tags = [words_from_token_predictions(p, a, id2label, fallback) for p, a in zip(predicted_ids, split.meta)]
         metrics = self.score([s.tags for s in split.data], tags) if split.labelled else {}
@@ -105,3 +117,13 @@ class WordTagging(Task):
         metrics["unaligned_words"] = sum(a.unaligned for a in split.meta)
         metrics["fallback_tag"] = fallback
         return EvalResult(metrics, tags)
+
+
+def _logits_and_states(out) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted ids (B, L) and the token vectors the heads see (B, L, D): the last layer's
+    states, both channels for CharBERT (D = 2H), as :func:`charbert.robustness.sensitivity.word_vectors`."""
+    states = out.hidden_states[-1]  # (B, L, H)
+    char = getattr(out, "char_hidden_states", None)
+    if char is not None:
+        states = torch.cat([states, char[-1]], dim=-1)  # (B, L, 2H)
+    return out.logits.argmax(-1), states

@@ -10,7 +10,9 @@ import pytest
 from conftest import run_cli
 
 from charbert.robustness.report import render_markdown, score_drops
+from charbert.robustness.sensitivity import sensitivity
 from charbert.tasks.ner import get_entities, read_conll
+from finetune.robustness import _load_encoder
 
 TRAIN = ["--max_train_steps", "6", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "4",
          "--learning_rate", "2e-3", "--logging_steps", "2", "--seed", "3"]
@@ -73,6 +75,15 @@ def test_ner_report_two_models_clean_score_equals_finetune_score(ner_models, tas
         for attack in ("swap", "all"):
             s = model["sensitivity"][attack]
             assert s["num_noised"] > 0 and 0.0 < s["S_noised"] <= 2.0 and 0.0 <= s["S"] <= 2.0
+        # S comes from the scoring passes: equal to encoding the files again on their own
+        encoder, tokenizer = _load_encoder(str(ner_models[name]))
+        clean_words = [s.tokens for s in read_conll(task_files["ner_dev"]) if s.tokens]
+        for attack in ("swap", "all"):
+            attacked_words = [s.tokens for s in read_conll(out / report["attack_files"][attack]) if s.tokens]
+            alone = sensitivity(encoder, tokenizer, clean_words, attacked_words, batch_size=3)
+            for key in ("S", "S_noised", "S_untouched"):
+                assert model["sensitivity"][attack][key] == pytest.approx(alone[key], abs=1e-6)
+            assert model["sensitivity"][attack]["num_words"] == alone["num_words"]
 
     markdown = (out / "report.md").read_text()
     assert "| bert f1 |" in markdown and "| charbert f1 |" in markdown

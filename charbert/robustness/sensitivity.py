@@ -129,12 +129,24 @@ def sensitivity_from_encoder(encode: Encoder, clean_sentences: Sequence[Words], 
     clean = [list(s) for s in clean_sentences]
     noisy = [list(s) for s in noisy_sentences]
     _check_pairs(clean, noisy)
-    mask = _noised_mask(clean, noisy, changed)  # validated before the (costly) encoding
-    distances = cosine_distances(_stack(encode(clean), clean, "clean"), _stack(encode(noisy), noisy, "noisy"))
+    _noised_mask(clean, noisy, changed)  # validated before the (costly) encoding
+    return sensitivity_from_vectors(clean, noisy, encode(clean), encode(noisy), changed)
+
+
+def sensitivity_from_vectors(clean_sentences: Sequence[Words], noisy_sentences: Sequence[Words],
+                             clean_vectors: Sequence[np.ndarray], noisy_vectors: Sequence[np.ndarray],
+                             changed: Sequence[Sequence[int]] | None = None) -> dict[str, float | None]:
+    """S from word vectors already computed (one (n_words_i, D) array per sentence, as an encoder
+    returns them): what a scoring pass that also kept the vectors gives, with no second encoding."""
+    clean = [list(s) for s in clean_sentences]
+    noisy = [list(s) for s in noisy_sentences]
+    _check_pairs(clean, noisy)
+    mask = _noised_mask(clean, noisy, changed)
+    distances = cosine_distances(_stack(clean_vectors, clean, "clean"), _stack(noisy_vectors, noisy, "noisy"))
     return sensitivity_stats(distances, mask)
 
 
-def _mean_per_word(states: np.ndarray, token_word: Sequence[int | None], n_words: int) -> np.ndarray:
+def word_means(states: np.ndarray, token_word: Sequence[int | None], n_words: int) -> np.ndarray:
     """(n_words, D): each word's mean over its subword rows of ``states`` (L, D); NaN rows for words with none."""
     tokens = np.array([t for t, w in enumerate(token_word) if w is not None], dtype=np.intp)
     words = np.array([token_word[t] for t in tokens], dtype=np.intp)
@@ -186,7 +198,7 @@ def word_vectors(model, tokenizer, sentences: Sequence[Words], max_length: int =
             states = states.float().cpu().numpy()
             for row, i in enumerate(ids):
                 align = alignments[i]
-                out[i] = _mean_per_word(states[row], align.token_word, len(align.first_token))
+                out[i] = word_means(states[row], align.token_word, len(align.first_token))
     return out
 
 

@@ -73,6 +73,7 @@ class AttackTask:
     program = ""  # "module:Class" of the fine-tuning program that scores files
     options: tuple[str, ...] = ()  # family-specific flags of the robustness tools
     sensitivity = False  # does S apply (word-aligned inputs)?
+    vectors_from_scoring = False  # does the scoring program hand back the word vectors of S (one pass per file)?
     classifies = False  # sequence classification: the greedy attack and the TextAttack summary apply
     size_key = "words"  # the attack statistic counting the words seen
 
@@ -126,6 +127,7 @@ class AttackTask:
 
 class _Tagging(AttackTask):
     sensitivity = True
+    vectors_from_scoring = True  # finetune.tagging fills ``word_vector_sink``
     size_key = "tokens"
 
     def attack_file(self, args, in_path, out_path, attack, seed, word_rate, max_words):

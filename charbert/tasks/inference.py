@@ -25,17 +25,18 @@ from charbert.cli import eval_mode
 
 
 def gather_predictions(model, accelerator, dataloader, extract: Callable[[object], Sequence[torch.Tensor]],
-                       pad_index: float = -100) -> list[list[np.ndarray]]:
+                       pad_index: float = -100, **forward_kwargs) -> list[list[np.ndarray]]:
     """``extract(model_outputs) -> tensors (B, ...)``, gathered over processes.
 
     Returns one list per extracted tensor, holding one numpy row per dataset example in
     dataset order.  Tensors with a sequence dimension (ndim >= 2) are padded along dim 1 with
     ``pad_index`` (rows are then longer than their example; callers cut them).
+    ``forward_kwargs`` go to every forward call (``output_hidden_states=True``).
     """
     outputs: list[list[np.ndarray]] | None = None
     with eval_mode(model), torch.inference_mode():
         for batch in dataloader:
-            tensors = extract(model(**batch))
+            tensors = extract(model(**batch, **forward_kwargs))
             if outputs is None:
                 outputs = [[] for _ in tensors]
             for j, t in enumerate(tensors):
