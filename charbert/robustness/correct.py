@@ -130,11 +130,18 @@ class NlmCorrector:
         return result
 
     def correct_sentences(self, sentences: list[list[str]]) -> list[list[str]]:
+        return self.rewrite(sentences, self.predict(sentences))
+
+    def rewrite(self, sentences: list[list[str]], predictions: Sequence[np.ndarray],
+                threshold: float | None = None) -> list[list[str]]:
+        """The sentences with the replacements ``predictions`` (of :meth:`predict`) make at
+        ``threshold`` (default: the corrector's): one prediction serves a whole threshold sweep."""
+        threshold = self.threshold if threshold is None else threshold
         out = []
-        for words, pred in zip(sentences, self.predict(sentences)):
+        for words, pred in zip(sentences, predictions):
             new = list(words)
             for k, (word, (best, p)) in enumerate(zip(words, pred)):
-                if not _correctable(word) or best <= 0 or p < self.threshold:
+                if not _correctable(word) or best <= 0 or p < threshold:
                     continue
                 candidate = self.word_vocab.word(int(best))
                 if candidate != normalize_word(word) and candidate.isalpha():
