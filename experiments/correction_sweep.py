@@ -5,8 +5,9 @@
 
 1. Tuning: the first ``--tune_sentences`` sentences of CoNLL *train* (not the reported dev set), attacked
    with every attack type (seed ``--seed``, every eligible word, as ``finetune.robustness`` does). The NLM
-   head predicts each file once; every threshold of ``--thresholds`` rewrites from that one prediction.
-   The threshold kept is the one whose corrected text has the most words equal to the clean text
+   head predicts each file once; every threshold of ``--thresholds`` rewrites from that one prediction,
+   with unknown words only as candidates (the default) and with every word (``only_unknown=False``).
+   The setting kept is the one whose corrected text has the most words equal to the clean text
    (restored attacked words + untouched words left alone), averaged over the attacks.
 2. Dev: CoNLL dev attacked the same way (the files ``finetune.robustness --seed 1`` writes), corrected
    at the chosen threshold and by the dictionary baseline; restored / wrongly changed per attack, and
@@ -86,19 +87,21 @@ def main(argv=None) -> int:
     # 1. the threshold, on attacked CoNLL train sentences
     tune = first_sentences(data / "conll2003/train.txt", args.tune_sentences, out / "tune.txt")
     tune_clean = words(tune)
-    sweep = {t: [] for t in thresholds}
+    settings = [(t, only) for only in (True, False) for t in thresholds]
+    sweep = {setting: [] for setting in settings}
     for attack in attacks:
         attacked_path = out / f"tune.{attack}.txt"
         attack_column_file(tune, attacked_path, attack=attack, seed=args.seed, task="ner")
         attacked = words(attacked_path)
         predictions = corrector.predict(attacked)
-        for t in thresholds:
-            corrected = corrector.rewrite(attacked, predictions, threshold=t)
-            sweep[t].append({"attack": attack, "word_accuracy": word_accuracy(tune_clean, corrected),
-                             **correction_scores(tune_clean, attacked, corrected)})
-        print(f"tune {attack}: " + ", ".join(f"{t}: {sweep[t][-1]['word_accuracy']:.4f}" for t in thresholds), flush=True)
-    mean_accuracy = {t: sum(r["word_accuracy"] for r in rows) / len(rows) for t, rows in sweep.items()}
-    chosen = max(thresholds, key=lambda t: (mean_accuracy[t], -t))
+        for t, only in settings:
+            corrected = corrector.rewrite(attacked, predictions, threshold=t, only_unknown=only)
+            sweep[t, only].append({"attack": attack, "word_accuracy": word_accuracy(tune_clean, corrected),
+                                   **correction_scores(tune_clean, attacked, corrected)})
+        print(f"tune {attack}: attacked {word_accuracy(tune_clean, attacked):.4f}; " + ", ".join(
+            f"{t}{'' if only else '+known'}: {sweep[t, only][-1]['word_accuracy']:.4f}" for t, only in settings), flush=True)
+    mean_accuracy = {setting: sum(r["word_accuracy"] for r in rows) / len(rows) for setting, rows in sweep.items()}
+    chosen, chosen_only = max(settings, key=lambda st: (mean_accuracy[st], st[1], -st[0]))
 
     # 2. CoNLL dev at the chosen threshold, and the dictionary baseline
     dev_path = data / "conll2003/dev.txt"
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
         attacked = words(attacked_path)
         predictions = corrector.predict(attacked)
         row = {"attack": attack, "attacked_word_accuracy": word_accuracy(dev_clean, attacked)}
-        for method, rewrite in (("nlm", lambda s, p=predictions: corrector.rewrite(s, p, threshold=chosen)),
+        for method, rewrite in (("nlm", lambda s, p=predictions: corrector.rewrite(s, p, chosen, chosen_only)),
                                 ("dict", dictionary.correct_sentences)):
             corrected = rewrite(attacked)
             row[method] = {"word_accuracy": word_accuracy(dev_clean, corrected),
@@ -123,8 +126,10 @@ def main(argv=None) -> int:
         print(f"dev {attack}: {json.dumps(row)}", flush=True)
 
     result = {"model": args.model_name_or_path, "seed": args.seed, "tune_sentences": len(tune_clean),
-              "thresholds": thresholds, "mean_word_accuracy": mean_accuracy, "chosen_threshold": chosen,
-              "tune": sweep, "dev": dev_rows}
+              "thresholds": thresholds, "chosen_threshold": chosen, "chosen_only_unknown": chosen_only,
+              "mean_word_accuracy": {f"{t} {'unknown' if only else 'all'}": a for (t, only), a in mean_accuracy.items()},
+              "tune": {f"{t} {'unknown' if only else 'all'}": rows for (t, only), rows in sweep.items()},
+              "dev": dev_rows}
     (out / "sweep.json").write_text(json.dumps(result, indent=1))
     (out / "sweep.md").write_text(render(result))
     print(render(result))
@@ -133,9 +138,11 @@ def main(argv=None) -> int:
 
 def render(result) -> str:
     pct = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = [f"Threshold chosen on {result['tune_sentences']} attacked CoNLL train sentences: "
-             f"**{result['chosen_threshold']}** (mean word accuracy after correction per threshold: "
-             + ", ".join(f"{t}: {pct(a)}%" for t, a in result["mean_word_accuracy"].items()) + ").", "",
+    mode = "unknown words only" if result["chosen_only_unknown"] else "every word"
+    lines = [f"Setting chosen on {result['tune_sentences']} attacked CoNLL train sentences: threshold "
+             f"**{result['chosen_threshold']}**, {mode} (mean share of words equal to the clean text after "
+             "correction, per threshold and candidate words: "
+             + ", ".join(f"{k}: {pct(a)}%" for k, a in result["mean_word_accuracy"].items()) + ").", "",
              "| attack | words correct, attacked | NLM restored | NLM wrongly changed | NLM words correct "
              "| dict. restored | dict. wrongly changed | dict. words correct |",
              "|---|---|---|---|---|---|---|---|"]

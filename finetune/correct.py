@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nlm: the NLM head (default); dictionary: most frequent vocabulary word within one edit")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"NLM probability a replacement needs (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--correct_known_words", action="store_true",
+                   help="nlm: also rewrite words the word vocabulary knows (default: unknown words only; "
+                        "the head was trained on noised words)")
     p.add_argument("--per_device_eval_batch_size", type=int, default=32)
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--reference", default=None, help="ner/pos: the clean file, to measure restored/wrongly changed")
@@ -65,7 +68,8 @@ def make_corrector(args):
     if args.method == "dictionary":
         return DictionaryCorrector(WordVocab.load(args.model_name_or_path))
     return NlmCorrector.from_pretrained(args.model_name_or_path, threshold=args.threshold,
-                                        batch_size=args.per_device_eval_batch_size, max_length=args.max_seq_length)
+                                        batch_size=args.per_device_eval_batch_size, max_length=args.max_seq_length,
+                                        only_unknown=not args.correct_known_words)
 
 
 def correct(args) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 from conftest import run_cli
 
@@ -69,6 +70,21 @@ def test_dictionary_baseline_and_case():
     assert match_case("europe", "EUROPE") == "EUROPE" and match_case("paris", "Pari") == "Paris"
     scores = correction_scores([["a", "bb", "cc"]], [["a", "xb", "cc"]], [["a", "bb", "cz"]])
     assert scores == {"attacked_words": 1, "restored": 1.0, "clean_words": 2, "wrongly_changed": 0.5}
+
+
+def test_nlm_rewrite_rule_on_hand_made_predictions(bert_dir):
+    """rewrite(): threshold, unknown words only by default (the head learnt noised words only), case kept."""
+    from charbert import CharBertForPreTraining, CharBertTokenizer
+
+    vocab = WordVocab(["the", "germany", "budget"])
+    model = CharBertForPreTraining.from_pretrained(bert_dir, word_vocab_size=len(vocab))
+    corrector = NlmCorrector(model, CharBertTokenizer.from_pretrained(bert_dir), vocab, threshold=0.5)
+    sentence = [["the", "Germny", "budgte", "42"]]
+    g, b = vocab.id("germany"), vocab.id("budget")
+    predictions = [np.array([[g, 0.9], [g, 0.9], [b, 0.4], [g, 0.99]])]  # (best id, probability) per word
+    assert corrector.rewrite(sentence, predictions) == [["the", "Germany", "budgte", "42"]]
+    assert corrector.rewrite(sentence, predictions, threshold=0.3) == [["the", "Germany", "budget", "42"]]
+    assert corrector.rewrite(sentence, predictions, only_unknown=False) == [["germany", "Germany", "budgte", "42"]]
 
 
 # ---- the NLM head of a tiny pretrained CharBERT --------------------------------------------------

@@ -8,6 +8,8 @@ reads a sentence and rewrites each word whose prediction is confident and differ
 * :class:`NlmCorrector` -- the head's probability of each word-vocabulary entry, averaged over
   the word's subwords; a word is replaced when the best entry is not ``[UNK]``, differs from the
   word (case-insensitively: the vocabulary is lower-cased) and has probability >= ``threshold``;
+  by default only words the vocabulary does not know are candidates (``only_unknown``: the head
+  was trained on noised words only);
 * :class:`DictionaryCorrector` -- the baseline: a word absent from the word vocabulary becomes the
   most frequent vocabulary word within one edit (delete, insert, substitute, adjacent swap).
 
@@ -55,7 +57,7 @@ class NlmCorrector:
     """The NLM head of a pretrained :class:`~charbert.CharBertForPreTraining` as a corrector."""
 
     def __init__(self, model, tokenizer, word_vocab: WordVocab, threshold: float = DEFAULT_THRESHOLD,
-                 batch_size: int = 32, max_length: int = 128):
+                 batch_size: int = 32, max_length: int = 128, only_unknown: bool = True):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1]; got {threshold}")
         if model.config.word_vocab_size != len(word_vocab):
@@ -66,6 +68,9 @@ class NlmCorrector:
         self.model, self.tokenizer, self.word_vocab = model, tokenizer, word_vocab
         limit = max_model_length(model)  # longer sentences are cut: their last words stay as they are
         self.threshold, self.batch_size = threshold, batch_size
+        # Pretraining teaches the head the original word of *noised* words only: on a word the
+        # vocabulary knows, its guess is untrained, so by default only unknown words are rewritten.
+        self.only_unknown = only_unknown
         self.max_length = min(max_length, limit) if limit else max_length
 
     @classmethod
@@ -133,15 +138,17 @@ class NlmCorrector:
         return self.rewrite(sentences, self.predict(sentences))
 
     def rewrite(self, sentences: list[list[str]], predictions: Sequence[np.ndarray],
-                threshold: float | None = None) -> list[list[str]]:
+                threshold: float | None = None, only_unknown: bool | None = None) -> list[list[str]]:
         """The sentences with the replacements ``predictions`` (of :meth:`predict`) make at
-        ``threshold`` (default: the corrector's): one prediction serves a whole threshold sweep."""
+        ``threshold`` (default: the corrector's; likewise ``only_unknown``): one prediction serves a
+        whole threshold sweep."""
         threshold = self.threshold if threshold is None else threshold
+        only_unknown = self.only_unknown if only_unknown is None else only_unknown
         out = []
         for words, pred in zip(sentences, predictions):
             new = list(words)
             for k, (word, (best, p)) in enumerate(zip(words, pred)):
-                if not _correctable(word) or best <= 0 or p < threshold:
+                if not _correctable(word) or best <= 0 or p < threshold or (only_unknown and word in self.word_vocab):
                     continue
                 candidate = self.word_vocab.word(int(best))
                 if candidate != normalize_word(word) and candidate.isalpha():
