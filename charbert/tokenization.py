@@ -257,7 +257,8 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
         Rows map to texts through `overflow_to_sample_mapping` when windows overflow (SQuAD).
         `hidden[row]` flags the tokens whose characters the model must not see (pretraining's MLM);
         by default the mask tokens of the text (fill-mask). The "offsets" layout is aligned for the
-        whole batch at once (`chars.align_offsets_batch`), the "reference" layout row by row.
+        whole batch at once (`chars.align_offsets_batch`, which also applies the character limits),
+        the "reference" layout row by row.
         `special_template` (unpadded single texts only): how many special tokens the post-processor
         puts before and after every text, which saves reading each row's special-tokens mask.
         """
@@ -293,34 +294,13 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
             flags = None
         row_of_token = np.repeat(np.arange(n_rows), lengths)
         chars, row_starts, starts, ends = align_offsets_batch(
-            offsets, row_of_token, segment, seg_texts, self.char_vocab, n_rows, flags)
-        if self._over_char_limits(row_starts, row_of_token, segment, starts, ends):
-            # Rare (a very long token, gap or row): the one routine that applies the limits, row by row.
-            rows = [self.align_row(encoding, row, seg_texts[row],
-                                   hidden[row] if hidden is not None else self._mask_tokens(encoding, row))
-                    for row in range(n_rows)]
-            return tuple(list(np.asarray(c).tolist() for c in column) for column in zip(*rows))
-        chars, starts, ends = chars.tolist(), starts.tolist(), ends.tolist()
-        char_bounds, token_bounds = row_starts.tolist(), [0, *np.cumsum(lengths).tolist()]
-        return ([chars[char_bounds[i]:char_bounds[i + 1]] for i in range(n_rows)],
-                [starts[token_bounds[i]:token_bounds[i + 1]] for i in range(n_rows)],
-                [ends[token_bounds[i]:token_bounds[i + 1]] for i in range(n_rows)])
-
-    def _over_char_limits(self, row_starts, row_of_token, segment, starts, ends) -> bool:
-        """Whether the uncapped batch alignment has a token, a gap between two tokens, or a row longer
-        than the limits allow (then `chars.align` must cut it)."""
-        if self.max_chars_per_sequence is not None and np.diff(row_starts).max(initial=0) > self.max_chars_per_sequence:
-            return True
-        cap = self.max_chars_per_token
-        if cap is None:
-            return False
-        real = segment >= 0
-        s, e, rows, seg = starts[real], ends[real], row_of_token[real], segment[real]
-        if len(s) and (e - s + 1).max() > cap:
-            return True
-        same_group = (rows[1:] == rows[:-1]) & (seg[1:] == seg[:-1])
-        gaps = s[1:] - e[:-1] - 1
-        return bool(np.any(gaps[same_group] > cap))
+            offsets, row_of_token, segment, seg_texts, self.char_vocab, n_rows, flags,
+            max_chars_per_token=self.max_chars_per_token, max_chars_per_sequence=self.max_chars_per_sequence)
+        chars, starts, ends, char_bounds = chars.tolist(), starts.tolist(), ends.tolist(), row_starts.tolist()
+        token_bounds = [0, *np.cumsum(lengths).tolist()]
+        return ([chars[i:j] for i, j in zip(char_bounds, char_bounds[1:])],
+                [starts[i:j] for i, j in zip(token_bounds, token_bounds[1:])],
+                [ends[i:j] for i, j in zip(token_bounds, token_bounds[1:])])
 
     def char_features(self, encoding: BatchEncoding, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
                       padded_tokens_last: bool = False, hidden: Sequence[np.ndarray] | None = None) -> list[dict]:
