@@ -364,7 +364,7 @@ def align_offsets_batch(
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     row_of_token = np.asarray(row_of_token, dtype=np.int64)
     segment = np.asarray(segment, dtype=np.int64)
-    real = segment >= 0
+    real = np.flatnonzero(segment >= 0)  # the tokens of a text (not special, not padding)
     # One group per (row, segment) that has tokens, laid out in that order.
     n_segments = max(2, int(segment.max(initial=0)) + 1)
     group_key = row_of_token[real] * n_segments + segment[real]
@@ -379,7 +379,7 @@ def align_offsets_batch(
     keys = group_key[group_starts]
     group_row, group_seg = keys // n_segments, keys % n_segments
     n_groups = len(keys)
-    token_first, token_last = offsets[real, 0], offsets[real, 1]
+    token_first, token_last = offsets[:, 0][real], offsets[:, 1][real]
     first = np.minimum.reduceat(token_first, group_starts) if n_groups else np.zeros(0, dtype=np.int64)
     last = np.maximum.reduceat(token_last, group_starts) if n_groups else np.zeros(0, dtype=np.int64)
     pieces = []  # the text each group's tokens cover
@@ -413,13 +413,15 @@ def align_offsets_batch(
     s = token_first - first[group_of_real]
     e = np.maximum(token_last - 1 - first[group_of_real], s)  # an empty span points at its start character
     origin = group_origin[group_of_real]
-    covers = n > 0
     token_origin = row_starts[row_of_token]
     starts, ends = token_origin.copy(), token_origin.copy()
-    starts[real] = np.where(covers, origin + np.minimum(s, n - 1), starts[real])
-    ends[real] = np.where(covers, origin + np.minimum(e, n - 1), ends[real])
-    if max_chars_per_token is not None and _has_long_span(starts[real], ends[real], group_of_real, max_chars_per_token):
-        in_text = np.flatnonzero(real)[covers]  # the tokens that cover characters
+    real_starts, real_ends = origin + np.minimum(s, n - 1), origin + np.minimum(e, n - 1)
+    covers = n > 0
+    if not covers.all():
+        real_starts[~covers] = real_ends[~covers] = token_origin[real[~covers]]
+    starts[real], ends[real] = real_starts, real_ends
+    if max_chars_per_token is not None and _has_long_span(real_starts, real_ends, group_of_real, max_chars_per_token):
+        in_text = real[covers]  # the tokens that cover characters
         chars, row_starts, starts, ends = _keep_span_ends(chars, row_starts, starts, ends, in_text, group_origin, lengths,
                                                           max_chars_per_token)
         token_origin = row_starts[row_of_token]

@@ -271,7 +271,7 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
                                    padded_tokens_last=padded_tokens_last) for row in range(n_rows)]
             return tuple(list(column) for column in zip(*rows)) if rows else ([], [], [])
         encodings = encoding.encodings
-        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=n_rows)
+        lengths = np.fromiter(map(len, encoding["input_ids"]), dtype=np.int64, count=n_rows)
         n_tokens = int(lengths.sum())
         # The offsets and ids the base class already turned into lists (reading them from Rust again costs more).
         offset_rows = encoding["offset_mapping"] if "offset_mapping" in encoding else [e.offsets for e in encodings]
@@ -287,7 +287,7 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
                                   count=n_tokens)
         if hidden is not None:
             flags = np.concatenate([np.asarray(h, dtype=bool) for h in hidden]) if n_rows else None
-        elif (mask := self.mask_token) is not None and any(mask in t for t in chain(texts, text_pairs or ())):
+        elif (mask := self.mask_token) is not None and mask in "\n".join(chain(texts, text_pairs or ())):
             ids = np.fromiter(chain.from_iterable(encoding["input_ids"]), dtype=np.int64, count=n_tokens)
             flags = ids == self.mask_token_id
         else:
@@ -360,10 +360,12 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
                                     char_layout=self.char_layout, pad_to_multiple_of=pad_to_multiple_of)
             data.update(chars if return_tensors is not None else {k: v.tolist() for k, v in chars.items()})
         else:
-            data["char_input_ids"] = [_as_list(c) for c in char_ids]
+            if self.char_layout == "reference":  # the offsets layout's columns are lists already
+                char_ids, starts, ends = ([_as_list(row) for row in column] for column in (char_ids, starts, ends))
+            data["char_input_ids"] = char_ids
             data["char_attention_mask"] = [[1] * len(c) for c in char_ids]
-            data["char_start_positions"] = [_as_list(s) for s in starts]
-            data["char_end_positions"] = [_as_list(e) for e in ends]
+            data["char_start_positions"] = starts
+            data["char_end_positions"] = ends
         if not batched and return_tensors is None and "overflow_to_sample_mapping" not in data:
             data = {k: v[0] for k, v in data.items()}
         return BatchEncoding(data, encoding=enc.encodings, tensor_type=return_tensors)
