@@ -408,36 +408,36 @@ def align_offsets_batch(
         chars[np.repeat(group_origin - (np.cumsum(lengths) - lengths), lengths) + np.arange(len(encoded))] = encoded
     chars[row_starts[:-1]] = SPECIAL_ID
     chars[group_origin[sep > 0] - 1] = SEP_ID
-    # Token spans, in `chars` coordinates; a group that covers no character leaves its tokens on the placeholder.
-    n = lengths[group_of_real]
-    s = token_first - first[group_of_real]
-    e = np.maximum(token_last - 1 - first[group_of_real], s)  # an empty span points at its start character
-    origin = group_origin[group_of_real]
-    token_origin = row_starts[row_of_token]
-    starts, ends = token_origin.copy(), token_origin.copy()
-    real_starts, real_ends = origin + np.minimum(s, n - 1), origin + np.minimum(e, n - 1)
-    covers = n > 0
-    if not covers.all():
-        real_starts[~covers] = real_ends[~covers] = token_origin[real[~covers]]
+    # Token spans within their row; a group that covers no character leaves its tokens on the placeholder.
+    group_in_row = group_origin - row_starts[group_row]
+    shift, limit = (group_in_row - first)[group_of_real], (group_in_row + lengths - 1)[group_of_real]
+    real_starts = token_first + shift
+    real_ends = np.minimum(np.maximum(token_last - 1 + shift, real_starts), limit)  # an empty span: its start character
+    np.minimum(real_starts, limit, out=real_starts)
+    covers = None if np.all(lengths) else lengths[group_of_real] > 0
+    if covers is not None:
+        real_starts[~covers], real_ends[~covers] = 0, 0
+    starts, ends = np.zeros(len(segment), dtype=np.int64), np.zeros(len(segment), dtype=np.int64)
     starts[real], ends[real] = real_starts, real_ends
     if max_chars_per_token is not None and _has_long_span(real_starts, real_ends, group_of_real, max_chars_per_token):
-        in_text = real[covers]  # the tokens that cover characters
-        chars, row_starts, starts, ends = _keep_span_ends(chars, row_starts, starts, ends, in_text, group_origin, lengths,
-                                                          max_chars_per_token)
         token_origin = row_starts[row_of_token]
+        in_text = real if covers is None else real[covers]  # the tokens that cover characters
+        chars, row_starts, starts, ends = _keep_span_ends(chars, row_starts, starts + token_origin, ends + token_origin,
+                                                          in_text, group_origin, lengths, max_chars_per_token)
+        token_origin = row_starts[row_of_token]
+        starts, ends = starts - token_origin, ends - token_origin
     if max_chars_per_sequence is not None and np.diff(row_starts).max(initial=0) > max_chars_per_sequence:
         # Tokens past the cut point at the row's last kept position.
         chars, row_starts = _cut_rows(chars, row_starts, max_chars_per_sequence)
-        new_origin = row_starts[row_of_token]
-        starts = new_origin + np.minimum(starts - token_origin, max_chars_per_sequence - 1)
-        ends = new_origin + np.minimum(ends - token_origin, max_chars_per_sequence - 1)
-        token_origin = new_origin
+        np.minimum(starts, max_chars_per_sequence - 1, out=starts)
+        np.minimum(ends, max_chars_per_sequence - 1, out=ends)
     if hidden is not None and np.any(hidden):
         flag = np.asarray(hidden, dtype=bool)
+        token_origin = row_starts[row_of_token][flag]
         size = len(chars) + 1
-        delta = np.bincount(starts[flag], minlength=size) - np.bincount(ends[flag] + 1, minlength=size)
+        delta = np.bincount(starts[flag] + token_origin, minlength=size) - np.bincount(ends[flag] + 1 + token_origin, minlength=size)
         chars[np.cumsum(delta)[:-1] > 0] = MASK_ID
-    return chars, row_starts, starts - token_origin, ends - token_origin
+    return chars, row_starts, starts, ends
 
 
 def _in_group_order(offsets, row_of_token, segment, texts, vocab, n_rows, hidden, *caps):
