@@ -296,9 +296,10 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
         chars, row_starts, starts, ends = align_offsets_batch(
             offsets, row_of_token, segment, seg_texts, self.char_vocab, n_rows, flags,
             max_chars_per_token=self.max_chars_per_token, max_chars_per_sequence=self.max_chars_per_sequence)
-        chars, starts, ends, char_bounds = chars.tolist(), starts.tolist(), ends.tolist(), row_starts.tolist()
-        token_bounds = [0, *np.cumsum(lengths).tolist()]
-        return ([chars[i:j] for i, j in zip(char_bounds, char_bounds[1:])],
+        # Characters row by row straight from the array (no batch-long list for the garbage collector to walk).
+        char_bounds, token_bounds = row_starts.tolist(), [0, *np.cumsum(lengths).tolist()]
+        starts, ends = starts.tolist(), ends.tolist()
+        return ([chars[i:j].tolist() for i, j in zip(char_bounds, char_bounds[1:])],
                 [starts[i:j] for i, j in zip(token_bounds, token_bounds[1:])],
                 [ends[i:j] for i, j in zip(token_bounds, token_bounds[1:])])
 
