@@ -364,7 +364,7 @@ def align_offsets_batch(
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     row_of_token = np.asarray(row_of_token, dtype=np.int64)
     segment = np.asarray(segment, dtype=np.int64)
-    real = np.flatnonzero(segment >= 0)  # the tokens of a text (not special, not padding)
+    real = segment >= 0  # the tokens of a text (not special, not padding)
     # One group per (row, segment) that has tokens, laid out in that order.
     n_segments = max(2, int(segment.max(initial=0)) + 1)
     group_key = row_of_token[real] * n_segments + segment[real]
@@ -375,7 +375,7 @@ def align_offsets_batch(
     is_first[:1] = True
     np.not_equal(group_key[1:], group_key[:-1], out=is_first[1:])
     group_starts = np.flatnonzero(is_first)
-    group_of_real = np.cumsum(is_first) - 1
+    group_sizes = np.diff(group_starts, append=len(group_key))  # each group's tokens, one run after the other
     keys = group_key[group_starts]
     group_row, group_seg = keys // n_segments, keys % n_segments
     n_groups = len(keys)
@@ -410,18 +410,18 @@ def align_offsets_batch(
     chars[group_origin[sep > 0] - 1] = SEP_ID
     # Token spans within their row; a group that covers no character leaves its tokens on the placeholder.
     group_in_row = group_origin - row_starts[group_row]
-    shift, limit = (group_in_row - first)[group_of_real], (group_in_row + lengths - 1)[group_of_real]
+    shift, limit = np.repeat(group_in_row - first, group_sizes), np.repeat(group_in_row + lengths - 1, group_sizes)
     real_starts = token_first + shift
     real_ends = np.minimum(np.maximum(token_last - 1 + shift, real_starts), limit)  # an empty span: its start character
     np.minimum(real_starts, limit, out=real_starts)
-    covers = None if np.all(lengths) else lengths[group_of_real] > 0
+    covers = None if np.all(lengths) else np.repeat(lengths > 0, group_sizes)
     if covers is not None:
         real_starts[~covers], real_ends[~covers] = 0, 0
     starts, ends = np.zeros(len(segment), dtype=np.int64), np.zeros(len(segment), dtype=np.int64)
     starts[real], ends[real] = real_starts, real_ends
-    if max_chars_per_token is not None and _has_long_span(real_starts, real_ends, group_of_real, max_chars_per_token):
+    if max_chars_per_token is not None and _has_long_span(real_starts, real_ends, is_first, max_chars_per_token):
         token_origin = row_starts[row_of_token]
-        in_text = real if covers is None else real[covers]  # the tokens that cover characters
+        in_text = np.flatnonzero(real) if covers is None else np.flatnonzero(real)[covers]  # tokens that cover characters
         chars, row_starts, starts, ends = _keep_span_ends(chars, row_starts, starts + token_origin, ends + token_origin,
                                                           in_text, group_origin, lengths, max_chars_per_token)
         token_origin = row_starts[row_of_token]
@@ -451,14 +451,14 @@ def _in_group_order(offsets, row_of_token, segment, texts, vocab, n_rows, hidden
     return chars, row_starts, starts, ends
 
 
-def _has_long_span(s: np.ndarray, e: np.ndarray, group: np.ndarray, cap: int) -> bool:
+def _has_long_span(s: np.ndarray, e: np.ndarray, opens_group: np.ndarray, cap: int) -> bool:
     """Whether a token, or what lies between two neighbouring tokens of one group, spans more than `cap`
     characters (a cheap test that never misses one; `_keep_span_ends` then finds them exactly)."""
     if not len(s):
         return False
     if (e - s).max() >= cap:
         return True
-    same = group[1:] == group[:-1]
+    same = ~opens_group[1:]
     return bool(np.any(same & ((s[1:] - e[:-1] - 1 > cap) | (s[1:] < s[:-1]))))
 
 
