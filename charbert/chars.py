@@ -148,7 +148,7 @@ class CharVocab:
     def encode(self, text: str) -> np.ndarray:
         """Character ids of `text`, shape (len(text),), int64. Vectorised over code points."""
         codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        return self._table[np.minimum(codes, len(self._table) - 1)]
+        return self._table.take(codes, mode="clip")  # code points past the table: its last slot
 
     def decode(self, ids: Iterable[int]) -> str:
         """Inverse of encode for inspection: special ids print as their names."""
