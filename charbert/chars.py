@@ -148,7 +148,7 @@ class CharVocab:
     def encode(self, text: str) -> np.ndarray:
         """Character ids of `text`, shape (len(text),), int64. Vectorised over code points."""
         codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        return self._table[np.minimum(codes, len(self._table) - 1)]
+        return self._table.take(codes, mode="clip")  # code points past the table: its last slot
 
     def decode(self, ids: Iterable[int]) -> str:
         """Inverse of encode for inspection: special ids print as their names."""
@@ -250,86 +250,10 @@ def align(
             raise ValueError("The reference layout spells the subword strings: pass tokens (one per offset).")
         return _reference_layout(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, padding, padded_tokens_last,
                                  continuation_prefix)
-    char_ids, starts, ends = _offsets_layout(offsets, sequence_ids, texts, vocab, max_chars_per_token)
-    if max_chars_per_sequence is not None and len(char_ids) > max_chars_per_sequence:
-        if max_chars_per_sequence < 1:
-            raise ValueError(f"max_chars_per_sequence must be >= 1; got {max_chars_per_sequence}.")
-        char_ids = char_ids[:max_chars_per_sequence]
-        starts = np.minimum(starts, max_chars_per_sequence - 1)
-        ends = np.minimum(ends, max_chars_per_sequence - 1)
-    if hidden is not None and np.any(hidden):
-        char_ids = hide_characters(char_ids, starts, ends, np.asarray(hidden, dtype=bool))
+    segment = np.fromiter((-1 if s is None else s for s in sequence_ids), dtype=np.int64, count=len(offsets))
+    char_ids, _, starts, ends = align_offsets_batch(offsets, np.zeros(len(offsets), dtype=np.int64), segment, [texts], vocab, 1,
+                                                    hidden, max_chars_per_token, max_chars_per_sequence)
     return char_ids, starts, ends
-
-
-def _kept_positions(n: int, s: np.ndarray, e: np.ndarray, cap: int) -> np.ndarray:
-    """(n,) bool: the characters of a covered text that stay when every token span [s, e) and
-    every run between spans longer than `cap` keeps only its first (cap+1)//2 and last cap//2."""
-    head, tail = (cap + 1) // 2, cap // 2
-    delta = np.zeros(n + 1, dtype=np.int64)
-    # Each token keeps [s, s + head) and [e - tail, e) (all of it when shorter than cap).
-    short = e - s <= cap
-    for lo, hi in ((s, np.where(short, e, s + head)), (np.where(short, e, e - tail), e)):
-        np.add.at(delta, lo, 1)
-        np.add.at(delta, hi, -1)
-    kept = np.cumsum(delta)[:n] > 0
-    cover = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(cover, s, 1)
-    np.add.at(cover, e, -1)
-    uncovered = np.cumsum(cover)[:n] == 0
-    # Runs of uncovered positions (between tokens): same rule, by position within the run.
-    edges = np.diff(np.concatenate([[0], uncovered.astype(np.int8), [0]]))
-    for lo, hi in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-        if hi - lo <= cap:
-            kept[lo:hi] = True
-        else:
-            kept[lo:lo + head] = True
-            kept[hi - tail:hi] = True
-    return kept
-
-
-def _offsets_layout(offsets, sequence_ids, texts, vocab, max_chars_per_token: int | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[SPECIAL] + the text segment A's tokens cover (+ [SEP] + segment B's); tokens index into it.
-
-    With `max_chars_per_token`, over-long tokens and gaps keep only their two ends (`_kept_positions`)."""
-    if max_chars_per_token is not None and max_chars_per_token < 2:
-        raise ValueError(f"max_chars_per_token must be >= 2 (a first and a last character); got {max_chars_per_token}.")
-    seg = np.array([-1 if s is None else s for s in sequence_ids], dtype=np.int64)
-    starts = np.zeros(len(seg), dtype=np.int64)
-    ends = np.zeros(len(seg), dtype=np.int64)
-    pieces = [np.array([SPECIAL_ID], dtype=np.int64)]
-    base = 1
-    for segment_id in range(int(seg.max(initial=-1)) + 1):
-        is_seg = seg == segment_id
-        if not is_seg.any():
-            continue
-        if segment_id >= len(texts):
-            raise ValueError(f"The encoding has segment {segment_id} but only {len(texts)} text(s) were given.")
-        if segment_id > 0:  # a visible boundary between the two segments
-            pieces.append(np.array([SEP_ID], dtype=np.int64))
-            base += 1
-        seg_offsets = offsets[is_seg]
-        first, last = int(seg_offsets[:, 0].min()), int(seg_offsets[:, 1].max())
-        text = texts[segment_id][first:last]  # the text these tokens cover
-        n = len(text)
-        if n == 0:  # only empty-span tokens: nothing to point at but the placeholder
-            continue
-        s = np.minimum(seg_offsets[:, 0] - first, n - 1)
-        e = np.minimum(np.maximum(seg_offsets[:, 1] - 1 - first, s), n - 1)  # empty span -> its start character
-        if max_chars_per_token is not None and n > max_chars_per_token:
-            kept = _kept_positions(n, s, e + 1, max_chars_per_token)
-            index = np.cumsum(kept) - 1  # old position -> position among the kept ones
-            kept_at = np.flatnonzero(kept)
-            covered = vocab.encode("".join(text[i] for i in kept_at)) if len(kept_at) < n else vocab.encode(text)
-            s, e, n = index[s], index[e], len(kept_at)
-        else:
-            covered = vocab.encode(text)  # (n,)
-        pieces.append(covered)
-        starts[is_seg] = base + s
-        ends[is_seg] = base + e
-        base += n
-    return np.concatenate(pieces), starts, ends
 
 
 def _token_spellings(offsets, sequence_ids, texts, vocab, tokens, hidden, unknown, prefix) -> list[np.ndarray | None]:
@@ -412,84 +336,157 @@ def hide_characters(
 
 def align_offsets_batch(
     offsets: np.ndarray, row_of_token: np.ndarray, segment: np.ndarray, texts: Sequence[Sequence[str]], vocab: CharVocab,
-    n_rows: int, hidden: np.ndarray | None = None,
+    n_rows: int, hidden: np.ndarray | None = None, max_chars_per_token: int | None = MAX_CHARS_PER_TOKEN,
+    max_chars_per_sequence: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The "offsets" layout of `align` for a whole batch at once, vectorised over its tokens.
+    """THE "offsets" layout (`align(..., layout="offsets")` is this with one row), vectorised over a batch.
+
+    Each row is [SPECIAL] + the text its segment-A tokens cover (+ [SEP] + segment B's); tokens point
+    at their first/last character, special and padding tokens at the placeholder (position 0).
 
     Args:
         offsets: (N, 2) the offsets of every token of the batch, rows one after the other.
-        row_of_token: (N,) the row each token belongs to (non-decreasing).
+        row_of_token: (N,) the row each token belongs to.
         segment: (N,) 0/1 = which text of its row the token comes from, -1 = special or padding token.
         texts: per row, its segment texts (one, or two for a pair).
         hidden: (N,) bool, tokens whose characters become [MASK] (see `align`).
+        max_chars_per_token, max_chars_per_sequence: the caps of `align`.
 
     Returns:
         chars (C_total,) the rows' character ids one after the other; row_starts (B + 1,) where each
         row's characters begin in `chars`; starts, ends (N,) each token's first/last character
-        position within its own row. Row by row the same as `align(..., layout="offsets")`.
+        position within its own row.
     """
+    if max_chars_per_token is not None and max_chars_per_token < 2:
+        raise ValueError(f"max_chars_per_token must be >= 2 (a first and a last character); got {max_chars_per_token}.")
+    if max_chars_per_sequence is not None and max_chars_per_sequence < 1:
+        raise ValueError(f"max_chars_per_sequence must be >= 1; got {max_chars_per_sequence}.")
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     row_of_token = np.asarray(row_of_token, dtype=np.int64)
     segment = np.asarray(segment, dtype=np.int64)
-    starts = np.zeros(len(segment), dtype=np.int64)
-    ends = np.zeros(len(segment), dtype=np.int64)
-    real = segment >= 0
-    # One group per (row, segment) that has tokens. Tokens come row by row, and within a row segment A
-    # before segment B, so each group is one contiguous run of real tokens (reduceat, no sort).
-    group_key = row_of_token[real] * 2 + segment[real]
-    if len(group_key) and np.any(np.diff(group_key) < 0):
-        raise ValueError("align_offsets_batch expects tokens row by row, each row's segments in order.")
-    is_first = np.ones(len(group_key), dtype=bool)
-    is_first[1:] = group_key[1:] != group_key[:-1]
+    real = segment >= 0  # the tokens of a text (not special, not padding)
+    # One group per (row, segment) that has tokens, laid out in that order.
+    n_segments = max(2, int(segment.max(initial=0)) + 1)
+    group_key = row_of_token[real] * n_segments + segment[real]
+    if len(group_key) > 1 and np.any(group_key[1:] < group_key[:-1]):
+        return _in_group_order(offsets, row_of_token, segment, texts, vocab, n_rows, hidden, max_chars_per_token,
+                               max_chars_per_sequence)
+    is_first = np.empty(len(group_key), dtype=bool)
+    is_first[:1] = True
+    np.not_equal(group_key[1:], group_key[:-1], out=is_first[1:])
     group_starts = np.flatnonzero(is_first)
-    group_of_real = np.cumsum(is_first) - 1
+    group_sizes = np.diff(group_starts, append=len(group_key))  # each group's tokens, one run after the other
     keys = group_key[group_starts]
-    group_row, group_seg = keys // 2, keys % 2
+    group_row, group_seg = keys // n_segments, keys % n_segments
     n_groups = len(keys)
-    real_offsets = offsets[real]
-    first = np.minimum.reduceat(real_offsets[:, 0], group_starts) if n_groups else np.zeros(0, dtype=np.int64)
-    last = np.maximum.reduceat(real_offsets[:, 1], group_starts) if n_groups else np.zeros(0, dtype=np.int64)
-    pieces = []
+    token_first, token_last = offsets[:, 0][real], offsets[:, 1][real]
+    first = np.minimum.reduceat(token_first, group_starts) if n_groups else np.zeros(0, dtype=np.int64)
+    last = np.maximum.reduceat(token_last, group_starts) if n_groups else np.zeros(0, dtype=np.int64)
+    pieces = []  # the text each group's tokens cover
     for row, seg, a, b in zip(group_row.tolist(), group_seg.tolist(), first.tolist(), last.tolist()):
         row_texts = texts[row]
         if seg >= len(row_texts):
             raise ValueError(f"The encoding has segment {seg} but only {len(row_texts)} text(s) were given.")
         pieces.append(row_texts[seg][a:b])
-    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=n_groups)
+    lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=n_groups)
     # Row layout: [SPECIAL] + group chars, with a [SEP] before every segment after the first.
     sep = (group_seg > 0).astype(np.int64)
     width = sep + lengths
     row_len = 1 + np.bincount(group_row, weights=width, minlength=n_rows).astype(np.int64)
     row_starts = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(row_len, out=row_starts[1:])
-    before = np.cumsum(width) - width  # groups' widths before each group, over the batch
-    row_first_group = np.searchsorted(group_row, np.arange(n_rows))  # every row that has groups: its first
-    within = before - before[row_first_group[group_row]]
-    group_base = 1 + within + sep  # where the group's characters start in its row
-    # The whole batch in one string, a placeholder space where each [SPECIAL] / [SEP] goes (set below).
     opens_row = np.ones(n_groups, dtype=bool)
     opens_row[1:] = group_row[1:] != group_row[:-1]
-    if n_groups == n_rows or len(np.unique(group_row)) == n_rows:  # every row has text
-        placeholders = [("", " ", "  ")[k] for k in (opens_row.astype(np.int64) + sep).tolist()]
+    # Where each group's characters start in `chars`: a [SPECIAL] per row so far, and the groups (and [SEP]s) before it.
+    group_origin = group_row + 1 + np.cumsum(width) - lengths
+    if np.count_nonzero(opens_row) == n_rows:  # every row has text: the batch in one string, one code per placeholder
+        placeholders = [("", " ", "  ")[k] for k in (opens_row + sep).tolist()]
         chars = vocab.encode("".join(chain.from_iterable(zip(placeholders, pieces))))  # (C_total,)
     else:  # rows with no text at all (empty strings): scatter the groups' characters into place
         encoded = vocab.encode("".join(pieces))
         chars = np.zeros(int(row_starts[-1]), dtype=np.int64)
-        offset_in_group = np.arange(len(encoded)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        chars[np.repeat(row_starts[group_row] + group_base, lengths) + offset_in_group] = encoded
+        chars[np.repeat(group_origin - (np.cumsum(lengths) - lengths), lengths) + np.arange(len(encoded))] = encoded
     chars[row_starts[:-1]] = SPECIAL_ID
-    chars[(row_starts[group_row] + group_base - 1)[sep > 0]] = SEP_ID
-    # Token spans; a group that covers no character leaves its tokens on the placeholder.
-    n = lengths[group_of_real]
-    s = real_offsets[:, 0] - first[group_of_real]
-    e = np.maximum(real_offsets[:, 1] - 1 - first[group_of_real], s)
-    base = group_base[group_of_real]
-    starts[real] = np.where(n > 0, base + np.minimum(s, n - 1), 0)
-    ends[real] = np.where(n > 0, base + np.minimum(e, n - 1), 0)
+    chars[group_origin[sep > 0] - 1] = SEP_ID
+    # Token spans within their row; a group that covers no character leaves its tokens on the placeholder.
+    group_in_row = group_origin - row_starts[group_row]
+    shift, limit = np.repeat(group_in_row - first, group_sizes), np.repeat(group_in_row + lengths - 1, group_sizes)
+    real_starts = token_first + shift
+    real_ends = np.minimum(np.maximum(token_last - 1 + shift, real_starts), limit)  # an empty span: its start character
+    np.minimum(real_starts, limit, out=real_starts)
+    covers = None if np.all(lengths) else np.repeat(lengths > 0, group_sizes)
+    if covers is not None:
+        real_starts[~covers], real_ends[~covers] = 0, 0
+    starts, ends = np.zeros(len(segment), dtype=np.int64), np.zeros(len(segment), dtype=np.int64)
+    starts[real], ends[real] = real_starts, real_ends
+    if max_chars_per_token is not None and _has_long_span(real_starts, real_ends, is_first, max_chars_per_token):
+        token_origin = row_starts[row_of_token]
+        in_text = np.flatnonzero(real) if covers is None else np.flatnonzero(real)[covers]  # tokens that cover characters
+        chars, row_starts, starts, ends = _keep_span_ends(chars, row_starts, starts + token_origin, ends + token_origin,
+                                                          in_text, group_origin, lengths, max_chars_per_token)
+        token_origin = row_starts[row_of_token]
+        starts, ends = starts - token_origin, ends - token_origin
+    if max_chars_per_sequence is not None and np.diff(row_starts).max(initial=0) > max_chars_per_sequence:
+        # Tokens past the cut point at the row's last kept position.
+        chars, row_starts = _cut_rows(chars, row_starts, max_chars_per_sequence)
+        np.minimum(starts, max_chars_per_sequence - 1, out=starts)
+        np.minimum(ends, max_chars_per_sequence - 1, out=ends)
     if hidden is not None and np.any(hidden):
         flag = np.asarray(hidden, dtype=bool)
-        token_origin = row_starts[row_of_token]
+        token_origin = row_starts[row_of_token][flag]
         size = len(chars) + 1
-        delta = np.bincount((token_origin + starts)[flag], minlength=size) - np.bincount((token_origin + ends)[flag] + 1, minlength=size)
+        delta = np.bincount(starts[flag] + token_origin, minlength=size) - np.bincount(ends[flag] + 1 + token_origin, minlength=size)
         chars[np.cumsum(delta)[:-1] > 0] = MASK_ID
     return chars, row_starts, starts, ends
+
+
+def _in_group_order(offsets, row_of_token, segment, texts, vocab, n_rows, hidden, *caps):
+    """`align_offsets_batch` of tokens that do not come row by row, segment A before B (a hand-made
+    sequence_ids list): laid out in that order, positions returned in the tokens' own order."""
+    order = np.lexsort((segment, row_of_token))
+    chars, row_starts, s, e = align_offsets_batch(offsets[order], row_of_token[order], segment[order], texts, vocab, n_rows,
+                                                  None if hidden is None else np.asarray(hidden)[order], *caps)
+    starts, ends = np.empty_like(s), np.empty_like(e)
+    starts[order], ends[order] = s, e
+    return chars, row_starts, starts, ends
+
+
+def _has_long_span(s: np.ndarray, e: np.ndarray, opens_group: np.ndarray, cap: int) -> bool:
+    """Whether a token, or what lies between two neighbouring tokens of one group, spans more than `cap`
+    characters (a cheap test that never misses one; `_keep_span_ends` then finds them exactly)."""
+    if not len(s):
+        return False
+    if (e - s).max() >= cap:
+        return True
+    same = ~opens_group[1:]
+    return bool(np.any(same & ((s[1:] - e[:-1] - 1 > cap) | (s[1:] < s[:-1]))))
+
+
+def _keep_span_ends(chars, row_starts, starts, ends, in_text, group_origin, lengths, cap):
+    """Cut every token span and every run of text between spans longer than `cap` to its first
+    (cap+1)//2 and last cap//2 characters; the placeholders stay. Positions are in `chars` coordinates."""
+    head, tail = (cap + 1) // 2, cap // 2
+    size = len(chars) + 1
+    s, e = starts[in_text], ends[in_text] + 1  # token spans [s, e)
+    covered = np.cumsum(np.bincount(s, minlength=size) - np.bincount(e, minlength=size))[:-1] > 0
+    in_group = np.cumsum(np.bincount(group_origin, minlength=size) - np.bincount(group_origin + lengths, minlength=size))[:-1] > 0
+    # Runs of a group's text that no token covers (between tokens: each group's first and last characters are covered).
+    edges = np.diff(np.concatenate([[0], (in_group & ~covered).astype(np.int8), [0]]))
+    lo, hi = np.concatenate([s, np.flatnonzero(edges == 1)]), np.concatenate([e, np.flatnonzero(edges == -1)])
+    short = hi - lo <= cap
+    cut_lo, cut_hi = np.where(short, hi, lo + head), np.where(short, hi, hi - tail)  # [lo, cut_lo) and [cut_hi, hi) stay
+    delta = (np.bincount(lo, minlength=size) - np.bincount(cut_lo, minlength=size)
+             + np.bincount(cut_hi, minlength=size) - np.bincount(hi, minlength=size))
+    kept = (np.cumsum(delta)[:-1] > 0) | ~in_group
+    index = np.cumsum(kept) - 1  # old position -> position among the kept ones
+    new_row_starts = np.append(index[row_starts[:-1]], np.count_nonzero(kept))
+    return chars[kept], new_row_starts, index[starts], index[ends]
+
+
+def _cut_rows(chars: np.ndarray, row_starts: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row cut after `limit` characters."""
+    row_len = np.diff(row_starts)
+    position = np.arange(len(chars)) - np.repeat(row_starts[:-1], row_len)
+    new_row_starts = np.zeros_like(row_starts)
+    np.cumsum(np.minimum(row_len, limit), out=new_row_starts[1:])
+    return chars[position < limit], new_row_starts

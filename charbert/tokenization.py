@@ -257,7 +257,8 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
         Rows map to texts through `overflow_to_sample_mapping` when windows overflow (SQuAD).
         `hidden[row]` flags the tokens whose characters the model must not see (pretraining's MLM);
         by default the mask tokens of the text (fill-mask). The "offsets" layout is aligned for the
-        whole batch at once (`chars.align_offsets_batch`), the "reference" layout row by row.
+        whole batch at once (`chars.align_offsets_batch`, which also applies the character limits),
+        the "reference" layout row by row.
         `special_template` (unpadded single texts only): how many special tokens the post-processor
         puts before and after every text, which saves reading each row's special-tokens mask.
         """
@@ -270,7 +271,7 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
                                    padded_tokens_last=padded_tokens_last) for row in range(n_rows)]
             return tuple(list(column) for column in zip(*rows)) if rows else ([], [], [])
         encodings = encoding.encodings
-        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=n_rows)
+        lengths = np.fromiter(map(len, encoding["input_ids"]), dtype=np.int64, count=n_rows)
         n_tokens = int(lengths.sum())
         # The offsets and ids the base class already turned into lists (reading them from Rust again costs more).
         offset_rows = encoding["offset_mapping"] if "offset_mapping" in encoding else [e.offsets for e in encodings]
@@ -286,41 +287,21 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
                                   count=n_tokens)
         if hidden is not None:
             flags = np.concatenate([np.asarray(h, dtype=bool) for h in hidden]) if n_rows else None
-        elif (mask := self.mask_token) is not None and any(mask in t for t in chain(texts, text_pairs or ())):
+        elif (mask := self.mask_token) is not None and mask in "\n".join(chain(texts, text_pairs or ())):
             ids = np.fromiter(chain.from_iterable(encoding["input_ids"]), dtype=np.int64, count=n_tokens)
             flags = ids == self.mask_token_id
         else:
             flags = None
         row_of_token = np.repeat(np.arange(n_rows), lengths)
         chars, row_starts, starts, ends = align_offsets_batch(
-            offsets, row_of_token, segment, seg_texts, self.char_vocab, n_rows, flags)
-        if self._over_char_limits(row_starts, row_of_token, segment, starts, ends):
-            # Rare (a very long token, gap or row): the one routine that applies the limits, row by row.
-            rows = [self.align_row(encoding, row, seg_texts[row],
-                                   hidden[row] if hidden is not None else self._mask_tokens(encoding, row))
-                    for row in range(n_rows)]
-            return tuple(list(np.asarray(c).tolist() for c in column) for column in zip(*rows))
-        chars, starts, ends = chars.tolist(), starts.tolist(), ends.tolist()
+            offsets, row_of_token, segment, seg_texts, self.char_vocab, n_rows, flags,
+            max_chars_per_token=self.max_chars_per_token, max_chars_per_sequence=self.max_chars_per_sequence)
+        # Characters row by row straight from the array (no batch-long list for the garbage collector to walk).
         char_bounds, token_bounds = row_starts.tolist(), [0, *np.cumsum(lengths).tolist()]
-        return ([chars[char_bounds[i]:char_bounds[i + 1]] for i in range(n_rows)],
-                [starts[token_bounds[i]:token_bounds[i + 1]] for i in range(n_rows)],
-                [ends[token_bounds[i]:token_bounds[i + 1]] for i in range(n_rows)])
-
-    def _over_char_limits(self, row_starts, row_of_token, segment, starts, ends) -> bool:
-        """Whether the uncapped batch alignment has a token, a gap between two tokens, or a row longer
-        than the limits allow (then `chars.align` must cut it)."""
-        if self.max_chars_per_sequence is not None and np.diff(row_starts).max(initial=0) > self.max_chars_per_sequence:
-            return True
-        cap = self.max_chars_per_token
-        if cap is None:
-            return False
-        real = segment >= 0
-        s, e, rows, seg = starts[real], ends[real], row_of_token[real], segment[real]
-        if len(s) and (e - s + 1).max() > cap:
-            return True
-        same_group = (rows[1:] == rows[:-1]) & (seg[1:] == seg[:-1])
-        gaps = s[1:] - e[:-1] - 1
-        return bool(np.any(gaps[same_group] > cap))
+        starts, ends = starts.tolist(), ends.tolist()
+        return ([chars[i:j].tolist() for i, j in zip(char_bounds, char_bounds[1:])],
+                [starts[i:j] for i, j in zip(token_bounds, token_bounds[1:])],
+                [ends[i:j] for i, j in zip(token_bounds, token_bounds[1:])])
 
     def char_features(self, encoding: BatchEncoding, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
                       padded_tokens_last: bool = False, hidden: Sequence[np.ndarray] | None = None) -> list[dict]:
@@ -380,10 +361,12 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
                                     char_layout=self.char_layout, pad_to_multiple_of=pad_to_multiple_of)
             data.update(chars if return_tensors is not None else {k: v.tolist() for k, v in chars.items()})
         else:
-            data["char_input_ids"] = [_as_list(c) for c in char_ids]
+            if self.char_layout == "reference":  # the offsets layout's columns are lists already
+                char_ids, starts, ends = ([_as_list(row) for row in column] for column in (char_ids, starts, ends))
+            data["char_input_ids"] = char_ids
             data["char_attention_mask"] = [[1] * len(c) for c in char_ids]
-            data["char_start_positions"] = [_as_list(s) for s in starts]
-            data["char_end_positions"] = [_as_list(e) for e in ends]
+            data["char_start_positions"] = starts
+            data["char_end_positions"] = ends
         if not batched and return_tensors is None and "overflow_to_sample_mapping" not in data:
             data = {k: v[0] for k, v in data.items()}
         return BatchEncoding(data, encoding=enc.encodings, tensor_type=return_tensors)

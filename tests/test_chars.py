@@ -342,3 +342,90 @@ def test_tokenizer_batches_keep_the_character_limits(bert_dir):
     assert batch["char_input_ids"][0] == tok(["a short one"])["char_input_ids"][0]
     decoded = tok.char_vocab.decode(capped)
     assert "a" + "b" * (tok.max_chars_per_token // 2 - 1) in decoded and decoded.rstrip().endswith("c y")
+
+
+# ---- the one "offsets" routine over a batch: the limits inside it --------------------------
+
+# (texts, offsets, sequence_ids, hidden, the row by hand with max_chars_per_token=6 and max_chars_per_sequence=9)
+_WORD = "a" + "x" * 98 + "z"
+_LIMITED_ROWS = [
+    ((f"hi {_WORD}",), [[0, 0], [0, 2], [3, 103], [0, 0]], [None, 0, 0, None], None,
+     ("[SPECIAL]hi axxxx", [0, 1, 4, 0], [0, 2, 8, 0])),  # a capped token (3 + 3 kept), then cut at 9
+    (("yo" + " " * 50 + "ok",), [[0, 0], [0, 2], [52, 54], [0, 0]], [None, 0, 0, None], [False, False, True, False],
+     ("[SPECIAL]yo     [MASK]", [0, 1, 8, 0], [0, 2, 8, 0])),  # a capped gap; "ok" is past the cut, hidden there
+    (("",), [[0, 0], [0, 0]], [None, None], None, ("[SPECIAL]", [0, 0], [0, 0])),  # an empty text
+    (("ab cd", "ef"), [[0, 0], [0, 2], [3, 5], [0, 0], [0, 2], [0, 0]], [None, 0, 0, None, 1, None],
+     [False, True, False, False, False, False], ("[SPECIAL][MASK][MASK] cd[SEP]ef", [0, 1, 4, 0, 7, 0], [0, 2, 5, 0, 8, 0])),
+    (("abcdefghij",), [[0, 0], [0, 10], [0, 0]], [None, 0, None], None, ("[SPECIAL]abchij", [0, 1, 0], [0, 6, 0])),
+]
+
+
+def test_batch_routine_applies_the_limits_as_each_row_alone():
+    """One call over a batch mixing a capped token, a capped gap, rows past the sequence cut, hidden tokens,
+    a pair and an empty text: each row is what the hand-worked layout says, and what the row gives alone."""
+    from charbert.chars import align, align_offsets_batch
+
+    vocab = CharVocab.default()
+    limits = {"max_chars_per_token": 6, "max_chars_per_sequence": 9}
+    offsets = np.concatenate([np.array(r[1]) for r in _LIMITED_ROWS])
+    row_of_token = np.concatenate([np.full(len(r[2]), i) for i, r in enumerate(_LIMITED_ROWS)])
+    segment = np.array([-1 if s is None else s for r in _LIMITED_ROWS for s in r[2]])
+    hidden = np.concatenate([r[3] or [False] * len(r[2]) for r in _LIMITED_ROWS])
+    chars, row_starts, starts, ends = align_offsets_batch(offsets, row_of_token, segment, [r[0] for r in _LIMITED_ROWS], vocab,
+                                                          len(_LIMITED_ROWS), hidden, **limits)
+    token_bounds = np.concatenate([[0], np.cumsum([len(r[2]) for r in _LIMITED_ROWS])])
+    for i, (texts, row_offsets, sequence_ids, row_hidden, (text, want_starts, want_ends)) in enumerate(_LIMITED_ROWS):
+        row_chars = chars[row_starts[i]:row_starts[i + 1]]
+        tokens = slice(token_bounds[i], token_bounds[i + 1])
+        assert vocab.decode(row_chars) == text and len(row_chars) <= limits["max_chars_per_sequence"]
+        assert starts[tokens].tolist() == want_starts and ends[tokens].tolist() == want_ends
+        alone = align(np.array(row_offsets), sequence_ids, texts, vocab,
+                      hidden=None if row_hidden is None else np.array(row_hidden), **limits)
+        assert [a.tolist() for a in alone] == [row_chars.tolist(), want_starts, want_ends]
+    # Without the limits the same batch keeps every character.
+    uncapped, row_starts, _, _ = align_offsets_batch(offsets, row_of_token, segment, [r[0] for r in _LIMITED_ROWS], vocab,
+                                                     len(_LIMITED_ROWS), max_chars_per_token=None)
+    assert np.diff(row_starts).tolist() == [1 + len(_LIMITED_ROWS[0][0][0]), 1 + 54, 1, 1 + 5 + 1 + 2, 1 + 10]
+
+
+def test_overlapping_and_out_of_order_tokens_keep_the_limits():
+    """Tokens sharing characters (byte-level BPE splits one character into several tokens) and a hand-made
+    sequence_ids list with segment B first: the layout is that of the tokens in segment order."""
+    from charbert.chars import align
+
+    vocab = CharVocab.default()
+    text = "ab" + " " * 12 + "cdefghijk"
+    offsets = np.array([[0, 0], [0, 2], [1, 2], [14, 23], [14, 15], [0, 0]])
+    ids, starts, ends = align(offsets, [None, 0, 0, 0, 0, None], [text], vocab, max_chars_per_token=4)
+    assert vocab.decode(ids) == "[SPECIAL]ab    cdjk"  # the gap and the long token keep 2 + 2
+    assert starts.tolist() == [0, 1, 2, 7, 7, 0] and ends.tolist() == [0, 2, 2, 10, 7, 0]
+    pair = ["ab", "cd"]
+    in_order = align(np.array([[0, 0], [0, 2], [0, 0], [0, 2], [0, 0]]), [None, 0, None, 1, None], pair, vocab)
+    swapped = align(np.array([[0, 0], [0, 2], [0, 0], [0, 2], [0, 0]]), [None, 1, None, 0, None], pair, vocab)
+    assert vocab.decode(in_order[0]) == vocab.decode(swapped[0]) == "[SPECIAL]ab[SEP]cd"
+    assert swapped[1].tolist() == [0, 4, 0, 1, 0] and swapped[2].tolist() == [0, 5, 0, 2, 0]
+
+
+@pytest.mark.parametrize("limits", [(4, None), (6, 24), (None, 10)])
+def test_tokenizer_batch_with_limits_equals_its_rows_alone(backbone_dir, limits):
+    """`tok(batch)` with tight character limits gives every row what the row gives alone (pairs, empty texts,
+    mask tokens, long words and gaps, overflowing windows)."""
+    max_chars_per_token, max_chars_per_sequence = limits
+    tok = CharBertTokenizer.from_pretrained(backbone_dir, max_chars_per_token=max_chars_per_token,
+                                            max_chars_per_sequence=max_chars_per_sequence)
+    texts = ["a short one", "", f"x {'b' * 40} y", "gap" + " " * 30 + "here", f"the {tok.mask_token} word", "tab\t\t\tend"]
+    pairs = ["q", "an answer", "", "more  text", f"{tok.mask_token}", "z" * 25]
+    for args, kwargs in (((texts,), {}), ((texts, pairs), {}),
+                         (([t[:6] for t in texts], pairs), {"truncation": "only_second", "max_length": 18, "stride": 2,
+                                                            "return_overflowing_tokens": True})):
+        batch = tok(*args, **kwargs)
+        samples = batch.get("overflow_to_sample_mapping") or range(len(texts))
+        for row, sample in enumerate(samples):
+            alone = tok(*(a[sample] for a in args), **kwargs)
+            window = 0 if "overflow_to_sample_mapping" not in batch else row - list(samples).index(sample)
+            for key in ("input_ids", "char_input_ids", "char_start_positions", "char_end_positions"):
+                got = batch[key][row]
+                want = alone[key][window] if "overflow_to_sample_mapping" in alone else alone[key]
+                assert got == want, (key, row)
+            if max_chars_per_sequence is not None:
+                assert len(batch["char_input_ids"][row]) <= max_chars_per_sequence
