@@ -158,8 +158,6 @@ def main(argv=None):
         parser.error(f"--memory_scale must be at least 1, got {args.memory_scale}")
     torch.manual_seed(0)
     if args.tiny:
-        import tempfile
-
         from charbert.tiny import make_tiny_checkpoint, stdlib_paragraphs
 
         lines = list(stdlib_paragraphs(600))
@@ -223,7 +221,8 @@ def main(argv=None):
         corpus_files[0].write_text("\n".join(lines) + "\n", encoding="utf-8")
     else:
         corpus_files = sorted((DATA_DIR / "corpus").glob("*.txt"))
-    print(f"\n3. peak memory at 1x and {args.memory_scale}x", " + ".join(f.name for f in corpus_files),
+    scales = "1x" + (f" and {args.memory_scale}x" if args.memory_scale > 1 else "")
+    print(f"\n3. peak memory at {scales}", " + ".join(f.name for f in corpus_files),
           "(a fresh interpreter each, VmHWM)")
     memory_section(path, corpus_files, int((args.max_length - 2) * 0.9), args.memory_scale)
     if args.tiny:
