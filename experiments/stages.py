@@ -54,7 +54,7 @@ class Runner:
         if code != 0:
             tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
             sys.exit(f"{self.prog}: stage {name} failed (exit {code}); see {log}:\n  " + "\n  ".join(tail))
-        self.times[name] = self.times.get(name, 0.0) + elapsed  # a resumed stage adds its pieces
+        self.times[name] = elapsed  # a stage run again (its .done removed) replaces its earlier time
         (self.out / "stages" / "wall_times.json").write_text(json.dumps(self.times, indent=1))
         (self.out / "stages" / f"{name}.done").write_text(f"{elapsed:.1f}\n")
         print(f"[{time.strftime('%H:%M:%S')}] {name}: finished in {elapsed / 60:.1f} min", flush=True)
