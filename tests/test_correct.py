@@ -154,3 +154,16 @@ def test_robustness_report_gains_corrected_rows(toy_pretrained, task_files, bert
     corrected = read_conll(out / "corrected" / "swap.corrected.txt")
     assert [s.tags for s in corrected] == [s.tags for s in read_conll(task_files["ner_dev"])]
     assert "| swap corrected |" in (out / "report.md").read_text()
+
+
+def test_per_word_probabilities_are_the_mean_over_each_words_subwords():
+    rng = np.random.default_rng(0)
+    probs = rng.random((6, 50)).astype(np.float32)  # 6 tokens, 50 vocabulary entries
+    token_word = [None, 0, 0, 1, None, 3]  # word 2 has no subword; word 0 has two
+    out = NlmCorrector._per_word(probs, token_word, 4)
+    mean0 = probs[1:3].mean(0)
+    np.testing.assert_allclose(out[0], [mean0.argmax(), mean0.max()], rtol=1e-6)
+    np.testing.assert_allclose(out[1], [probs[3].argmax(), probs[3].max()], rtol=1e-6)
+    np.testing.assert_allclose(out[2], [-1, 0])
+    np.testing.assert_allclose(out[3], [probs[5].argmax(), probs[5].max()], rtol=1e-6)
+    assert (NlmCorrector._per_word(probs[:2], token_word, 4)[1:] == [[-1, 0]] * 3).all()  # tokens past the row
