@@ -60,12 +60,6 @@ def words(path: Path) -> list[list[str]]:
     return [s.tokens for s in read_conll(path)]
 
 
-def word_accuracy(clean, corrected) -> float:
-    """Share of words equal to the clean text."""
-    pairs = [(c, r) for cs, rs in zip(clean, corrected) for c, r in zip(cs, rs)]
-    return sum(c == r for c, r in pairs) / max(1, len(pairs))
-
-
 def reuse(sentences, rewritten, rewrite):
     """A rewrite that answers ``rewritten`` for ``sentences`` (no second model pass), else calls ``rewrite``."""
     return lambda s: rewritten if s == sentences else rewrite(s)
@@ -96,11 +90,11 @@ def main(argv=None) -> int:
         predictions = corrector.predict(attacked)
         for t, only in settings:
             corrected = corrector.rewrite(attacked, predictions, threshold=t, only_unknown=only)
-            sweep[t, only].append({"attack": attack, "word_accuracy": word_accuracy(tune_clean, corrected),
-                                   **correction_scores(tune_clean, attacked, corrected)})
-        print(f"tune {attack}: attacked {word_accuracy(tune_clean, attacked):.4f}; " + ", ".join(
-            f"{t}{'' if only else '+known'}: {sweep[t, only][-1]['word_accuracy']:.4f}" for t, only in settings), flush=True)
-    mean_accuracy = {setting: sum(r["word_accuracy"] for r in rows) / len(rows) for setting, rows in sweep.items()}
+            sweep[t, only].append({"attack": attack, **correction_scores(tune_clean, attacked, corrected)})
+        untouched = correction_scores(tune_clean, attacked, attacked)["words_correct"]
+        print(f"tune {attack}: attacked {untouched:.4f}; " + ", ".join(
+            f"{t}{'' if only else '+known'}: {sweep[t, only][-1]['words_correct']:.4f}" for t, only in settings), flush=True)
+    mean_accuracy = {setting: sum(r["words_correct"] for r in rows) / len(rows) for setting, rows in sweep.items()}
     chosen, chosen_only = max(settings, key=lambda st: (mean_accuracy[st], st[1], -st[0]))
 
     # 2. CoNLL dev at the chosen threshold, and the dictionary baseline
@@ -113,12 +107,11 @@ def main(argv=None) -> int:
         attack_column_file(dev_path, attacked_path, attack=attack, seed=args.seed, task="ner")
         attacked = words(attacked_path)
         predictions = corrector.predict(attacked)
-        row = {"attack": attack, "attacked_word_accuracy": word_accuracy(dev_clean, attacked)}
+        row = {"attack": attack, "attacked_words_correct": correction_scores(dev_clean, attacked, attacked)["words_correct"]}
         for method, rewrite in (("nlm", lambda s, p=predictions: corrector.rewrite(s, p, chosen, chosen_only)),
                                 ("dict", dictionary.correct_sentences)):
             corrected = rewrite(attacked)
-            row[method] = {"word_accuracy": word_accuracy(dev_clean, corrected),
-                           **correction_scores(dev_clean, attacked, corrected)}
+            row[method] = correction_scores(dev_clean, attacked, corrected)
             # the same rewrite through the file format's own writer: one token per token, tags untouched
             task.correct_file(argparse.Namespace(), reuse(attacked, corrected, rewrite),
                               str(attacked_path), out / f"dev.{attack}.{method}.txt")
@@ -127,7 +120,7 @@ def main(argv=None) -> int:
 
     result = {"model": args.model_name_or_path, "seed": args.seed, "tune_sentences": len(tune_clean),
               "thresholds": thresholds, "chosen_threshold": chosen, "chosen_only_unknown": chosen_only,
-              "mean_word_accuracy": {f"{t} {'unknown' if only else 'all'}": a for (t, only), a in mean_accuracy.items()},
+              "mean_words_correct": {f"{t} {'unknown' if only else 'all'}": a for (t, only), a in mean_accuracy.items()},
               "tune": {f"{t} {'unknown' if only else 'all'}": rows for (t, only), rows in sweep.items()},
               "dev": dev_rows}
     (out / "sweep.json").write_text(json.dumps(result, indent=1))
@@ -142,15 +135,15 @@ def render(result) -> str:
     lines = [f"Setting chosen on {result['tune_sentences']} attacked CoNLL train sentences: threshold "
              f"**{result['chosen_threshold']}**, {mode} (mean share of words equal to the clean text after "
              "correction, per threshold and candidate words: "
-             + ", ".join(f"{k}: {pct(a)}%" for k, a in result["mean_word_accuracy"].items()) + ").", "",
+             + ", ".join(f"{k}: {pct(a)}%" for k, a in result["mean_words_correct"].items()) + ").", "",
              "| attack | words correct, attacked | NLM restored | NLM wrongly changed | NLM words correct "
              "| dict. restored | dict. wrongly changed | dict. words correct |",
              "|---|---|---|---|---|---|---|---|"]
     for row in result["dev"]:
         n, d = row["nlm"], row["dict"]
-        lines.append(f"| {row['attack']} | {pct(row['attacked_word_accuracy'])} | {pct(n['restored'])} | "
-                     f"{pct(n['wrongly_changed'])} | {pct(n['word_accuracy'])} | {pct(d['restored'])} | "
-                     f"{pct(d['wrongly_changed'])} | {pct(d['word_accuracy'])} |")
+        lines.append(f"| {row['attack']} | {pct(row['attacked_words_correct'])} | {pct(n['restored'])} | "
+                     f"{pct(n['wrongly_changed'])} | {pct(n['words_correct'])} | {pct(d['restored'])} | "
+                     f"{pct(d['wrongly_changed'])} | {pct(d['words_correct'])} |")
     return "\n".join(lines) + "\n"
 
 

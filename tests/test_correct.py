@@ -69,7 +69,8 @@ def test_dictionary_baseline_and_case():
     assert c.correct_word("germanx") == "germany"  # german, germans, germany: one edit each; the most frequent
     assert match_case("europe", "EUROPE") == "EUROPE" and match_case("paris", "Pari") == "Paris"
     scores = correction_scores([["a", "bb", "cc"]], [["a", "xb", "cc"]], [["a", "bb", "cz"]])
-    assert scores == {"attacked_words": 1, "restored": 1.0, "clean_words": 2, "wrongly_changed": 0.5}
+    assert scores == {"attacked_words": 1, "restored": 1.0, "clean_words": 2, "wrongly_changed": 0.5,
+                      "words_correct": 2 / 3}  # "a" and "bb" equal the clean text, "cz" does not
 
 
 def test_nlm_rewrite_rule_on_hand_made_predictions(bert_dir):

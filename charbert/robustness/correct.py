@@ -122,22 +122,15 @@ class NlmCorrector:
     @staticmethod
     def _per_word(probs: np.ndarray, token_word: Sequence[int | None], n_words: int) -> np.ndarray:
         """(n_words, 2): each word's best entry and probability, from ``probs`` (L, W) averaged over the
-        word's subwords (-1, 0 for words without one). One (n_words, L) @ (L, W) product: a loop
-        over tokens adding W-long rows made correction minutes per file."""
+        word's subwords (-1, 0 for words without one)."""
+        from charbert.robustness.sensitivity import word_means
+
         result = np.zeros((n_words, 2))
         result[:, 0] = -1
-        pairs = [(w, t) for t, w in enumerate(token_word) if w is not None and t < len(probs)]
-        if not pairs:
-            return result
-        words, tokens = np.array(pairs, dtype=np.intp).T
-        average = np.zeros((n_words, len(probs)), dtype=probs.dtype)
-        average[words, tokens] = 1.0
-        counts = average.sum(1)
-        has = counts > 0
-        average[has] /= counts[has, None]
-        mean = average[has] @ probs  # (words with subwords, W)
-        result[has, 0] = mean.argmax(-1)
-        result[has, 1] = mean.max(-1)
+        mean = word_means(probs, token_word, n_words)  # (n_words, W), NaN rows: no subword
+        has = ~np.isnan(mean[:, 0])
+        result[has, 0] = mean[has].argmax(-1)
+        result[has, 1] = mean[has].max(-1)
         return result
 
     def correct_sentences(self, sentences: list[list[str]]) -> list[list[str]]:
@@ -191,7 +184,8 @@ class DictionaryCorrector:
 def correction_scores(clean: Sequence[Sequence[str]], attacked: Sequence[Sequence[str]],
                       corrected: Sequence[Sequence[str]]) -> dict[str, float]:
     """``restored``: share of attacked words (differing from clean) corrected back exactly;
-    ``wrongly_changed``: share of untouched words (equal to clean) the corrector changed."""
+    ``wrongly_changed``: share of untouched words (equal to clean) the corrector changed;
+    ``words_correct``: share of all words equal to the clean text after correction."""
     n_attacked = n_restored = n_clean = n_broken = 0
     for c_words, a_words, r_words in zip(clean, attacked, corrected):
         if not len(c_words) == len(a_words) == len(r_words):
@@ -203,5 +197,7 @@ def correction_scores(clean: Sequence[Sequence[str]], attacked: Sequence[Sequenc
             else:
                 n_clean += 1
                 n_broken += r != c
+    total = n_attacked + n_clean
     return {"attacked_words": n_attacked, "restored": n_restored / n_attacked if n_attacked else None,
-            "clean_words": n_clean, "wrongly_changed": n_broken / n_clean if n_clean else None}
+            "clean_words": n_clean, "wrongly_changed": n_broken / n_clean if n_clean else None,
+            "words_correct": (n_restored + n_clean - n_broken) / total if total else None}

@@ -129,8 +129,8 @@ def sensitivity_from_encoder(encode: Encoder, clean_sentences: Sequence[Words], 
     clean = [list(s) for s in clean_sentences]
     noisy = [list(s) for s in noisy_sentences]
     _check_pairs(clean, noisy)
-    _noised_mask(clean, noisy, changed)  # validated before the (costly) encoding
-    return sensitivity_from_vectors(clean, noisy, encode(clean), encode(noisy), changed)
+    mask = _noised_mask(clean, noisy, changed)  # validated before the (costly) encoding
+    return _sensitivity(clean, noisy, encode(clean), encode(noisy), mask)
 
 
 def sensitivity_from_vectors(clean_sentences: Sequence[Words], noisy_sentences: Sequence[Words],
@@ -141,22 +141,27 @@ def sensitivity_from_vectors(clean_sentences: Sequence[Words], noisy_sentences: 
     clean = [list(s) for s in clean_sentences]
     noisy = [list(s) for s in noisy_sentences]
     _check_pairs(clean, noisy)
-    mask = _noised_mask(clean, noisy, changed)
+    return _sensitivity(clean, noisy, clean_vectors, noisy_vectors, _noised_mask(clean, noisy, changed))
+
+
+def _sensitivity(clean, noisy, clean_vectors, noisy_vectors, mask) -> dict[str, float | None]:
     distances = cosine_distances(_stack(clean_vectors, clean, "clean"), _stack(noisy_vectors, noisy, "noisy"))
     return sensitivity_stats(distances, mask)
 
 
 def word_means(states: np.ndarray, token_word: Sequence[int | None], n_words: int) -> np.ndarray:
-    """(n_words, D): each word's mean over its subword rows of ``states`` (L, D); NaN rows for words with none."""
-    tokens = np.array([t for t, w in enumerate(token_word) if w is not None], dtype=np.intp)
-    words = np.array([token_word[t] for t in tokens], dtype=np.intp)
-    sums = np.zeros((n_words, states.shape[-1]), dtype=np.float64)
-    counts = np.zeros(n_words, dtype=np.float64)
-    np.add.at(sums, words, states[tokens])
-    np.add.at(counts, words, 1.0)
+    """(n_words, D) float64: each word's mean over its subword rows of ``states`` (L, D); NaN rows for
+    words with none (truncated, dropped by the normaliser, or indexed past the L rows). One
+    (n_words, L) @ (L, D) product, also for D = a 30k-word vocabulary (the NLM corrector)."""
+    pairs = [(w, t) for t, w in enumerate(token_word) if w is not None and t < len(states)]
+    average = np.zeros((n_words, len(states)), dtype=np.float64)
+    if pairs:
+        words, tokens = np.array(pairs, dtype=np.intp).T
+        average[words, tokens] = 1.0
+    counts = average.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = sums / counts[:, None]
-    out[counts == 0] = np.nan  # truncated (or dropped by the normaliser): no representation
+        out = (average / counts[:, None]) @ states
+    out[counts == 0] = np.nan  # no representation
     return out
 
 
