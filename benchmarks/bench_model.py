@@ -9,18 +9,19 @@ corpus in ../shared/data. Prints, measured in this one run:
      (and, for the default, as two calls), their ratio, and the floor that counted FLOPs give (benchmarks.gpu_check.encoder_flops);
   2. the character GRU alone: our padding-exact unpacked Bi-GRU, the reference padding mode (plain
      flip of the whole row), and pack_padded_sequence;
-  3. tokenizer + alignment throughput (sentences/s) on 10,000 real sentences vs the bare fast tokenizer.
+  3. tokenizer + alignment throughput (sentences/s) on 10,000 real sentences vs the bare fast tokenizer
+     (benchmarks.bench_tokenizer, which can also run alone).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, BertModel
+from transformers import BertModel
 
+from benchmarks.bench_tokenizer import bench_tokenizer, print_tokenizer_table
 from benchmarks.common import corpus_lines, median_time, minilm_path, print_table
 from benchmarks.gpu_check import encoder_flops
 from charbert import CharBertConfig, CharBertModel, CharBertTokenizer
@@ -82,30 +83,6 @@ def bench_gru(config, batch, repeats):
     return times
 
 
-def bench_tokenizer(path, n_sentences: int = 10_000, batch_size: int = 256, max_length: int = 128, repeats: int = 3):
-    """Sentences/s of each pipeline. The pipelines take turns batch by batch (a slower or faster
-    moment of the machine hits both alike), over ``repeats`` passes after one warm-up pass; the
-    best pass of each counts."""
-    sentences = corpus_lines("brown.txt", limit=n_sentences)
-    tok = CharBertTokenizer.from_pretrained(path)
-    plain = AutoTokenizer.from_pretrained(path)
-    pipelines = {
-        "fast tokenizer + offsets": lambda b: plain(b, truncation=True, max_length=max_length, return_offsets_mapping=True),
-        "CharBertTokenizer (+ alignment)": lambda b: tok(b, truncation=True, max_length=max_length),
-    }
-    best = {name: float("inf") for name in pipelines}
-    for attempt in range(repeats + 1):
-        spent = dict.fromkeys(pipelines, 0.0)
-        for i in range(0, len(sentences), batch_size):
-            for name, fn in pipelines.items():
-                start = time.perf_counter()
-                fn(sentences[i : i + batch_size])
-                spent[name] += time.perf_counter() - start
-        if attempt:  # the first pass warms up
-            best = {name: min(best[name], spent[name]) for name in pipelines}
-    return {name: len(sentences) / best[name] for name in pipelines}
-
-
 def time_variant(path, variant: dict, batch, repeats: int, two_calls: bool):
     """(model config, stacked seconds, two-call seconds or None) for CharBertModel in one variant."""
     charbert = CharBertModel.from_pretrained(path, **variant).train()
@@ -159,10 +136,9 @@ def main(argv=None):
           times["reference"] / t_bert],
          ["pack_padded_sequence, bidirectional", times["packed"], times["packed"] / times["exact"], times["packed"] / t_bert]],
     )
-    print(f"\n3. tokenisation of {args.tokenizer_sentences:,} Brown sentences (batches of 256, max_length 128)")
-    rates = bench_tokenizer(path, n_sentences=args.tokenizer_sentences)
-    base = next(iter(rates.values()))
-    print_table(["pipeline", "sentences/s", "ratio"], [[k, v, v / base] for k, v in rates.items()])
+    print(f"\n3. tokenisation of {args.tokenizer_sentences:,} Brown sentences (batches of 256, max_length 128; "
+          "benchmarks.bench_tokenizer says how)")
+    print_tokenizer_table(bench_tokenizer(n_sentences=args.tokenizer_sentences))
 
 
 if __name__ == "__main__":

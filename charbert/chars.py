@@ -375,19 +375,25 @@ def align_offsets_batch(
     is_first[:1] = True
     np.not_equal(group_key[1:], group_key[:-1], out=is_first[1:])
     group_starts = np.flatnonzero(is_first)
-    group_sizes = np.diff(group_starts, append=len(group_key))  # each group's tokens, one run after the other
+    group_sizes = np.empty_like(group_starts)  # each group's tokens, one run after the other
+    np.subtract(group_starts[1:], group_starts[:-1], out=group_sizes[:-1])
+    group_sizes[-1:] = len(group_key) - group_starts[-1:]
     keys = group_key[group_starts]
     group_row, group_seg = keys // n_segments, keys % n_segments
     n_groups = len(keys)
     token_first, token_last = offsets[:, 0][real], offsets[:, 1][real]
     first = np.minimum.reduceat(token_first, group_starts) if n_groups else np.zeros(0, dtype=np.int64)
     last = np.maximum.reduceat(token_last, group_starts) if n_groups else np.zeros(0, dtype=np.int64)
-    pieces = []  # the text each group's tokens cover
-    for row, seg, a, b in zip(group_row.tolist(), group_seg.tolist(), first.tolist(), last.tolist()):
-        row_texts = texts[row]
-        if seg >= len(row_texts):
-            raise ValueError(f"The encoding has segment {seg} but only {len(row_texts)} text(s) were given.")
-        pieces.append(row_texts[seg][a:b])
+    one_text_per_row = n_groups == n_rows and not group_seg.any()  # then group i is row i's text: the common case
+    if one_text_per_row:
+        pieces = [row_texts[0][a:b] for row_texts, a, b in zip(texts, first.tolist(), last.tolist())]
+    else:
+        pieces = []  # the text each group's tokens cover
+        for row, seg, a, b in zip(group_row.tolist(), group_seg.tolist(), first.tolist(), last.tolist()):
+            row_texts = texts[row]
+            if seg >= len(row_texts):
+                raise ValueError(f"The encoding has segment {seg} but only {len(row_texts)} text(s) were given.")
+            pieces.append(row_texts[seg][a:b])
     lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=n_groups)
     # Row layout: [SPECIAL] + group chars, with a [SEP] before every segment after the first.
     sep = (group_seg > 0).astype(np.int64)
@@ -400,8 +406,11 @@ def align_offsets_batch(
     # Where each group's characters start in `chars`: a [SPECIAL] per row so far, and the groups (and [SEP]s) before it.
     group_origin = group_row + 1 + np.cumsum(width) - lengths
     if np.count_nonzero(opens_row) == n_rows:  # every row has text: the batch in one string, one code per placeholder
-        placeholders = [("", " ", "  ")[k] for k in (opens_row + sep).tolist()]
-        chars = vocab.encode("".join(chain.from_iterable(zip(placeholders, pieces))))  # (C_total,)
+        if one_text_per_row:  # " " before each row's text: its [SPECIAL] placeholder
+            chars = vocab.encode(" " + " ".join(pieces))  # (C_total,)
+        else:
+            placeholders = [("", " ", "  ")[k] for k in (opens_row + sep).tolist()]
+            chars = vocab.encode("".join(chain.from_iterable(zip(placeholders, pieces))))  # (C_total,)
     else:  # rows with no text at all (empty strings): scatter the groups' characters into place
         encoded = vocab.encode("".join(pieces))
         chars = np.zeros(int(row_starts[-1]), dtype=np.int64)

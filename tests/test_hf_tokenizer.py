@@ -184,3 +184,55 @@ def test_task_collator_pads_task_features_like_the_tokenizer(bert_dir, layout):
     assert torch.equal(batch.pop("labels"), torch.ones(4, dtype=torch.long))
     padded = tok.pad([{k: v for k, v in r.items() if k != "labels"} for r in rows], return_tensors="pt")
     assert_same_batch(batch, padded)
+
+
+def test_offsets_read_from_rust_when_the_caller_did_not_ask_for_them(bert_dir, tiny_texts):
+    """Without return_offsets_mapping the alignment reads the offsets from the Rust encodings (the
+    base class builds no offset lists): same character fields, and no offset_mapping in the output."""
+    tok = CharBertTokenizerFast.from_pretrained(bert_dir)
+    texts = [*tiny_texts[:20], "", "naïve C# ## x"]
+    plain = tok(texts)
+    with_offsets = tok(texts, return_offsets_mapping=True)
+    assert "offset_mapping" not in plain
+    assert with_offsets["offset_mapping"] == tok.tokenizer(texts, return_offsets_mapping=True)["offset_mapping"]
+    for key in CHAR_INPUT_NAMES:
+        assert plain[key] == with_offsets[key], key
+    enc = tok.tokenizer(texts)  # no offsets in the encoding's dict: char_columns reads the Rust side
+    assert tok.char_columns(enc, texts) == tok.char_columns(tok.tokenizer(texts, return_offsets_mapping=True), texts)
+
+
+def test_a_call_pauses_the_garbage_collector_and_restores_it(bert_dir, monkeypatch):
+    import gc
+
+    tok = CharBertTokenizerFast.from_pretrained(bert_dir)
+    seen = []
+    original = CharBertTokenizerFast.char_columns
+
+    def recording(self, *args, **kwargs):
+        seen.append(gc.isenabled())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CharBertTokenizerFast, "char_columns", recording)
+    was_enabled = gc.isenabled()
+    try:
+        gc.enable()
+        tok(TEXTS)
+        assert seen == [False] and gc.isenabled()  # paused inside, on again after
+        with pytest.raises(TypeError, match="takes strings"):
+            tok(["fine", 3])
+        assert gc.isenabled()  # an error inside the call leaves it on too
+        gc.disable()
+        tok(TEXTS)
+        assert not gc.isenabled()  # a collector the caller turned off stays off
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
+
+
+def test_str_subclasses_pass_and_other_types_are_refused_in_pairs_too(bert_dir):
+    class Text(str):
+        pass
+
+    tok = CharBertTokenizerFast.from_pretrained(bert_dir)
+    assert tok([Text("Hello there")])["char_input_ids"] == tok(["Hello there"])["char_input_ids"]
+    with pytest.raises(TypeError, match="got NoneType"):
+        tok(["a", "b"], ["c", None])
