@@ -28,6 +28,7 @@ from .modeling import (
     CharBertModel,
     CharBertPreTrainedModel,
 )
+from .pipelines import register_question_answering
 from .tokenization import CharBertTokenizer, CharBertTokenizerFast
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ for _auto, _cls in (
 ):
     _auto.register(CharBertConfig, _cls, exist_ok=True)
 AutoTokenizer.register(CharBertConfig, fast_tokenizer_class=CharBertTokenizerFast, exist_ok=True)
+register_question_answering()  # pipeline("question-answering"): transformers 5 has none of its own
 
 __all__ = [
     "CHAR_INPUT_NAMES",

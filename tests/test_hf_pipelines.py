@@ -2,8 +2,8 @@
 the pipelines' predictions equal the programs' prediction files on the same inputs, and a Trainer run
 with DataCollatorWithPadding fine-tunes, saves, reloads and scores like `finetune.glue --do_predict`.
 
-(transformers 5.x has no "question-answering" pipeline any more: it points users to text
-generation, so there is none to test; `python -m finetune.squad` is the extractive QA path.)"""
+transformers 5.x has no "question-answering" pipeline any more; charbert registers its own under that
+name (`charbert.pipelines`, `finetune.squad`'s windows and decoding), tested here the same way."""
 
 from __future__ import annotations
 
@@ -158,3 +158,42 @@ def test_trainer_fine_tunes_saves_and_scores_like_finetune_glue(bert_dir, tmp_pa
                    "--per_device_eval_batch_size", "4") == 0
     record = json.loads((pred / "metrics.json").read_text())
     assert record["predict"]["accuracy"] == pytest.approx(ours["eval_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_question_answering_pipeline_equals_finetune_squad(version, bert_dir, task_files, tmp_path):
+    from charbert.pipelines import QuestionAnsweringPipeline
+    from charbert.tasks.squad import read_squad
+
+    out = tmp_path / "squad"
+    v2 = ["--version_2_with_negative"] if version == "v2" else []
+    qa_args = ["--max_seq_length", "64", "--doc_stride", "16", "--max_query_length", "16", "--max_answer_length", "8",
+               "--n_best_size", "10", *v2]
+    assert run_cli("squad", "--train_file", task_files[f"squad_{version}_train"], "--validation_file",
+                   task_files[f"squad_{version}_dev"], "--model_name_or_path", bert_dir, "--charbert",
+                   "--output_dir", out, *qa_args, *TRAIN) == 0
+    predictions = json.loads((out / "eval_predictions.json").read_text())
+    nbest = json.loads((out / "eval_nbest_predictions.json").read_text())
+    dev = read_squad(task_files[f"squad_{version}_dev"])
+    qa = pipeline("question-answering", model=str(out), device="cpu", max_seq_len=64, doc_stride=16,
+                  max_question_len=16, max_answer_len=8, n_best_size=10, handle_impossible_answer=bool(v2))
+    assert type(qa) is QuestionAnsweringPipeline and type(qa.tokenizer) is CharBertTokenizerFast
+    got = qa([{"question": ex.question, "context": ex.context} for ex in dev])
+    assert len(got) == len(dev)
+    for ex, answer in zip(dev, got):
+        assert answer["answer"] == predictions[ex.id], ex.id
+        assert answer["answer"] == ex.context[answer["start"]:answer["end"]]
+        best = nbest[ex.id][0]["probability"] if nbest[ex.id] else 0.0
+        assert answer["score"] == pytest.approx(best, rel=1e-5)
+    assert sum(bool(p) for p in predictions.values()) >= (3 if version == "v1" else 0)  # real spans were compared
+    # the other call forms give the same answers; top_k gives the n-best list's head
+    one = dev[0]
+    assert qa(question=one.question, context=one.context) == got[0]
+    assert qa(one.question, one.context) == got[0]
+    assert qa(question=[one.question], context=[one.context]) == [got[0]]
+    top = qa(question=one.question, context=one.context, top_k=3)
+    assert [t["answer"] for t in top] == [n["text"] for n in nbest[one.id][:3]]
+    if version == "v2":  # the program's "no answer" is the pipeline's too, and spans are still ranked
+        assert any(not p for p in predictions.values()) and any(n for n in nbest.values())
+    with pytest.raises(ValueError, match="question and context"):
+        qa(question=["a", "b"], context=["c"])
