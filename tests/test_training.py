@@ -21,6 +21,7 @@ from transformers.utils import ModelOutput
 
 from charbert.training import (
     EVAL_EPOCH,
+    OPTIMIZERS,
     CheckpointError,
     IndexedCollator,
     IndexedDataset,
@@ -365,6 +366,28 @@ def test_optimizer_groups_exclude_bias_and_norm():
     no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     assert decay == {"emb.weight", "out.weight"}
     assert no_decay == {"LayerNorm.weight", "LayerNorm.bias", "out.bias"}
+
+
+def test_fused_adamw_is_the_default_and_steps_like_the_per_tensor_loop():
+    torch.manual_seed(0)
+    models = {name: RegressionModel() for name in OPTIMIZERS}
+    assert TrainingConfig(output_dir="x").optim == "adamw_torch_fused"  # transformers' Trainer default too
+    x, y = torch.randn(32, 8), torch.randn(32)
+    for name, model in models.items():
+        opt = build_optimizer(model, TrainingConfig(output_dir="x", optim=name, weight_decay=0.1, learning_rate=1e-2))
+        assert all(g["fused"] is (name == "adamw_torch_fused") for g in opt.param_groups)
+        for _ in range(5):
+            opt.zero_grad()
+            model(x, y).loss.backward()
+            opt.step()
+    fused, loop = (dict(models[n].named_parameters()) for n in OPTIMIZERS)
+    for key in fused:
+        assert torch.allclose(fused[key], loop[key], atol=1e-6), key
+    assert not torch.allclose(fused["lin.weight"], RegressionModel().lin.weight)  # it did train
+    with torch.device("meta"):
+        on_meta = RegressionModel()
+    with pytest.raises(ValueError, match="--optim adamw_torch$"):
+        build_optimizer(on_meta, TrainingConfig(output_dir="x"))
 
 
 # ----------------------------------------------------------------------------- collator protocol

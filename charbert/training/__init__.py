@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from .arguments import (
     LR_SCHEDULER_TYPES,
+    OPTIMIZERS,
     TrainingConfig,
     add_dataclass_arguments,
     add_training_args,
@@ -65,6 +66,7 @@ __all__ = [
     "EVAL_EPOCH",
     "LOG_NAME",
     "LR_SCHEDULER_TYPES",
+    "OPTIMIZERS",
     "STATE_FORMAT_VERSION",
     "TRAINER_STATE_NAME",
     "CheckpointError",

@@ -58,6 +58,10 @@ def check_accelerator(accelerator, config: TrainingConfig):
     return accelerator
 
 
+# Where torch's fused AdamW kernel exists (torch.optim.AdamW(fused=True)).
+FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
 def _is_no_decay(name: str, param: torch.Tensor) -> bool:
     lowered = name.lower()
     return param.ndim <= 1 or "bias" in lowered or "norm" in lowered  # norm covers LayerNorm/layer_norm
@@ -76,8 +80,14 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
     ) if g["params"]]
     if not groups:
         raise ValueError("The model has no trainable parameters")
+    fused = config.optim == "adamw_torch_fused"
+    if fused:
+        devices = {p.device.type for g in groups for p in g["params"]} - set(FUSED_ADAMW_DEVICES)
+        if devices:
+            raise ValueError(f"--optim adamw_torch_fused runs on {', '.join(FUSED_ADAMW_DEVICES)} parameters, not "
+                             f"{', '.join(sorted(devices))}: pass --optim adamw_torch")
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                             eps=config.adam_epsilon)
+                             eps=config.adam_epsilon, fused=fused)
 
 
 def num_warmup_steps(config: TrainingConfig, max_train_steps: int) -> int:
