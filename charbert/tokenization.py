@@ -413,7 +413,8 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
 @contextmanager
 def _gc_paused():
     """Pause Python's cyclic garbage collector inside the block (left as it is when already off).
-    Reference counting still frees everything; only cycle detection waits until the block ends."""
+    Reference counting still frees everything; only cycle detection waits until the block ends. The
+    switch is process-wide: other threads' cycles also wait for the end of the call (milliseconds)."""
     if not gc.isenabled():
         yield
         return
