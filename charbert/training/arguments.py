@@ -63,6 +63,14 @@ def check_trackers_available(report_to: list[str]) -> None:
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch")
 
 
+def _default_optimizer() -> str:
+    """Fused AdamW from torch 2.8 on, as transformers' Trainer chooses (its CPU kernel arrived in 2.4)."""
+    import torch
+
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    return "adamw_torch_fused" if (major, minor) >= (2, 8) else "adamw_torch"
+
+
 def _help(text: str = "", **extra: Any) -> dict[str, Any]:
     """Field metadata: the flag's help text (and argparse extras such as ``choices``)."""
     return {"help": text, **extra}
@@ -83,9 +91,9 @@ class TrainingConfig:
     adam_beta1: float = field(default=0.9, metadata=_help("AdamW beta1."))
     adam_beta2: float = field(default=0.999, metadata=_help("AdamW beta2."))
     adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW epsilon."))
-    optim: str = field(default="adamw_torch_fused", metadata=_help(
-        "AdamW implementation, named as transformers' Trainer names them (and defaults to): 'adamw_torch_fused' "
-        "(one kernel per parameter; on CPU it made a CharBERT step 1.35x faster) or 'adamw_torch' (the per-tensor loop).",
+    optim: str = field(default_factory=_default_optimizer, metadata=_help(
+        "AdamW implementation, named as transformers' Trainer names them: 'adamw_torch_fused' (one kernel per "
+        "parameter; the default from torch 2.8 on, as the Trainer's) or 'adamw_torch' (the per-tensor loop).",
         choices=OPTIMIZERS))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm (<= 0 disables)."))
     num_train_epochs: int = field(default=3, metadata=_help("Epochs to train (unless --max_train_steps is given)."))
@@ -174,7 +182,7 @@ def add_dataclass_arguments(parser, cls, title: str | None = None) -> None:
     """
     group = parser.add_argument_group(title) if title else parser
     for f in fields(cls):
-        default = None if f.default is MISSING else f.default
+        default = f.default_factory() if f.default_factory is not MISSING else None if f.default is MISSING else f.default
         extra = {k: v for k, v in f.metadata.items() if k != "help"}
         help_text = f.metadata.get("help", "")
         if "bool" in str(f.type):  # switches: --flag turns them on
