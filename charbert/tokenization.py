@@ -334,7 +334,7 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
     def _encode_plus(self, *args, **kwargs) -> BatchEncoding:
         # A batch call builds tens of thousands of lists and tuples (the base class's and ours) and no
         # cycles; the collector would walk them at every automatic pass, and the rest of the process at a
-        # full one. Paused for the call, it runs once afterwards (bench_model.py measures the difference).
+        # full one. Paused for the call, it runs once afterwards (benchmarks/bench_tokenizer.py measures both ways).
         with _gc_paused():
             return self._encode_with_chars(*args, **kwargs)
 
