@@ -442,7 +442,7 @@ def align_offsets_batch(
         np.minimum(ends, max_chars_per_sequence - 1, out=ends)
     if hidden is not None and np.any(hidden):
         flag = np.asarray(hidden, dtype=bool)
-        token_origin = row_starts[row_of_token][flag]
+        token_origin = row_starts[row_of_token[flag]]
         size = len(chars) + 1
         delta = np.bincount(starts[flag] + token_origin, minlength=size) - np.bincount(ends[flag] + 1 + token_origin, minlength=size)
         chars[np.cumsum(delta)[:-1] > 0] = MASK_ID

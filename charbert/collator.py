@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .noise import OPERATIONS, PRETRAIN_RULES, NoiseRules, noise_words
-from .tokenization import CharBertTokenizer
+from .tokenization import CharBertTokenizer, gc_paused
 from .vocab import WordVocab, split_words
 
 OBJECTIVES = ("charbert", "advbert", "mlm")
@@ -120,6 +120,10 @@ class PretrainingCollator:
     def __call__(self, blocks: Sequence[str], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         if rng is None:
             raise ValueError("PretrainingCollator draws noise and masks from the rng the training loop passes (needs_rng).")
+        with gc_paused():  # it tokenises through the subword twin, so the tokenizer call's own pause does not apply
+            return self._collate(blocks, rng)
+
+    def _collate(self, blocks: Sequence[str], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         texts, word_ends, noised_words, originals = [], [], [], []
         for block in blocks:
             spans = split_words(block)

@@ -25,6 +25,8 @@ from .tasks.features import TaskCollator, squad_features
 from .tasks.squad import SquadExample, postprocess_qa_predictions
 
 TASK = "question-answering"
+# The options that count something (tokens, candidates, answers): at least 1.
+_COUNTS = ("max_seq_len", "doc_stride", "max_question_len", "max_answer_len", "n_best_size", "top_k")
 
 
 class QuestionAnsweringPipeline(Pipeline):
@@ -32,8 +34,8 @@ class QuestionAnsweringPipeline(Pipeline):
 
     Call with `question=..., context=...` (strings or equal-length lists), a dict with those keys,
     or a list of such dicts. Options (at construction or per call; defaults are the program's):
-    `max_seq_len` (384, or the model's length when shorter), `doc_stride` (128), `max_question_len` (64), `max_answer_len` (30 tokens),
-    `n_best_size` (20), `top_k` (1), `handle_impossible_answer` (False: SQuAD v2.0's "no answer"
+    `max_seq_len` (384, or the model's length when shorter), `doc_stride` (128), `max_question_len`
+    (64), `max_answer_len` (30 tokens), `n_best_size` (20), `top_k` (1), `handle_impossible_answer` (False: SQuAD v2.0's "no answer"
     when null score - best span score > `null_score_diff_threshold`, 0.0).
     """
 
@@ -48,7 +50,7 @@ class QuestionAnsweringPipeline(Pipeline):
                                           ("top_k", top_k), ("handle_impossible_answer", handle_impossible_answer),
                                           ("null_score_diff_threshold", null_score_diff_threshold)) if v is not None}
         for name, value in {**preprocess, **postprocess}.items():
-            if name != "handle_impossible_answer" and name != "null_score_diff_threshold" and int(value) < 1:
+            if name in _COUNTS and int(value) < 1:
                 raise ValueError(f"question-answering pipeline: {name} must be >= 1; got {value}")
         return preprocess, {}, postprocess
 

@@ -301,7 +301,7 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
         chars, row_starts, starts, ends = align_offsets_batch(
             offsets, row_of_token, segment, seg_texts, self.char_vocab, n_rows, flags,
             max_chars_per_token=self.max_chars_per_token, max_chars_per_sequence=self.max_chars_per_sequence)
-        # Characters row by row straight from the array (no batch-long list for the garbage collector to walk).
+        # Characters row by row straight from the array.
         char_bounds, token_bounds = row_starts.tolist(), [0, *np.cumsum(lengths).tolist()]
         starts, ends = starts.tolist(), ends.tolist()
         return ([chars[i:j].tolist() for i, j in zip(char_bounds, char_bounds[1:])],
@@ -335,7 +335,7 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
         # A batch call builds tens of thousands of lists and tuples (the base class's and ours) and no
         # cycles; the collector would walk them at every automatic pass, and the rest of the process at a
         # full one. Paused for the call, it runs once afterwards (benchmarks/bench_tokenizer.py measures both ways).
-        with _gc_paused():
+        with gc_paused():
             return self._encode_with_chars(*args, **kwargs)
 
     def _encode_with_chars(self, text, text_pair=None, padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
@@ -411,7 +411,7 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
 
 
 @contextmanager
-def _gc_paused():
+def gc_paused():
     """Pause Python's cyclic garbage collector inside the block (left as it is when already off).
     Reference counting still frees everything; only cycle detection waits until the block ends. The
     switch is process-wide: other threads' cycles also wait for the end of the call (milliseconds)."""

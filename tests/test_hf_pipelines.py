@@ -185,7 +185,8 @@ def test_question_answering_pipeline_equals_finetune_squad(version, bert_dir, ta
         assert answer["answer"] == ex.context[answer["start"]:answer["end"]]
         best = nbest[ex.id][0]["probability"] if nbest[ex.id] else 0.0
         assert answer["score"] == pytest.approx(best, rel=1e-5)
-    assert sum(bool(p) for p in predictions.values()) >= (3 if version == "v1" else 0)  # real spans were compared
+    if version == "v1":
+        assert sum(bool(p) for p in predictions.values()) >= 3  # real spans were compared
     # the other call forms give the same answers; top_k gives the n-best list's head
     one = dev[0]
     assert qa(question=one.question, context=one.context) == got[0]

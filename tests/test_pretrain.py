@@ -403,3 +403,26 @@ def test_converted_roberta_checkpoint_continues_pretraining(small_job, tmp_path)
     before, after = load_file(str(converted / "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
     assert all(".pooler." in k for k in set(before) - set(after)) and set(after) <= set(before)  # pretraining has no pooler
     assert all(torch.equal(before[k], after[k]) for k in after), "it started from its own weights"
+
+
+def test_collator_pauses_the_garbage_collector_while_it_builds_a_batch(tok, word_vocab, blocks, monkeypatch):
+    import gc
+
+    from charbert.tokenization import CharBertTokenizerFast
+
+    seen = []
+    original = CharBertTokenizerFast.char_features
+
+    def recording(self, *args, **kwargs):
+        seen.append(gc.isenabled())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CharBertTokenizerFast, "char_features", recording)
+    collator = PretrainingCollator(tok, word_vocab, max_seq_length=64)
+    was_enabled = gc.isenabled()
+    try:
+        gc.enable()
+        batch = collator(blocks[:4], rng=np.random.default_rng(0))
+        assert seen == [False] and gc.isenabled() and batch["char_input_ids"].shape[0] == 4
+    finally:
+        (gc.enable if was_enabled else gc.disable)()

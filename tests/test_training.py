@@ -369,10 +369,10 @@ def test_optimizer_groups_exclude_bias_and_norm():
 
 
 def test_fused_adamw_is_the_default_and_steps_like_the_per_tensor_loop():
-    torch.manual_seed(0)
-    models = {name: RegressionModel() for name in OPTIMIZERS}
     from transformers import TrainingArguments
 
+    models = {name: RegressionModel() for name in OPTIMIZERS}  # the same weights (it seeds itself)
+    torch.manual_seed(0)
     trainer_default = TrainingArguments(output_dir="x", use_cpu=True, report_to=[]).optim
     assert TrainingConfig(output_dir="x").optim == getattr(trainer_default, "value", trainer_default)  # the Trainer's
     x, y = torch.randn(32, 8), torch.randn(32)
