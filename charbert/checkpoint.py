@@ -246,6 +246,8 @@ def build_on_backbone(model_cls, path: str | os.PathLike, **config_kwargs):
         config._attn_implementation = attn_implementation
     model = model_cls(config)
     loaded = _copy_backbone(model, model_cls.base_model_prefix, backbone, backbone_info, path)
+    if config.new_module_init == "identity":  # needs the backbone's own layer norms, so only now
+        model.base_model.init_identity_fusion()
     if hasattr(model, "mlm_head"):
         head_state = read_checkpoint_tensors(path, MLM_HEAD_KEYS[config.backbone_type])
         if head_state:

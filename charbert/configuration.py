@@ -16,6 +16,8 @@ from .compat import LEGACY_ARCHITECTURE, upgrade_saved_config
 
 BACKBONE_CONFIGS = {"bert": BertConfig, "roberta": RobertaConfig}
 CHAR_PADDING_MODES = ("exact", "reference")
+# How the modules CharBERT adds to a plain checkpoint start (see CharBertConfig.new_module_init).
+NEW_MODULE_INITS = ("reference", "normal", "identity")
 
 # Our previous architecture (character LayerNorm, activation after the fusion conv, biases):
 # `CharBertConfig(..., **PREVIOUS_VARIANT)`. The default is the authors' released architecture.
@@ -40,6 +42,7 @@ CHARBERT_FIELDS = (
     "max_chars_per_sequence",
     "char_vocab_hash",
     "word_vocab_hash",
+    "new_module_init",
 )
 
 
@@ -80,6 +83,15 @@ class CharBertConfig(PretrainedConfig):
         char_vocab_hash (`str`, None), word_vocab_hash (`str`, None): fingerprints of the character and
             word vocabularies the model was trained with (`CharVocab.fingerprint`, `WordVocab.fingerprint`),
             checked by the programs on load. None (checkpoints saved before they existed): no check.
+        new_module_init (`str`, "normal"): how the modules CharBERT adds (character encoder, fusion, NLM head)
+            start when they are created; the function a trained or converted checkpoint computes does not
+            depend on it, and loading one never re-initialises anything. "reference": the authors' code exactly
+            (std `initializer_range` normals for Linear and Embedding, PyTorch's own uniform init for the
+            fusion Conv1d and the GRU). "normal": std `initializer_range` normals for Linear, Conv1d and
+            Embedding, Xavier/orthogonal GRU gates. "identity": "normal", then, when the model is built on a
+            plain checkpoint (`from_pretrained` / `from_backbone`), each fusion block is set so that the
+            subword channel reproduces the backbone's output exactly (`identity_fusion_`): the backbone
+            starts where it was instead of being rebuilt by the pretraining budget.
         **kwargs: every field of the backbone config (hidden_size, num_hidden_layers, vocab_size, ...).
     """
 
@@ -104,6 +116,7 @@ class CharBertConfig(PretrainedConfig):
         max_chars_per_sequence: int | None = None,
         char_vocab_hash: str | None = None,
         word_vocab_hash: str | None = None,
+        new_module_init: str = "normal",
         **kwargs,
     ):
         if backbone_type not in BACKBONE_CONFIGS:
@@ -147,6 +160,12 @@ class CharBertConfig(PretrainedConfig):
         self.max_chars_per_sequence = max_chars_per_sequence
         self.char_vocab_hash = char_vocab_hash
         self.word_vocab_hash = word_vocab_hash
+        if new_module_init not in NEW_MODULE_INITS:
+            raise ValueError(f"new_module_init must be one of {NEW_MODULE_INITS}; got {new_module_init!r}.")
+        if new_module_init == "identity" and fusion_activation:
+            raise ValueError("new_module_init='identity' needs fusion_activation=False: an activation after the "
+                             "fusion conv cannot pass the backbone's states through unchanged.")
+        self.new_module_init = new_module_init
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> CharBertConfig:

@@ -15,6 +15,7 @@ checkpoint's weights load under the same keys. Loading checkpoints lives in chec
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -199,6 +200,69 @@ class HeterogeneousInteraction(CheckpointableModule):
         return self.word_norm(word + fused), self.char_norm(char + fused)
 
 
+def pytorch_default_init_(module: nn.Conv1d | nn.GRU) -> None:
+    """PyTorch's own init of a Conv1d or GRU (what `reset_parameters` draws), skipping tensors
+    already loaded from a checkpoint: uniform in +-1/sqrt(fan_in) for a Conv1d's weight and bias
+    (kaiming_uniform with a=sqrt(5) is that bound), +-1/sqrt(hidden_size) for every GRU tensor."""
+    if isinstance(module, nn.GRU):
+        bound = 1.0 / math.sqrt(module.hidden_size)
+        for param in module.parameters():
+            init.uniform_(param, -bound, bound)
+        return
+    fan_in = module.weight.shape[1] * module.weight[0, 0].numel()  # in_channels / groups x kernel
+    bound = 1.0 / math.sqrt(fan_in)
+    init.uniform_(module.weight, -bound, bound)
+    if module.bias is not None:
+        init.uniform_(module.bias, -bound, bound)
+
+
+# Below this |gamma| a LayerNorm output dimension counts as dead: it carries no trace of its
+# normalised value (MiniLM's last layer has three such dimensions, holding ~79% of the variance
+# before its norm on real text), so the identity start cannot recover it from the layer's output.
+IDENTITY_MIN_SCALE = 1e-2
+
+
+@torch.no_grad()
+def identity_fusion_(fusion: HeterogeneousInteraction, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                     min_scale: float = IDENTITY_MIN_SCALE) -> None:
+    """Set a fusion block so that the subword channel leaves it as it came in.
+
+    A backbone layer ends in a LayerNorm, so its output is w = g * n + b with n normalised (mean 0,
+    variance 1; g, b = norm_weight, norm_bias). With the word map the identity, the conv's centre
+    tap diag(1/g) - I on the word half and bias -b/g, the fused signal is f = n - w, so w + f = n
+    and the fusion's LayerNorm, given weight g and bias b, returns g * n + b = w exactly.
+
+    Dead dimensions (|g| < min_scale) keep no trace of n there. Their sum is still known, since n
+    has mean 0: the first dead dimension gets minus the sum of the others' n (restoring the mean and
+    part of the variance), the rest 0. Exact with at most one dead dimension, close with more.
+
+    The conv's character half and side taps start at zero (the character channel enters as training
+    moves them; the character map keeps its random init so that those weights get a gradient at
+    once); the character LayerNorm gets the same g and b. With one fusion block shared by all
+    layers it is exact only where the layers' norms agree.
+    """
+    hidden = norm_weight.numel()
+    weight, bias = norm_weight.detach().double(), norm_bias.detach().double()
+    live = weight.abs() >= min_scale
+    inverse = torch.where(live, 1.0 / torch.where(live, weight, 1.0), 0.0)  # 1/g on live dimensions, else 0
+    centre = torch.diag(inverse) - torch.eye(hidden, dtype=torch.float64)  # f = n - w on live dimensions, -w on dead
+    shift = -bias * inverse
+    dead = (~live).nonzero().flatten()
+    if len(dead):  # n_dead[0] = -(sum of live n) = -sum_i (w_i - b_i) / g_i
+        centre[dead[0]] -= inverse
+        shift[dead[0]] = (bias * inverse).sum()
+    dtype = fusion.fuse.weight.dtype
+    fusion.word_proj.weight.copy_(torch.eye(hidden, dtype=dtype))
+    if fusion.word_proj.bias is not None:
+        fusion.word_proj.bias.zero_()
+    fusion.fuse.weight.zero_()  # (H, 2H, k): [word half | character half], taps along k
+    fusion.fuse.weight[:, :hidden, fusion.fuse.kernel_size[0] // 2].copy_(centre.to(dtype))
+    fusion.fuse.bias.copy_(shift.to(dtype))
+    for norm in (fusion.word_norm, fusion.char_norm):
+        norm.weight.copy_(norm_weight)
+        norm.bias.copy_(norm_bias)
+
+
 class MaskedLMHead(nn.Module):
     """dense -> act -> LayerNorm -> vocabulary projection; decoder weight given (tied) or owned."""
 
@@ -232,13 +296,19 @@ class CharBertPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv1d)):
+        # The authors' _init_weights draws Linear and Embedding weights only: their fusion Conv1d and
+        # GRU keep PyTorch's own init, and the character embedding's padding row is drawn too.
+        reference = getattr(self.config, "new_module_init", "normal") == "reference"
+        if reference and isinstance(module, (nn.Conv1d, nn.GRU)):
+            pytorch_default_init_(module)
+        elif isinstance(module, (nn.Linear, nn.Conv1d)):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+            padding = module.padding_idx is not None and not reference
+            if padding and not getattr(module.weight, "_is_hf_initialized", False):
                 init.zeros_(module.weight[module.padding_idx])
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
@@ -314,6 +384,24 @@ class CharBertModel(CharBertPreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
+
+    def layer_output_norms(self) -> list[nn.LayerNorm]:
+        """The LayerNorm each backbone layer ends with (BERT and RoBERTa: `layer.output.LayerNorm`)."""
+        return [layer.output.LayerNorm for layer in self.encoder.layer]
+
+    @torch.no_grad()
+    def init_identity_fusion(self) -> None:
+        """The "identity" start (`identity_fusion_`): each fusion block passes the subword channel
+        through unchanged, using the LayerNorm of the layer it follows. A fusion block shared by all
+        layers gets the mean of their norms' weights and biases (exact only where they agree)."""
+        norms = self.layer_output_norms()
+        if self.config.share_fusion:
+            weight = torch.stack([n.weight for n in norms]).mean(0)
+            bias = torch.stack([n.bias for n in norms]).mean(0)
+            identity_fusion_(self.fusion[0], weight, bias)
+            return
+        for fusion, norm in zip(self.fusion, norms):
+            identity_fusion_(fusion, norm.weight, norm.bias)
 
     def backbone_state_names(self) -> list[str]:
         """State-dict keys that come from the plain backbone (embeddings, encoder, pooler)."""

@@ -67,11 +67,13 @@ def resolve_vocabularies(model_path, word_vocab_path=None, char_vocab_path=None)
 
 
 def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | None, char_vocab: CharVocab, max_seq_length: int,
-                           tokenizer_name: str | None = None, allow_vocab_mismatch: bool = False):
+                           tokenizer_name: str | None = None, allow_vocab_mismatch: bool = False,
+                           new_model: dict | None = None):
     """(model, tokenizer) for the objective, with every size and vocabulary fingerprint checked.
 
     The subword tokenizer comes from `tokenizer_name` when given, else from the checkpoint folder
-    (one without tokenizer files is an error)."""
+    (one without tokenizer files is an error). `new_model`: CharBertConfig fields for a CharBERT built
+    on a plain checkpoint (new_module_init, share_fusion); a CharBERT checkpoint keeps its own."""
     model_path = resolve_checkpoint(model_path)
     model_type = read_model_type(model_path)
     tokenizer_path = check_tokenizer_files(tokenizer_name or model_path)
@@ -79,7 +81,11 @@ def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | N
         if word_vocab is None:
             raise ValueError("The charbert objective needs a word vocabulary: pass --word_vocab (build it with python -m pretrain.vocab).")
         # Sizes are chosen only when building on a plain checkpoint; a CharBERT checkpoint keeps its own.
-        sizes = {} if model_type == "charbert" else {"char_vocab_size": len(char_vocab), "word_vocab_size": len(word_vocab)}
+        if model_type == "charbert" and new_model:
+            raise ValueError(f"{' / '.join('--' + k for k in new_model)} shape(s) a CharBERT built on a plain checkpoint; "
+                             f"{model_path} is a CharBERT checkpoint and keeps its own.")
+        sizes = {} if model_type == "charbert" else {"char_vocab_size": len(char_vocab), "word_vocab_size": len(word_vocab),
+                                                      **(new_model or {})}
         model = load_weights(CharBertForPreTraining, model_path, **sizes)
         config = model.config
         if config.word_vocab_size != len(word_vocab):

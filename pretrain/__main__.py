@@ -29,6 +29,7 @@ DEFAULT_JOB_FLAGS = dict(
 
 def build_parser() -> argparse.ArgumentParser:
     from charbert.collator import OBJECTIVES
+    from charbert.configuration import NEW_MODULE_INITS
     from charbert.training import add_training_args
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer_name", help="a folder with the tokenizer files, when --model_name_or_path has none")
     parser.add_argument("--allow_vocab_mismatch", action="store_true",
                         help="continue a CharBERT checkpoint with other vocabularies than its own, on purpose (a warning)")
+    parser.add_argument("--new_module_init", choices=NEW_MODULE_INITS, default=None,
+                        help="how the modules CharBERT adds to a plain checkpoint start: 'identity' (the subword channel "
+                             "starts equal to the backbone's output), 'reference' (the authors' init), 'normal' "
+                             "(default: the config's, see CharBertConfig.new_module_init)")
+    parser.add_argument("--share_fusion", choices=("true", "false"), default=None,
+                        help="on a plain checkpoint: one fusion block for all layers (true, the authors') or one per "
+                             "layer (false) (default: the config's, true)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="charbert",
                         help="charbert: MLM+NLM; advbert: plain model, MLM on the same noised text; mlm: plain MLM")
     parser.add_argument("--max_seq_length", type=int, default=128)
@@ -163,8 +171,12 @@ def run(args) -> dict:
     from accelerate.utils import set_seed
 
     set_seed(args.seed)  # before the model is built: its new character modules and heads start seeded
+    new_model = {k: v for k, v in (("new_module_init", args.new_module_init),
+                                   ("share_fusion", None if args.share_fusion is None else args.share_fusion == "true"))
+                 if v is not None}
     model, tokenizer = load_pretraining_model(args.model_name_or_path, args.objective, word_vocab, char_vocab,
-                                              args.max_seq_length, args.tokenizer_name, args.allow_vocab_mismatch)
+                                              args.max_seq_length, args.tokenizer_name, args.allow_vocab_mismatch,
+                                              new_model=new_model)
     budget = block_budget(args.max_seq_length, args.packing_slack)
     cache = args.cache_dir or str(Path(args.output_dir) / "cache")
     with accelerator.main_process_first():

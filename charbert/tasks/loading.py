@@ -229,6 +229,9 @@ def load_task_model(info: CheckpointInfo, head: str, *, id2label: dict[int, str]
     if new_head and takes_head:
         _reinit_head(model, head)
         initialized = sorted(set(initialized) | set(_HEAD_MODULES[head]))
+    # What the training levers (--new_module_lr_multiplier, --freeze_backbone_steps) treat as new.
+    model.loading_info = {**getattr(model, "loading_info", {}), "initialized_keys": sorted(
+        name for name, _ in model.named_parameters() if name.rsplit(".", 1)[0] in set(initialized))}
     report = LoadReport(
         model_name_or_path=str(info.path),
         model_class=type(model).__name__,

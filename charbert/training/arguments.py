@@ -95,6 +95,14 @@ class TrainingConfig:
         "AdamW implementation, named as transformers' Trainer names them: 'adamw_torch_fused' (one kernel per "
         "parameter; the default from torch 2.8 on, as the Trainer's) or 'adamw_torch' (the per-tensor loop).",
         choices=OPTIMIZERS))
+    new_module_lr_multiplier: float = field(default=1.0, metadata=_help(
+        "Learning rate of the modules the checkpoint did not provide (CharBERT on a plain checkpoint: the character "
+        "encoder, the fusion, the NLM head, and the MLM head when the checkpoint has none; a task head when it is "
+        "new), as a multiple of --learning_rate; the loaded weights keep --learning_rate."))
+    freeze_backbone_steps: int = field(default=0, metadata=_help(
+        "Train only the new modules (see --new_module_lr_multiplier) for the first N optimizer steps: the loaded "
+        "weights get no update and no optimizer state, and are left out of gradient clipping; after that they "
+        "train too, their learning rate warming up again over the run's warmup steps."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm (<= 0 disables)."))
     num_train_epochs: int = field(default=3, metadata=_help("Epochs to train (unless --max_train_steps is given)."))
     max_train_steps: int | None = field(
@@ -151,6 +159,10 @@ class TrainingConfig:
             raise ValueError("num_train_epochs must be >= 1 when max_train_steps is not given")
         if self.num_warmup_steps < 0 or not 0.0 <= self.warmup_ratio <= 1.0:
             raise ValueError("num_warmup_steps must be >= 0 and warmup_ratio in [0, 1]")
+        if not self.new_module_lr_multiplier > 0:
+            raise ValueError(f"new_module_lr_multiplier must be > 0, got {self.new_module_lr_multiplier}")
+        if self.freeze_backbone_steps < 0:
+            raise ValueError(f"freeze_backbone_steps must be >= 0, got {self.freeze_backbone_steps}")
         if self.dataloader_num_workers < 0:
             raise ValueError("dataloader_num_workers must be >= 0")
         if self.lr_scheduler_type not in LR_SCHEDULER_TYPES:

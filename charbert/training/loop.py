@@ -32,7 +32,15 @@ from .checkpoints import (
 from .determinism import EVAL_EPOCH, EpochShuffleSampler, IndexedCollator, IndexedDataset, derive_seed
 from .lock import lock_output_dir
 from .metrics import Meter, aux_losses, call_model, count_tokens, run_eval
-from .setup import Schedule, build_lr_scheduler, build_optimizer, check_accelerator
+from .setup import (
+    Schedule,
+    backbone_lr_factor,
+    build_lr_scheduler,
+    build_optimizer,
+    check_accelerator,
+    loaded_weights,
+    num_warmup_steps,
+)
 
 logger = logging.getLogger("charbert.training")
 
@@ -165,6 +173,9 @@ class TrainingRun:
         self.last_eval = state.eval_metrics()
         self.last_eval_step = -1
         self.grad_norm = None
+        # --freeze_backbone_steps: the loaded weights, and the warm-up they get when they start training.
+        self.frozen = loaded_weights(optimizer) if config.freeze_backbone_steps > 0 else []
+        self.backbone_warmup = num_warmup_steps(config, schedule.max_train_steps)
         self.trackers = bool(config.report_to)
         self.run_start = time.perf_counter()
         self.meter, self.meter_total = Meter(), Meter()  # logging interval; whole run (for train_loss)
@@ -224,11 +235,25 @@ class TrainingRun:
             self.meter.add(loss, aux_losses(outputs), count_tokens(batch))
             self.meter_total.add(loss, {}, None)
             accelerator.backward(loss)
+            if accelerator.sync_gradients and self.state.global_step < self.config.freeze_backbone_steps:
+                for param in self.frozen:  # no update, no optimizer state, not in the clipped norm
+                    param.grad = None
             if accelerator.sync_gradients and self.config.max_grad_norm and self.config.max_grad_norm > 0:
                 self.grad_norm = accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
             self.optimizer.step()
             self.lr_scheduler.step()
+            if self.frozen and accelerator.sync_gradients:
+                self.scale_loaded_lr(self.state.global_step + 1)
             self.optimizer.zero_grad()
+
+    def scale_loaded_lr(self, next_step: int) -> None:
+        """The loaded weights' learning rate for optimizer step `next_step`: the schedule's value (which the
+        scheduler has just set, not chained) times `backbone_lr_factor`; saved with the optimizer, so a
+        resumed run continues with it."""
+        factor = backbone_lr_factor(next_step, self.config.freeze_backbone_steps, self.backbone_warmup)
+        for group in self.optimizer.param_groups:
+            if group.get("new_module") is False:
+                group["lr"] *= factor
 
     def step_done(self) -> None:
         self.state.global_step += 1

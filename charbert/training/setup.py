@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from .arguments import TrainingConfig
+
+logger = logging.getLogger("charbert.training")
 
 
 def world_size_from_env() -> int:
@@ -67,27 +70,74 @@ def _is_no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or "bias" in lowered or "norm" in lowered  # norm covers LayerNorm/layer_norm
 
 
+def new_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters the checkpoint did not provide: `model.loading_info["initialized_keys"]`,
+    which CharBERT built on a plain checkpoint and the task programs' loader set (empty when unknown)."""
+    info = getattr(model, "loading_info", None) or {}
+    keys = set(info.get("initialized_keys", ()))
+    return {name for name, _ in model.named_parameters() if name in keys}
+
+
+def uses_new_module_groups(config: TrainingConfig) -> bool:
+    """Whether the optimizer splits the new modules from the loaded weights (only for the levers that need it,
+    so a run without them keeps its two groups and its checkpoints resume as before)."""
+    return config.new_module_lr_multiplier != 1.0 or config.freeze_backbone_steps > 0
+
+
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay everywhere except biases, norm weights and other 1-D parameters."""
-    decay, no_decay = [], []
+    """AdamW with weight decay everywhere except biases, norm weights and other 1-D parameters.
+
+    With --new_module_lr_multiplier or --freeze_backbone_steps, the parameters the checkpoint did not
+    provide (`new_parameter_names`) get groups of their own, marked ``new_module: True``, at
+    ``learning_rate x new_module_lr_multiplier``."""
+    split = uses_new_module_groups(config)
+    new = new_parameter_names(model) if split else set()
+    if split and not new:
+        if config.freeze_backbone_steps > 0:
+            raise ValueError("--freeze_backbone_steps: the model has no new modules to train while the loaded weights "
+                             "are frozen (it came whole from its checkpoint)")
+        logger.warning("--new_module_lr_multiplier: the model has no new modules (it came whole from its checkpoint)")
+    groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if _is_no_decay(name, param) else decay).append(param)
-    groups = [g for g in (
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ) if g["params"]]
+        groups.setdefault((name in new, not _is_no_decay(name, param)), []).append(param)
     if not groups:
         raise ValueError("The model has no trainable parameters")
+    param_groups = []
+    for is_new in (False, True):
+        for decays in (True, False):
+            params = groups.get((is_new, decays))
+            if not params:
+                continue
+            group = {"params": params, "weight_decay": config.weight_decay if decays else 0.0}
+            if split:
+                group["new_module"] = is_new
+                group["lr"] = config.learning_rate * (config.new_module_lr_multiplier if is_new else 1.0)
+            param_groups.append(group)
     fused = config.optim == "adamw_torch_fused"
     if fused:
-        devices = {p.device.type for g in groups for p in g["params"]} - set(FUSED_ADAMW_DEVICES)
+        devices = {p.device.type for g in param_groups for p in g["params"]} - set(FUSED_ADAMW_DEVICES)
         if devices:
             raise ValueError(f"--optim adamw_torch_fused runs on {', '.join(FUSED_ADAMW_DEVICES)} parameters, not "
                              f"{', '.join(sorted(devices))}: pass --optim adamw_torch")
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+    return torch.optim.AdamW(param_groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                              eps=config.adam_epsilon, fused=fused)
+
+
+def loaded_weights(optimizer) -> list[torch.Tensor]:
+    """The parameters of the optimizer's groups that are not new modules (empty without the split)."""
+    return [p for g in optimizer.param_groups if g.get("new_module") is False for p in g["params"]]
+
+
+def backbone_lr_factor(step: int, frozen_steps: int, warmup_steps: int) -> float:
+    """Factor on the loaded weights' scheduled learning rate at optimizer step `step` (0-based) under
+    --freeze_backbone_steps: 0 while frozen, then a linear warm-up of its own over `warmup_steps`."""
+    if step < frozen_steps:
+        return 0.0
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step - frozen_steps + 1) / warmup_steps)
 
 
 def num_warmup_steps(config: TrainingConfig, max_train_steps: int) -> int:
