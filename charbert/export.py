@@ -166,7 +166,8 @@ class _Traced(nn.Module):
 def _max_diff(model, session, inputs: dict[str, torch.Tensor], output_names) -> float:
     with torch.no_grad():
         eager = model(**inputs, return_dict=True)
-    got = session.run(list(output_names), {k: v.numpy() for k, v in inputs.items()})
+    taken = {i.name for i in session.get_inputs()}  # an input the graph does not use is dropped from it
+    got = session.run(list(output_names), {k: v.numpy() for k, v in inputs.items() if k in taken})
     return max(float(np.abs(eager[n].float().numpy() - g).max()) if g.size else 0.0 for n, g in zip(output_names, got))
 
 
@@ -230,7 +231,8 @@ def export_model(model, tokenizer, output_dir: str | Path, opset: int = DEFAULT_
         "architecture": type(model).__name__,
         "model_type": config.model_type,
         "output_class": f"{type(eager).__module__}.{type(eager).__qualname__}",
-        "input_names": input_names,
+        "input_names": [i.name for i in session.get_inputs()],  # what the graph reads
+        "traced_input_names": input_names,  # what the model was given (char_padding="reference" ignores the mask)
         "output_names": output_names,
         "dynamic_axes": axes,
         "opset": opset,

@@ -167,7 +167,7 @@ class OnnxModel(nn.Module):
     def forward(self, input_ids=None, output_hidden_states: bool | None = None, **kwargs):
         if output_hidden_states:
             raise ValueError(f"{self.path} is an ONNX export without hidden states; use the PyTorch model for them")
-        unknown = set(kwargs) - set(self.info["input_names"]) - set(IGNORED_ARGUMENTS) - {
+        unknown = set(kwargs) - set(self.info["traced_input_names"]) - set(IGNORED_ARGUMENTS) - {
             "attention_mask", "token_type_ids", "char_attention_mask", "position_ids"}
         if unknown:
             raise TypeError(f"unexpected input(s) for the ONNX model: {sorted(unknown)}")
