@@ -184,3 +184,23 @@ class OnnxModel(nn.Module):
 
 # The names a reader of the issue looks for: one class for every head.
 CharBertOnnxModel = OnnxModel
+
+
+def onnx_pipeline(task: str, model: str | os.PathLike | OnnxModel, tokenizer=None, quantized: bool = False,
+                  **kwargs):
+    """`transformers.pipeline(task)` on an export folder: its ONNX Runtime model and its tokenizer.
+
+        ner = onnx_pipeline("token-classification", "ner_onnx", aggregation_strategy="simple")
+    """
+    from transformers import AutoTokenizer, pipeline
+
+    import charbert  # noqa: F401  (CharBertTokenizerFast for AutoTokenizer; our question-answering pipeline)
+
+    from .cli import quiet_transformers
+
+    if not isinstance(model, OnnxModel):
+        model = OnnxModel.from_pretrained(model, quantized=quantized)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(str(model.path))
+    with quiet_transformers():  # "OnnxModel is not supported for <task>": it is, through the model's call
+        return pipeline(task, model=model, tokenizer=tokenizer, **kwargs)

@@ -8,6 +8,7 @@ eager PyTorch. The programs' --do_predict on an export folder writes the PyTorch
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -217,19 +218,47 @@ TRAIN = ["--max_train_steps", "4", "--per_device_train_batch_size", "8", "--per_
          "--learning_rate", "1e-3", "--seed", "3", "--max_seq_length", "64"]
 
 
-@pytest.mark.parametrize("charbert", [True, False], ids=["charbert", "plain"])
-def test_do_predict_on_export_folder_equals_pytorch(charbert, bert_dir, task_files, tmp_path):
-    trained = tmp_path / "ner"
-    assert run_cli("ner", "--train_file", task_files["ner_train"], "--model_name_or_path", bert_dir,
-                   *(["--charbert"] if charbert else []), "--output_dir", trained, *TRAIN) == 0
-    export(trained, tmp_path / "onnx")
+@pytest.fixture(scope="module")
+def ner_models(bert_dir, task_files, tmp_path_factory):
+    """kind ("charbert" / "plain") -> (fine-tuned NER folder, its ONNX export), trained once per module."""
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            root = tmp_path_factory.mktemp(f"ner_{kind}")
+            assert run_cli("ner", "--train_file", task_files["ner_train"], "--model_name_or_path", bert_dir,
+                           *(["--charbert"] if kind == "charbert" else []), "--output_dir", root / "torch", *TRAIN) == 0
+            export(root / "torch", root / "onnx")
+            cache[kind] = root / "torch", root / "onnx"
+        return cache[kind]
+
+    return get
+
+
+@pytest.mark.parametrize("kind", ["charbert", "plain"])
+def test_do_predict_on_export_folder_equals_pytorch(kind, ner_models, task_files, tmp_path):
+    trained, exported = ner_models(kind)
     predictions = {}
-    for name, folder in (("torch", trained), ("onnx", tmp_path / "onnx")):
+    for name, folder in (("torch", trained), ("onnx", exported)):
         out = tmp_path / f"predict_{name}"
         assert run_cli("ner", "--do_predict", "--test_file", task_files["ner_dev"], "--model_name_or_path", folder,
                        "--output_dir", out, "--per_device_eval_batch_size", "3", "--max_seq_length", "64") == 0
         predictions[name] = (out / "predict_predictions.txt").read_text()
     assert predictions["onnx"] == predictions["torch"] and predictions["torch"].count("\n") > 50
+
+
+def test_robustness_scores_an_export_folder_like_its_pytorch_folder(ner_models, task_files, tmp_path, capsys):
+    trained, exported = ner_models("charbert")
+    out = tmp_path / "report"
+    assert run_cli("robustness", "--task", "ner", "--model_name_or_path", trained, exported, "--model_names", "torch",
+                   "onnx", "--test_file", task_files["ner_dev"], "--attacks", "swap", "--output_dir", out,
+                   "--per_device_eval_batch_size", "3", "--max_seq_length", "64") == 0
+    torch_scores, onnx_scores = (m["scores"] for m in json.loads((out / "report.json").read_text())["models"])
+    assert onnx_scores == torch_scores and set(torch_scores) == {"clean", "swap"}
+    capsys.readouterr()
+    assert run_cli("robustness", "--task", "ner", "--model_name_or_path", exported, "--test_file", task_files["ner_dev"],
+                   "--attacks", "swap", "--output_dir", tmp_path / "again", "--sensitivity") == 2
+    assert "ONNX export" in capsys.readouterr().err
 
 
 def test_glue_predict_on_export_folder_and_no_training_on_it(bert_dir, task_files, tmp_path, capsys):
@@ -263,3 +292,26 @@ def test_token_classification_pipeline_takes_the_onnx_model(bert_dir, tiny_texts
         got, expected = onnx(text), eager(text)
         assert [(g["entity"], g["start"]) for g in got] == [(e["entity"], e["start"]) for e in expected]
         assert np.allclose([g["score"] for g in got], [e["score"] for e in expected], atol=1e-4)
+
+
+def test_pipelines_on_an_export_folder(bert_dir, tmp_path):
+    from transformers import pipeline
+
+    from charbert.onnx_runtime import onnx_pipeline
+
+    cases = [("text-classification", CharBertForSequenceClassification, {"num_labels": 3}, "Ada wrote a program.", {}),
+             ("question-answering", CharBertForQuestionAnswering, {},
+              {"question": "Who wrote it?", "context": "It was written by Ada in London, long ago."},
+              {"doc_stride": 32, "top_k": 3}),
+             ("fill-mask", CharBertForMaskedLM, {}, "Ada wrote the [MASK] program.", {})]
+    for task, cls, config, text, options in cases:
+        folder = tmp_path / cls.__name__
+        save_charbert(folder / "model", bert_dir, cls, **config)
+        export(folder / "model", folder / "onnx")
+        expected = pipeline(task, model=str(folder / "model"), device="cpu")(text, **options)
+        got = onnx_pipeline(task, folder / "onnx")(text, **options)
+        expected, got = (x if isinstance(x, list) else [x] for x in (expected, got))
+        assert len(got) == len(expected) > 0, task
+        for g, e in zip(got, expected):
+            assert g.keys() == e.keys() and g["score"] == pytest.approx(e["score"], abs=1e-4), task
+            assert {k: v for k, v in g.items() if k != "score"} == {k: v for k, v in e.items() if k != "score"}, task
