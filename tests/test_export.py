@@ -315,3 +315,19 @@ def test_pipelines_on_an_export_folder(bert_dir, tmp_path):
         for g, e in zip(got, expected):
             assert g.keys() == e.keys() and g["score"] == pytest.approx(e["score"], abs=1e-4), task
             assert {k: v for k, v in g.items() if k != "score"} == {k: v for k, v in e.items() if k != "score"}, task
+
+
+def test_onnx_parity_script_on_a_fine_tuned_folder(ner_models, task_files, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "onnx_parity.py"
+    spec = importlib.util.spec_from_file_location("onnx_parity", script)
+    parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
+    trained, _ = ner_models("charbert")
+    assert parity.main(["--task", "ner", "--model_name_or_path", str(trained), "--test_file", str(task_files["ner_dev"]),
+                        "--output_dir", str(tmp_path / "parity"), "--int8", "--max_seq_length", "64"]) == 0
+    report = json.loads((tmp_path / "parity" / "parity.json").read_text())
+    assert report["onnx_fp32_differing_lines"] == 0 and report["lines"] > 50 and "onnx_int8_differing_lines" in report
+    assert report["metrics"]["onnx_fp32"]["f1"] == report["metrics"]["torch"]["f1"]
