@@ -493,7 +493,9 @@ class CharBertModel(CharBertPreTrainedModel):
 
         def block(word, char):
             out = layer_output(layer(torch.cat([word, char], 0), stacked_mask))  # (2B, L, H)
-            word, char = out.split(word.size(0), 0)
+            # The same two views as out.split(B, 0), but a traced ONNX export keeps the batch dynamic
+            # (split(B) bakes the traced batch size into the graph's Split node).
+            word, char = out.chunk(2, 0)
             return fusion(word, char, token_mask)
 
         # transformers >= 4.52 layers checkpoint themselves; older ones need the loop to do it.

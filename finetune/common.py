@@ -38,6 +38,7 @@ from charbert.cli import (
     write_json,
 )
 from charbert.model_card import CARD_NAME, write_model_card
+from charbert.onnx_runtime import is_onnx_export
 from charbert.tasks.errors import TaskDataError
 from charbert.tasks.features import FeatureDataset
 from charbert.tasks.inference import eval_dataloader
@@ -298,6 +299,9 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
     eval_split = read_split(task, args, args.validation_file, "eval") if do_eval else None
     predict_split = read_split(task, args, predict_file, "predict") if do_predict else None
     checkpoint = inspect_checkpoint(args.model_name_or_path, charbert=args.charbert)
+    if do_train and is_onnx_export(checkpoint.path):
+        raise UsageError(f"{checkpoint.path} is an ONNX export: it only predicts (--do_eval / --do_predict); "
+                         "train from the PyTorch folder it was exported from")
     labels = task.labels(args, train_split, checkpoint)  # from the whole training file, as run_ner does
     for split in (eval_split, predict_split):
         if split is not None:

@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 
 from charbert.cli import ArgumentParser, UsageError, quiet_transformers, run_main, setup_logging, write_json
 from charbert.noise import ATTACK_TYPES, parse_attack_type
+from charbert.onnx_runtime import is_onnx_export
 from charbert.robustness.report import CLEAN, plot_scores, render_markdown, score_drops
 from charbert.robustness.tasks import ATTACK_TASKS, check_family_options, get_attack_task
 from charbert.tasks.errors import TaskDataError
@@ -387,6 +388,9 @@ def validate(args):
     for path in args.model_name_or_path:
         if not Path(path).is_dir():
             raise UsageError(f"--model_name_or_path {path}: no such checkpoint folder")
+        if (args.sensitivity or args.greedy) and is_onnx_export(path):
+            raise UsageError(f"--model_name_or_path {path} is an ONNX export: it is scored like any model, but "
+                             "--sensitivity and --greedy need the PyTorch folder it was exported from")
     if args.correct_with and not Path(args.correct_with).is_dir():
         raise UsageError(f"--correct_with {args.correct_with}: no such checkpoint folder")
     return task, attacks

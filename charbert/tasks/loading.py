@@ -203,8 +203,13 @@ def load_task_model(info: CheckpointInfo, head: str, *, id2label: dict[int, str]
                     new_head: bool = False):
     """Build the model for ``head`` from the checkpoint; returns ``(model, LoadReport)``.
 
-    Call :func:`check_head` first (the label checks live there).
+    Call :func:`check_head` first (the label checks live there). An ONNX export folder
+    (``python -m charbert.export``) gives its ONNX Runtime model (prediction only).
     """
+    from ..onnx_runtime import is_onnx_export
+
+    if is_onnx_export(info.path):
+        return _load_onnx_model(info, head, new_head)
     plain_cls, charbert_cls = _head_classes(head)
     kwargs: dict = {}
     if id2label is not None:
@@ -244,6 +249,24 @@ def load_task_model(info: CheckpointInfo, head: str, *, id2label: dict[int, str]
     )
     if not head_loaded:
         logger.warning("%s: new %s head initialised (%s)", info.path, _HEAD_WORDS[head], ", ".join(_HEAD_MODULES[head]))
+    return model, report
+
+
+def _load_onnx_model(info: CheckpointInfo, head: str, new_head: bool):
+    """The ONNX Runtime model of an export folder, which must carry the task's head."""
+    from ..onnx_runtime import MissingExtraError, OnnxModel
+
+    if new_head or not info.head_loads(head):
+        raise ModelSetupError(f"{info.path} is an ONNX export of {info.architecture}: it can only predict with its own "
+                              f"head, and has no trained {_HEAD_WORDS[head]} head to use")
+    try:
+        model = OnnxModel.from_pretrained(info.path)
+    except MissingExtraError as err:
+        raise ModelSetupError(str(err)) from None
+    report = LoadReport(model_name_or_path=str(info.path), model_class=f"OnnxModel({model.architecture})",
+                        charbert=info.build_charbert, backbone=getattr(model.config, "backbone_type", info.model_type),
+                        checkpoint_architecture=info.architecture, head="loaded")
+    logger.info("%s: ONNX Runtime model %s", info.path, model.onnx_file)
     return model, report
 
 
