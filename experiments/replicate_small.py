@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_seq_length", type=int, default=128)
     g.add_argument("--pretrain_learning_rate", type=float, default=1e-4)
     g.add_argument("--with_mlm", action="store_true", help="also continue the plain model with plain MLM")
+    r = p.add_argument_group("CharBERT's start and levers (the CharBERT row only; default: pretrain's own)")
+    r.add_argument("--new_module_init", choices=("reference", "normal", "identity"), default=None)
+    r.add_argument("--share_fusion", choices=("true", "false"), default=None)
+    r.add_argument("--new_module_lr_multiplier", type=float, default=None)
+    r.add_argument("--freeze_backbone_steps", type=int, default=None)
     p.add_argument("--models", default=None,
                    help=f"comma-separated rows to run, of {list(MODELS)} (case-insensitive; default: BERT, AdvBERT, "
                         "CharBERT, and MLM-BERT with --with_mlm)")
@@ -81,9 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------
 
 
+RECIPE_FLAGS = ("new_module_init", "share_fusion", "new_module_lr_multiplier", "freeze_backbone_steps")
+
+
+def recipe_flags(args) -> list[str]:
+    """CharBERT's start and levers as pretrain flags (those given)."""
+    return [x for k in RECIPE_FLAGS if getattr(args, k) is not None for x in (f"--{k}", str(getattr(args, k)))]
+
+
 def pretrain_command(args, base: str, objective: str, out: Path, vocab: Path, corpus: Sequence[str],
                      validation: str) -> list[str]:
-    return [sys.executable, "-m", "pretrain", "--model_name_or_path", base, "--objective", objective,
+    recipe = recipe_flags(args) if objective == "charbert" else []
+    return [sys.executable, "-m", "pretrain", *recipe, "--model_name_or_path", base, "--objective", objective,
             "--train_file", *corpus, "--validation_file", validation, "--max_eval_blocks", "64",
             "--word_vocab", str(vocab), "--max_seq_length", str(args.max_seq_length),
             "--per_device_train_batch_size", str(args.pretrain_batch_size), "--per_device_eval_batch_size", "32",
@@ -306,7 +320,8 @@ def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: dict[str,
     pretraining = {name: final_pretraining_metrics(folder) for name, folder in pretrain_runs.items()}
     budget = {k: getattr(args, k) for k in ("pretrain_steps", "pretrain_batch_size", "max_seq_length",
                                             "pretrain_learning_rate", "glue_task", "train_samples", "eval_samples",
-                                            "finetune_epochs", "finetune_batch_size", "finetune_learning_rate", "seed")}
+                                            "finetune_epochs", "finetune_batch_size", "finetune_learning_rate", "seed",
+                                            *RECIPE_FLAGS)}
     total = sum(runner.times.values())
     results = {"budget": budget, "stage_wall_times_s": runner.times, "total_stage_wall_time_s": total,
                "pretraining_final": pretraining,
@@ -322,6 +337,7 @@ def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: dict[str,
           f"Budget: {args.pretrain_steps} pretraining steps x {args.pretrain_batch_size} x {args.max_seq_length} "
           f"tokens (lr {args.pretrain_learning_rate:g}); fine-tuning on the first {args.train_samples} training "
           f"examples, {args.finetune_epochs:g} epoch(s), lr {args.finetune_learning_rate:g}, seed {args.seed}. "
+          f"CharBERT's start and levers: {' '.join(recipe_flags(args)) or 'pretrain defaults'}. "
           f"Wall time of all stages: {total / 60:.1f} min.", "",
           "Scores in percent (CoNLL-2003: entity F1; GLUE: the task metric), dev sets, attacks of "
           "`python -m finetune.robustness` (seed 1, every eligible word).", ""]
