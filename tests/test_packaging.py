@@ -57,3 +57,21 @@ def test_one_version():
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "charbert.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", charbert.__version__)
     assert "version" not in PYPROJECT["project"]
+
+
+def test_setup_cfg_holds_the_tool_settings_once():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg", encoding="utf-8")
+    assert {"tool:pytest", "coverage:run", "coverage:report"} <= set(cfg.sections())
+    assert not {"metadata", "options"} & set(cfg.sections())  # metadata: pyproject.toml only
+    markers = cfg["tool:pytest"]["markers"]
+    assert "slow:" in markers and "data:" in markers
+    assert "pytest" not in PYPROJECT.get("tool", {}) and "coverage" not in PYPROJECT.get("tool", {})
+    assert {"charbert", "finetune", "pretrain"} <= set(cfg["coverage:run"]["source"].split())
+
+
+def test_pytest_reads_setup_cfg(pytestconfig):
+    assert pytestconfig.inipath is not None and pytestconfig.inipath.name == "setup.cfg"
+    assert any(m.startswith("slow:") for m in pytestconfig.getini("markers"))
