@@ -221,6 +221,8 @@ def score_file(scorer: Scorer, model_path: str, test_file: str, output_dir: Path
     run_args = argparse.Namespace(**vars(task_args))
     run_args.model_name_or_path, run_args.test_file, run_args.output_dir = model_path, test_file, str(output_dir)
     run_args.word_vector_sink = word_vectors
+    # An attacked copy aligns with the clean --test_file (readers take its column count from there).
+    run_args.aligned_with = task_args.test_file if test_file != task_args.test_file else None
     run_argv = list(argv)
     for flag, value in (("--model_name_or_path", model_path), ("--test_file", test_file),
                         ("--output_dir", str(output_dir))):
