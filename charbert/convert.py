@@ -33,6 +33,7 @@ import torch
 
 from .chars import PAD_ID, UNK_ID, CharVocab
 from .checkpoint import read_config_dict
+from .cli import program_name
 from .configuration import CharBertConfig
 from .model_card import write_model_card
 from .modeling import (
@@ -44,7 +45,7 @@ from .modeling import (
 from .tokenization import CharBertTokenizer
 from .vocab import WordVocab
 
-PROG = "python -m charbert.convert"
+PROG = program_name("python -m charbert.convert")  # the console script's name when run as one
 WEIGHTS_FILE = "pytorch_model.bin"
 AUTHORS_UNK = "<unk>"  # the last line of their character and word vocabularies
 # Their model class for each (backbone, head): what the state dict's key names come from.

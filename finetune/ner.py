@@ -12,6 +12,7 @@ token for token with the input (words truncated by --max_seq_length get "O"; the
 
 from __future__ import annotations
 
+from charbert.cli import program_name
 from charbert.tasks.ner import (
     aligned_columns,
     conll_num_columns,
@@ -24,7 +25,7 @@ from charbert.tasks.ner import (
 from .common import Split, cli
 from .tagging import WordTagging
 
-PROG = "python -m finetune.ner"
+PROG = program_name("python -m finetune.ner")  # the console script's name when run as one
 
 
 class NerFinetune(WordTagging):

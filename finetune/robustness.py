@@ -44,7 +44,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from charbert.cli import ArgumentParser, UsageError, quiet_transformers, run_main, setup_logging, write_json
+from charbert.cli import (
+    ArgumentParser,
+    UsageError,
+    program_name,
+    quiet_transformers,
+    run_main,
+    setup_logging,
+    write_json,
+)
 from charbert.noise import ATTACK_TYPES, parse_attack_type
 from charbert.robustness.report import CLEAN, plot_scores, render_markdown, score_drops
 from charbert.robustness.tasks import ATTACK_TASKS, check_family_options, get_attack_task
@@ -53,7 +61,7 @@ from charbert.tasks.loading import ModelSetupError
 
 from . import common
 
-PROG = "python -m finetune.robustness"
+PROG = program_name("python -m finetune.robustness")  # the console script's name when run as one
 TASKS = tuple(ATTACK_TASKS)
 DEFAULT_ATTACKS = ",".join(ATTACK_TYPES + ("all",))
 CORRECTED = "corrected"
