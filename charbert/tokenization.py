@@ -180,7 +180,8 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
         tokenizer_file = kwargs.get("tokenizer_file")
         if tokenizer_file is None or not os.path.isfile(tokenizer_file):
             check_converted(kwargs.get("name_or_path") or "")  # the authors' folder: name the converter
-            raise ValueError(f"CharBERT needs a fast tokenizer: no tokenizer.json in {kwargs.get('name_or_path', 'the folder')}.")
+            raise ValueError(f"CharBERT needs a fast tokenizer: no tokenizer.json in {kwargs.get('name_or_path', 'the folder')} "
+                             "(a release of the CharBERT authors has none: convert it with python -m charbert.convert).")
         return super().convert_to_native_format(trust_remote_code=True, **kwargs)
 
     @classmethod

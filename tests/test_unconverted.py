@@ -145,3 +145,12 @@ def test_pretraining_loader_refuses(releases):
     with pytest.raises(UnconvertedCheckpointError) as err:
         load_pretraining_model(folder, "charbert", WordVocab(["a", "b"]), CharVocab.default(), 32)
     assert_names_converter(err.value, folder)
+
+
+def test_tokenizer_of_a_release_without_weights_names_the_converter(releases, tmp_path):
+    folder = tmp_path / "vocab_only"
+    folder.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        shutil.copy(releases["bert"]["raw"] / name, folder)
+    with pytest.raises(ValueError, match=r"no tokenizer\.json .*convert it with python -m charbert\.convert"):
+        CharBertTokenizer.from_pretrained(folder)
