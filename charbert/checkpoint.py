@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -188,7 +189,9 @@ def _cached_names(file: str, size: int, mtime_ns: int) -> tuple[str, ...]:
 
             with safe_open(file, framework="pt") as f:
                 return tuple(f.keys())
-        state = torch.load(file, map_location="meta", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on an old pickle protocol
+            warnings.simplefilter("ignore")
+            state = torch.load(file, map_location="meta", weights_only=True)
     except Exception:  # noqa: BLE001 -- corrupt, truncated or not a state dict: the loader reports it
         return ()
     return tuple(k for k in state if isinstance(k, str)) if isinstance(state, dict) else ()
@@ -238,7 +241,7 @@ def guard_from_pretrained() -> None:
     character channel silently dropped. Installed once, by `import charbert`."""
     from transformers import PreTrainedModel
 
-    current = PreTrainedModel.__dict__["from_pretrained"].__func__
+    current = PreTrainedModel.from_pretrained.__func__  # the classmethod's function
     if getattr(current, "_charbert_guard", False):
         return
 
