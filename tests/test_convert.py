@@ -360,9 +360,16 @@ def test_hub_names_and_a_safetensors_mirror_from_the_offline_cache(tmp_path, aut
     save_file({k: v.clone().contiguous() for k, v in state.items()}, str(mirror / "model.safetensors"))
     (mirror / "pytorch_model.bin").unlink()
     add_to_hub_cache(hub, "org/charbert-mirror", mirror)
+    pieces = tmp_path / "pieces"  # a tokenizer repo (as bert-base-cased is) for a release without vocab.txt
+    pieces.mkdir()
+    shutil.copy(release / "vocab.txt", pieces)
+    add_to_hub_cache(hub, "org/bert-pieces", pieces)
+    no_vocab = copy_checkpoint(release, tmp_path / "no_vocab")
+    (no_vocab / "vocab.txt").unlink()
 
     outs = {}
-    for name, extra in (("imvladikon/charbert-bert-wiki", ["--revision", "v1"]), ("org/charbert-mirror", [])):
+    for name, extra in (("imvladikon/charbert-bert-wiki", ["--revision", "v1"]), ("org/charbert-mirror", []),
+                        (str(no_vocab), ["--tokenizer_name", "org/bert-pieces"])):
         outs[name] = tmp_path / name.split("/")[1]
         done = run_offline(tmp_path, hub, "-m", "charbert.convert", "--original_checkpoint", name, *extra,
                            "--char_vocab", str(CHAR_VOCAB["bert"]), "--term_vocab", str(TERM_VOCAB),
@@ -370,8 +377,8 @@ def test_hub_names_and_a_safetensors_mirror_from_the_offline_cache(tmp_path, aut
         assert done.returncode == 0, done.stderr[-3000:]
     card = (outs["imvladikon/charbert-bert-wiki"] / "README.md").read_text()
     assert "converted from the CharBERT authors' release `imvladikon/charbert-bert-wiki@v1`" in card
-    a, b = (load_file(str(out / "model.safetensors")) for out in outs.values())
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, *others = (load_file(str(out / "model.safetensors")) for out in outs.values())
+    assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for b in others)
 
     # The unconverted hub copy never loads as plain BERT, by hub name either.
     done = run_offline(tmp_path, hub, "-c", "import charbert\nfrom transformers import AutoModel\n"
