@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from .chars import CHAR_INPUT_NAMES, CharVocab, align, hide_characters
+from .checkpoint import guard_from_pretrained
 from .configuration import CharBertConfig
 from .modeling import (
     CharBertForMaskedLM,
@@ -45,6 +46,7 @@ for _auto, _cls in (
 ):
     _auto.register(CharBertConfig, _cls, exist_ok=True)
 AutoTokenizer.register(CharBertConfig, fast_tokenizer_class=CharBertTokenizerFast, exist_ok=True)
+guard_from_pretrained()  # the authors' unconverted checkpoints never load as plain BERT (checkpoint.check_converted)
 register_question_answering()  # pipeline("question-answering"): transformers 5 has none of its own
 
 __all__ = [

@@ -9,6 +9,7 @@ CharBERT on a plain BERT/RoBERTa checkpoint.
     read_checkpoint_tensors(path, names)  selected tensors of a folder's weight files
 
     check_tokenizer_files(path)   a one-line error when a folder holds no tokenizer
+    check_converted(path)         a one-line error naming charbert.convert when a folder holds the authors' tensors
     check_vocab_fingerprints(config, ...)  the vocabularies are the ones the model was trained with
 
 `CharBertPreTrainedModel.from_pretrained` is the public entry: a CharBERT folder loads the usual
@@ -17,15 +18,18 @@ transformers way, a plain one goes through `build_on_backbone`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import re
+import warnings
 from pathlib import Path
 
 import torch
 from transformers import AutoModel
 
-from .cli import quiet_transformers
+from .cli import UsageError, quiet_transformers
 from .configuration import BACKBONE_CONFIGS, CharBertConfig
 
 logger = logging.getLogger(__name__)
@@ -130,6 +134,140 @@ def check_tokenizer_files(path: str | os.PathLike, flag: str = "--tokenizer_name
     return path
 
 
+# ---- the authors' checkpoints, unconverted ------------------------------------------------
+
+# Tensor names only the CharBERT authors' code (wtma/CharBERT) writes: its character encoder (one
+# bidirectional `rnn_layer`), its fusion (`fusion_layer_list` / RoBERTa's `fusion_layer`,
+# `word_linear1`, `char_linear1`) and its NLM head (`adv_*`, RoBERTa's `char_dense`). Ours are
+# `char_embeddings.forward_gru`, `fusion.N`, `nlm_head`: the two never meet.
+AUTHORS_TENSOR_PATTERN = re.compile(
+    r"(^|\.)(char_embeddings\.(rnn_layer|char_embeddings)\.|encoder\.(fusion_layer_list|fusion_layer|word_linear1"
+    r"|char_linear1)\.|predictions\.adv_|lm_head\.(adv_decoder|char_dense)\.)"
+)
+
+
+class UnconvertedCheckpointError(UsageError):
+    """A folder holds the CharBERT authors' tensors: it must go through `python -m charbert.convert` first."""
+
+
+def authors_tensor_names(names) -> list[str]:
+    """The names among `names` that only the CharBERT authors' code writes (see AUTHORS_TENSOR_PATTERN)."""
+    return [name for name in names if AUTHORS_TENSOR_PATTERN.search(name)]
+
+
+def weight_names(path: str | os.PathLike) -> list[str]:
+    """The tensor names of a folder's weight files, read without loading a tensor or running pickled
+    code: safetensors headers, index files' weight maps, or a .bin's pickle through
+    `torch.load(weights_only=True, map_location="meta")`. An unreadable file contributes nothing
+    (loading it reports why)."""
+    path = Path(path)
+    names: list[str] = []
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        try:
+            names += list(json.loads((path / index).read_text(encoding="utf-8")).get("weight_map", {}))
+        except (OSError, ValueError, AttributeError):
+            pass
+    if not names:
+        for file in sorted(path.glob("*.safetensors")):
+            names += _names_of(file)
+    if not names:
+        for file in sorted(path.glob("pytorch_model*.bin")):
+            names += _names_of(file)
+    return names
+
+
+def _names_of(file: Path) -> list[str]:
+    stat = file.stat()
+    return list(_cached_names(str(file), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_names(file: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    try:
+        if file.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(file, framework="pt") as f:
+                return tuple(f.keys())
+        with warnings.catch_warnings():  # e.g. torch's note on an old pickle protocol
+            warnings.simplefilter("ignore")
+            state = torch.load(file, map_location="meta", weights_only=True)
+    except Exception:  # noqa: BLE001 -- corrupt, truncated or not a state dict: the loader reports it
+        return ()
+    return tuple(k for k in state if isinstance(k, str)) if isinstance(state, dict) else ()
+
+
+CONVERT_COMMAND = "python -m charbert.convert"
+
+
+def convert_hint(path: str | os.PathLike, backbone: str | None = None) -> str:
+    """The converter's command line for the authors' folder `path`."""
+    chars = f"{backbone}_char_vocab" if backbone else "bert_char_vocab|roberta_char_vocab"
+    return (f"{CONVERT_COMMAND} --original_checkpoint {path} --char_vocab <their data/dict/{chars}> "
+            f"--term_vocab <their data/dict/term_vocab> --output_dir <a new folder>")
+
+
+def check_converted(path: str | os.PathLike, model_type: str | None = None) -> None:
+    """UnconvertedCheckpointError (one line naming charbert.convert) when the folder `path` holds the
+    CharBERT authors' tensors, whatever its config.json says (a hub copy saying "bert", or none).
+
+    THE check: every load path calls it (checkpoint.load_weights, build_on_backbone,
+    tasks.loading.inspect_checkpoint, the tokenizer, and any `from_pretrained` once charbert is
+    imported, see `guard_from_pretrained`). `model_type`, when known, skips the work for charbert folders.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return
+    if model_type is None:
+        try:
+            model_type = read_model_type(path)
+        except (OSError, ValueError):
+            model_type = ""
+    if model_type == CharBertConfig.model_type:
+        return
+    found = authors_tensor_names(weight_names(path))
+    if found:
+        backbone = found[0].split(".", 1)[0] if found[0].startswith(("bert.", "roberta.")) else None
+        raise UnconvertedCheckpointError(
+            f"{path} is an unconverted CharBERT checkpoint (the authors' tensors, e.g. {found[0]}; config.json says "
+            f"model_type={model_type or None!r}): loading it would run plain {(backbone or 'BERT').upper()} with the "
+            f"character channel dropped. Convert it first: {convert_hint(path, backbone)}"
+        )
+
+
+def guard_from_pretrained() -> None:
+    """Make every `PreTrainedModel.from_pretrained` (the Auto classes, pipelines, BertFor...) refuse an
+    unconverted CharBERT checkpoint (`check_converted`), instead of loading it as plain BERT with the
+    character channel silently dropped. Installed once, by `import charbert`."""
+    from transformers import PreTrainedModel
+
+    current = PreTrainedModel.from_pretrained.__func__  # the classmethod's function
+    if getattr(current, "_charbert_guard", False):
+        return
+
+    @functools.wraps(current)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        name = pretrained_model_name_or_path
+        local = isinstance(name, (str, os.PathLike)) and Path(name).is_dir()
+        if local:
+            check_converted(name)
+        model = current(cls, pretrained_model_name_or_path, *args, **kwargs)
+        if not local and isinstance(name, str):  # a hub name: its files are in the cache now
+            loaded = model[0] if isinstance(model, tuple) else model
+            if getattr(loaded.config, "model_type", None) != CharBertConfig.model_type:
+                try:
+                    folder = resolve_checkpoint(name, local_files_only=True, revision=kwargs.get("revision"),
+                                                cache_dir=kwargs.get("cache_dir"))
+                except FileNotFoundError:
+                    folder = None
+                if folder is not None:
+                    check_converted(folder, loaded.config.model_type)
+        return model
+
+    from_pretrained._charbert_guard = True
+    PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+
+
 # Weight files a checkpoint folder may hold (transformers' names).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -139,6 +277,7 @@ def load_weights(model_cls, path: str | os.PathLike, **kwargs):
     weights in the folder, an unreadable (truncated, garbage) weights file, or a config.json
     whose sizes do not match the weights."""
     path = Path(path)
+    check_converted(path)
     present = [name for name in WEIGHT_FILES if (path / name).is_file()]
     if not present:
         raise FileNotFoundError(f"{path} has no model weights (none of {', '.join(WEIGHT_FILES)})")
@@ -229,6 +368,7 @@ def build_on_backbone(model_cls, path: str | os.PathLike, **config_kwargs):
     """
     path = resolve_checkpoint(path, **hub_kwargs(config_kwargs, pop=True))
     model_type = read_model_type(path)
+    check_converted(path, model_type)
     if model_type not in BACKBONE_CONFIGS:
         raise ValueError(
             f"{path} holds a {model_type!r} model; CharBERT loads CharBERT checkpoints or plain "

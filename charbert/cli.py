@@ -10,7 +10,7 @@ missing file) ends with one line on stderr, ``<prog>: error: <message>``, and ex
         return run_main(PROG, lambda: run(args), known_errors=(TaskDataError,))
 
 API: :class:`UsageError`, :class:`ArgumentParser`, :func:`run_main`, :func:`one_line`,
-:func:`report_error`, :func:`shutdown_distributed`, :func:`setup_logging`, :func:`json_safe`,
+:func:`report_error`, :func:`program_name`, :func:`shutdown_distributed`, :func:`setup_logging`, :func:`json_safe`,
 :func:`write_json`, :func:`quiet_transformers`, :func:`eval_mode`.
 """
 
@@ -30,6 +30,13 @@ from typing import Any
 DEBUG_ENV = "CHARBERT_DEBUG"
 USAGE_EXIT_CODE = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def program_name(module_command: str) -> str:
+    """How the running program is called, for usage and error lines: its console script's name
+    (``charbert-finetune-ner``) when started as one, else ``module_command`` (``python -m finetune.ner``)."""
+    script = Path(sys.argv[0]).name.removesuffix(".exe") if sys.argv and sys.argv[0] else ""
+    return script if script.startswith("charbert-") else module_command
 
 
 class UsageError(ValueError):

@@ -3,8 +3,9 @@
     python -m charbert.convert --original_checkpoint charbert-bert-wiki \\
         --char_vocab data/dict/bert_char_vocab --term_vocab data/dict/term_vocab --output_dir charbert-bert-wiki-hf
 
-The input is what the authors' code (wtma/CharBERT, transformers 2.4) saves: a `config.json`,
-a `pytorch_model.bin` holding the state dict of their `CharBertForMaskedLM` / `RobertaForMaskedLM`
+The input is what the authors' code (wtma/CharBERT, transformers 2.4) saves -- a folder, or a hub
+repo holding a copy of one (`--original_checkpoint org/name`, `--revision`; the hub cache when
+offline): a `config.json`, a `pytorch_model.bin` (or a mirror's `model.safetensors`) holding the state dict of their `CharBertForMaskedLM` / `RobertaForMaskedLM`
 (or of one of their fine-tuned heads: sequence classification, token classification, QA), and
 `vocab.txt` (BERT) or `vocab.json` + `merges.txt` (RoBERTa). Their character and word
 vocabularies are separate files (`data/dict/` of their repository), read as their loaders read
@@ -23,8 +24,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import pickle
+import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +36,8 @@ import numpy as np
 import torch
 
 from .chars import PAD_ID, UNK_ID, CharVocab
-from .checkpoint import read_config_dict
+from .checkpoint import read_config_dict, resolve_checkpoint
+from .cli import program_name, setup_logging
 from .configuration import CharBertConfig
 from .model_card import write_model_card
 from .modeling import (
@@ -44,8 +49,15 @@ from .modeling import (
 from .tokenization import CharBertTokenizer
 from .vocab import WordVocab
 
-PROG = "python -m charbert.convert"
+PROG = program_name("python -m charbert.convert")  # the console script's name when run as one
 WEIGHTS_FILE = "pytorch_model.bin"
+SAFETENSORS_FILE = "model.safetensors"  # a mirror's copy of the same state dict
+# The models the authors' releases were trained from, and their subword vocabularies: (name, files, entries).
+AUTHORS_BASE_MODELS = {
+    "bert": ("bert-base-cased", "vocab.txt", 28996),
+    "roberta": ("roberta-base", "vocab.json + merges.txt", 50265),
+}
+logger = logging.getLogger(__name__)
 AUTHORS_UNK = "<unk>"  # the last line of their character and word vocabularies
 # Their model class for each (backbone, head): what the state dict's key names come from.
 AUTHORS_CLASSES = {
@@ -175,65 +187,164 @@ class AuthorsCheckpoint:
     state: dict[str, torch.Tensor]
     backbone: str  # "bert" or "roberta"
     head: str  # a key of HEADS
+    weights: Path | None = None  # the weights file read (pytorch_model.bin, or a mirror's model.safetensors)
+    source: str | None = None  # the checkpoint as the user named it (a folder, or a hub name)
+
+    def __post_init__(self):
+        self.weights = self.weights or self.path / WEIGHTS_FILE
+        self.source = self.source or str(self.path)
 
     @property
     def prefix(self) -> str:
         return self.backbone + "."
 
 
-def read_authors_checkpoint(path: str | Path, backbone: str | None = None, head: str | None = None) -> AuthorsCheckpoint:
-    """Read and classify one of their checkpoint folders (one-line ConversionError when it is not one)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ConversionError(f"no checkpoint folder at {path}")
-    weights_file = path / WEIGHTS_FILE
-    expected = "an authors' CharBERT checkpoint has config.json + pytorch_model.bin + vocab.txt (or vocab.json/merges.txt)"
+def locate_checkpoint(name: str | Path, revision: str | None = None) -> Path:
+    """The local folder of `name`: a folder, or a hub repo's snapshot (downloaded, or the hub cache
+    when offline; `revision` passed through), as `checkpoint.resolve_checkpoint` finds it."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ConversionError(f"{name} is a file: --original_checkpoint is the authors' checkpoint folder (or a hub name)")
+    text = str(name)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or not text.strip():
+        raise ConversionError(f"no checkpoint folder at {name}")
+    try:
+        return resolve_checkpoint(text, revision=revision)
+    except FileNotFoundError as err:
+        raise ConversionError(f"no checkpoint folder at {name}, and as a hub name: {' '.join(str(err).split())}") from None
+
+
+ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+# What a plain state dict's pickle names (torch's own rebuild functions and storages).
+_STATE_DICT_GLOBALS = re.compile(r"collections\.OrderedDict|torch\._utils\.\w+|torch\.\w*Storage|torch\.(Size|device|\w*float\w*|\w*int\w*|bool)")
+
+
+def pickled_globals(file: Path) -> list[str]:
+    """The Python names (module.attribute) a pickle file would import that a state dict does not,
+    read with `pickletools` (nothing is executed): a .bin zip's data.pkl, or the pickles of a legacy file."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(file):
+            with zipfile.ZipFile(file) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(member) if member else b""
+        else:
+            data = file.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found: list[str] = []
+    strings: list[str] = []
+    position = 0
+    try:
+        while position < len(data):  # a legacy file is several pickles in a row
+            for opcode, arg, pos in pickletools.genops(data[position:]):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if opcode.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                if opcode.name == "STOP":
+                    position += pos + 1
+                    break
+            else:
+                break
+            if len(found) > 1000:
+                break
+    except Exception:  # noqa: BLE001 -- the tensor bytes after a legacy file's pickles are no pickle
+        pass
+    return [name for name in dict.fromkeys(found) if not _STATE_DICT_GLOBALS.fullmatch(name)]
+
+
+def load_state(weights_file: Path) -> dict:
+    """The state dict in `weights_file`, loaded safely: safetensors, or torch.load(weights_only=True)
+    (no pickled code runs). Anything else is a one-line ConversionError that says what the file is."""
+    try:
+        with warnings.catch_warnings():  # e.g. torch's note on the pickle protocol: not for the user
+            warnings.simplefilter("ignore")
+            if weights_file.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                return load_file(str(weights_file))
+            return torch.load(weights_file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        names = re.findall(r"Unsupported global: GLOBAL (\S+)", str(err)) or pickled_globals(weights_file)
+        if names:
+            raise ConversionError(
+                f"{weights_file} holds pickled Python objects, not only tensors ({names[0]}: e.g. a whole model saved "
+                f"with torch.save(model), or code): it is not loaded, for safety; give the authors' file, or a state "
+                f"dict saved with torch.save(model.state_dict(), ...)"
+            ) from None
+        raise ConversionError(f"{weights_file} is not a readable PyTorch state dict (truncated or corrupt?)") from None
+    except Exception as err:  # noqa: BLE001 -- truncated, garbage, not a PyTorch file: say so in one line
+        detail = ANSI_ESCAPES.sub("", " ".join(str(err).split()))
+        detail = detail.split(". ")[0][:120] if detail else ""
+        raise ConversionError(
+            f"{weights_file} is not a readable {'safetensors' if weights_file.suffix == '.safetensors' else 'PyTorch'} "
+            f"state dict (truncated or corrupt?): {type(err).__name__}" + (f": {detail}" if detail else "")
+        ) from None
+
+
+def read_authors_checkpoint(path: str | Path, backbone: str | None = None, head: str | None = None,
+                            revision: str | None = None, source: str | None = None) -> AuthorsCheckpoint:
+    """Read and classify one of their checkpoint folders, or a hub repo holding a copy of one
+    (one-line ConversionError when it is not one). `source` names it in messages (default: `path`)."""
+    source = source or str(path)
+    path = locate_checkpoint(path, revision)
+    expected = (f"an authors' CharBERT checkpoint has config.json + {WEIGHTS_FILE} (or a mirror's {SAFETENSORS_FILE}) "
+                f"+ vocab.txt (or vocab.json/merges.txt)")
     if not (path / "config.json").is_file():
-        raise ConversionError(f"{path} has no config.json: not an authors' CharBERT checkpoint ({expected})")
+        raise ConversionError(f"{source} has no config.json: not an authors' CharBERT checkpoint ({expected})")
     try:
         config = read_config_dict(path)
     except ValueError as err:  # not JSON, or not an object
         raise ConversionError(str(err)) from None
     if config.get("model_type") == CharBertConfig.model_type:
-        raise ConversionError(f"{path} is already a charbert checkpoint: load it with from_pretrained, nothing to convert")
-    if not weights_file.is_file():
-        raise ConversionError(f"{path} has no {WEIGHTS_FILE}: not an authors' CharBERT checkpoint ({expected})")
-    try:
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:  # report, no traceback
-        raise ConversionError(f"cannot read {weights_file} as a PyTorch state dict: {str(err).splitlines()[0]}") from None
+        raise ConversionError(f"{source} is already a charbert checkpoint: load it with from_pretrained, nothing to convert")
+    weights_file = next((path / n for n in (WEIGHTS_FILE, SAFETENSORS_FILE) if (path / n).is_file()), None)
+    if weights_file is None:
+        raise ConversionError(f"{source} has no {WEIGHTS_FILE} (nor {SAFETENSORS_FILE}): not an authors' CharBERT "
+                              f"checkpoint ({expected})")
+    state = load_state(weights_file)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConversionError(f"{weights_file} is not a state dict (a dict of tensors)")
-    backbone = _backbone_of(state, config, backbone, path)
+    backbone = _backbone_of(state, config, backbone, weights_file)
     prefix = backbone + "."
     if not any(k.startswith(prefix + "char_embeddings.") for k in state):
         if any(k.startswith(prefix + "encoder.layer.") for k in state):
             raise ConversionError(
-                f"{path} is a plain {backbone.upper()} checkpoint (no {prefix}char_embeddings.*, no fusion): "
-                f"nothing to convert; build a new CharBERT on it with CharBertForPreTraining.from_pretrained({str(path)!r})"
+                f"{source} is a plain {backbone.upper()} checkpoint (no {prefix}char_embeddings.*, no fusion): "
+                f"nothing to convert; build a new CharBERT on it with CharBertForPreTraining.from_pretrained({source!r})"
             )
-        raise ConversionError(f"{path} holds no {prefix}* CharBERT tensors: not an authors' CharBERT checkpoint")
-    return AuthorsCheckpoint(path, config, state, backbone, _head_of(state, config, backbone, head, path))
+        raise ConversionError(f"{source} holds no {prefix}* CharBERT tensors: not an authors' CharBERT checkpoint")
+    found_head = _head_of(state, config, backbone, head, weights_file)
+    return AuthorsCheckpoint(path, config, state, backbone, found_head, weights=weights_file, source=source)
 
 
-def _backbone_of(state: dict, config: dict, backbone: str | None, path: Path) -> str:
+def _backbone_of(state: dict, config: dict, backbone: str | None, weights: Path) -> str:
     """bert or roberta: from the state dict's prefix (their configs of transformers 2.4 name no model_type)."""
     found = [b for b in ("bert", "roberta") if any(k.startswith(b + ".") for k in state)]
     named = config.get("model_type")
     if backbone is not None:
         if found and backbone not in found:
-            raise ConversionError(f"--backbone {backbone} but {path}/{WEIGHTS_FILE} holds {found[0]}.* tensors")
+            raise ConversionError(f"--backbone {backbone} but {weights} holds {found[0]}.* tensors")
         return backbone
     if len(found) == 1:
         return found[0]
     if named in ("bert", "roberta"):
         return named
     raise ConversionError(
-        f"{path}/{WEIGHTS_FILE} has no bert.* or roberta.* tensors: not an authors' CharBERT checkpoint (or pass --backbone)"
+        f"{weights} has no bert.* or roberta.* tensors: not an authors' CharBERT checkpoint (or pass --backbone)"
     )
 
 
-def _head_of(state: dict, config: dict, backbone: str, head: str | None, path: Path) -> str:
+def _head_of(state: dict, config: dict, backbone: str, head: str | None, weights: Path) -> str:
     """Which of their model classes saved the state dict (their key names)."""
     if any(k.startswith(("cls.", "lm_head.")) for k in state):
         found = "pretraining"
@@ -247,18 +358,18 @@ def _head_of(state: dict, config: dict, backbone: str, head: str | None, path: P
         elif head in ("sequence_classification", "token_classification"):
             found = head
         elif head is not None:
-            raise ConversionError(f"--head {head} but {path}/{WEIGHTS_FILE} holds a `classifier` (their sequence or token classification head)")
+            raise ConversionError(f"--head {head} but {weights} holds a `classifier` (their sequence or token classification head)")
         elif config.get("finetuning_task"):  # their run_glue.py sets it, their run_ner.py does not
             found = "sequence_classification"
         else:
             raise ConversionError(
-                f"{path}: its `classifier` fits both their sequence and token classification heads and config.json "
+                f"{weights.parent}: its `classifier` fits both their sequence and token classification heads and config.json "
                 f"names no finetuning_task: pass --head sequence_classification or --head token_classification"
             )
     else:
-        raise ConversionError(f"{path}/{WEIGHTS_FILE} has no head this converter knows (cls.*, lm_head.*, classifier, qa_outputs)")
+        raise ConversionError(f"{weights} has no head this converter knows (cls.*, lm_head.*, classifier, qa_outputs)")
     if head is not None and head != found:
-        raise ConversionError(f"--head {head} but {path}/{WEIGHTS_FILE} holds their {found} head")
+        raise ConversionError(f"--head {head} but {weights} holds their {found} head")
     return found
 
 
@@ -274,7 +385,7 @@ class _Taker:
 
     def __call__(self, key: str) -> torch.Tensor:
         if key not in self.ckpt.state:
-            raise ConversionError(f"{self.ckpt.path}/{WEIGHTS_FILE} lacks the tensor {key!r} that their model has")
+            raise ConversionError(f"{self.ckpt.weights} lacks the tensor {key!r} that their model has")
         self.used.add(key)
         return self.ckpt.state[key]
 
@@ -334,7 +445,7 @@ def convert_state_dict(
     leftovers = take.leftovers()
     if leftovers:
         raise ConversionError(
-            f"{len(leftovers)} tensors of {ckpt.path}/{WEIGHTS_FILE} have no place in CharBERT: {', '.join(leftovers[:5])}"
+            f"{len(leftovers)} tensors of {ckpt.weights} have no place in CharBERT: {', '.join(leftovers[:5])}"
         )
     return {k: v.detach().clone().contiguous() for k, v in out.items()}  # no shared storage (safetensors)
 
@@ -438,24 +549,54 @@ def read_do_lower_case(path: Path) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
-def build_tokenizer(ckpt: AuthorsCheckpoint, config: CharBertConfig, do_lower_case: bool | None):
-    """A fast subword tokenizer from their vocab.txt (BERT, cased unless told) or vocab.json + merges.txt."""
+def visibly_cased(pieces: list[str]) -> bool:
+    """Does a subword vocabulary hold upper-case pieces (beyond its [SPECIAL] tokens)? An uncased
+    vocabulary has none; bert-base-cased's has thousands."""
+    words = [p for p in pieces if p and not (p.startswith("[") and p.endswith("]"))]
+    upper = sum(any(c.isupper() for c in p) for p in words)
+    return upper >= max(1, len(words) // 100)
+
+
+def _missing_vocab(ckpt: AuthorsCheckpoint, folder: Path, tokenizer_name: str | None) -> str:
+    base, files, entries = AUTHORS_BASE_MODELS[ckpt.backbone]
+    if tokenizer_name is not None:
+        return f"--tokenizer_name {tokenizer_name}: {folder} has no {files} (the {ckpt.backbone.upper()} subword vocabulary)"
+    return (f"{ckpt.source} has no {files}: the released {ckpt.backbone.upper()} CharBERT uses {base}'s ({files}, "
+            f"{entries:,} entries); put {'it' if ckpt.backbone == 'bert' else 'them'} in the folder, or pass "
+            f"--tokenizer_name {base} (a hub name, or a folder holding {'it' if ckpt.backbone == 'bert' else 'them'})")
+
+
+def build_tokenizer(ckpt: AuthorsCheckpoint, config: CharBertConfig, do_lower_case: bool | None,
+                    tokenizer_name: str | None = None):
+    """A fast subword tokenizer from their vocab.txt (BERT, cased unless told) or vocab.json + merges.txt,
+    in the checkpoint folder or in `tokenizer_name` (a folder or hub name, e.g. bert-base-cased)."""
     from transformers import BertTokenizerFast, RobertaTokenizerFast
 
     path = ckpt.path
+    if tokenizer_name is not None:
+        try:
+            path = locate_checkpoint(tokenizer_name)
+        except ConversionError as err:
+            raise ConversionError(f"--tokenizer_name: {err}") from None
     if ckpt.backbone == "bert":
         vocab_file = path / "vocab.txt"
         if not vocab_file.is_file():
-            raise ConversionError(f"{path} has no vocab.txt (the BERT word pieces): copy it from the release folder")
+            raise ConversionError(_missing_vocab(ckpt, path, tokenizer_name))
+        pieces = read_lines(vocab_file, "BERT vocabulary")
         if do_lower_case is None:  # the released BERT CharBERT is bert-base-cased
             do_lower_case = bool(read_do_lower_case(path))
+            if do_lower_case and visibly_cased(pieces):
+                logger.warning(
+                    "%s says do_lower_case=true but %s holds upper-case pieces (a cased vocabulary, as the released "
+                    "bert-base-cased one): lower-casing makes them unreachable; pass --no-do_lower_case unless the "
+                    "model was trained lower-cased", path / "tokenizer_config.json", vocab_file)
         # Positional: the vocabulary argument is `vocab_file` in transformers 4.x, `vocab` in 5.x.
         tokenizer = BertTokenizerFast(str(vocab_file), do_lower_case=do_lower_case)
-        n_lines = len(read_lines(vocab_file, "BERT vocabulary"))
+        n_lines = len(pieces)
     else:
         vocab_file, merges_file = path / "vocab.json", path / "merges.txt"
         if not vocab_file.is_file() or not merges_file.is_file():
-            raise ConversionError(f"{path} lacks vocab.json and merges.txt (the RoBERTa BPE): copy them from the release folder")
+            raise ConversionError(_missing_vocab(ckpt, path, tokenizer_name))
         tokenizer = RobertaTokenizerFast(str(vocab_file), str(merges_file))
         try:
             n_lines = len(json.loads(vocab_file.read_text(encoding="utf-8")))
@@ -463,7 +604,7 @@ def build_tokenizer(ckpt: AuthorsCheckpoint, config: CharBertConfig, do_lower_ca
             raise ConversionError(f"{vocab_file} is not readable JSON: {err}") from None
     if len(tokenizer) < n_lines or len(tokenizer) > config.vocab_size:
         raise ConversionError(
-            f"the tokenizer built from {vocab_file.name} has {len(tokenizer)} pieces ({n_lines} entries in the file) but the "
+            f"the tokenizer built from {vocab_file} has {len(tokenizer)} pieces ({n_lines} entries in the file) but the "
             f"word embedding has {config.vocab_size} rows: not this checkpoint's vocabulary"
         )
     tokenizer.model_max_length = config.max_sequence_length
@@ -504,7 +645,7 @@ def _model_card(ckpt: AuthorsCheckpoint, config: CharBertConfig, chars: CharVoca
     return "\n".join([
         f"## Conversion: CharBERT ({ckpt.backbone}) from the authors' checkpoint",
         "",
-        f"Converted with `python -m charbert.convert` from `{ckpt.path.name}`, a checkpoint of the CharBERT authors' code",
+        f"Converted with `python -m charbert.convert` from `{ckpt.source}`, a checkpoint of the CharBERT authors' code",
         "(Ma et al., COLING 2020, https://github.com/wtma/CharBERT, transformers 2.4):",
         f"their `{AUTHORS_CLASSES[ckpt.backbone, ckpt.head]}` -> our `{config.architectures[0]}`.",
         "",
@@ -524,6 +665,14 @@ def _model_card(ckpt: AuthorsCheckpoint, config: CharBertConfig, chars: CharVoca
     ])
 
 
+def base_model_of(ckpt: AuthorsCheckpoint, config) -> str | None:
+    """The model the authors' release was trained from (bert-base-cased / roberta-base), when the
+    checkpoint has its shape (their code trains nothing else); None for a checkpoint of other sizes."""
+    name, _, entries = AUTHORS_BASE_MODELS[ckpt.backbone]
+    base_shape = (config.vocab_size, config.hidden_size, config.num_hidden_layers) == (entries, 768, 12)
+    return name if base_shape else None
+
+
 def convert(
     original_checkpoint: str | Path,
     char_vocab: str | Path,
@@ -532,11 +681,23 @@ def convert(
     backbone: str | None = None,
     do_lower_case: bool | None = None,
     head: str | None = None,
+    revision: str | None = None,
+    tokenizer_name: str | None = None,
 ) -> Path:
-    """Convert one authors' checkpoint folder; returns the output folder. Raises ConversionError."""
+    """Convert one authors' checkpoint (a folder, or a hub name: `revision`, the hub cache when offline);
+    returns the output folder. Raises ConversionError."""
     from safetensors.torch import save_file
 
-    ckpt = read_authors_checkpoint(original_checkpoint, backbone, head)
+    source = str(original_checkpoint) + (f"@{revision}" if revision else "")
+    src = locate_checkpoint(original_checkpoint, revision)
+    out = Path(output_dir)
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise ConversionError(
+            f"--output_dir {output_dir} is {'' if out.resolve() == src.resolve() else 'inside '}--original_checkpoint "
+            f"{original_checkpoint}: the conversion would overwrite the authors' config.json and tokenizer files; "
+            f"give a new folder"
+        )
+    ckpt = read_authors_checkpoint(src, backbone, head, source=source)
     chars = map_char_vocab(read_lines(char_vocab, "character vocabulary"))
     words = map_term_vocab(read_lines(term_vocab, "term vocabulary")) if term_vocab is not None and ckpt.head == "pretraining" else None
     state = convert_state_dict(ckpt, chars, words)
@@ -544,29 +705,34 @@ def convert(
     config.char_vocab_hash = chars.vocab.fingerprint()  # checked by the programs that load it
     config.word_vocab_hash = words.vocab.fingerprint() if words is not None else None
     _check_against_model(state, config, ckpt.head)
-    tokenizer = build_tokenizer(ckpt, config, do_lower_case)
+    tokenizer = build_tokenizer(ckpt, config, do_lower_case, tokenizer_name)
 
-    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(str(out))
     CharBertTokenizer(tokenizer, chars.vocab, char_layout="reference").save_pretrained(out)
-    sources = {"weights": ckpt.path / WEIGHTS_FILE, "character vocabulary": Path(char_vocab)}
+    sources = {"weights": ckpt.weights, "character vocabulary": Path(char_vocab)}
     if words is not None:
         words.vocab.save(out)
         sources["term vocabulary"] = Path(term_vocab)
     lower = getattr(tokenizer, "do_lower_case", None)
     write_model_card(
-        out, task=CARD_TASKS[ckpt.head], metrics=None, base_model=None, training_args=None, data_files=None,
-        char_vocab_size=len(chars.vocab), word_vocab_size=len(words.vocab) if words is not None else None,
-        source=str(ckpt.path), notes=_model_card(ckpt, config, chars, words, sources, lower),
+        out, task=CARD_TASKS[ckpt.head], metrics=None, base_model=base_model_of(ckpt, config), training_args=None,
+        data_files=None, char_vocab_size=len(chars.vocab), word_vocab_size=len(words.vocab) if words is not None else None,
+        source=ckpt.source, notes=_model_card(ckpt, config, chars, words, sources, lower),
     )
     return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--original_checkpoint", required=True, help="the authors' folder: config.json, pytorch_model.bin, vocab files")
+    parser.add_argument("--original_checkpoint", required=True,
+                        help="the authors' folder (config.json, pytorch_model.bin or model.safetensors, vocab files), "
+                             "or a hub name holding a copy (e.g. imvladikon/charbert-bert-wiki; the cache when offline)")
+    parser.add_argument("--revision", default=None, help="the hub revision of --original_checkpoint (branch, tag or commit)")
+    parser.add_argument("--tokenizer_name", default=None,
+                        help="a folder or hub name with the subword vocabulary, when the release lacks it "
+                             "(bert-base-cased: vocab.txt; roberta-base: vocab.json + merges.txt)")
     parser.add_argument("--char_vocab", required=True, help="their character vocabulary (data/dict/bert_char_vocab or roberta_char_vocab)")
     parser.add_argument("--term_vocab", default=None, help="their NLM word vocabulary (data/dict/term_vocab); needed for pretraining checkpoints, unused by task ones")
     parser.add_argument("--output_dir", required=True, help="where to write the CharBERT folder")
@@ -580,11 +746,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging(("charbert",), logging.WARNING)  # the converter's warnings (e.g. do_lower_case) reach the user
     args = parse_args(argv)
     try:
         out = convert(
             args.original_checkpoint, args.char_vocab, args.term_vocab, args.output_dir,
-            backbone=args.backbone, do_lower_case=args.do_lower_case, head=args.head,
+            backbone=args.backbone, do_lower_case=args.do_lower_case, head=args.head, revision=args.revision,
+            tokenizer_name=args.tokenizer_name,
         )
     except ConversionError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -119,17 +119,20 @@ def _size(entries: int | None) -> str:
 
 def _body(model_name: str, task: str, meta: dict, metrics: Mapping[str, Any], notes: str | None = None) -> str:
     info = meta["charbert"]
+    source = info.get("source")  # a converted checkpoint: what it was converted from, as the user named it
+    made = (f"converted from the CharBERT authors' release `{source}` by" if source else "trained with")
+    base = meta.get("base_model")
     lines = [
         f"# {model_name}",
         "",
-        f"A CharBERT model ({task}) trained with the `charbert` package {info['version']}"
+        f"A CharBERT model ({task}) {made} the `charbert` package {info['version']}"
         + (f" at commit `{info['git_commit']}`." if info["git_commit"] else "."),
         "",
-        f"- base model: `{meta.get('base_model')}`",
+        f"- base model: `{base}`" if base else "- base model: not recorded",
         f"- character vocabulary: {_size(info['char_vocab_size'])}; word vocabulary (noisy-LM head): {_size(info['word_vocab_size'])}",
     ]
-    if info.get("source"):
-        lines.append(f"- converted from: `{info['source']}`")
+    if source:
+        lines.append(f"- converted from: `{source}` (the authors' release)")
     if notes:
         lines += ["", notes.rstrip("\n")]
     lines += ["", "## Results", ""]

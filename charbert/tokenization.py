@@ -44,6 +44,7 @@ from .chars import (
     check_char_layout,
     saved_char_limits,
 )
+from .checkpoint import check_converted
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,9 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
         __init__ from the bare vocabulary, which would drop the normaliser and pre-tokeniser)."""
         tokenizer_file = kwargs.get("tokenizer_file")
         if tokenizer_file is None or not os.path.isfile(tokenizer_file):
-            raise ValueError(f"CharBERT needs a fast tokenizer: no tokenizer.json in {kwargs.get('name_or_path', 'the folder')}.")
+            check_converted(kwargs.get("name_or_path") or "")  # the authors' folder: name the converter
+            raise ValueError(f"CharBERT needs a fast tokenizer: no tokenizer.json in {kwargs.get('name_or_path', 'the folder')} "
+                             "(a release of the CharBERT authors has none: convert it with python -m charbert.convert).")
         return super().convert_to_native_format(trust_remote_code=True, **kwargs)
 
     @classmethod
@@ -200,6 +203,7 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
         if char_layout is not None:
             kwargs["char_layout"] = char_layout
         if Path(pretrained_model_name_or_path).is_dir():
+            check_converted(pretrained_model_name_or_path)  # the authors' release: default characters would be wrong
             for key, value in saved_char_limits(pretrained_model_name_or_path).items():
                 kwargs.setdefault(key, value)
         return super().from_pretrained(pretrained_model_name_or_path, *inputs, **kwargs)

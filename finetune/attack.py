@@ -17,12 +17,12 @@ import json
 import sys
 from collections.abc import Sequence
 
-from charbert.cli import ArgumentParser, UsageError, run_main
+from charbert.cli import ArgumentParser, UsageError, program_name, run_main
 from charbert.noise import ATTACK_TYPES, parse_attack_type
 from charbert.robustness.tasks import ATTACK_TASKS, check_family_options, get_attack_task
 from charbert.tasks.errors import TaskDataError
 
-PROG = "python -m finetune.attack"
+PROG = program_name("python -m finetune.attack")  # the console script's name when run as one
 TASKS = tuple(ATTACK_TASKS)
 
 

@@ -24,9 +24,10 @@ import json
 import sys
 from collections.abc import Sequence
 
+from charbert.cli import program_name
 from charbert.robustness.correct import DEFAULT_THRESHOLD
 
-PROG = "python -m finetune.correct"
+PROG = program_name("python -m finetune.correct")  # the console script's name when run as one
 FORMATS = ("text", "ner", "pos", "glue", "squad")
 
 

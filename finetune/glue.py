@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from charbert.cli import program_name
 from charbert.tasks.errors import TaskDataError
 from charbert.tasks.features import glue_features
 from charbert.tasks.glue import (
@@ -29,7 +30,7 @@ from charbert.tasks.loading import SEQUENCE_CLASSIFICATION
 
 from .common import EvalResult, Split, Task, UsageError, cli, dataset_columns
 
-PROG = "python -m finetune.glue"
+PROG = program_name("python -m finetune.glue")  # the console script's name when run as one
 # The text columns of the Hub's `glue` dataset (as run_glue_no_trainer.py's task_to_keys).
 DATASET_TEXT_COLUMNS = {
     "cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),

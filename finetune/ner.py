@@ -12,12 +12,20 @@ token for token with the input (words truncated by --max_seq_length get "O"; the
 
 from __future__ import annotations
 
-from charbert.tasks.ner import conll_num_columns, ner_metrics, ner_subword_breakdown, read_conll, write_conll
+from charbert.cli import program_name
+from charbert.tasks.ner import (
+    aligned_columns,
+    conll_num_columns,
+    ner_metrics,
+    ner_subword_breakdown,
+    read_conll,
+    write_conll,
+)
 
 from .common import Split, cli
 from .tagging import WordTagging
 
-PROG = "python -m finetune.ner"
+PROG = program_name("python -m finetune.ner")  # the console script's name when run as one
 
 
 class NerFinetune(WordTagging):
@@ -34,7 +42,8 @@ class NerFinetune(WordTagging):
     def read(self, args, path, split):
         labelled = split != "predict" or conll_num_columns(path) > 1
         stats = {}  # lines the reader repaired (tokens with spaces, misspelt -DOCSTART-): reported in metrics
-        sentences = read_conll(path, tag_column=args.tag_column, labelled=labelled, stats=stats)
+        sentences = read_conll(path, tag_column=args.tag_column, labelled=labelled, stats=stats,
+                               **aligned_columns(path, getattr(args, "aligned_with", None)))
         self.read_stats = {**getattr(self, "read_stats", {}), str(path): {k: v for k, v in stats.items() if v}}
         return Split(split, path, sentences, labelled)
 

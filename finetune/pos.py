@@ -12,6 +12,7 @@ for --do_predict).  Token accuracy in metrics.json; {eval,predict}_predictions.t
 
 from __future__ import annotations
 
+from charbert.cli import program_name
 from charbert.tasks.errors import read_text_lines
 from charbert.tasks.ner import read_conll
 from charbert.tasks.pos import pos_accuracy, read_pos, write_pos_predictions
@@ -19,7 +20,7 @@ from charbert.tasks.pos import pos_accuracy, read_pos, write_pos_predictions
 from .common import Split, cli
 from .tagging import WordTagging
 
-PROG = "python -m finetune.pos"
+PROG = program_name("python -m finetune.pos")  # the console script's name when run as one
 
 
 class PosFinetune(WordTagging):

@@ -44,7 +44,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from charbert.cli import ArgumentParser, UsageError, quiet_transformers, run_main, setup_logging, write_json
+from charbert.cli import (
+    ArgumentParser,
+    UsageError,
+    program_name,
+    quiet_transformers,
+    run_main,
+    setup_logging,
+    write_json,
+)
 from charbert.noise import ATTACK_TYPES, parse_attack_type
 from charbert.onnx_runtime import is_onnx_export
 from charbert.robustness.report import CLEAN, plot_scores, render_markdown, score_drops
@@ -54,7 +62,7 @@ from charbert.tasks.loading import ModelSetupError
 
 from . import common
 
-PROG = "python -m finetune.robustness"
+PROG = program_name("python -m finetune.robustness")  # the console script's name when run as one
 TASKS = tuple(ATTACK_TASKS)
 DEFAULT_ATTACKS = ",".join(ATTACK_TYPES + ("all",))
 CORRECTED = "corrected"
@@ -222,6 +230,8 @@ def score_file(scorer: Scorer, model_path: str, test_file: str, output_dir: Path
     run_args = argparse.Namespace(**vars(task_args))
     run_args.model_name_or_path, run_args.test_file, run_args.output_dir = model_path, test_file, str(output_dir)
     run_args.word_vector_sink = word_vectors
+    # An attacked copy aligns with the clean --test_file (readers take its column count from there).
+    run_args.aligned_with = task_args.test_file if test_file != task_args.test_file else None
     run_argv = list(argv)
     for flag, value in (("--model_name_or_path", model_path), ("--test_file", test_file),
                         ("--output_dir", str(output_dir))):

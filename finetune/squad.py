@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 
+from charbert.cli import program_name
 from charbert.tasks.errors import TaskDataError
 from charbert.tasks.features import squad_features
 from charbert.tasks.inference import gather_predictions
@@ -25,7 +26,7 @@ from charbert.tasks.squad import SquadExample, _check_answers, postprocess_qa_pr
 
 from .common import EvalResult, Split, Task, UsageError, cli, dataset_columns
 
-PROG = "python -m finetune.squad"
+PROG = program_name("python -m finetune.squad")  # the console script's name when run as one
 
 
 class SquadFinetune(Task):

@@ -28,11 +28,12 @@ DEFAULT_JOB_FLAGS = dict(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from charbert.cli import program_name
     from charbert.collator import OBJECTIVES
     from charbert.configuration import NEW_MODULE_INITS
     from charbert.training import add_training_args
 
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=program_name(PROG), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", help="a CharBERT checkpoint, or a plain BERT/RoBERTa checkpoint folder to start from")
     parser.add_argument("--train_file", nargs="+", help="text files or glob patterns (plain or .gz), one line a unit")
     parser.add_argument("--validation_file", nargs="+", help="held-out text for MLM perplexity and NLM accuracy")
@@ -224,11 +225,11 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    from charbert.cli import run_main, setup_logging
+    from charbert.cli import program_name, run_main, setup_logging
 
     setup_logging(("pretrain", "charbert"), logging.WARNING)
     args = parse_args(argv)
-    return run_main(PROG, lambda: run(args), known_errors=(ValueError,))
+    return run_main(program_name(PROG), lambda: run(args), known_errors=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -25,12 +25,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from charbert.chars import CHAR_VOCAB_FILE, CharVocab
-from charbert.cli import UsageError, run_main
+from charbert.cli import UsageError, program_name, run_main
 from charbert.corpus import ReadStats, expand_paths, iter_lines
 from charbert.vocab import WORD_VOCAB_FILE, WordCounter, WordVocab, count_corpus
 
 STATS_FILE = "vocab_stats.json"
-PROG = "python -m pretrain.vocab"
+PROG = program_name("python -m pretrain.vocab")  # the console script's name when run as one
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -247,3 +247,144 @@ def test_error_ambiguous_bert_classifier_needs_head(tmp_path, authors_dirs, caps
         convert(src, CHAR_VOCAB["bert"], TERM_VOCAB, tmp_path / "bad", head="question_answering")
     with pytest.raises(ConversionError, match="holds their pretraining head"):
         convert(authors_dirs["bert"], CHAR_VOCAB["bert"], TERM_VOCAB, tmp_path / "bad", head="question_answering")
+
+
+# ---- where users' checkpoints are (issue 21) ------------------------------------------------
+
+
+def test_output_dir_in_the_original_is_refused(tmp_path, authors_dirs, capsys):
+    src = copy_checkpoint(authors_dirs["bert"], tmp_path / "release")
+    config_before = (src / "config.json").read_text()
+    for out in (src, src / "converted", src / "a" / ".." / "b"):
+        err = run_cli_error(capsys, *cli_args(src, out=out))
+        assert "--original_checkpoint" in err and "overwrite the authors' config.json" in err, err
+    assert (src / "config.json").read_text() == config_before and not (src / "converted").exists()
+    assert not (src / "tokenizer_config.json").exists()
+
+
+def test_unreadable_weights_say_what_they_are_in_one_plain_line(tmp_path, authors_dirs, capsys):
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    whole = copy_checkpoint(authors_dirs["bert"], tmp_path / "whole")
+    torch.save(torch.nn.Linear(2, 2), whole / "pytorch_model.bin")  # a whole model, not a state dict
+    payload = copy_checkpoint(authors_dirs["bert"], tmp_path / "payload")
+    (payload / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    for src in (whole, payload):
+        err = run_cli_error(capsys, *cli_args(src))
+        assert "holds pickled Python objects" in err and "not loaded, for safety" in err, err
+        assert ("torch.nn.modules.linear.Linear" if src == whole else "system") in err
+        assert "\x1b" not in err and "weights_only" not in err and "two options" not in err
+    assert not marker.exists()  # nothing ran
+    truncated = copy_checkpoint(authors_dirs["bert"], tmp_path / "truncated")
+    data = (truncated / "pytorch_model.bin").read_bytes()
+    (truncated / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    garbage = copy_checkpoint(authors_dirs["bert"], tmp_path / "garbage")
+    (garbage / "pytorch_model.bin").write_bytes(b"not a checkpoint " * 50)
+    for src in (truncated, garbage):
+        err = run_cli_error(capsys, *cli_args(src))
+        assert "is not a readable PyTorch state dict (truncated or corrupt?)" in err and "\x1b" not in err, err
+
+
+def test_missing_vocabulary_names_what_is_needed_and_tokenizer_name_supplies_it(tmp_path, authors_dirs, capsys):
+    no_vocab = copy_checkpoint(authors_dirs["bert"], tmp_path / "no_vocab")
+    (no_vocab / "vocab.txt").unlink()
+    err = run_cli_error(capsys, *cli_args(no_vocab))
+    assert "bert-base-cased's (vocab.txt, 28,996 entries)" in err and "--tokenizer_name bert-base-cased" in err, err
+    assert "copy it from the release folder" not in err
+    pieces = tmp_path / "bert-pieces"
+    pieces.mkdir()
+    shutil.copy(authors_dirs["bert"] / "vocab.txt", pieces)
+    assert main([str(a) for a in cli_args(no_vocab, out=tmp_path / "ok")] + ["--tokenizer_name", str(pieces)]) == 0
+    assert CharBertTokenizer.from_pretrained(tmp_path / "ok").tokenize("Hello")[0] == "H"
+    err = run_cli_error(capsys, *cli_args(no_vocab, out=tmp_path / "o2"), "--tokenizer_name", tmp_path)
+    assert f"--tokenizer_name {tmp_path}: {tmp_path} has no vocab.txt" in err
+    no_bpe = copy_checkpoint(authors_dirs["roberta"], tmp_path / "no_bpe")
+    (no_bpe / "vocab.json").unlink()
+    err = run_cli_error(capsys, *cli_args(no_bpe, "roberta"))
+    assert "roberta-base's (vocab.json + merges.txt, 50,265 entries)" in err and "--tokenizer_name roberta-base" in err
+
+
+def test_lower_casing_a_visibly_cased_vocabulary_warns(tmp_path, authors_dirs, caplog):
+    from charbert.convert import visibly_cased
+
+    assert visibly_cased(vocab_tokens("bert", VOCAB_SIZE)) and not visibly_cased(["[PAD]", "[UNK]", "the", "##s"])
+    lower_dir = copy_checkpoint(authors_dirs["bert"], tmp_path / "lower")
+    (lower_dir / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="charbert.convert"):
+        convert(lower_dir, CHAR_VOCAB["bert"], TERM_VOCAB, tmp_path / "out")
+    assert any("do_lower_case=true" in r.getMessage() and "upper-case pieces" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="charbert.convert"):  # asked for on the command line: no warning
+        convert(lower_dir, CHAR_VOCAB["bert"], TERM_VOCAB, tmp_path / "out2", do_lower_case=True)
+    assert not [r for r in caplog.records if "do_lower_case" in r.getMessage()]
+
+
+def test_model_card_says_converted_from_the_source_as_named(tmp_path, authors_dirs):
+    from types import SimpleNamespace
+
+    from charbert.convert import base_model_of, read_authors_checkpoint
+    from charbert.model_card import read_model_card
+
+    out = convert(authors_dirs["roberta"], CHAR_VOCAB["roberta"], TERM_VOCAB, tmp_path / "out")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert f"converted from the CharBERT authors' release `{authors_dirs['roberta']}`" in card
+    assert "trained with the `charbert` package" not in card and "base model: `None`" not in card
+    assert read_model_card(out)["charbert"]["source"] == str(authors_dirs["roberta"])
+    ckpt = read_authors_checkpoint(authors_dirs["bert"])
+    base = SimpleNamespace(vocab_size=28996, hidden_size=768, num_hidden_layers=12)
+    assert base_model_of(ckpt, base) == "bert-base-cased"
+    ckpt.backbone = "roberta"
+    assert base_model_of(ckpt, SimpleNamespace(vocab_size=50265, hidden_size=768, num_hidden_layers=12)) == "roberta-base"
+    assert base_model_of(ckpt, SimpleNamespace(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2)) is None
+
+
+@pytest.mark.slow  # subprocesses (huggingface_hub reads HF_HUB_OFFLINE at import)
+def test_hub_names_and_a_safetensors_mirror_from_the_offline_cache(tmp_path, authors_dirs):
+    from safetensors.torch import load_file, save_file
+    from test_hub_names import add_to_hub_cache, run_offline
+
+    hub = tmp_path / "hub"
+    release = copy_checkpoint(authors_dirs["bert"], tmp_path / "release")
+    config = json.loads((release / "config.json").read_text())
+    (release / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))  # as the hub copies say
+    add_to_hub_cache(hub, "imvladikon/charbert-bert-wiki", release, revision="v1")
+    mirror = copy_checkpoint(release, tmp_path / "mirror")
+    state = torch.load(mirror / "pytorch_model.bin", weights_only=True)
+    save_file({k: v.clone().contiguous() for k, v in state.items()}, str(mirror / "model.safetensors"))
+    (mirror / "pytorch_model.bin").unlink()
+    add_to_hub_cache(hub, "org/charbert-mirror", mirror)
+    pieces = tmp_path / "pieces"  # a tokenizer repo (as bert-base-cased is) for a release without vocab.txt
+    pieces.mkdir()
+    shutil.copy(release / "vocab.txt", pieces)
+    add_to_hub_cache(hub, "org/bert-pieces", pieces)
+    no_vocab = copy_checkpoint(release, tmp_path / "no_vocab")
+    (no_vocab / "vocab.txt").unlink()
+
+    outs = {}
+    for name, extra in (("imvladikon/charbert-bert-wiki", ["--revision", "v1"]), ("org/charbert-mirror", []),
+                        (str(no_vocab), ["--tokenizer_name", "org/bert-pieces"])):
+        outs[name] = tmp_path / name.split("/")[1]
+        done = run_offline(tmp_path, hub, "-m", "charbert.convert", "--original_checkpoint", name, *extra,
+                           "--char_vocab", str(CHAR_VOCAB["bert"]), "--term_vocab", str(TERM_VOCAB),
+                           "--output_dir", str(outs[name]))
+        assert done.returncode == 0, done.stderr[-3000:]
+    card = (outs["imvladikon/charbert-bert-wiki"] / "README.md").read_text()
+    assert "converted from the CharBERT authors' release `imvladikon/charbert-bert-wiki@v1`" in card
+    a, *others = (load_file(str(out / "model.safetensors")) for out in outs.values())
+    assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for b in others)
+
+    # The unconverted hub copy never loads as plain BERT, by hub name either.
+    done = run_offline(tmp_path, hub, "-c", "import charbert\nfrom transformers import AutoModel\n"
+                       "AutoModel.from_pretrained('org/charbert-mirror')")
+    assert done.returncode != 0 and "unconverted CharBERT checkpoint" in done.stderr
+    assert "python -m charbert.convert --original_checkpoint" in done.stderr
+    done = run_offline(tmp_path, hub, "-m", "charbert.convert", "--original_checkpoint", "org/absent",
+                       "--char_vocab", str(CHAR_VOCAB["bert"]), "--output_dir", str(tmp_path / "x"))
+    assert done.returncode == 2 and "no checkpoint folder at org/absent, and as a hub name" in done.stderr

@@ -170,18 +170,24 @@ def test_outside_files_score_side_by_side_with_budgeted_attacks(ner_models, task
     intact = _write_outside(clean, tmp_path / "intact.txt", lambda t: t)
     misspelt = _write_outside(clean, tmp_path / "misspelt.txt", lambda t: t.replace("-DOCSTART-", "-DCOSTART-"))
     spaces = _write_outside(clean, tmp_path / "spaces.txt", lambda t: "\n".join(spaced))
+    first_line = [i for i, line in enumerate(lines) if line and not line.startswith("-DOCSTART-")][0]
+    first = list(lines)  # the first token line holds the space: the clean file fixes the column count
+    word, *tags = first[first_line].split()
+    first[first_line] = " ".join([word[:1], word[1:] or "x", *tags])
+    first = _write_outside(clean, tmp_path / "first.txt", lambda t: "\n".join(first))
     out = tmp_path / "report"
     code = run_cli("robustness", "--task", "ner", "--model_name_or_path", ner_models["plain"], "--test_file", clean,
                    "--attacks", "swap", "--max_words", "1", "--output_dir", out, "--per_device_eval_batch_size", "4",
                    "--attacked_file", f"intact={intact}", "--attacked_file", f"textflint={misspelt}",
-                   "--attacked_file", f"spaces={spaces}")
+                   "--attacked_file", f"spaces={spaces}", "--attacked_file", f"first={first}")
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     (model,) = report["models"]
-    assert report["outside"] == ["intact", "textflint", "spaces"] and report["max_words"] == 1
+    assert report["outside"] == ["intact", "textflint", "spaces", "first"] and report["max_words"] == 1
     assert model["scores"]["textflint"] == model["scores"]["intact"] == model["scores"]["clean"]
     assert report["outside_stats"]["textflint"] == {"misspelt_docstart_lines": 1}
-    assert report["outside_stats"]["spaces"] == {"repaired_lines": 1}
+    assert report["outside_stats"]["spaces"] == report["outside_stats"]["first"] == {"repaired_lines": 1}
+    assert model["metrics"]["first"]["num_words"] == model["metrics"]["clean"]["num_words"]
     assert model["metrics"]["spaces"]["num_words"] == model["metrics"]["clean"]["num_words"]
     swap = read_conll(out / report["attack_files"]["swap"])
     assert all(sum(a != b for a, b in zip(s.tokens, c.tokens)) <= 1 for s, c in zip(swap, read_conll(clean)))

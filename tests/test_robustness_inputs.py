@@ -76,6 +76,28 @@ def test_tokens_with_spaces_are_repaired_and_counted(tmp_path):
         read_conll(tmp_path / "u.txt")
 
 
+def test_an_attacked_file_whose_first_token_holds_a_space_takes_the_clean_files_columns(tmp_path):
+    from finetune.ner import NerFinetune
+
+    clean = tmp_path / "clean.txt"
+    clean.write_text("S&P NNP I-NP I-ORG\nrose VBD B-VP O\n\nC$ NNP I-NP O\n")
+    attacked = tmp_path / "attacked.txt"
+    attacked.write_text("S & P NNP I-NP I-ORG\nrose VBD B-VP O\n\nC $ NNP I-NP O\n")
+    with pytest.raises(TaskDataError, match=r"attacked\.txt:2: expected 6 whitespace-separated columns"):
+        read_conll(attacked)  # alone, the file is ambiguous
+    task = get_attack_task("ner")
+    task_args = argparse.Namespace(tag_column=-1, test_file=str(clean))
+    assert task.check_outside(argparse.Namespace(), task_args, str(clean), str(attacked)) == {"repaired_lines": 2}
+    assert [s.tokens for s in task.read_sentences(task_args, str(attacked))] == [["S & P", "rose"], ["C $"]]
+    # the fine-tuning program scores it the same way (finetune.robustness sets aligned_with)
+    split = NerFinetune().read(argparse.Namespace(tag_column=-1, aligned_with=str(clean)), str(attacked), "predict")
+    assert split.data[0].tags == ["B-ORG", "O"] and split.data[0].tokens[0] == "S & P"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("S&P NNP I-NP I-ORG\nrose VBD O\n")
+    with pytest.raises(TaskDataError, match=r"bad\.txt:2: expected 4 whitespace-separated columns \(as in the clean"):
+        task.read_sentences(task_args, str(bad))
+
+
 def test_outside_file_must_align_token_for_token(tmp_path):
     task = get_attack_task("ner")
     ns = argparse.Namespace(tag_column=-1)

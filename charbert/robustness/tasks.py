@@ -191,9 +191,10 @@ class NerAttackTask(_Tagging):
         return "f1"
 
     def read_sentences(self, task_args, path, stats=None):
-        from charbert.tasks.ner import read_conll
+        from charbert.tasks.ner import aligned_columns, read_conll
 
-        return read_conll(path, tag_column=getattr(task_args, "tag_column", -1), stats=stats)
+        return read_conll(path, tag_column=getattr(task_args, "tag_column", -1), stats=stats,
+                          **aligned_columns(path, getattr(task_args, "test_file", None)))
 
 
 @register

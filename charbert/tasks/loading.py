@@ -25,6 +25,7 @@ from pathlib import Path
 from torch import nn
 
 from ..checkpoint import (
+    check_converted,
     check_tokenizer_files,
     check_vocab_fingerprints,
     load_weights,
@@ -85,6 +86,7 @@ def inspect_checkpoint(path, charbert: bool = False) -> CheckpointInfo:
     path = resolve_checkpoint(path)  # a folder, or a hub name's snapshot (the cache when offline)
     config = read_config_dict(path)
     model_type = config.get("model_type")
+    check_converted(path, model_type or "")  # the authors' tensors under any config: convert them first
     if not model_type:
         raise ModelSetupError(f"{path / 'config.json'} has no model_type.")
     if charbert and model_type not in ("charbert", "bert", "roberta"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import PathLike, TaskDataError, data_error, location, read_text_lines
 
@@ -30,6 +31,7 @@ __all__ = [
     "write_conll",
     "label_list",
     "check_labels",
+    "aligned_columns",
     "conll_num_columns",
     "read_label_file",
     "docstart_kind",
@@ -140,6 +142,8 @@ def read_conll(
     labelled: bool = True,
     convert_to_iob2: bool = True,
     stats: dict[str, int] | None = None,
+    n_columns: int | None = None,
+    columns_from: str | None = None,
 ) -> list[Sentence]:
     """Read a CoNLL-style file (CoNLL-2003: ``token POS chunk NER``).
 
@@ -158,13 +162,16 @@ def read_conll(
       IOB1 sentences are converted to IOB2 (:func:`to_iob2`).
     * ``stats``, when given, receives ``repaired_lines`` (tokens with spaces)
       and ``misspelt_docstart_lines``.
+    * ``n_columns`` gives the column count instead of the first token line
+      (an attacked file whose *first* token holds a space takes it from the
+      clean file it aligns with, named by ``columns_from`` in errors).
     """
     lines = read_text_lines(path)
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
     token_lines: list[int] = []
-    n_columns: int | None = None
+    given_columns, n_columns = n_columns, None
     first_token_line = 0
     counts = {"repaired_lines": 0, "misspelt_docstart_lines": 0}
 
@@ -186,7 +193,7 @@ def read_conll(
             flush()
             continue
         if n_columns is None:
-            n_columns, first_token_line = len(fields), lineno
+            n_columns, first_token_line = given_columns or len(fields), lineno
             needed = [token_column] + ([tag_column] if labelled else [])
             for col in needed:
                 if not -n_columns <= col < n_columns:
@@ -200,13 +207,13 @@ def read_conll(
                     f"token and tag column are the same column ({n_columns} column(s) per line); "
                     "use labelled=False for token-only files",
                 )
-        elif len(fields) != n_columns:
+        if len(fields) != n_columns:  # (the first line too, when the count was given)
             repaired = _repair_fields(fields, n_columns, token_column)
             if repaired is None:
                 raise data_error(
                     path, lineno,
-                    f"expected {n_columns} whitespace-separated columns (as on line "
-                    f"{first_token_line}), found {len(fields)}",
+                    f"expected {n_columns} whitespace-separated columns (as "
+                    + (columns_from or f"on line {first_token_line}") + f"), found {len(fields)}",
                 )
             fields = repaired
             counts["repaired_lines"] += 1
@@ -446,6 +453,14 @@ def conll_num_columns(path: PathLike) -> int:
         if fields and docstart_kind(fields) is None:
             return len(fields)
     raise data_error(path, None, "file contains no sentences")
+
+
+def aligned_columns(path, clean_file) -> dict:
+    """read_conll's column count for a file that aligns with the clean ``clean_file`` (an attacked copy):
+    the clean file's, since the copy's first token may hold a space (``S & P``); {} for the clean file itself."""
+    if not clean_file or Path(path) == Path(clean_file):
+        return {}
+    return {"n_columns": conll_num_columns(clean_file), "columns_from": f"in the clean --test_file {clean_file}"}
 
 
 def read_label_file(path: PathLike) -> list[str]:
