@@ -29,8 +29,9 @@ family is one subclass registered with `@register` and its tests.
 from __future__ import annotations
 
 from torch import nn
-from transformers import BertConfig, PretrainedConfig, RobertaConfig
+from transformers import BertConfig, ElectraConfig, PretrainedConfig, RobertaConfig
 from transformers.models.bert import modeling_bert
+from transformers.models.electra import modeling_electra
 from transformers.models.roberta import modeling_roberta
 
 from .compat import create_bidirectional_mask, layer_output
@@ -184,3 +185,44 @@ class RobertaAdapter(BackboneAdapter):
         "lm_head.bias": "mlm_head.bias",
     }
 
+
+@register
+class ElectraAdapter(BackboneAdapter):
+    """ELECTRA (discriminator checkpoints): BERT's layers on embeddings of width `embedding_size`,
+    projected to `hidden_size` by `embeddings_project` when the two differ; no pooler.
+
+    The discriminator has no MLM head: CharBERT's is new, with the generator's shape (dense and
+    LayerNorm of width `embedding_size`, decoder tied to the word embeddings), and is loaded from an
+    ElectraForMaskedLM (generator) checkpoint's `generator_predictions` / `generator_lm_head` when
+    one is given."""
+
+    backbone_type = "electra"
+    config_class = ElectraConfig
+    embeddings_class = modeling_electra.ElectraEmbeddings
+    encoder_class = modeling_electra.ElectraEncoder
+    pooler_class = None
+    module_names = ("embeddings", "embeddings_project", "encoder")
+    plain_masked_lm = False  # a discriminator is not a masked LM
+    mlm_head_keys = {
+        "generator_predictions.dense.weight": "mlm_head.dense.weight",
+        "generator_predictions.dense.bias": "mlm_head.dense.bias",
+        "generator_predictions.LayerNorm.weight": "mlm_head.LayerNorm.weight",
+        "generator_predictions.LayerNorm.bias": "mlm_head.LayerNorm.bias",
+        "generator_lm_head.bias": "mlm_head.bias",
+    }
+
+    def build_modules(self, config, add_pooling_layer: bool = True) -> dict[str, nn.Module | None]:
+        modules = {"embeddings": self.embeddings_class(config)}
+        if config.embedding_size != config.hidden_size:
+            modules["embeddings_project"] = nn.Linear(config.embedding_size, config.hidden_size)
+        modules["encoder"] = self.encoder_class(config)
+        modules["pooler"] = None
+        return modules
+
+    def embed(self, model, input_ids, token_type_ids=None, position_ids=None):
+        hidden = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+        project = getattr(model, "embeddings_project", None)
+        return project(hidden) if project is not None else hidden
+
+    def mlm_head_size(self, config) -> int:
+        return config.embedding_size
