@@ -481,7 +481,7 @@ class CharBertModel(CharBertPreTrainedModel):
         all_char = (char,) if output_hidden_states else None
         for i, layer in enumerate(adapter.layers(self)):
             fusion = self.fusion[0 if self.config.share_fusion else i]
-            word, char = self._layer(adapter, layer, fusion, word, char, stacked_mask, token_mask)
+            word, char = self._layer(layer, fusion, word, char, stacked_mask, token_mask)
             if output_hidden_states:
                 all_word, all_char = all_word + (word,), all_char + (char,)
 
@@ -494,8 +494,9 @@ class CharBertModel(CharBertPreTrainedModel):
             char_hidden_states=all_char,
         )
 
-    def _layer(self, adapter, layer, fusion, word, char, stacked_mask, token_mask):
+    def _layer(self, layer, fusion, word, char, stacked_mask, token_mask):
         """One backbone layer on both channels, then the heterogeneous interaction."""
+        adapter = self.backbone_adapter
 
         def block(word, char):
             out = adapter.call_layer(layer, torch.cat([word, char], 0), stacked_mask)  # (2B, L, H)
