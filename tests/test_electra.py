@@ -72,6 +72,21 @@ def test_tiny_checkpoint_is_a_discriminator_with_a_projection(electra_dir):
     assert config["embedding_size"] < config["hidden_size"]
 
 
+def test_equal_widths_need_no_projection():
+    """ELECTRA-large-like: embedding_size == hidden_size, no embeddings_project (as in ElectraModel)."""
+    from charbert import CharBertConfig
+
+    config = CharBertConfig(backbone_type="electra", vocab_size=90, embedding_size=32, hidden_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=64, char_vocab_size=60, char_embedding_size=8)
+    torch.manual_seed(0)
+    model = CharBertModel(config).eval()
+    assert not hasattr(model, "embeddings_project") and not hasattr(ElectraModel(config.backbone_config()), "embeddings_project")
+    batch = dict(input_ids=torch.randint(5, 90, (2, 6)), char_input_ids=torch.randint(1, 60, (2, 20)),
+                 char_start_positions=torch.arange(6).expand(2, -1), char_end_positions=torch.arange(6).expand(2, -1) + 1)
+    with torch.no_grad():
+        assert model(**batch).last_hidden_state.shape == (2, 6, 32)
+
+
 def test_every_backbone_tensor_loads_exactly(electra_dir):
     model = CharBertForPreTraining.from_pretrained(electra_dir, word_vocab_size=40)
     plain = AutoModel.from_pretrained(electra_dir)
