@@ -1,5 +1,5 @@
 """Checkpoint folders: what a folder holds, how long a sequence its model takes, and building
-CharBERT on a plain BERT/RoBERTa checkpoint.
+CharBERT on a plain backbone checkpoint (BERT, RoBERTa, ...: the families in backbones.py).
 
     resolve_checkpoint(name)      the local folder of a checkpoint: the folder itself, or a hub repo's snapshot
     read_config_dict(path)        config.json of a checkpoint (one-line errors)
@@ -29,32 +29,19 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
+from . import backbones
 from .cli import UsageError, quiet_transformers
-from .configuration import BACKBONE_CONFIGS, CharBertConfig
+from .configuration import CharBertConfig
 
 logger = logging.getLogger(__name__)
 
 # Model types whose position ids start after padding_idx (fairseq's convention): they reserve
 # pad_token_id + 1 positions.
-PADDING_OFFSET_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
+PADDING_OFFSET_MODEL_TYPES = backbones.padding_offset_model_types()
 
-# Where a plain *ForMaskedLM checkpoint keeps its MLM head -> our names (loaded when present).
-MLM_HEAD_KEYS = {
-    "bert": {
-        "cls.predictions.transform.dense.weight": "mlm_head.dense.weight",
-        "cls.predictions.transform.dense.bias": "mlm_head.dense.bias",
-        "cls.predictions.transform.LayerNorm.weight": "mlm_head.LayerNorm.weight",
-        "cls.predictions.transform.LayerNorm.bias": "mlm_head.LayerNorm.bias",
-        "cls.predictions.bias": "mlm_head.bias",
-    },
-    "roberta": {
-        "lm_head.dense.weight": "mlm_head.dense.weight",
-        "lm_head.dense.bias": "mlm_head.dense.bias",
-        "lm_head.layer_norm.weight": "mlm_head.LayerNorm.weight",
-        "lm_head.layer_norm.bias": "mlm_head.LayerNorm.bias",
-        "lm_head.bias": "mlm_head.bias",
-    },
-}
+# Where a plain *ForMaskedLM checkpoint keeps its MLM head -> our names (loaded when present), per
+# backbone_type: a view of the adapters' `mlm_head_keys`.
+MLM_HEAD_KEYS = {name: adapter.mlm_head_keys for name, adapter in backbones.BACKBONES.items()}
 
 # from_pretrained arguments that only a transformers loader reads; building on a backbone ignores them.
 _LOADER_ONLY_KWARGS = ("local_files_only", "trust_remote_code", "ignore_mismatched_sizes")
@@ -360,7 +347,7 @@ def read_checkpoint_tensors(path: str | os.PathLike, names: dict[str, str]) -> d
 
 def build_on_backbone(model_cls, path: str | os.PathLike, **config_kwargs):
     """A new `model_cls` (a CharBERT class) whose backbone (embeddings, layers, pooler) is the plain
-    BERT/RoBERTa checkpoint at `path`.
+    checkpoint at `path` (any family in backbones.BACKBONES).
 
     Every backbone weight is copied (and a *ForMaskedLM head, when the checkpoint has one and the
     model has an MLM head); the character modules and the fusion are new. `model.loading_info`
@@ -369,10 +356,10 @@ def build_on_backbone(model_cls, path: str | os.PathLike, **config_kwargs):
     path = resolve_checkpoint(path, **hub_kwargs(config_kwargs, pop=True))
     model_type = read_model_type(path)
     check_converted(path, model_type)
-    if model_type not in BACKBONE_CONFIGS:
+    if model_type not in backbones.BACKBONES:
         raise ValueError(
             f"{path} holds a {model_type!r} model; CharBERT loads CharBERT checkpoints or plain "
-            f"{' / '.join(sorted(BACKBONE_CONFIGS))} checkpoints."
+            f"{backbones.supported()} checkpoints."
         )
     output_loading_info = config_kwargs.pop("output_loading_info", False)
     for loader_only in _LOADER_ONLY_KWARGS:
@@ -389,7 +376,7 @@ def build_on_backbone(model_cls, path: str | os.PathLike, **config_kwargs):
     if config.new_module_init == "identity":  # needs the backbone's own layer norms, so only now
         model.base_model.init_identity_fusion()
     if hasattr(model, "mlm_head"):
-        head_state = read_checkpoint_tensors(path, MLM_HEAD_KEYS[config.backbone_type])
+        head_state = read_checkpoint_tensors(path, backbones.get_adapter(config.backbone_type).mlm_head_keys)
         if head_state:
             model.load_state_dict(head_state, strict=False)
             loaded += sorted(head_state)

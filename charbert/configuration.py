@@ -1,7 +1,8 @@
 """CharBertConfig: the backbone's own configuration plus every character-side size.
 
-The config is *flat*: it carries every field of the backbone's config (BERT or RoBERTa, any
-size) next to the CharBERT fields, and `backbone_type` says which backbone modules to build.
+The config is *flat*: it carries every field of the backbone's config (BERT, RoBERTa, ..., any
+size) next to the CharBERT fields, and `backbone_type` names the backbone family whose adapter
+(backbones.py) builds its modules.
 Being flat means the backbone's own modules (`BertLayer`, `RobertaEmbeddings`...) read it
 directly, and transformers' machinery (attention implementation, gradient checkpointing,
 `num_hidden_layers`...) sees one ordinary config, across transformers 4.40+ and 5.x.
@@ -9,12 +10,14 @@ directly, and transformers' machinery (attention implementation, gradient checkp
 
 from __future__ import annotations
 
-from transformers import BertConfig, PretrainedConfig, RobertaConfig
+from transformers import PretrainedConfig
 
+from .backbones import BACKBONES, get_adapter, supported
 from .chars import MAX_CHARS_PER_TOKEN, check_char_layout
 from .compat import LEGACY_ARCHITECTURE, upgrade_saved_config
 
-BACKBONE_CONFIGS = {"bert": BertConfig, "roberta": RobertaConfig}
+# backbone_type -> its transformers config class (a view of the adapters in backbones.py).
+BACKBONE_CONFIGS = {name: adapter.config_class for name, adapter in BACKBONES.items()}
 CHAR_PADDING_MODES = ("exact", "reference")
 # How the modules CharBERT adds to a plain checkpoint start (see CharBertConfig.new_module_init).
 NEW_MODULE_INITS = ("reference", "normal", "identity")
@@ -52,7 +55,8 @@ class CharBertConfig(PretrainedConfig):
     The defaults build the authors' released architecture; `**PREVIOUS_VARIANT` gives our previous one.
 
     Args:
-        backbone_type (`str`, "bert" or "roberta"): which backbone's embeddings and layers to build.
+        backbone_type (`str`, "bert"): the backbone family (a key of `backbones.BACKBONES`: "bert", "roberta", ...)
+            whose embeddings and layers to build.
         char_vocab_size (`int`, 1024): rows of the character embedding (>= the character vocabulary size).
         char_embedding_size (`int`, 256): size of a character embedding.
         char_hidden_size (`int`, None): GRU hidden size per direction; default `hidden_size // 4`, so the
@@ -119,12 +123,9 @@ class CharBertConfig(PretrainedConfig):
         new_module_init: str = "normal",
         **kwargs,
     ):
-        if backbone_type not in BACKBONE_CONFIGS:
-            raise ValueError(
-                f"CharBERT supports the backbones {sorted(BACKBONE_CONFIGS)}; got backbone_type={backbone_type!r}."
-            )
+        adapter = get_adapter(backbone_type)  # a one-line error naming the supported families
         # Fill in the backbone's defaults for every field not given (e.g. RoBERTa's pad_token_id=1).
-        backbone_defaults = BACKBONE_CONFIGS[backbone_type]().to_dict()
+        backbone_defaults = adapter.config_class().to_dict()
         # Label fields are the task's, never a default (4.x configs carry a 2-label id2label).
         for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "id2label", "label2id", "num_labels"):
             backbone_defaults.pop(key, None)
@@ -181,18 +182,16 @@ class CharBertConfig(PretrainedConfig):
     @property
     def max_sequence_length(self) -> int:
         """Longest token sequence the position embeddings allow (RoBERTa reserves padding_idx+1 positions)."""
-        if self.backbone_type == "roberta":
-            return self.max_position_embeddings - self.pad_token_id - 1
-        return self.max_position_embeddings
+        return get_adapter(self.backbone_type).max_sequence_length(self)
 
     @classmethod
     def from_backbone_config(cls, backbone_config: PretrainedConfig, **charbert_kwargs) -> CharBertConfig:
-        """Wrap a BERT or RoBERTa config (e.g. read from a plain checkpoint) into a CharBertConfig."""
+        """Wrap a backbone config (BERT, RoBERTa, ...; e.g. read from a plain checkpoint) into a CharBertConfig."""
         model_type = getattr(backbone_config, "model_type", None)
-        if model_type not in BACKBONE_CONFIGS:
+        if model_type not in BACKBONES:
             raise ValueError(
-                f"CharBERT can be built on a BERT or RoBERTa checkpoint; this one has model_type={model_type!r}. "
-                f"Supported: {sorted(BACKBONE_CONFIGS)}."
+                f"CharBERT can be built on a {supported()} checkpoint; this one has model_type={model_type!r}. "
+                f"Supported: {sorted(BACKBONES)}."
             )
         fields = backbone_config.to_dict()
         for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
@@ -205,4 +204,4 @@ class CharBertConfig(PretrainedConfig):
         fields = {k: v for k, v in self.to_dict().items() if k not in CHARBERT_FIELDS}
         for key in ("model_type", "transformers_version", "architectures", "auto_map"):
             fields.pop(key, None)
-        return BACKBONE_CONFIGS[self.backbone_type](**fields)
+        return get_adapter(self.backbone_type).config_class(**fields)

@@ -7,9 +7,10 @@
                      w = LN_w(w + f);  c = LN_c(c + f)
 
 The bracketed steps are our previous variant's (`PREVIOUS_VARIANT` in configuration.py); the
-default is the authors' released architecture. The backbone's own modules (BERT or RoBERTa
-embeddings, encoder layers, pooler) are used as they are and keep their names, so a plain
-checkpoint's weights load under the same keys. Loading checkpoints lives in checkpoint.py.
+default is the authors' released architecture. The backbone's own modules (its embeddings,
+encoder layers, pooler) are used as they are and keep their names, so a plain checkpoint's
+weights load under the same keys; what differs between backbone families (BERT, RoBERTa, ...)
+is asked of the family's adapter (backbones.py). Loading checkpoints lives in checkpoint.py.
 """
 
 from __future__ import annotations
@@ -31,27 +32,24 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.models.bert import modeling_bert
-from transformers.models.roberta import modeling_roberta
 from transformers.utils import ModelOutput
 
-from . import checkpoint
+from . import backbones, checkpoint
 from .chars import CHAR_INPUT_NAMES
 from .compat import (
     CheckpointableModule,
     GradientCheckpointingLayer,
-    create_bidirectional_mask,
     init,
-    layer_output,
 )
 from .configuration import CharBertConfig
 
 logger = logging.getLogger(__name__)
 
-# backbone_type -> (embeddings, encoder, pooler) classes from transformers itself
+# backbone_type -> (embeddings, encoder, pooler) classes from transformers itself (a view of the
+# adapters in backbones.py, kept for code written before them; pooler None: the family has none).
 BACKBONE_MODULES = {
-    "bert": (modeling_bert.BertEmbeddings, modeling_bert.BertEncoder, modeling_bert.BertPooler),
-    "roberta": (modeling_roberta.RobertaEmbeddings, modeling_roberta.RobertaEncoder, modeling_roberta.RobertaPooler),
+    name: (adapter.embeddings_class, adapter.encoder_class, adapter.pooler_class)
+    for name, adapter in backbones.BACKBONES.items()
 }
 # Kept importable from here for code written before checkpoint.py existed.
 MLM_HEAD_KEYS = checkpoint.MLM_HEAD_KEYS
@@ -264,14 +262,18 @@ def identity_fusion_(fusion: HeterogeneousInteraction, norm_weight: torch.Tensor
 
 
 class MaskedLMHead(nn.Module):
-    """dense -> act -> LayerNorm -> vocabulary projection; decoder weight given (tied) or owned."""
+    """dense -> act -> LayerNorm -> vocabulary projection; decoder weight given (tied) or owned.
 
-    def __init__(self, config: CharBertConfig, vocab_size: int, owns_decoder: bool):
+    `size`: width of the transform and the decoder's input (default hidden_size; a tied decoder
+    needs the word embeddings' width, e.g. ELECTRA's embedding_size)."""
+
+    def __init__(self, config: CharBertConfig, vocab_size: int, owns_decoder: bool, size: int | None = None):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        size = size if size is not None else config.hidden_size
+        self.dense = nn.Linear(config.hidden_size, size)
         self.act = ACT2FN[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, vocab_size, bias=False) if owns_decoder else None
+        self.LayerNorm = nn.LayerNorm(size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(size, vocab_size, bias=False) if owns_decoder else None
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, hidden, tied_weight=None):
@@ -337,7 +339,7 @@ class CharBertPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Load a CharBERT checkpoint, or build CharBERT on a plain BERT/RoBERTa checkpoint: a folder or
+        """Load a CharBERT checkpoint, or build CharBERT on a plain backbone checkpoint: a folder or
         a hub name (`checkpoint.resolve_checkpoint`: the hub cache when offline, `revision` passed through).
 
         With a plain checkpoint every backbone weight is copied (and a *ForMaskedLM head, when the
@@ -366,18 +368,22 @@ class CharBertModel(CharBertPreTrainedModel):
 
     def __init__(self, config: CharBertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
-        embeddings_cls, encoder_cls, pooler_cls = BACKBONE_MODULES[config.backbone_type]
-        self.embeddings = embeddings_cls(config)
-        self.encoder = encoder_cls(config)
-        self.pooler = pooler_cls(config) if add_pooling_layer else None
+        # The backbone's own modules under the plain model's names (embeddings, encoder, pooler, ...).
+        for name, module in self.backbone_adapter.build_modules(config, add_pooling_layer).items():
+            setattr(self, name, module)
         self.char_embeddings = CharEncoder(config)
         n_fusion = 1 if config.share_fusion else config.num_hidden_layers
         self.fusion = nn.ModuleList([HeterogeneousInteraction(config) for _ in range(n_fusion)])
         self.gradient_checkpointing = False
         # Per instance, not per class: accelerate's FSDP auto-wrap raises for a listed class the
         # model lacks, so the list names this backbone's layer only (heads collect it in post_init).
-        self._no_split_modules = [type(self.encoder.layer[0]).__name__, "HeterogeneousInteraction", "CharEncoder"]
+        self._no_split_modules = [self.backbone_adapter.no_split_module(self), "HeterogeneousInteraction", "CharEncoder"]
         self.post_init()
+
+    @property
+    def backbone_adapter(self) -> backbones.BackboneAdapter:
+        """What this backbone family does its own way (backbones.py)."""
+        return backbones.get_adapter(self.config.backbone_type)
 
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
@@ -386,8 +392,8 @@ class CharBertModel(CharBertPreTrainedModel):
         self.embeddings.word_embeddings = value
 
     def layer_output_norms(self) -> list[nn.LayerNorm]:
-        """The LayerNorm each backbone layer ends with (BERT and RoBERTa: `layer.output.LayerNorm`)."""
-        return [layer.output.LayerNorm for layer in self.encoder.layer]
+        """The LayerNorm each backbone layer ends with (BERT-like layers: `layer.output.LayerNorm`)."""
+        return self.backbone_adapter.output_norms(self)
 
     @torch.no_grad()
     def init_identity_fusion(self) -> None:
@@ -404,8 +410,9 @@ class CharBertModel(CharBertPreTrainedModel):
             identity_fusion_(fusion, norm.weight, norm.bias)
 
     def backbone_state_names(self) -> list[str]:
-        """State-dict keys that come from the plain backbone (embeddings, encoder, pooler)."""
-        return [k for k in self.state_dict() if k.split(".", 1)[0] in ("embeddings", "encoder", "pooler")]
+        """State-dict keys that come from the plain backbone (embeddings, encoder, pooler, ...)."""
+        names = self.backbone_adapter.module_names
+        return [k for k in self.state_dict() if k.split(".", 1)[0] in names]
 
     def _check_inputs(self, input_ids, char_input_ids, char_start_positions, char_end_positions):
         if char_input_ids is None or char_start_positions is None or char_end_positions is None:
@@ -437,9 +444,7 @@ class CharBertModel(CharBertPreTrainedModel):
 
     def _attention_mask(self, attention_mask, embeddings):
         """The backbone layers' own mask format for the attention implementation in use."""
-        if create_bidirectional_mask is not None:
-            return create_bidirectional_mask(config=self.config, inputs_embeds=embeddings, attention_mask=attention_mask)
-        return self.get_extended_attention_mask(attention_mask, embeddings.shape[:2])
+        return self.backbone_adapter.layer_mask(self, attention_mask, embeddings)
 
     def forward(
         self,
@@ -463,7 +468,8 @@ class CharBertModel(CharBertPreTrainedModel):
         if char_attention_mask is None:
             char_attention_mask = (char_input_ids != self.config.char_pad_token_id).long()
 
-        word = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)  # (B, L, H)
+        adapter = self.backbone_adapter
+        word = adapter.embed(self, input_ids, token_type_ids, position_ids)  # (B, L, H)
         char = self.char_embeddings(char_input_ids, char_attention_mask, char_start_positions, char_end_positions)  # (B, L, H)
         # Both channels go through each layer as one call on the stacked batch (2B, L, H): the
         # layer's weights are shared and one large matrix product is faster than two small ones.
@@ -473,7 +479,7 @@ class CharBertModel(CharBertPreTrainedModel):
 
         all_word = (word,) if output_hidden_states else None
         all_char = (char,) if output_hidden_states else None
-        for i, layer in enumerate(self.encoder.layer):
+        for i, layer in enumerate(adapter.layers(self)):
             fusion = self.fusion[0 if self.config.share_fusion else i]
             word, char = self._layer(layer, fusion, word, char, stacked_mask, token_mask)
             if output_hidden_states:
@@ -490,9 +496,10 @@ class CharBertModel(CharBertPreTrainedModel):
 
     def _layer(self, layer, fusion, word, char, stacked_mask, token_mask):
         """One backbone layer on both channels, then the heterogeneous interaction."""
+        adapter = self.backbone_adapter
 
         def block(word, char):
-            out = layer_output(layer(torch.cat([word, char], 0), stacked_mask))  # (2B, L, H)
+            out = adapter.call_layer(layer, torch.cat([word, char], 0), stacked_mask)  # (2B, L, H)
             # The same two views as out.split(B, 0), but a traced ONNX export keeps the batch dynamic
             # (split(B) bakes the traced batch size into the graph's Split node).
             word, char = out.chunk(2, 0)
@@ -559,6 +566,12 @@ def _labelled_cross_entropy(logits_fn, states: torch.Tensor, labels: torch.Tenso
     return total / selected.sum().clamp(min=1), logits
 
 
+def _tied_mlm_head(config: CharBertConfig) -> MaskedLMHead:
+    """The MLM head on the subword channel, its decoder tied to the word embeddings (of the backbone's width)."""
+    size = backbones.get_adapter(config.backbone_type).mlm_head_size(config)
+    return MaskedLMHead(config, config.vocab_size, owns_decoder=False, size=size)
+
+
 def _classifier_dropout(config) -> float:
     """The head's dropout: classifier_dropout when set, else the backbone's hidden dropout."""
     value = getattr(config, "classifier_dropout", None)
@@ -576,7 +589,7 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
     def __init__(self, config: CharBertConfig):
         super().__init__(config)
         self.charbert = CharBertModel(config, add_pooling_layer=False)
-        self.mlm_head = MaskedLMHead(config, config.vocab_size, owns_decoder=False)
+        self.mlm_head = _tied_mlm_head(config)
         self.nlm_head = MaskedLMHead(config, config.word_vocab_size, owns_decoder=True)
         self.post_init()
 
@@ -640,7 +653,7 @@ class CharBertForMaskedLM(CharBertPreTrainedModel):
     def __init__(self, config: CharBertConfig):
         super().__init__(config)
         self.charbert = CharBertModel(config, add_pooling_layer=False)
-        self.mlm_head = MaskedLMHead(config, config.vocab_size, owns_decoder=False)  # same names as CharBertForPreTraining
+        self.mlm_head = _tied_mlm_head(config)  # same names as CharBertForPreTraining
         self.post_init()
 
     def forward(

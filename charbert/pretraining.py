@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+from .backbones import BACKBONES
 from .chars import CHAR_VOCAB_FILE, CharVocab
 from .checkpoint import (
     check_tokenizer_files,
@@ -33,8 +34,8 @@ from .vocab import WORD_VOCAB_FILE, WordVocab
 logger = logging.getLogger(__name__)
 
 # The plain models --objective advbert/mlm trains (the backbones CharBERT is built on, whose masked-LM
-# collator and whole-word rules this package knows).
-MLM_MODEL_TYPES = ("bert", "roberta")
+# collator and whole-word rules this package knows; an ELECTRA discriminator is no masked LM).
+MLM_MODEL_TYPES = tuple(name for name, adapter in BACKBONES.items() if adapter.plain_masked_lm)
 
 
 def resolve_vocabularies(model_path, word_vocab_path=None, char_vocab_path=None) -> tuple[WordVocab | None, CharVocab]:
@@ -106,7 +107,8 @@ def load_pretraining_model(model_path, objective: str, word_vocab: WordVocab | N
                                       max_chars_per_sequence=config.max_chars_per_sequence)
     else:
         if model_type == "charbert":
-            raise ValueError(f"--objective {objective} trains a plain BERT/RoBERTa; {model_path} is a CharBERT checkpoint.")
+            raise ValueError(f"--objective {objective} trains a plain {' / '.join(MLM_MODEL_TYPES)} masked LM; "
+                             f"{model_path} is a CharBERT checkpoint.")
         if model_type not in MLM_MODEL_TYPES:
             raise ValueError(f"--objective {objective} trains a plain {' / '.join(MLM_MODEL_TYPES)} masked LM; {model_path} "
                              f"holds a {model_type!r} model.")

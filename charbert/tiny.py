@@ -2,8 +2,9 @@
 
 Nothing here downloads. `stdlib_paragraphs()` reads English text that every Python install
 has (the docstrings of the standard library, parsed with `ast`, never imported);
-`train_tokenizer` trains a WordPiece (BERT) or byte-level BPE (RoBERTa) tokenizer on it, and
-`make_tiny_checkpoint` saves a random plain BERT/RoBERTa masked-LM checkpoint folder.
+`train_tokenizer` trains a WordPiece (BERT, ELECTRA) or byte-level BPE (RoBERTa) tokenizer on it, and
+`make_tiny_checkpoint` saves a random plain checkpoint folder (a BERT/RoBERTa masked LM, an ELECTRA
+discriminator).
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoModelForMaskedLM, BertConfig, PreTrainedTokenizerFast, RobertaConfig
+from transformers import (
+    AutoModelForMaskedLM,
+    BertConfig,
+    ElectraConfig,
+    ElectraForPreTraining,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+)
 
+from .backbones import BACKBONES, BYTE_LEVEL_BPE, WORDPIECE
 from .chars import CharVocab
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -50,9 +59,11 @@ def stdlib_paragraphs(max_paragraphs: int | None = None, min_words: int = 4) -> 
 
 
 def train_tokenizer(texts: Iterable[str], backbone: str = "bert", vocab_size: int = 1000, lowercase: bool = False):
-    """A fast tokenizer trained on `texts`: WordPiece with BERT's pipeline, or byte-level BPE with RoBERTa's."""
+    """A fast tokenizer trained on `texts` of the family's kind: WordPiece with BERT's pipeline (BERT,
+    ELECTRA), or byte-level BPE with RoBERTa's."""
     texts = list(texts)
-    if backbone == "bert":
+    kind = BACKBONES[backbone].tokenizer_kind if backbone in BACKBONES else None
+    if kind == WORDPIECE:
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
         steps = [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()] if lowercase else [normalizers.NFC()]
         tok.normalizer = normalizers.Sequence([normalizers.BertNormalizer(clean_text=True, lowercase=False, strip_accents=False)] + steps)
@@ -66,7 +77,7 @@ def train_tokenizer(texts: Iterable[str], backbone: str = "bert", vocab_size: in
         return PreTrainedTokenizerFast(
             tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
         )
-    if backbone == "roberta":
+    if kind == BYTE_LEVEL_BPE:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.train_from_iterator(
@@ -81,16 +92,22 @@ def train_tokenizer(texts: Iterable[str], backbone: str = "bert", vocab_size: in
             tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="</s>",
             cls_token="<s>", pad_token="<pad>", mask_token="<mask>",
         )
-    raise ValueError(f"backbone must be 'bert' or 'roberta'; got {backbone!r}.")
+    raise ValueError(f"backbone must be 'bert', 'roberta' or 'electra'; got {backbone!r}.")
 
 
-def tiny_backbone_config(backbone: str, vocab_size: int, pad_token_id: int, hidden_size: int = 64, layers: int = 2, heads: int = 2, max_len: int = 128):
+def tiny_backbone_config(backbone: str, vocab_size: int, pad_token_id: int, hidden_size: int = 64, layers: int = 2, heads: int = 2,
+                         max_len: int = 128, embedding_size: int | None = None):
+    """A small random config; ELECTRA's word embeddings are `embedding_size` wide (default hidden_size / 2,
+    so the projection to hidden_size is exercised)."""
     common = dict(
         vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=4 * hidden_size, pad_token_id=pad_token_id,
     )
     if backbone == "roberta":
         return RobertaConfig(max_position_embeddings=max_len + pad_token_id + 1, type_vocab_size=1, **common)
+    if backbone == "electra":
+        size = embedding_size if embedding_size is not None else hidden_size // 2
+        return ElectraConfig(max_position_embeddings=max_len, embedding_size=size, **common)
     return BertConfig(max_position_embeddings=max_len, **common)
 
 
@@ -106,7 +123,8 @@ def make_tiny_checkpoint(
     seed: int = 0,
     char_vocab: bool = False,
 ) -> Path:
-    """Save a random plain *ForMaskedLM checkpoint (config, safetensors weights, tokenizer) to `out_dir`.
+    """Save a random plain checkpoint (config, safetensors weights, tokenizer) to `out_dir`: a *ForMaskedLM,
+    or for ELECTRA a discriminator (ElectraForPreTraining, as ELECTRA checkpoints are released).
 
     With `char_vocab=True` a character vocabulary built from the same text is saved beside it.
     """
@@ -118,7 +136,7 @@ def make_tiny_checkpoint(
     tokenizer = train_tokenizer(texts, backbone, vocab_size)
     config = tiny_backbone_config(backbone, len(tokenizer), tokenizer.pad_token_id, hidden_size, layers, heads, max_len)
     torch.manual_seed(seed)
-    model = AutoModelForMaskedLM.from_config(config)
+    model = ElectraForPreTraining(config) if backbone == "electra" else AutoModelForMaskedLM.from_config(config)
     model.save_pretrained(out)
     tokenizer.model_max_length = max_len
     tokenizer.save_pretrained(out)

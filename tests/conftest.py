@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random BERT and RoBERTa checkpoints built from local text, and the data folder."""
+"""Shared fixtures: tiny random BERT, RoBERTa and ELECTRA checkpoints built from local text, and the data folder."""
 
 from __future__ import annotations
 
@@ -115,6 +115,14 @@ def roberta_dir(tmp_path_factory, tiny_texts) -> Path:
     from charbert.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_roberta"), "roberta", tiny_texts, vocab_size=600, hidden_size=32)
+
+
+@pytest.fixture(scope="session")
+def electra_dir(tmp_path_factory, tiny_texts) -> Path:
+    """A tiny ELECTRA discriminator (ElectraForPreTraining) with embedding_size 16 < hidden_size 32."""
+    from charbert.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_electra"), "electra", tiny_texts, vocab_size=600, hidden_size=32)
 
 
 @pytest.fixture(params=["bert", "roberta"])

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..backbones import BACKBONES, supported
 from ..checkpoint import (
     check_converted,
     check_tokenizer_files,
@@ -89,8 +90,8 @@ def inspect_checkpoint(path, charbert: bool = False) -> CheckpointInfo:
     check_converted(path, model_type or "")  # the authors' tensors under any config: convert them first
     if not model_type:
         raise ModelSetupError(f"{path / 'config.json'} has no model_type.")
-    if charbert and model_type not in ("charbert", "bert", "roberta"):
-        raise ModelSetupError(f"--charbert builds CharBERT on a BERT or RoBERTa checkpoint; {path} holds {model_type!r}.")
+    if charbert and model_type != "charbert" and model_type not in BACKBONES:
+        raise ModelSetupError(f"--charbert builds CharBERT on a {supported()} checkpoint; {path} holds {model_type!r}.")
     archs = config.get("architectures") or []
     arch = archs[0] if archs else None
     head = next((kind for suffix, kind in _ARCH_SUFFIX.items() if arch and arch.endswith(suffix)), None)
