@@ -24,7 +24,14 @@ DEFAULT_OUTPUT_DIR = "runs/pretrain-default"
 DEFAULT_JOB_FLAGS = dict(
     per_device_train_batch_size=16, learning_rate=1e-3, num_warmup_steps=40, max_train_steps=400,
     logging_steps=20, checkpointing_steps=200, max_seq_length=128, eval_steps=200,
+    new_module_lr_multiplier=1.0,  # its backbone is random too: nothing is newer than the rest
 )
+# How CharBERT starts on a plain checkpoint unless a flag says otherwise: the recipe measured best
+# (docs/results.md, "Starting from a plain checkpoint"): fusion blocks that pass the backbone's
+# states through, one per layer (the identity start is exact only per layer), and new modules
+# learning 5x faster than the backbone. A CharBERT checkpoint, and the plain objectives, get none.
+PLAIN_CHECKPOINT_RECIPE = dict(new_module_init="identity", share_fusion="false", new_module_lr_multiplier=5.0)
+WITHOUT_RECIPE = dict(new_module_init=None, share_fusion=None, new_module_lr_multiplier=1.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,11 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue a CharBERT checkpoint with other vocabularies than its own, on purpose (a warning)")
     parser.add_argument("--new_module_init", choices=NEW_MODULE_INITS, default=None,
                         help="how the modules CharBERT adds to a plain checkpoint start: 'identity' (the subword channel "
-                             "starts equal to the backbone's output), 'reference' (the authors' init), 'normal' "
-                             "(default: the config's, see CharBertConfig.new_module_init)")
+                             "starts equal to the backbone's output; the default), 'reference' (the authors' init), "
+                             "'normal' (see CharBertConfig.new_module_init)")
     parser.add_argument("--share_fusion", choices=("true", "false"), default=None,
                         help="on a plain checkpoint: one fusion block for all layers (true, the authors') or one per "
-                             "layer (false) (default: the config's, true)")
+                             "layer (false, the default)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="charbert",
                         help="charbert: MLM+NLM; advbert: plain model, MLM on the same noised text; mlm: plain MLM")
     parser.add_argument("--max_seq_length", type=int, default=128)
@@ -68,7 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache_dir", help="where packed corpora are stored (default: OUTPUT_DIR/cache)")
     parser.add_argument("--max_eval_blocks", type=int, default=2000, help="evaluate on at most this many validation blocks")
     add_training_args(parser)
+    # None: the plain-checkpoint recipe decides (apply_recipe).
+    parser.set_defaults(new_module_lr_multiplier=None)
+    parser._option_string_actions["--new_module_lr_multiplier"].help += " (pretrain: 5 on a plain checkpoint, else 1)"
     return parser
+
+
+def apply_recipe(args, model_type: str) -> None:
+    """Fill the start and lever flags left unset: PLAIN_CHECKPOINT_RECIPE when CharBERT is built on the plain
+    checkpoint `model_type`, else WITHOUT_RECIPE; a start flag where no CharBERT is built is an error."""
+    from charbert.cli import UsageError
+
+    builds_charbert = args.objective == "charbert" and model_type != "charbert"
+    if args.objective != "charbert":
+        given = [f"--{k}" for k in ("new_module_init", "share_fusion") if getattr(args, k) is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} shape(s) a new CharBERT; --objective {args.objective} trains a "
+                             f"plain model")
+    for key, value in (PLAIN_CHECKPOINT_RECIPE if builds_charbert else WITHOUT_RECIPE).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def parse_args(argv=None):
@@ -144,6 +170,7 @@ def pack_text(args, files: list[str] | None, split: str | None, *, tokenizer, ca
 
 
 def run(args) -> dict:
+    from charbert.checkpoint import read_model_type, resolve_checkpoint
     from charbert.collator import PretrainingCollator
     from charbert.pretraining import (
         load_pretraining_model,
@@ -156,6 +183,7 @@ def run(args) -> dict:
 
     start = time.time()
     check_sizes(args)
+    apply_recipe(args, "bert" if args.default_job else read_model_type(resolve_checkpoint(args.model_name_or_path)))
     config = training_config_from_args(args)
     accelerator = create_accelerator(config)
     if accelerator.is_main_process:

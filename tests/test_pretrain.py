@@ -426,3 +426,27 @@ def test_collator_pauses_the_garbage_collector_while_it_builds_a_batch(tok, word
         assert seen == [False] and gc.isenabled() and batch["char_input_ids"].shape[0] == 4
     finally:
         (gc.enable if was_enabled else gc.disable)()
+
+
+def test_plain_checkpoint_gets_the_measured_recipe_unless_told_otherwise(job, tmp_path, capsys):
+    from pretrain.__main__ import PLAIN_CHECKPOINT_RECIPE, main
+
+    def run(out, *extra):
+        assert main(pretrain_args(job, out, "--max_train_steps", "1", "--checkpointing_steps", "1", *extra)) == 0
+        config = CharBertForPreTraining.from_pretrained(out).config
+        trainer = json.loads((out / "step_1" / "trainer_state.json").read_text())["config"]
+        return config, trainer
+
+    config, trainer = run(tmp_path / "recipe")
+    assert config.new_module_init == PLAIN_CHECKPOINT_RECIPE["new_module_init"] == "identity"
+    assert config.share_fusion is False and trainer["new_module_lr_multiplier"] == 5.0
+    config, trainer = run(tmp_path / "authors", "--new_module_init", "reference", "--share_fusion", "true",
+                          "--new_module_lr_multiplier", "1")
+    assert (config.new_module_init, config.share_fusion, trainer["new_module_lr_multiplier"]) == ("reference", True, 1.0)
+    # Continuing a CharBERT checkpoint: nothing is new, so no recipe (and a start flag is an error).
+    _, trainer = run(tmp_path / "again", "--model_name_or_path", str(tmp_path / "recipe"))
+    assert trainer["new_module_lr_multiplier"] == 1.0
+    assert main(pretrain_args(job, tmp_path / "x", "--model_name_or_path", str(tmp_path / "recipe"),
+                              "--new_module_init", "identity")) != 0
+    assert main(pretrain_args(job, tmp_path / "y", "--objective", "advbert", "--share_fusion", "false")) != 0
+    assert "--share_fusion" in capsys.readouterr().err
