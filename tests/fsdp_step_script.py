@@ -117,3 +117,9 @@ def main() -> None:
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()
+    # Everything is written and the process group is gone. On a loaded machine a rank has aborted in
+    # interpreter teardown ("terminate called without an active exception", after its report was
+    # printed), failing the run for nothing the test checks: leave without that teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
