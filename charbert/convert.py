@@ -201,19 +201,13 @@ class AuthorsCheckpoint:
 
 def locate_checkpoint(name: str | Path, revision: str | None = None) -> Path:
     """The local folder of `name`: a folder, or a hub repo's snapshot (downloaded, or the hub cache
-    when offline; `revision` passed through), as `checkpoint.resolve_checkpoint` finds it."""
-    path = Path(name)
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ConversionError(f"{name} is a file: --original_checkpoint is the authors' checkpoint folder (or a hub name)")
-    text = str(name)
-    if text.startswith((".", "/", "~")) or text.count("/") > 1 or not text.strip():
-        raise ConversionError(f"no checkpoint folder at {name}")
+    when offline; `revision` passed through): `checkpoint.resolve_checkpoint`, with its errors as the
+    converter's one line."""
     try:
-        return resolve_checkpoint(text, revision=revision)
+        return resolve_checkpoint(name, revision=revision)
     except FileNotFoundError as err:
-        raise ConversionError(f"no checkpoint folder at {name}, and as a hub name: {' '.join(str(err).split())}") from None
+        hub = "" if Path(name).exists() or str(name).startswith((".", "/", "~")) else ", and as a hub name"
+        raise ConversionError(f"no checkpoint folder at {name}{hub}: {' '.join(str(err).split())}") from None
 
 
 ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
