@@ -423,6 +423,7 @@ def align_offsets_batch(
     real_starts = token_first + shift
     real_ends = np.minimum(np.maximum(token_last - 1 + shift, real_starts), limit)  # an empty span: its start character
     np.minimum(real_starts, limit, out=real_starts)
+    _skip_leading_spaces(chars, np.repeat(row_starts[group_row], group_sizes), real_starts, real_ends, vocab)
     covers = None if np.all(lengths) else np.repeat(lengths > 0, group_sizes)
     if covers is not None:
         real_starts[~covers], real_ends[~covers] = 0, 0
@@ -447,6 +448,21 @@ def align_offsets_batch(
         delta = np.bincount(starts[flag] + token_origin, minlength=size) - np.bincount(ends[flag] + 1 + token_origin, minlength=size)
         chars[np.cumsum(delta)[:-1] > 0] = MASK_ID
     return chars, row_starts, starts, ends
+
+
+def _skip_leading_spaces(chars, token_origin, starts, ends, vocab) -> None:
+    """Move the first character of a token whose span starts with spaces onto its first other character
+    (in place). SentencePiece's offsets count the space its "▁" stands for as part of the word's first
+    piece ("▁world" covers " world"); the token's first character is the word's. A span of spaces only
+    (a lone "▁") keeps its last one. WordPiece and trimmed byte-level BPE offsets never start with one."""
+    space = vocab.encode(" ")
+    if not len(space):
+        return
+    while True:
+        lead = (starts < ends) & (chars[token_origin + starts] == space[0])
+        if not lead.any():
+            return
+        starts[lead] += 1
 
 
 def _in_group_order(offsets, row_of_token, segment, texts, vocab, n_rows, hidden, *caps):

@@ -19,9 +19,9 @@ except ImportError:
     GradientCheckpointingLayer = None
 
 try:
-    from transformers.masking_utils import create_bidirectional_mask
+    from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
 except ImportError:  # transformers 4.x
-    create_bidirectional_mask = None
+    create_bidirectional_mask = create_bidirectional_sliding_window_mask = None
 
 # Base class of a module transformers can gradient-checkpoint by itself (plain Module before 4.52).
 CheckpointableModule = GradientCheckpointingLayer if GradientCheckpointingLayer is not None else nn.Module
@@ -53,6 +53,7 @@ __all__ = [
     "CheckpointableModule",
     "GradientCheckpointingLayer",
     "create_bidirectional_mask",
+    "create_bidirectional_sliding_window_mask",
     "init",
     "layer_output",
     "upgrade_saved_config",

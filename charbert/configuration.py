@@ -46,7 +46,12 @@ CHARBERT_FIELDS = (
     "char_vocab_hash",
     "word_vocab_hash",
     "new_module_init",
+    "fusion_norm",
 )
+FUSION_NORMS = ("post", "pre")
+# Config-dict fields never passed to / taken from the backbone's config class.
+_NOT_BACKBONE_FIELDS = ("model_type", "transformers_version", "architectures", "_name_or_path", "auto_map",
+                        "id2label", "label2id", "num_labels")
 
 
 class CharBertConfig(PretrainedConfig):
@@ -96,6 +101,10 @@ class CharBertConfig(PretrainedConfig):
             plain checkpoint (`from_pretrained` / `from_backbone`), each fusion block is set so that the
             subword channel reproduces the backbone's output exactly (`identity_fusion_`): the backbone
             starts where it was instead of being rebuilt by the pretraining budget.
+        fusion_norm (`str`, None): "post": the authors' fusion, each channel LayerNorm(x + f) after the
+            residual, for post-norm backbones (BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DeBERTa). "pre": x + f with
+            the fusion's inputs normalised instead, for pre-norm backbones (ModernBERT), whose layers pass an
+            un-normalised residual stream on. None: the backbone family's own (`BackboneAdapter.fusion_norm`).
         **kwargs: every field of the backbone config (hidden_size, num_hidden_layers, vocab_size, ...).
     """
 
@@ -121,13 +130,16 @@ class CharBertConfig(PretrainedConfig):
         char_vocab_hash: str | None = None,
         word_vocab_hash: str | None = None,
         new_module_init: str = "normal",
+        fusion_norm: str | None = None,
         **kwargs,
     ):
         adapter = get_adapter(backbone_type)  # a one-line error naming the supported families
-        # Fill in the backbone's defaults for every field not given (e.g. RoBERTa's pad_token_id=1).
-        backbone_defaults = adapter.config_class().to_dict()
+        # Fill in the backbone's defaults for every field not given (e.g. RoBERTa's pad_token_id=1), and the
+        # fields it derives from the given ones (e.g. ModernBERT's layer_types from num_hidden_layers).
+        given = {k: v for k, v in kwargs.items() if k not in _NOT_BACKBONE_FIELDS}
+        backbone_defaults = adapter.config_class(**given).to_dict()
         # Label fields are the task's, never a default (4.x configs carry a 2-label id2label).
-        for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "id2label", "label2id", "num_labels"):
+        for key in _NOT_BACKBONE_FIELDS:
             backbone_defaults.pop(key, None)
         for key, value in backbone_defaults.items():
             kwargs.setdefault(key, value)
@@ -167,6 +179,11 @@ class CharBertConfig(PretrainedConfig):
             raise ValueError("new_module_init='identity' needs fusion_activation=False: an activation after the "
                              "fusion conv cannot pass the backbone's states through unchanged.")
         self.new_module_init = new_module_init
+        fusion_norm = fusion_norm if fusion_norm is not None else adapter.fusion_norm
+        if fusion_norm not in FUSION_NORMS:
+            raise ValueError(f"fusion_norm must be one of {FUSION_NORMS}; got {fusion_norm!r}.")
+        self.fusion_norm = fusion_norm
+        adapter.complete_config(self)  # fields the family's modules and ours read under other names
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> CharBertConfig:

@@ -168,12 +168,15 @@ class HeterogeneousInteraction(CheckpointableModule):
     """The fusion after each layer: each channel's own linear map, a Conv1d over both, residual + LayerNorm.
 
     `config.fusion_bias` / `config.fusion_activation` add the maps' biases and an activation + dropout
-    after the conv (our previous variant); the authors' fusion has neither.
+    after the conv (our previous variant); the authors' fusion has neither. `config.fusion_norm="pre"`
+    (pre-norm backbones such as ModernBERT) normalises each channel before its map and leaves the
+    residual un-normalised: w + f(LN_w(w), LN_c(c)), as the backbone's own sublayers do.
     """
 
     def __init__(self, config: CharBertConfig):
         super().__init__()
         hidden = config.hidden_size
+        self.pre_norm = getattr(config, "fusion_norm", "post") == "pre"
         self.word_proj = nn.Linear(hidden, hidden, bias=config.fusion_bias)
         self.char_proj = nn.Linear(hidden, hidden, bias=config.fusion_bias)
         self.fuse = nn.Conv1d(2 * hidden, hidden, config.fusion_kernel_size, padding=config.fusion_kernel_size // 2)
@@ -189,12 +192,17 @@ class HeterogeneousInteraction(CheckpointableModule):
         # word, char (B, L, H); token_mask (B, L, 1) or None. Padding is zeroed before the convolution
         # so that it cannot leak into the last real tokens through the kernel (None: the authors'
         # behaviour, the conv sees padded tokens).
-        both = torch.cat([self.word_proj(word), self.char_proj(char)], dim=-1)  # (B, L, 2H)
+        if self.pre_norm:
+            both = torch.cat([self.word_proj(self.word_norm(word)), self.char_proj(self.char_norm(char))], dim=-1)
+        else:
+            both = torch.cat([self.word_proj(word), self.char_proj(char)], dim=-1)  # (B, L, 2H)
         if token_mask is not None:
             both = both * token_mask
         fused = self.fuse(both.transpose(1, 2)).transpose(1, 2)  # (B, L, H)
         if self.act is not None:
             fused = self.dropout(self.act(fused))
+        if self.pre_norm:
+            return word + fused, char + fused
         return self.word_norm(word + fused), self.char_norm(char + fused)
 
 
@@ -267,11 +275,12 @@ class MaskedLMHead(nn.Module):
     `size`: width of the transform and the decoder's input (default hidden_size; a tied decoder
     needs the word embeddings' width, e.g. ELECTRA's embedding_size)."""
 
-    def __init__(self, config: CharBertConfig, vocab_size: int, owns_decoder: bool, size: int | None = None):
+    def __init__(self, config: CharBertConfig, vocab_size: int, owns_decoder: bool, size: int | None = None,
+                 activation: str | None = None):
         super().__init__()
         size = size if size is not None else config.hidden_size
         self.dense = nn.Linear(config.hidden_size, size)
-        self.act = ACT2FN[config.hidden_act]
+        self.act = ACT2FN[activation or config.hidden_act]
         self.LayerNorm = nn.LayerNorm(size, eps=config.layer_norm_eps)
         self.decoder = nn.Linear(size, vocab_size, bias=False) if owns_decoder else None
         self.bias = nn.Parameter(torch.zeros(vocab_size))
@@ -314,7 +323,8 @@ class CharBertPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.weight[module.padding_idx])
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
-            init.zeros_(module.bias)
+            if module.bias is not None:  # ModernBERT's norms have none
+                init.zeros_(module.bias)
         elif isinstance(module, nn.GRU):
             for name, param in module.named_parameters():
                 if getattr(param, "_is_hf_initialized", False):
@@ -332,6 +342,7 @@ class CharBertPreTrainedModel(PreTrainedModel):
         # meta device (transformers 5.x); 4.x builds them in place and has no init.copy_.
         if not hasattr(init, "copy_"):
             return
+        backbones.get_adapter(self.config.backbone_type).init_buffers(module)
         if hasattr(module, "position_ids") and isinstance(module.position_ids, torch.Tensor):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
         if hasattr(module, "token_type_ids") and isinstance(module.token_type_ids, torch.Tensor):
@@ -386,10 +397,13 @@ class CharBertModel(CharBertPreTrainedModel):
         return backbones.get_adapter(self.config.backbone_type)
 
     def get_input_embeddings(self):
-        return self.embeddings.word_embeddings
+        return self.backbone_adapter.word_embeddings(self)
 
     def set_input_embeddings(self, value):
-        self.embeddings.word_embeddings = value
+        embeddings = self.get_input_embeddings()
+        owner = next(m for m in self.embeddings.modules() if any(c is embeddings for c in m.children()))
+        name = next(n for n, c in owner.named_children() if c is embeddings)
+        setattr(owner, name, value)
 
     def layer_output_norms(self) -> list[nn.LayerNorm]:
         """The LayerNorm each backbone layer ends with (BERT-like layers: `layer.output.LayerNorm`)."""
@@ -399,7 +413,14 @@ class CharBertModel(CharBertPreTrainedModel):
     def init_identity_fusion(self) -> None:
         """The "identity" start (`identity_fusion_`): each fusion block passes the subword channel
         through unchanged, using the LayerNorm of the layer it follows. A fusion block shared by all
-        layers gets the mean of their norms' weights and biases (exact only where they agree)."""
+        layers gets the mean of their norms' weights and biases (exact only where they agree).
+        A pre-norm fusion (`fusion_norm="pre"`) adds its output to the stream: a zero convolution is
+        the identity (its weights get a gradient at once; the maps follow as it moves)."""
+        if self.config.fusion_norm == "pre":
+            for fusion in self.fusion:
+                fusion.fuse.weight.zero_()
+                fusion.fuse.bias.zero_()
+            return
         norms = self.layer_output_norms()
         if self.config.share_fusion:
             weight = torch.stack([n.weight for n in norms]).mean(0)
@@ -442,9 +463,10 @@ class CharBertModel(CharBertPreTrainedModel):
             if int(torch.maximum(char_start_positions.max(), char_end_positions.max())) >= char_input_ids.size(1):
                 raise ValueError("Character positions point past the end of char_input_ids: inputs were padded inconsistently.")
 
-    def _attention_mask(self, attention_mask, embeddings):
-        """The backbone layers' own mask format for the attention implementation in use."""
-        return self.backbone_adapter.layer_mask(self, attention_mask, embeddings)
+    def _layer_inputs(self, attention_mask, hidden, position_ids=None):
+        """What every backbone layer call needs besides the hidden states (the layers' own mask format
+        for the attention implementation in use, relative positions, rotary tables...): built once."""
+        return self.backbone_adapter.layer_inputs(self, attention_mask, hidden, position_ids)
 
     def forward(
         self,
@@ -469,11 +491,13 @@ class CharBertModel(CharBertPreTrainedModel):
             char_attention_mask = (char_input_ids != self.config.char_pad_token_id).long()
 
         adapter = self.backbone_adapter
-        word = adapter.embed(self, input_ids, token_type_ids, position_ids)  # (B, L, H)
+        word = adapter.embed(self, input_ids, token_type_ids, position_ids, attention_mask)  # (B, L, H)
         char = self.char_embeddings(char_input_ids, char_attention_mask, char_start_positions, char_end_positions)  # (B, L, H)
         # Both channels go through each layer as one call on the stacked batch (2B, L, H): the
         # layer's weights are shared and one large matrix product is faster than two small ones.
-        stacked_mask = self._attention_mask(attention_mask.repeat(2, 1), torch.cat([word, char], 0))
+        if position_ids is not None and position_ids.size(0) > 1:
+            position_ids = position_ids.repeat(2, 1)  # (2B, L)
+        layer_inputs = self._layer_inputs(attention_mask.repeat(2, 1), torch.cat([word, char], 0), position_ids)
         # The fusion conv skips padded tokens, unless the authors' behaviour (it sees them) is asked for.
         token_mask = attention_mask.unsqueeze(-1).to(word.dtype) if self.config.char_padding == "exact" else None  # (B, L, 1)
 
@@ -481,9 +505,10 @@ class CharBertModel(CharBertPreTrainedModel):
         all_char = (char,) if output_hidden_states else None
         for i, layer in enumerate(adapter.layers(self)):
             fusion = self.fusion[0 if self.config.share_fusion else i]
-            word, char = self._layer(layer, fusion, word, char, stacked_mask, token_mask)
+            word, char = self._layer(layer, fusion, word, char, layer_inputs, token_mask)
             if output_hidden_states:
                 all_word, all_char = all_word + (word,), all_char + (char,)
+        word, char = adapter.finish(self, word), adapter.finish(self, char)  # (B, L, H) each
 
         pooled = self.pooler(word) if self.pooler is not None else None  # (B, H)
         return CharBertModelOutput(
@@ -494,12 +519,12 @@ class CharBertModel(CharBertPreTrainedModel):
             char_hidden_states=all_char,
         )
 
-    def _layer(self, layer, fusion, word, char, stacked_mask, token_mask):
+    def _layer(self, layer, fusion, word, char, layer_inputs, token_mask):
         """One backbone layer on both channels, then the heterogeneous interaction."""
         adapter = self.backbone_adapter
 
         def block(word, char):
-            out = adapter.call_layer(layer, torch.cat([word, char], 0), stacked_mask)  # (2B, L, H)
+            out = adapter.call_layer(layer, torch.cat([word, char], 0), layer_inputs)  # (2B, L, H)
             # The same two views as out.split(B, 0), but a traced ONNX export keeps the batch dynamic
             # (split(B) bakes the traced batch size into the graph's Split node).
             word, char = out.chunk(2, 0)
@@ -568,8 +593,9 @@ def _labelled_cross_entropy(logits_fn, states: torch.Tensor, labels: torch.Tenso
 
 def _tied_mlm_head(config: CharBertConfig) -> MaskedLMHead:
     """The MLM head on the subword channel, its decoder tied to the word embeddings (of the backbone's width)."""
-    size = backbones.get_adapter(config.backbone_type).mlm_head_size(config)
-    return MaskedLMHead(config, config.vocab_size, owns_decoder=False, size=size)
+    adapter = backbones.get_adapter(config.backbone_type)
+    return MaskedLMHead(config, config.vocab_size, owns_decoder=False, size=adapter.mlm_head_size(config),
+                        activation=adapter.mlm_head_activation(config))
 
 
 def _classifier_dropout(config) -> float:
@@ -616,7 +642,7 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
             output_hidden_states=output_hidden_states, **kwargs,
         )
-        tied = self.charbert.embeddings.word_embeddings.weight
+        tied = self.charbert.get_input_embeddings().weight
 
         def mlm(h):
             return self.mlm_head(h, tied)
@@ -677,7 +703,7 @@ class CharBertForMaskedLM(CharBertPreTrainedModel):
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
             output_hidden_states=output_hidden_states, **kwargs,
         )
-        tied = self.charbert.embeddings.word_embeddings.weight
+        tied = self.charbert.get_input_embeddings().weight
         logits = self.mlm_head(outputs.last_hidden_state, tied)  # (B, L, V)
         loss = None
         if labels is not None:

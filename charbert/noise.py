@@ -28,6 +28,7 @@ Conventions shared by all edits (see :func:`apply_operation`):
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -193,6 +194,22 @@ def _replacements(alphabet: str, orig: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _scripts(text: str) -> set[str]:
+    return {unicodedata.name(ch, "?").split(" ")[0] for ch in text if ch.isalpha()}
+
+
+@lru_cache(maxsize=4096)
+def _writing_alphabet(word: str, alphabet: str) -> str:
+    """The letters ``add`` and ``replace`` write into ``word``: ``alphabet`` when the word has a letter of
+    the alphabet's script (LATIN, CYRILLIC, GREEK...: the first word of the Unicode name), else the word's
+    own letters (sorted, so deterministic). A Cyrillic, Greek or CJK word thus gets a letter of its own
+    script, never a Latin one from the default English alphabet."""
+    if _scripts(word) & _scripts(alphabet):
+        return alphabet
+    own = "".join(sorted({ch.lower() for ch in word if ch.isalpha()}))
+    return own or alphabet
+
+
 def _check_rng(rng: object) -> None:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(
@@ -235,7 +252,7 @@ def _add(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
     else:
         lo, hi = 0, n + 1
     k = _randint(rng, lo, hi)
-    chars = _alphabet_chars(rules.alphabet)
+    chars = _alphabet_chars(_writing_alphabet(word, rules.alphabet))
     c = chars[_randint(rng, 0, len(chars))] if len(chars) > 1 else chars[0]
     neighbours = [word[j] for j in (k - 1, k) if 0 <= j < n]
     if neighbours and all(ch.isupper() for ch in neighbours):
@@ -271,14 +288,15 @@ def _replace(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | No
     if hi <= lo:
         return None
     i = _randint(rng, lo, hi)
-    repl = _replacements(rules.alphabet, word[i])
+    alphabet = _writing_alphabet(word, rules.alphabet)
+    repl = _replacements(alphabet, word[i])
     if not repl:
         # Rare (tiny alphabets): scan the region for a position that can change.
-        cands = [j for j in range(lo, hi) if _replacements(rules.alphabet, word[j])]
+        cands = [j for j in range(lo, hi) if _replacements(alphabet, word[j])]
         if not cands:
             return None
         i = cands[_randint(rng, 0, len(cands))]
-        repl = _replacements(rules.alphabet, word[i])
+        repl = _replacements(alphabet, word[i])
     c = repl[_randint(rng, 0, len(repl))] if len(repl) > 1 else repl[0]
     return word[:i] + c + word[i + 1 :]
 
@@ -309,7 +327,7 @@ def _all_add(word: str, rules: NoiseRules):
         lo, hi = 0, n + 1
     for k in range(lo, hi):
         neighbours = [word[j] for j in (k - 1, k) if 0 <= j < n]
-        for c in _alphabet_chars(rules.alphabet):
+        for c in _alphabet_chars(_writing_alphabet(word, rules.alphabet)):
             if neighbours and all(ch.isupper() for ch in neighbours):
                 c = _match_case(c, "A")
             elif any(ch.islower() for ch in neighbours):
@@ -333,8 +351,9 @@ def _all_keyboard(word: str, rules: NoiseRules):
 
 def _all_replace(word: str, rules: NoiseRules):
     lo, hi = _region(len(word), rules.keep_first_last)
+    alphabet = _writing_alphabet(word, rules.alphabet)
     for i in range(lo, hi):
-        for c in _replacements(rules.alphabet, word[i]):
+        for c in _replacements(alphabet, word[i]):
             yield word[:i] + c + word[i + 1 :]
 
 
@@ -392,18 +411,29 @@ def _normalise_ops(ops: OpsSpec) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- public API
 
 
+def _letters_and_marks(word: str) -> bool:
+    """Letters and combining marks only, starting with a letter (``हिन्दी``: vowel signs are marks)."""
+    return word[0].isalpha() and all(ch.isalpha() or unicodedata.category(ch)[0] == "M" for ch in word)
+
+
 def is_eligible(word: str, rules: NoiseRules) -> bool:
     """Whether ``word`` may be edited at all under ``rules``.
 
     Not eligible: non-strings, empty words, words shorter than
     ``rules.min_length``, words containing whitespace, non-alphabetic words
-    when ``rules.letters_only`` (``str.isalpha``; CJK counts as letters), and
-    stop-words (compared lower-cased).
+    when ``rules.letters_only`` (letters of any script, CJK included, and the
+    combining marks of scripts such as Devanagari count), and stop-words
+    (compared lower-cased).
+
+    Outside English: ``drop`` and ``swap`` work in every script; ``add`` and
+    ``replace`` write letters of the word's own script (see
+    ``_writing_alphabet``); ``keyboard`` knows only the QWERTY layout, so a
+    word with no Latin letter has no keyboard edit (``all`` then picks another).
     """
     if not isinstance(word, str) or not word or len(word) < rules.min_length:
         return False
     if rules.letters_only:
-        if not word.isalpha():
+        if not word.isalpha() and not _letters_and_marks(word):
             return False
     elif any(ch.isspace() for ch in word):
         return False

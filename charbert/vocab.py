@@ -11,11 +11,16 @@ A word is
   or a stray combining mark after a space), together with the combining marks that directly
   follow it.
 
+* a CJK ideograph, alone (with the combining marks that follow it): Chinese and Japanese are written
+  without spaces, so a run of ideographs is not one word; each ideograph is one, as BERT's own
+  tokenizer splits them (the same Unicode blocks as its ``_is_chinese_char``). Kana, Hangul and every
+  other script keep the rule above (Korean separates words with spaces; a run of kana stays one word).
+
 Whitespace is never part of a word. The combining marks are what plain ``\\w+`` gets wrong:
 Python's ``\\w`` does not match them, so ``\\w+|[^\\w\\s]`` cuts Devanagari ``हिन्दी`` into six
 pieces, a decomposed ``é`` (``e`` + U+0301) into two, and ``❤️`` (``❤`` + variation selector
 U+FE0F) into two. With the marks added every such word stays whole; on text without
-combining marks (e.g. all of English) the result is exactly ``\\w+|[^\\w\\s]``.
+combining marks or CJK ideographs (e.g. all of English) the result is exactly ``\\w+|[^\\w\\s]``.
 
 The word vocabulary is lower-cased (:func:`normalize_word`); id 0 is ``[UNK]``.
 """
@@ -66,7 +71,12 @@ def _combining_marks_class() -> str:
 
 
 _MARKS = _combining_marks_class()
-WORD_PATTERN = rf"\w[\w{_MARKS}]*|[^\w\s][{_MARKS}]*"
+# CJK ideographs (BERT's `_is_chinese_char` blocks): each one is a word of its own.
+CJK_IDEOGRAPHS = ("\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002b73f"
+                  "\U0002b740-\U0002b81f\U0002b820-\U0002ceaf\U0002f800-\U0002fa1f")
+WORD_PATTERN = (rf"[{CJK_IDEOGRAPHS}][{_MARKS}]*"  # one ideograph
+                rf"|[^\W{CJK_IDEOGRAPHS}](?:[^\W{CJK_IDEOGRAPHS}]|[{_MARKS}])*"  # a run of other word characters and marks
+                rf"|[^\w\s][{_MARKS}]*")  # any other single non-space character
 _WORD_RE = re.compile(WORD_PATTERN)
 # ASCII text has no combining marks, and there the pattern above is exactly this one, which is
 # ~3x faster (the big class of marks is slow to test in `re`): used whenever `text.isascii()`.

@@ -43,7 +43,10 @@ def test_split_words_punctuation_and_symbols():
 
 def test_split_words_emoji_cjk_and_digits():
     assert words("I ❤ 😀😀 now") == ["I", "❤", "😀", "😀", "now"]
-    assert words("你好，世界。") == ["你好", "，", "世界", "。"]
+    # CJK ideographs are one word each (no spaces to find words by), as BERT's tokenizer splits them;
+    # kana and Hangul runs stay whole.
+    assert words("你好，世界。") == ["你", "好", "，", "世", "界", "。"]
+    assert words("東京タワーに行く 서울에 갑니다") == ["東", "京", "タワーに", "行", "く", "서울에", "갑니다"]
     assert words("snake_case x2 3.14 --") == ["snake_case", "x2", "3", ".", "14", "-", "-"]
     assert words("") == [] and words(" \t\n\u3000\u00a0 ") == []
 
@@ -53,8 +56,8 @@ def test_split_words_keeps_combining_marks_in_their_word():
     assert words("Hindi हिन्दी ok") == ["Hindi", "हिन्दी", "ok"]
     assert words("cafe\u0301 now") == ["cafe\u0301", "now"]  # decomposed é
     assert words("I ❤\ufe0f it") == ["I", "❤\ufe0f", "it"]  # emoji + variation selector
-    # on text without combining marks the split is exactly \w+|[^\w\s]
-    text = "Ünïcödé, straße; naïve — 東京 😀 ©2024 «quotes» x_y"
+    # on text without combining marks or CJK ideographs the split is exactly \w+|[^\w\s]
+    text = "Ünïcödé, straße; naïve — Привет 😀 ©2024 «quotes» x_y"
     assert words(text) == re.findall(r"\w+|[^\w\s]", text)
 
 
