@@ -10,21 +10,29 @@ corpus in ../shared/data. Prints, measured in this one run:
   2. the character GRU alone: our padding-exact unpacked Bi-GRU, the reference padding mode (plain
      flip of the whole row), and pack_padded_sequence;
   3. tokenizer + alignment throughput (sentences/s) on 10,000 real sentences vs the bare fast tokenizer
-     (benchmarks.bench_tokenizer, which can also run alone).
+     (benchmarks.bench_tokenizer, which can also run alone);
+  4. per backbone family (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, DeBERTa-v2, ModernBERT), at a small
+     size (random weights, a tokenizer of the family's kind trained on the corpus): CharBertModel fwd+bwd
+     against the family's own plain model on the same real batch, and the counted floor. Alone:
+     `python -m benchmarks.bench_model --only_families [--family_hidden_size 384 --family_layers 4]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import BertModel
+from transformers import AutoModel, BertModel
 
 from benchmarks.bench_tokenizer import bench_tokenizer, print_tokenizer_table
 from benchmarks.common import corpus_lines, median_time, minilm_path, print_table
 from benchmarks.gpu_check import encoder_flops
 from charbert import CharBertConfig, CharBertModel, CharBertTokenizer
+from charbert.backbones import BACKBONES
+from charbert.tiny import make_tiny_checkpoint
 from charbert.configuration import PREVIOUS_VARIANT
 from charbert.modeling import CharEncoder
 
@@ -98,14 +106,56 @@ def time_variant(path, variant: dict, batch, repeats: int, two_calls: bool):
     return charbert.config, t_stacked, t_two
 
 
+def bench_families(batch_size: int, max_length: int, repeats: int, hidden_size: int, layers: int,
+                   families: list[str] | None = None) -> list[list]:
+    """Section 4: one row per family, [family, plain s, CharBERT s, ratio, counted floor, ratio / floor]."""
+    texts = corpus_lines(min_words=150, limit=batch_size)
+    tokenizer_text = corpus_lines(limit=4000)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in families or sorted(BACKBONES):
+            torch.manual_seed(0)
+            path = make_tiny_checkpoint(Path(tmp) / family, family, tokenizer_text, vocab_size=4000, hidden_size=hidden_size,
+                                        layers=layers, heads=max(1, hidden_size // 64), max_len=max_length + 2,
+                                        char_vocab=True)
+            tok = CharBertTokenizer.from_pretrained(path)
+            batch = tok(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            plain = AutoModel.from_pretrained(path).train()
+            plain_inputs = {k: batch[k] for k in tok.tokenizer.model_input_names if k in batch}
+            t_plain = median_time(fwd_bwd(plain, plain_inputs, False), repeats)
+            charbert = CharBertModel.from_pretrained(path).train()
+            t_char = median_time(fwd_bwd(charbert, dict(batch), True), repeats)
+            n_tokens, n_chars = batch["input_ids"].shape[1], batch["char_input_ids"].shape[1]
+            config = charbert.config
+            floor = encoder_flops(config, n_tokens, n_chars, charbert=True) / encoder_flops(config, n_tokens, n_chars, charbert=False)
+            rows.append([family, t_plain, t_char, t_char / t_plain, floor, t_char / t_plain / floor])
+            print(f"  {family}: {t_char / t_plain:.2f}x", flush=True)
+    return rows
+
+
+def print_family_table(rows: list[list], hidden_size: int, layers: int, batch_size: int, max_length: int, repeats: int) -> None:
+    print(f"\n4. per backbone family: forward + backward, {batch_size} x <= {max_length} tokens, hidden {hidden_size}, "
+          f"{layers} layers, random weights (median of {repeats} runs)")
+    print_table(["family", "plain s", "CharBertModel s", "ratio", "counted floor", "ratio / floor"], rows)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokenizer_sentences", type=int, default=10_000, help="sentences for the tokenizer benchmark")
+    parser.add_argument("--family_hidden_size", type=int, default=384, help="section 4: hidden size of every family's model")
+    parser.add_argument("--family_layers", type=int, default=4, help="section 4: layers of every family's model")
+    parser.add_argument("--families", nargs="+", default=None, help=f"section 4: families (default all: {sorted(BACKBONES)})")
+    parser.add_argument("--only_families", action="store_true", help="run section 4 only")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    if args.only_families:
+        rows = bench_families(args.batch_size, args.max_length, args.repeats, args.family_hidden_size, args.family_layers,
+                              args.families)
+        print_family_table(rows, args.family_hidden_size, args.family_layers, args.batch_size, args.max_length, args.repeats)
+        return
     path = minilm_path()
     tok = CharBertTokenizer.from_pretrained(path)
     texts = corpus_lines(min_words=150, limit=args.batch_size)
@@ -139,6 +189,9 @@ def main(argv=None):
     print(f"\n3. tokenisation of {args.tokenizer_sentences:,} Brown sentences (batches of 256, max_length 128; "
           "benchmarks.bench_tokenizer says how)")
     print_tokenizer_table(bench_tokenizer(n_sentences=args.tokenizer_sentences))
+    rows = bench_families(args.batch_size, args.max_length, args.repeats, args.family_hidden_size, args.family_layers,
+                          args.families)
+    print_family_table(rows, args.family_hidden_size, args.family_layers, args.batch_size, args.max_length, args.repeats)
 
 
 if __name__ == "__main__":

@@ -279,6 +279,12 @@ def test_pretrain_finetune_and_robustness(family_dirs, family, tiny_texts, task_
     steps = [r for r in read_log(out / "log.jsonl") if "loss" in r]
     assert steps and all(r["mlm_loss"] > 0 and r["nlm_loss"] > 0 for r in steps)
     assert CharBertForPreTraining.from_pretrained(out).config.backbone_type == family
+    if family != "electra":  # the plain masked-LM baseline (AdvBERT) on the same family; a discriminator is none
+        adv = tmp_path / "advbert"
+        assert main(["--model_name_or_path", str(path), "--train_file", str(tmp_path / "train.txt"), "--objective",
+                     "advbert", "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--max_train_steps", "1",
+                     "--seed", "3", "--output_dir", str(adv)]) == 0
+        assert AutoModelForMaskedLM.from_pretrained(adv).config.model_type == family
 
     train = ["--max_train_steps", "2", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "4",
              "--learning_rate", "1e-3", "--seed", "3", "--max_seq_length", "64"]
