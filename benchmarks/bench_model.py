@@ -32,9 +32,9 @@ from benchmarks.common import corpus_lines, median_time, minilm_path, print_tabl
 from benchmarks.gpu_check import encoder_flops
 from charbert import CharBertConfig, CharBertModel, CharBertTokenizer
 from charbert.backbones import BACKBONES
-from charbert.tiny import make_tiny_checkpoint
 from charbert.configuration import PREVIOUS_VARIANT
 from charbert.modeling import CharEncoder
+from charbert.tiny import make_tiny_checkpoint
 
 # Architecture variants measured side by side: name -> CharBertConfig fields.
 VARIANTS = {"authors' architecture (default)": {}, "previous variant": PREVIOUS_VARIANT}
