@@ -311,6 +311,24 @@ def test_pretrain_finetune_and_robustness(family_dirs, family, tiny_texts, task_
                    "--model_name_or_path", path, "--charbert", "--output_dir", squad, "--doc_stride", "16",
                    "--max_query_length", "16", *train) == 0
     assert json.loads((squad / "metrics.json").read_text())["eval"]["total"] == 12
+    # the pipelines load every fine-tuned folder and answer as the programs did
+    from charbert.tasks.squad import read_squad
+
+    predictions = json.loads((squad / "eval_predictions.json").read_text())
+    dev = read_squad(task_files["squad_v1_dev"])
+    qa = pipeline("question-answering", model=str(squad), device="cpu", max_seq_len=64, doc_stride=16, max_question_len=16)
+    for ex, answer in zip(dev, qa([{"question": ex.question, "context": ex.context} for ex in dev])):
+        assert answer["answer"] == predictions[ex.id]
+    tagger = pipeline("token-classification", model=str(ner), device="cpu")
+    text = "Alpha met Beta and Omega in 2024."
+    tagged = tagger(text)
+    assert all(0 <= e["start"] < e["end"] <= len(text) and e["entity"] in {"O", "B-LOC", "B-PER", "I-LOC", "I-PER"}
+               for e in tagged)
+    assert type(tagger.model) is CharBertForTokenClassification
+    classify = pipeline("text-classification", model=str(glue), device="cpu")
+    assert type(classify.model) is CharBertForSequenceClassification
+    labels = set(CharBertForSequenceClassification.from_pretrained(glue).config.id2label.values())
+    assert {r["label"] for r in classify(["The module returns the value.", "ok"])} <= labels
     attacked = tmp_path / "robustness"
     assert run_cli("robustness", "--task", "ner", "--model_name_or_path", ner, "--test_file", task_files["ner_dev"],
                    "--attacks", "drop,keyboard", "--output_dir", attacked, "--max_seq_length", "64") == 0
