@@ -336,3 +336,19 @@ def test_pretrain_finetune_and_robustness(family_dirs, family, tiny_texts, task_
     assert report["attacks"] == ["drop", "keyboard"] and report["metric"] == "f1"
     (scored,) = report["models"]
     assert {"clean", "drop", "keyboard"} <= set(scored["scores"])
+
+
+@pytest.mark.parametrize("family", END_TO_END + ["electra"])
+def test_onnx_export_matches_eager(family_dirs, family, tiny_texts, tmp_path, request):
+    """The ONNX export of a token-classification head runs batches of other sizes and lengths than the
+    traced one within 1e-4 of eager (the helpers of tests/test_export.py)."""
+    pytest.importorskip("onnxruntime")
+    from test_export import check_against_eager, save_charbert
+
+    from charbert.export import export
+
+    path = request.getfixturevalue("electra_dir") if family == "electra" else family_dirs(family)
+    model = save_charbert(tmp_path / "model", path, CharBertForTokenClassification)
+    info = export(tmp_path / "model", tmp_path / "onnx")
+    assert info["architecture"] == "CharBertForTokenClassification"
+    check_against_eager(model, tmp_path / "onnx", tiny_texts)
