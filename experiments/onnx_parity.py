@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the finetune programs, run from anywhere
+
 PREDICTIONS = {"ner": "predict_predictions.txt", "pos": "predict_predictions.txt", "glue": "predict_predictions.tsv",
                "squad": "predict_predictions.json"}
 
