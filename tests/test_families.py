@@ -352,3 +352,33 @@ def test_onnx_export_matches_eager(family_dirs, family, tiny_texts, tmp_path, re
     info = export(tmp_path / "model", tmp_path / "onnx")
     assert info["architecture"] == "CharBertForTokenClassification"
     check_against_eager(model, tmp_path / "onnx", tiny_texts)
+
+
+def test_deberta_v2_convolution_after_the_first_layer(family_dirs, tmp_path):
+    """DeBERTa-v2-xlarge's layout: a convolution (its own LayerNorm) after the first layer. The identity start
+    uses that norm for the first fusion and still reproduces the plain model."""
+    from transformers import DebertaV2ForMaskedLM
+
+    source = family_dirs("deberta-v2")
+    config = AutoModelForMaskedLM.from_pretrained(source).config
+    config.conv_kernel_size, config.conv_act = 3, "gelu"
+    torch.manual_seed(3)
+    plain_lm = DebertaV2ForMaskedLM(config)
+    with torch.no_grad():
+        for module in plain_lm.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.3)
+    plain_lm.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(source).save_pretrained(tmp_path)
+    tok, batch = padded_batch(tmp_path)
+    plain = AutoModel.from_pretrained(tmp_path).eval()
+    assert plain.encoder.conv is not None
+    model = CharBertModel.from_pretrained(tmp_path, new_module_init="identity", share_fusion=False,
+                                          char_vocab_size=len(tok.char_vocab)).eval()
+    assert model.layer_output_norms()[0] is model.encoder.conv.LayerNorm
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        expected = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        got = model(**batch).last_hidden_state
+    assert (got[real] - expected[real]).abs().max() <= 1e-5
