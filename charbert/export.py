@@ -171,15 +171,52 @@ def _max_diff(model, session, inputs: dict[str, torch.Tensor], output_names) -> 
     return max(float(np.abs(eager[n].float().numpy() - g).max()) if g.size else 0.0 for n, g in zip(output_names, got))
 
 
-def quantize_int8(source: Path, target: Path) -> dict[str, int]:
-    """Dynamic int8 quantization of the MatMul/Gemm weights; returns {operator type: count} of the
-    int8 graph's quantized operators."""
+def _constants_as_initializers(path: Path, min_elements: int = 1024) -> None:
+    """Rewrite the graph's large Constant nodes as initializers, one per distinct tensor. The fusion's merged
+    weights (`HeterogeneousInteraction._fused_for_inference`) are traced as constants, once per layer call; as
+    initializers they are stored once (one shared fusion block: one copy for all layers) and are weights
+    that int8 quantization can see."""
+    import hashlib
+
+    onnx = require_onnx("onnx")
+    model = onnx.load(str(path))
+    graph = model.graph
+    names: dict[tuple, str] = {}
+    kept = []
+    renamed: dict[str, str] = {}
+    for node in graph.node:
+        value = node.attribute[0].t if node.op_type == "Constant" and len(node.attribute) == 1 and \
+            node.attribute[0].name == "value" else None
+        if value is None or int(np.prod(value.dims)) < min_elements or not value.raw_data:
+            kept.append(node)
+            continue
+        key = (value.data_type, tuple(value.dims), hashlib.sha1(value.raw_data).hexdigest())
+        if key not in names:
+            names[key] = node.output[0]
+            value.name = node.output[0]
+            graph.initializer.append(value)
+        else:
+            renamed[node.output[0]] = names[key]
+    if not names:
+        return
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    onnx.save(model, str(path))
+
+
+def quantize_int8(source: Path, target: Path, per_channel: bool = False) -> dict[str, int]:
+    """Dynamic int8 quantization of the MatMul/Gemm weights (one scale per weight tensor, or per output
+    channel); returns {operator type: count} of the int8 graph's quantized operators."""
     onnx = require_onnx("onnx")
     require_onnx("onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-                     weight_type=QuantType.QInt8, per_channel=False)
+                     weight_type=QuantType.QInt8, per_channel=per_channel)
     counts: dict[str, int] = {}
     for node in onnx.load(str(target), load_external_data=False).graph.node:
         if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "QGemm", "QLinearMatMul",
@@ -189,7 +226,7 @@ def quantize_int8(source: Path, target: Path) -> dict[str, int]:
 
 
 def export_model(model, tokenizer, output_dir: str | Path, opset: int = DEFAULT_OPSET, quantize: str | None = None,
-                 tolerance: float = 1e-4, source: str | None = None) -> dict[str, Any]:
+                 tolerance: float = 1e-4, source: str | None = None, int8_per_channel: bool = False) -> dict[str, Any]:
     """Export a loaded model (any head) and its tokenizer into `output_dir`; returns onnx_export.json's record."""
     onnx = require_onnx("onnx")
     ort = require_onnx("onnxruntime")
@@ -215,6 +252,7 @@ def export_model(model, tokenizer, output_dir: str | Path, opset: int = DEFAULT_
                           output_names=output_names, dynamic_axes=axes, opset_version=opset, dynamo=False,
                           do_constant_folding=True)
     model.train(was_training)
+    _constants_as_initializers(path)
     onnx.checker.check_model(str(path))
 
     # The check: the traced batch, and one of another batch size, token length and character length.
@@ -245,9 +283,10 @@ def export_model(model, tokenizer, output_dir: str | Path, opset: int = DEFAULT_
         "files": [ONNX_FILE],
     }
     if quantize == "int8":
-        info["int8"] = {"file": ONNX_INT8_FILE, "weights": "QInt8, per tensor, dynamic activations",
+        granularity = "per output channel" if int8_per_channel else "per tensor"
+        info["int8"] = {"file": ONNX_INT8_FILE, "weights": f"QInt8, {granularity}, dynamic activations",
                         "quantized_op_types": list(QUANTIZED_OP_TYPES),
-                        "quantized_nodes": quantize_int8(path, output_dir / ONNX_INT8_FILE)}
+                        "quantized_nodes": quantize_int8(path, output_dir / ONNX_INT8_FILE, int8_per_channel)}
         info["files"].append(ONNX_INT8_FILE)
     config.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
@@ -273,14 +312,14 @@ def _write_card(output_dir: Path, info: dict[str, Any], source: str | None) -> N
 
 
 def export(model_name_or_path: str | Path, output_dir: str | Path, opset: int = DEFAULT_OPSET,
-           quantize: str | None = None, tolerance: float = 1e-4) -> dict[str, Any]:
+           quantize: str | None = None, tolerance: float = 1e-4, int8_per_channel: bool = False) -> dict[str, Any]:
     """Load a folder (its own head) and export it; returns onnx_export.json's record."""
     require_onnx("onnx", "onnxruntime")  # before loading anything
     if Path(output_dir).resolve() == Path(model_name_or_path).resolve():
         raise ExportError("--output_dir must not be the model folder (its config and tokenizer would be rewritten)")
     model, tokenizer = load_for_export(model_name_or_path)
     return export_model(model, tokenizer, output_dir, opset=opset, quantize=quantize, tolerance=tolerance,
-                        source=str(model_name_or_path))
+                        source=str(model_name_or_path), int8_per_channel=int8_per_channel)
 
 
 # ---- command line ----------------------------------------------------------------------
@@ -294,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_name_or_path", required=True, help="A CharBERT or plain BERT/RoBERTa folder (its head).")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--quantize", choices=["int8"], default=None, help="Also write model_int8.onnx (dynamic int8).")
+    p.add_argument("--int8_per_channel", action="store_true",
+                   help="int8: one weight scale per output channel instead of one per matrix.")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="Largest |ONNX Runtime - eager| accepted in the check after export.")
@@ -305,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(("charbert",))
 
     def run():
-        info = export(args.model_name_or_path, args.output_dir, args.opset, args.quantize, args.tolerance)
+        info = export(args.model_name_or_path, args.output_dir, args.opset, args.quantize, args.tolerance,
+                      int8_per_channel=args.int8_per_channel)
         print(json.dumps({"output_dir": str(args.output_dir), "architecture": info["architecture"],
                           "files": info["files"], "max_abs_diff_vs_eager": info["max_abs_diff_vs_eager"]}))
 

@@ -193,17 +193,77 @@ class HeterogeneousInteraction(CheckpointableModule):
         # so that it cannot leak into the last real tokens through the kernel (None: the authors'
         # behaviour, the conv sees padded tokens).
         if self.pre_norm:
-            both = torch.cat([self.word_proj(self.word_norm(word)), self.char_proj(self.char_norm(char))], dim=-1)
+            word_in, char_in = self.word_norm(word), self.char_norm(char)
         else:
-            both = torch.cat([self.word_proj(word), self.char_proj(char)], dim=-1)  # (B, L, 2H)
-        if token_mask is not None:
-            both = both * token_mask
-        fused = self.fuse(both.transpose(1, 2)).transpose(1, 2)  # (B, L, H)
+            word_in, char_in = word, char
+        if self.training or (torch.is_grad_enabled() and not torch.jit.is_tracing()):
+            both = torch.cat([self.word_proj(word_in), self.char_proj(char_in)], dim=-1)  # (B, L, 2H)
+            if token_mask is not None:
+                both = both * token_mask
+            fused = self.fuse(both.transpose(1, 2)).transpose(1, 2)  # (B, L, H)
+        else:
+            fused = self._fused_for_inference(word_in, char_in, token_mask)  # (B, L, H), the same up to rounding
         if self.act is not None:
             fused = self.dropout(self.act(fused))
         if self.pre_norm:
             return word + fused, char + fused
         return self.word_norm(word + fused), self.char_norm(char + fused)
+
+    def _fused_for_inference(self, word, char, token_mask=None):
+        """The maps and the conv as two matrix products: the conv is linear in [W_w w; W_c c], so each of its
+        k taps can absorb the maps (taps_j = C_j,word W_w w + C_j,char W_c c), 6H^2 multiply-adds a token
+        instead of 8H^2, and no transposes. The merged weights are computed once per weight version
+        (`merged_fusion_weights`, cached); an ONNX export traces them as constants (initializers)."""
+        word_taps, char_taps, tap_bias = self._cached_merged_weights()
+        taps = F.linear(word, word_taps) + F.linear(char, char_taps, tap_bias)  # (B, L, k*H), tap-major
+        if token_mask is not None:
+            taps = taps * token_mask
+        return sum_shifted_taps(taps, self.fuse.kernel_size[0]) + self.fuse.bias
+
+    def _cached_merged_weights(self):
+        params = [p for p in (self.fuse.weight, self.word_proj.weight, self.char_proj.weight, self.word_proj.bias,
+                              self.char_proj.bias) if p is not None]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cached = getattr(self, "_merged_cache", None)
+        if cached is None or cached[0] != key:  # new weights (loaded, trained, moved): merge again
+            with torch.no_grad():
+                cached = (key, merged_fusion_weights(self))
+            self._merged_cache = cached
+        return cached[1]
+
+
+def merged_fusion_weights(fusion: HeterogeneousInteraction):
+    """(word taps (kH, H), character taps (kH, H), tap bias (kH,) or None): the fusion's conv taps times its
+    channel maps, rows tap-major (tap j's H outputs together), computed in float32."""
+    weight = fusion.fuse.weight  # (H, 2H, k): [word half | character half]
+    hidden, k = weight.shape[0], weight.shape[-1]
+    taps = weight.permute(2, 0, 1).reshape(k * hidden, 2 * hidden).float()  # (kH, 2H)
+    word_taps = taps[:, :hidden] @ fusion.word_proj.weight.float()
+    char_taps = taps[:, hidden:] @ fusion.char_proj.weight.float()
+    bias = None
+    if fusion.word_proj.bias is not None:
+        bias = taps[:, :hidden] @ fusion.word_proj.bias.float() + taps[:, hidden:] @ fusion.char_proj.bias.float()
+    dtype = weight.dtype
+    return word_taps.to(dtype), char_taps.to(dtype), None if bias is None else bias.to(dtype)
+
+
+def sum_shifted_taps(taps: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """(B, L, k*C) per-token outputs of a conv's k taps (tap-major) -> (B, L, C) the "same"-padded convolution
+    (zeros past both ends): tap j reads the input j - k//2 positions away."""
+    length, half = taps.size(1), kernel_size // 2
+    taps = F.pad(taps.unflatten(-1, (kernel_size, -1)), (0, 0, 0, 0, half, half))  # (B, L + 2 half, k, C)
+    out = taps[:, 0:length, 0]
+    for j in range(1, kernel_size):
+        out = out + taps[:, j:j + length, j]
+    return out
+
+
+def same_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`nn.Conv1d` with "same" padding (odd kernel k) along the length of x (B, L, C_in) -> (B, L, C_out), as
+    one matrix product for all k taps and k shifted adds (what the fusion's inference path computes)."""
+    out_channels, _, k = weight.shape
+    out = sum_shifted_taps(F.linear(x, weight.permute(2, 0, 1).reshape(k * out_channels, -1)), k)
+    return out + bias if bias is not None else out
 
 
 def pytorch_default_init_(module: nn.Conv1d | nn.GRU) -> None:

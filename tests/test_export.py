@@ -331,3 +331,23 @@ def test_onnx_parity_script_on_a_fine_tuned_folder(ner_models, task_files, tmp_p
     report = json.loads((tmp_path / "parity" / "parity.json").read_text())
     assert report["onnx_fp32_differing_lines"] == 0 and report["lines"] > 50 and "onnx_int8_differing_lines" in report
     assert report["metrics"]["onnx_fp32"]["f1"] == report["metrics"]["torch"]["f1"]
+
+
+def test_fusion_weights_are_shared_initializers_that_int8_quantizes(bert_dir, tmp_path):
+    """The fusion's merged weights are traced as constants; the export stores them as initializers, once for
+    a shared fusion block, so the int8 graph quantizes the fusion's matrix products too."""
+    import onnx
+
+    save_charbert(tmp_path / "model", bert_dir, CharBertForTokenClassification)
+    info = export(tmp_path / "model", tmp_path / "onnx", quantize="int8")
+    graph = onnx.load(str(tmp_path / "onnx" / ONNX_FILE)).graph
+    big_constants = [n for n in graph.node if n.op_type == "Constant" and n.attribute[0].t.raw_data
+                     and int(np.prod(n.attribute[0].t.dims)) >= 1024]
+    assert not big_constants
+    initializers = {i.name for i in graph.initializer}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul" and "fusion" in n.name]
+    assert len(matmuls) == 2 * 2  # word and character taps, two layers
+    assert all(n.input[1] in initializers for n in matmuls)
+    assert len({n.input[1] for n in matmuls}) == 2  # one shared block: one copy of each merged weight
+    plain_layers = 2 * 6 + 1  # per layer Q, K, V, O, FFN in and out; the classifier
+    assert info["int8"]["quantized_nodes"]["MatMulInteger"] == plain_layers + 4

@@ -471,3 +471,64 @@ def test_backbone_config_roundtrip():
     back = config.backbone_config()
     assert type(back) is BertConfig and back.hidden_size == 48 and not hasattr(back, "word_vocab_size")
     assert BertModel(back).config.num_hidden_layers == 3
+
+
+@pytest.mark.parametrize("kernel,length", [(3, 9), (3, 1), (5, 2), (5, 7), (1, 4)])
+def test_fusion_conv_as_one_matrix_product_equals_conv1d(kernel, length):
+    """`same_conv1d` (the fusion's convolution as one GEMM over all taps) is nn.Conv1d with same padding,
+    values and gradients, lengths shorter than the kernel included."""
+    from charbert.modeling import same_conv1d
+
+    torch.manual_seed(0)
+    conv = nn.Conv1d(12, 6, kernel, padding=kernel // 2)
+    x = torch.randn(3, length, 12, requires_grad=True)
+    expected = conv(x.transpose(1, 2)).transpose(1, 2)
+    got = same_conv1d(x, conv.weight, conv.bias)
+    assert got.shape == expected.shape == (3, length, 6)
+    assert (got - expected).abs().max() <= 1e-6
+    grad = torch.randn_like(got)
+    expected_grads = torch.autograd.grad(expected, [x, conv.weight, conv.bias], grad)
+    got_grads = torch.autograd.grad(got, [x, conv.weight, conv.bias], grad)
+    for a, b in zip(expected_grads, got_grads):
+        assert (a - b).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("fusion_bias,fusion_norm", [(False, "post"), (True, "post"), (False, "pre")])
+def test_fusion_inference_path_equals_training_path_and_follows_weight_updates(fusion_bias, fusion_norm):
+    """Without gradients the fusion runs its maps merged into the conv taps (cached merged weights): the same
+    function as the maps + Conv1d path within float rounding, padding masked alike, and the cache is redone
+    when a weight changes (an optimizer step, a load)."""
+    from charbert.modeling import HeterogeneousInteraction
+
+    torch.manual_seed(0)
+    config = CharBertConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, fusion_bias=fusion_bias,
+                            fusion_norm=fusion_norm, hidden_dropout_prob=0.0)
+    fusion = HeterogeneousInteraction(config).eval()
+    for p in fusion.parameters():
+        nn.init.normal_(p, std=0.2)
+    word, char = torch.randn(3, 7, 32), torch.randn(3, 7, 32)
+    mask = torch.ones(3, 7, 1)
+    mask[1, 4:] = 0
+
+    def both_paths():
+        with torch.enable_grad():
+            grad_path = fusion(word, char, mask)
+        with torch.inference_mode():
+            fast_path = fusion(word, char, mask)
+        return grad_path, fast_path
+
+    for _ in range(2):  # before and after an update of every weight
+        grad_path, fast_path = both_paths()
+        for a, b in zip(grad_path, fast_path):
+            assert (a - b).abs().max() <= 1e-5 * (1 + a.abs().max())
+        optimizer = torch.optim.SGD(fusion.parameters(), lr=0.05)
+        fusion.train()
+        sum(x.sum() for x in fusion(word, char, mask)).backward()
+        optimizer.step()
+        fusion.eval()
+    # a padded position never reaches a real one through the merged taps either
+    changed = word.clone()
+    changed[1, 5] += 100.0
+    with torch.inference_mode():
+        before, after = fusion(word, char, mask)[0], fusion(changed, char, mask)[0]
+    assert torch.equal(before[1, :4], after[1, :4])
