@@ -20,10 +20,11 @@ after writing, the export is run by ONNX Runtime on the traced batch and on a ba
 and refused when its outputs differ from eager PyTorch by more than `--tolerance` (default 1e-4).
 
 int8 (`--quantize int8`): ONNX Runtime's dynamic quantization of the MatMul and Gemm weights (the
-attention, feed-forward, fusion-projection and head matrices: almost all of the compute), int8 weights
-and per-batch int8 activations. The embeddings (Gather: memory, not compute), the character GRU
-(recurrent: its error would add up along each row, and it is a small share of the time) and the fusion
-Conv stay fp32. `onnx_export.json` lists the quantized operators by type.
+attention, feed-forward and head matrices and the fusion, whose maps and conv the model exports as two
+merged matrix products: almost all of the compute), int8 weights (one scale per matrix, or per output
+channel with `--int8_per_channel`) and per-batch int8 activations. The embeddings (Gather: memory, not
+compute) and the character GRU (recurrent: its error would add up along each row, and it is a small
+share of the time) stay fp32. `onnx_export.json` lists the quantized operators by type.
 """
 
 from __future__ import annotations
