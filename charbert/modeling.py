@@ -188,48 +188,62 @@ class HeterogeneousInteraction(CheckpointableModule):
         self.word_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.char_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
 
-    def forward(self, word, char, token_mask=None):
+    def forward(self, word, char, token_mask=None, merged_weights=None):
         # word, char (B, L, H); token_mask (B, L, 1) or None. Padding is zeroed before the convolution
         # so that it cannot leak into the last real tokens through the kernel (None: the authors'
-        # behaviour, the conv sees padded tokens).
+        # behaviour, the conv sees padded tokens). merged_weights: `self.merged_weights()`, when the caller
+        # has it for this forward (the inference path; checked once per forward, not once per layer).
         if self.pre_norm:
             word_in, char_in = self.word_norm(word), self.char_norm(char)
         else:
             word_in, char_in = word, char
-        if self.training or (torch.is_grad_enabled() and not torch.jit.is_tracing()):
+        if not uses_merged_fusion(self):
             both = torch.cat([self.word_proj(word_in), self.char_proj(char_in)], dim=-1)  # (B, L, 2H)
             if token_mask is not None:
                 both = both * token_mask
             fused = self.fuse(both.transpose(1, 2)).transpose(1, 2)  # (B, L, H)
         else:
-            fused = self._fused_for_inference(word_in, char_in, token_mask)  # (B, L, H), the same up to rounding
+            fused = self._fused_for_inference(word_in, char_in, token_mask, merged_weights)  # (B, L, H), same up to rounding
         if self.act is not None:
             fused = self.dropout(self.act(fused))
         if self.pre_norm:
             return word + fused, char + fused
         return self.word_norm(word + fused), self.char_norm(char + fused)
 
-    def _fused_for_inference(self, word, char, token_mask=None):
+    def _fused_for_inference(self, word, char, token_mask=None, merged_weights=None):
         """The maps and the conv as two matrix products: the conv is linear in [W_w w; W_c c], so each of its
         k taps can absorb the maps (taps_j = C_j,word W_w w + C_j,char W_c c), 6H^2 multiply-adds a token
-        instead of 8H^2, and no transposes. The merged weights are computed once per weight version
-        (`merged_fusion_weights`, cached); an ONNX export traces them as constants (initializers)."""
-        word_taps, char_taps, tap_bias = self._cached_merged_weights()
+        instead of 8H^2, and no transposes. The merged weights (`merged_fusion_weights`) are cached until a
+        weight changes; an ONNX export traces them as constants (initializers)."""
+        word_taps, char_taps, tap_bias = merged_weights if merged_weights is not None else self.merged_weights()
         taps = F.linear(word, word_taps) + F.linear(char, char_taps, tap_bias)  # (B, L, k*H), tap-major
         if token_mask is not None:
             taps = taps * token_mask
         return sum_shifted_taps(taps, self.fuse.kernel_size[0]) + self.fuse.bias
 
-    def _cached_merged_weights(self):
-        params = [p for p in (self.fuse.weight, self.word_proj.weight, self.char_proj.weight, self.word_proj.bias,
-                              self.char_proj.bias) if p is not None]
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    def merged_weights(self):
+        """The merged weights, recomputed whenever a weight they come from has changed. Checked by value
+        against a copy kept with them: an optimizer may write weights in place without bumping their
+        version counters (fused AdamW does), so neither identity nor `_version` proves them unchanged."""
+        sources = [p for p in (self.fuse.weight, self.word_proj.weight, self.char_proj.weight, self.word_proj.bias,
+                               self.char_proj.bias) if p is not None]
         cached = getattr(self, "_merged_cache", None)
-        if cached is None or cached[0] != key:  # new weights (loaded, trained, moved): merge again
+        if cached is None or not _same_tensors(cached[0], sources):
             with torch.no_grad():
-                cached = (key, merged_fusion_weights(self))
+                cached = ([p.detach().clone() for p in sources], merged_fusion_weights(self))
             self._merged_cache = cached
         return cached[1]
+
+
+def uses_merged_fusion(fusion: nn.Module) -> bool:
+    """Whether the fusion runs its inference path: no gradient is taken (or an export is being traced)."""
+    return not fusion.training and (not torch.is_grad_enabled() or torch.jit.is_tracing())
+
+
+def _same_tensors(saved: list[torch.Tensor], current: list[torch.Tensor]) -> bool:
+    return len(saved) == len(current) and all(
+        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+        for a, b in zip(saved, current))
 
 
 def merged_fusion_weights(fusion: HeterogeneousInteraction):
@@ -561,11 +575,14 @@ class CharBertModel(CharBertPreTrainedModel):
         # The fusion conv skips padded tokens, unless the authors' behaviour (it sees them) is asked for.
         token_mask = attention_mask.unsqueeze(-1).to(word.dtype) if self.config.char_padding == "exact" else None  # (B, L, 1)
 
+        # The fusion's inference path: its merged weights, checked against the live weights once a forward.
+        merged = [f.merged_weights() if uses_merged_fusion(f) else None for f in self.fusion]
+
         all_word = (word,) if output_hidden_states else None
         all_char = (char,) if output_hidden_states else None
         for i, layer in enumerate(adapter.layers(self)):
-            fusion = self.fusion[0 if self.config.share_fusion else i]
-            word, char = self._layer(layer, fusion, word, char, layer_inputs, token_mask)
+            k = 0 if self.config.share_fusion else i
+            word, char = self._layer(layer, self.fusion[k], word, char, layer_inputs, token_mask, merged[k])
             if output_hidden_states:
                 all_word, all_char = all_word + (word,), all_char + (char,)
         word, char = adapter.finish(self, word), adapter.finish(self, char)  # (B, L, H) each
@@ -579,7 +596,7 @@ class CharBertModel(CharBertPreTrainedModel):
             char_hidden_states=all_char,
         )
 
-    def _layer(self, layer, fusion, word, char, layer_inputs, token_mask):
+    def _layer(self, layer, fusion, word, char, layer_inputs, token_mask, merged_weights=None):
         """One backbone layer on both channels, then the heterogeneous interaction."""
         adapter = self.backbone_adapter
 
@@ -588,7 +605,7 @@ class CharBertModel(CharBertPreTrainedModel):
             # The same two views as out.split(B, 0), but a traced ONNX export keeps the batch dynamic
             # (split(B) bakes the traced batch size into the graph's Split node).
             word, char = out.chunk(2, 0)
-            return fusion(word, char, token_mask)
+            return fusion(word, char, token_mask, merged_weights)
 
         # transformers >= 4.52 layers checkpoint themselves; older ones need the loop to do it.
         if self.gradient_checkpointing and self.training and GradientCheckpointingLayer is None:

@@ -169,10 +169,10 @@ def test_export_change_keeps_eager_bitwise_equal(bert_dir, tiny_texts):
     the previous split(B) gives bitwise the same outputs, in both padding modes."""
     from charbert.compat import layer_output
 
-    def split_layer(self, layer, fusion, word, char, stacked_mask, token_mask):
+    def split_layer(self, layer, fusion, word, char, stacked_mask, token_mask, merged_weights=None):
         out = layer_output(layer(torch.cat([word, char], 0), stacked_mask))
         word, char = out.split(word.size(0), 0)
-        return fusion(word, char, token_mask)
+        return fusion(word, char, token_mask, merged_weights)
 
     tokenizer = CharBertTokenizerFast.from_pretrained(bert_dir)
     inputs = tokenizer(batches(tiny_texts, sizes=(5,))[0], padding=True, truncation=True, max_length=64,

@@ -493,11 +493,13 @@ def test_fusion_conv_as_one_matrix_product_equals_conv1d(kernel, length):
         assert (a - b).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("fusion_bias,fusion_norm", [(False, "post"), (True, "post"), (False, "pre")])
-def test_fusion_inference_path_equals_training_path_and_follows_weight_updates(fusion_bias, fusion_norm):
+@pytest.mark.parametrize("fusion_bias,fusion_norm,fused_adamw", [(False, "post", True), (True, "post", False),
+                                                                 (False, "pre", True)])
+def test_fusion_inference_path_equals_training_path_and_follows_weight_updates(fusion_bias, fusion_norm, fused_adamw):
     """Without gradients the fusion runs its maps merged into the conv taps (cached merged weights): the same
     function as the maps + Conv1d path within float rounding, padding masked alike, and the cache is redone
-    when a weight changes (an optimizer step, a load)."""
+    when a weight changes: an optimizer step, also fused AdamW's, which writes the weights in place without
+    bumping their version counters."""
     from charbert.modeling import HeterogeneousInteraction
 
     torch.manual_seed(0)
@@ -521,7 +523,10 @@ def test_fusion_inference_path_equals_training_path_and_follows_weight_updates(f
         grad_path, fast_path = both_paths()
         for a, b in zip(grad_path, fast_path):
             assert (a - b).abs().max() <= 1e-5 * (1 + a.abs().max())
-        optimizer = torch.optim.SGD(fusion.parameters(), lr=0.05)
+        if fused_adamw:
+            optimizer = torch.optim.AdamW(fusion.parameters(), lr=0.05, fused=True)
+        else:
+            optimizer = torch.optim.SGD(fusion.parameters(), lr=0.05)
         fusion.train()
         sum(x.sum() for x in fusion(word, char, mask)).backward()
         optimizer.step()
