@@ -21,8 +21,8 @@ and refused when its outputs differ from eager PyTorch by more than `--tolerance
 
 int8 (`--quantize int8`): ONNX Runtime's dynamic quantization of the MatMul and Gemm weights (the
 attention, feed-forward and head matrices and the fusion, whose maps and conv the model exports as two
-merged matrix products: almost all of the compute), int8 weights (one scale per matrix, or per output
-channel with `--int8_per_channel`) and per-batch int8 activations. The embeddings (Gather: memory, not
+merged matrix products: almost all of the compute), int8 weights with one scale per output channel (one
+per matrix with `--int8_per_tensor`) and per-batch int8 activations. The embeddings (Gather: memory, not
 compute) and the character GRU (recurrent: its error would add up along each row, and it is a small
 share of the time) stay fp32. `onnx_export.json` lists the quantized operators by type.
 """
@@ -209,7 +209,7 @@ def _constants_as_initializers(path: Path, min_elements: int = 1024) -> None:
     onnx.save(model, str(path))
 
 
-def quantize_int8(source: Path, target: Path, per_channel: bool = False) -> dict[str, int]:
+def quantize_int8(source: Path, target: Path, per_channel: bool = True) -> dict[str, int]:
     """Dynamic int8 quantization of the MatMul/Gemm weights (one scale per weight tensor, or per output
     channel); returns {operator type: count} of the int8 graph's quantized operators."""
     onnx = require_onnx("onnx")
@@ -227,7 +227,7 @@ def quantize_int8(source: Path, target: Path, per_channel: bool = False) -> dict
 
 
 def export_model(model, tokenizer, output_dir: str | Path, opset: int = DEFAULT_OPSET, quantize: str | None = None,
-                 tolerance: float = 1e-4, source: str | None = None, int8_per_channel: bool = False) -> dict[str, Any]:
+                 tolerance: float = 1e-4, source: str | None = None, int8_per_channel: bool = True) -> dict[str, Any]:
     """Export a loaded model (any head) and its tokenizer into `output_dir`; returns onnx_export.json's record."""
     onnx = require_onnx("onnx")
     ort = require_onnx("onnxruntime")
@@ -313,7 +313,7 @@ def _write_card(output_dir: Path, info: dict[str, Any], source: str | None) -> N
 
 
 def export(model_name_or_path: str | Path, output_dir: str | Path, opset: int = DEFAULT_OPSET,
-           quantize: str | None = None, tolerance: float = 1e-4, int8_per_channel: bool = False) -> dict[str, Any]:
+           quantize: str | None = None, tolerance: float = 1e-4, int8_per_channel: bool = True) -> dict[str, Any]:
     """Load a folder (its own head) and export it; returns onnx_export.json's record."""
     require_onnx("onnx", "onnxruntime")  # before loading anything
     if Path(output_dir).resolve() == Path(model_name_or_path).resolve():
@@ -334,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_name_or_path", required=True, help="A CharBERT or plain BERT/RoBERTa folder (its head).")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--quantize", choices=["int8"], default=None, help="Also write model_int8.onnx (dynamic int8).")
-    p.add_argument("--int8_per_channel", action="store_true",
-                   help="int8: one weight scale per output channel instead of one per matrix.")
+    p.add_argument("--int8_per_tensor", action="store_true",
+                   help="int8: one weight scale per matrix instead of one per output channel (the default, which "
+                        "kept CoNLL F1 within 0.11 of fp32 where one per matrix lost 1.75).")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="Largest |ONNX Runtime - eager| accepted in the check after export.")
@@ -348,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run():
         info = export(args.model_name_or_path, args.output_dir, args.opset, args.quantize, args.tolerance,
-                      int8_per_channel=args.int8_per_channel)
+                      int8_per_channel=not args.int8_per_tensor)
         print(json.dumps({"output_dir": str(args.output_dir), "architecture": info["architecture"],
                           "files": info["files"], "max_abs_diff_vs_eager": info["max_abs_diff_vs_eager"]}))
 

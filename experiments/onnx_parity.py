@@ -42,13 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--test_file", required=True)
     p.add_argument("--output_dir", required=True)
     p.add_argument("--int8", action="store_true", help="also the int8 export (reported, not required to match)")
-    p.add_argument("--int8_per_channel", action="store_true", help="int8 weights with one scale per output channel")
+    p.add_argument("--int8_per_tensor", action="store_true", help="int8 weights with one scale per matrix (default: per channel)")
     args, passthrough = p.parse_known_args(argv)  # the rest goes to the task program (--task_name sst2, ...)
     from charbert.export import export
 
     out = Path(args.output_dir)
     info = export(args.model_name_or_path, out / "onnx", quantize="int8" if args.int8 else None,
-                  int8_per_channel=args.int8_per_channel)
+                  int8_per_channel=not args.int8_per_tensor)
     common = ["--test_file", args.test_file, *passthrough]
     torch_lines, torch_metrics = predict(args.task, Path(args.model_name_or_path), out / "predict_torch", common)
     report = {"model": args.model_name_or_path, "test_file": args.test_file, "export": info["max_abs_diff_vs_eager"],
