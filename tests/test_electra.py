@@ -3,9 +3,9 @@ whose word embeddings (embedding_size 16) are narrower than its layers (hidden_s
 embeddings' projection is exercised, with a WordPiece tokenizer trained on local text.
 
 Every backbone tensor loads exactly; the identity start reproduces the plain ElectraModel on a padded
-batch; every head, save/from_pretrained, the Auto classes and fill-mask work; `pretrain` (MLM + NLM)
-and `finetune.glue` / `finetune.ner` run end to end. The discriminator has no MLM head: CharBERT's is
-new (generator-shaped, decoder tied to the word embeddings), or loaded from a generator checkpoint."""
+batch. The discriminator has no MLM head: CharBERT's is new (generator-shaped, decoder tied to the word
+embeddings), or loaded from a generator checkpoint. Every head through save / the Auto classes,
+fill-mask, ONNX export, `pretrain` and every `finetune.*` program run on ELECTRA in tests/test_families.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
 from test_new_module_init import with_trained_looking_norms
 from transformers import (
     AutoModel,
@@ -25,7 +24,6 @@ from transformers import (
     AutoModelForTokenClassification,
     ElectraForMaskedLM,
     ElectraModel,
-    pipeline,
 )
 
 from charbert import (
@@ -38,8 +36,6 @@ from charbert import (
     CharBertModel,
     CharBertTokenizer,
 )
-from charbert.training import read_log
-from charbert.vocab import WordVocab
 
 TEXTS = ["He plays backhand.", "Totally unrelated, and a good deal longer: C# code!", "ok",
          "Numbers 1,234 and symbols #hash stay."]
@@ -145,105 +141,3 @@ def test_identity_start_equals_plain_electra(tmp_path, electra_dir, share_fusion
     normal = CharBertModel.from_pretrained(path, new_module_init="normal", char_vocab_size=len(tok.char_vocab)).eval()
     with torch.no_grad():
         assert (normal(**batch).last_hidden_state[real] - expected[real]).abs().max() > 1e-2
-
-
-def head_inputs(cls, batch):
-    length = batch["input_ids"].shape[1]
-    if cls is CharBertForMultipleChoice:
-        return {k: v.unsqueeze(1).expand(-1, 2, *v.shape[1:]).contiguous() for k, v in batch.items()}, \
-            {"labels": torch.tensor([0, 1, 1, 0])}
-    labels = torch.full((4, length), -100)
-    labels[:, 1] = 7
-    extra = {
-        CharBertModel: {},
-        CharBertForPreTraining: {"labels": labels, "nlm_labels": labels.clamp(max=39)},
-        CharBertForMaskedLM: {"labels": labels},
-        CharBertForSequenceClassification: {"labels": torch.tensor([0, 2, 1, 0])},
-        CharBertForTokenClassification: {"labels": labels.clamp(max=2)},
-        CharBertForQuestionAnswering: {"start_positions": torch.tensor([1, 2, 0, 3]),
-                                       "end_positions": torch.tensor([2, 4, 0, 3])},
-    }[cls]
-    return dict(batch), extra
-
-
-@pytest.mark.parametrize("cls", list(AUTO))
-def test_every_head_saves_and_loads_through_the_auto_classes(electra_dir, tmp_path, cls):
-    tok, batch = padded_batch(electra_dir)
-    torch.manual_seed(0)
-    model = cls.from_pretrained(electra_dir, num_labels=3, word_vocab_size=40,
-                                char_vocab_size=len(tok.char_vocab)).eval()
-    inputs, extra = head_inputs(cls, batch)
-    with torch.no_grad():
-        out = model(**inputs, **extra, output_hidden_states=True)
-    if cls is CharBertModel:
-        assert out.last_hidden_state.shape == (4, batch["input_ids"].shape[1], 32) and out.pooler_output is None
-    else:
-        assert torch.isfinite(out.loss)
-    assert len(out.hidden_states) == 3  # embeddings (projected to hidden_size) + 2 layers
-    assert out.hidden_states[0].shape[-1] == model.config.hidden_size
-    model.save_pretrained(tmp_path / "saved")
-    tok.save_pretrained(tmp_path / "saved")
-    again = AUTO[cls].from_pretrained(tmp_path / "saved").eval()
-    assert type(again) is cls and again.config.backbone_type == "electra"
-    with torch.no_grad():
-        out_again = again(**inputs, **extra, output_hidden_states=True)
-    for a, b in zip(out.values(), out_again.values()):
-        if isinstance(a, torch.Tensor):
-            assert torch.equal(a, b)
-
-
-def test_fill_mask_pipeline(electra_dir, tmp_path):
-    tok, _ = padded_batch(electra_dir)
-    pretraining = CharBertForPreTraining.from_pretrained(electra_dir, word_vocab_size=40,
-                                                         char_vocab_size=len(tok.char_vocab)).eval()
-    out = tmp_path / "pretrained"
-    pretraining.save_pretrained(out)
-    tok.save_pretrained(out)
-    fill = pipeline("fill-mask", model=str(out), device="cpu", top_k=3)
-    assert type(fill.model) is CharBertForMaskedLM
-    text = f"The module {tok.mask_token} the value."
-    enc = tok(text, return_tensors="pt")
-    with torch.no_grad():
-        logits = pretraining(**enc).mlm_logits[0]
-    k = enc["input_ids"][0].tolist().index(tok.mask_token_id)
-    assert [g["token"] for g in fill(text)] == torch.topk(logits[k], 3).indices.tolist()
-
-
-@pytest.mark.slow
-def test_pretrain_charbert_objective_on_electra(electra_dir, tiny_texts, tmp_path):
-    from pretrain.__main__ import main
-
-    (tmp_path / "train.txt").write_text("\n".join(tiny_texts[:300]), encoding="utf-8")
-    (tmp_path / "valid.txt").write_text("\n".join(tiny_texts[600:650]), encoding="utf-8")
-    WordVocab.build(tiny_texts, max_size=300).save(tmp_path / "vocab")
-    out = tmp_path / "out"
-    assert main(["--model_name_or_path", str(electra_dir), "--train_file", str(tmp_path / "train.txt"),
-                 "--validation_file", str(tmp_path / "valid.txt"), "--word_vocab", str(tmp_path / "vocab"),
-                 "--objective", "charbert", "--max_seq_length", "64", "--per_device_train_batch_size", "4",
-                 "--learning_rate", "1e-3", "--logging_steps", "1", "--max_train_steps", "3", "--seed", "3",
-                 "--max_eval_blocks", "4", "--output_dir", str(out)]) == 0
-    steps = [r for r in read_log(out / "log.jsonl") if "loss" in r]
-    assert steps and all(r["mlm_loss"] > 0 and r["nlm_loss"] > 0 for r in steps)
-    model = CharBertForPreTraining.from_pretrained(out)
-    assert model.config.backbone_type == "electra" and model.config.embedding_size == 16
-
-
-@pytest.mark.slow
-def test_finetune_glue_and_ner_on_electra(electra_dir, task_files, tmp_path):
-    train = ["--max_train_steps", "3", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "4",
-             "--learning_rate", "1e-3", "--seed", "3", "--max_seq_length", "64", "--charbert"]
-    glue = tmp_path / "glue"
-    assert run_cli("glue", "--task_name", "mrpc", "--train_file", task_files["mrpc_train"], "--validation_file",
-                   task_files["mrpc_dev"], "--model_name_or_path", electra_dir, "--output_dir", glue, *train) == 0
-    record = json.loads((glue / "metrics.json").read_text())
-    assert record["model"]["charbert"] is True and record["eval"]["num_examples"] == 13
-    assert json.loads((glue / "config.json").read_text())["backbone_type"] == "electra"
-    pred = tmp_path / "glue_pred"
-    assert run_cli("glue", "--do_predict", "--task_name", "mrpc", "--test_file", task_files["mrpc_dev"],
-                   "--model_name_or_path", glue, "--output_dir", pred, "--max_seq_length", "64") == 0
-    again = json.loads((pred / "metrics.json").read_text())
-    assert again["predict"]["accuracy"] == pytest.approx(record["eval"]["accuracy"], abs=1e-9)
-    ner = tmp_path / "ner"
-    assert run_cli("ner", "--train_file", task_files["ner_train"], "--validation_file", task_files["ner_dev"],
-                   "--model_name_or_path", electra_dir, "--output_dir", ner, *train) == 0
-    assert "f1" in json.loads((ner / "metrics.json").read_text())["eval"]

@@ -75,6 +75,11 @@ def family_dirs(tmp_path_factory, tiny_texts):
     return get
 
 
+def family_path(family, family_dirs, request):
+    """The tiny folder of a family: conftest's ELECTRA discriminator, or a masked LM of the others."""
+    return request.getfixturevalue("electra_dir") if family == "electra" else family_dirs(family)
+
+
 def padded_batch(path):
     tok = CharBertTokenizer.from_pretrained(path)
     batch = tok(TEXTS, padding=True, return_tensors="pt")
@@ -166,8 +171,8 @@ def head_inputs(cls, batch):
     return dict(batch), extra
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_head_saves_and_loads_through_the_auto_classes(family_dirs, family, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES + ["electra"])
+def test_every_head_saves_and_loads_through_the_auto_classes(family_dirs, family, tmp_path, request):
     from transformers import (
         AutoModelForMultipleChoice,
         AutoModelForPreTraining,
@@ -180,7 +185,7 @@ def test_every_head_saves_and_loads_through_the_auto_classes(family_dirs, family
             CharBertForMaskedLM: AutoModelForMaskedLM, CharBertForSequenceClassification: AutoModelForSequenceClassification,
             CharBertForTokenClassification: AutoModelForTokenClassification,
             CharBertForQuestionAnswering: AutoModelForQuestionAnswering, CharBertForMultipleChoice: AutoModelForMultipleChoice}
-    path = family_dirs(family)
+    path = family_path(family, family_dirs, request)
     tok, batch = padded_batch(path)
     for cls in HEADS:
         torch.manual_seed(0)
@@ -192,7 +197,8 @@ def test_every_head_saves_and_loads_through_the_auto_classes(family_dirs, family
             assert out.last_hidden_state.shape == (4, batch["input_ids"].shape[1], 32)
         else:
             assert torch.isfinite(out.loss), cls.__name__
-        assert len(out.hidden_states) == 4  # embeddings + 3 layers
+        assert len(out.hidden_states) == model.config.num_hidden_layers + 1  # embeddings + every layer
+        assert out.hidden_states[0].shape[-1] == model.config.hidden_size  # ELECTRA's: projected
         saved = tmp_path / cls.__name__
         model.save_pretrained(saved)
         tok.save_pretrained(saved)
@@ -205,9 +211,9 @@ def test_every_head_saves_and_loads_through_the_auto_classes(family_dirs, family
                 assert torch.equal(a, b), cls.__name__
 
 
-@pytest.mark.parametrize("family", ["xlm-roberta", "modernbert"])
-def test_fill_mask_pipeline(family_dirs, family, tmp_path):
-    path = family_dirs(family)
+@pytest.mark.parametrize("family", ["xlm-roberta", "modernbert", "electra"])
+def test_fill_mask_pipeline(family_dirs, family, tmp_path, request):
+    path = family_path(family, family_dirs, request)
     tok = CharBertTokenizer.from_pretrained(path)
     pretraining = CharBertForPreTraining.from_pretrained(path, word_vocab_size=40, char_vocab_size=len(tok.char_vocab)).eval()
     out = tmp_path / "pretrained"
@@ -266,7 +272,7 @@ def test_word_starts_characters_and_word_grouping(family_dirs, family):
 def test_pretrain_finetune_and_robustness(family_dirs, family, tiny_texts, task_files, tmp_path, request):
     from pretrain.__main__ import main
 
-    path = request.getfixturevalue("electra_dir") if family == "electra" else family_dirs(family)
+    path = family_path(family, family_dirs, request)
     (tmp_path / "train.txt").write_text("\n".join(tiny_texts[:200]), encoding="utf-8")
     (tmp_path / "valid.txt").write_text("\n".join(tiny_texts[600:630]), encoding="utf-8")
     WordVocab.build(tiny_texts, max_size=300).save(tmp_path / "vocab")
@@ -278,7 +284,9 @@ def test_pretrain_finetune_and_robustness(family_dirs, family, tiny_texts, task_
                  "--max_eval_blocks", "4", "--output_dir", str(out)]) == 0
     steps = [r for r in read_log(out / "log.jsonl") if "loss" in r]
     assert steps and all(r["mlm_loss"] > 0 and r["nlm_loss"] > 0 for r in steps)
-    assert CharBertForPreTraining.from_pretrained(out).config.backbone_type == family
+    pretrained = CharBertForPreTraining.from_pretrained(out).config
+    assert pretrained.backbone_type == family
+    assert family != "electra" or pretrained.embedding_size == 16 < pretrained.hidden_size
     if family != "electra":  # the plain masked-LM baseline (AdvBERT) on the same family; a discriminator is none
         adv = tmp_path / "advbert"
         assert main(["--model_name_or_path", str(path), "--train_file", str(tmp_path / "train.txt"), "--objective",
@@ -347,7 +355,7 @@ def test_onnx_export_matches_eager(family_dirs, family, tiny_texts, tmp_path, re
 
     from charbert.export import export
 
-    path = request.getfixturevalue("electra_dir") if family == "electra" else family_dirs(family)
+    path = family_path(family, family_dirs, request)
     model = save_charbert(tmp_path / "model", path, CharBertForTokenClassification)
     info = export(tmp_path / "model", tmp_path / "onnx")
     assert info["architecture"] == "CharBertForTokenClassification"

@@ -345,7 +345,8 @@ def test_programs_say_what_is_wrong(job, gpt2_dir, task_files, tmp_path, capsys)
     assert "no padding token" in line and "'gpt2' is not an encoder" in line
     argv = pretrain_argv(job, tmp_path / "out", "--objective", "mlm")
     argv[argv.index("--model_name_or_path") + 1] = str(gpt2_dir)
-    assert "trains a plain bert / roberta masked LM" in pretrain_fails(capsys, argv)
+    line = pretrain_fails(capsys, argv)
+    assert "trains a plain bert / roberta / xlm-roberta" in line and "holds a 'gpt2' model" in line
     # Flags: the smallest --max_seq_length named.
     for value in ("0", "-5", "9"):
         argv = pretrain_argv(job, tmp_path / "out")
