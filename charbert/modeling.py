@@ -7,7 +7,9 @@
                      w = LN_w(w + f);  c = LN_c(c + f)
 
 The bracketed steps are our previous variant's (`PREVIOUS_VARIANT` in configuration.py); the
-default is the authors' released architecture. The backbone's own modules (its embeddings,
+default is the authors' released architecture. Pre-norm backbones (ModernBERT, `fusion_norm="pre"`)
+normalise the fusion's inputs instead: w = w + f(LN_w w, LN_c c). Without gradients (inference) the
+two maps are merged into the conv's taps: the same function, two matrix products. The backbone's own modules (its embeddings,
 encoder layers, pooler) are used as they are and keep their names, so a plain checkpoint's
 weights load under the same keys; what differs between backbone families (BERT, RoBERTa, ...)
 is asked of the family's adapter (backbones.py). Loading checkpoints lives in checkpoint.py.
