@@ -231,7 +231,8 @@ class HeterogeneousInteraction(CheckpointableModule):
                                self.char_proj.bias) if p is not None]
         cached = getattr(self, "_merged_cache", None)
         if cached is None or not _same_tensors(cached[0], sources):
-            with torch.no_grad():
+            # float32 products even under autocast (they are weights, computed once, not activations)
+            with torch.no_grad(), torch.autocast(sources[0].device.type, enabled=False):
                 cached = ([p.detach().clone() for p in sources], merged_fusion_weights(self))
             self._merged_cache = cached
         return cached[1]
@@ -272,14 +273,6 @@ def sum_shifted_taps(taps: torch.Tensor, kernel_size: int) -> torch.Tensor:
     for j in range(1, kernel_size):
         out = out + taps[:, j:j + length, j]
     return out
-
-
-def same_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`nn.Conv1d` with "same" padding (odd kernel k) along the length of x (B, L, C_in) -> (B, L, C_out), as
-    one matrix product for all k taps and k shifted adds (what the fusion's inference path computes)."""
-    out_channels, _, k = weight.shape
-    out = sum_shifted_taps(F.linear(x, weight.permute(2, 0, 1).reshape(k * out_channels, -1)), k)
-    return out + bias if bias is not None else out
 
 
 def pytorch_default_init_(module: nn.Conv1d | nn.GRU) -> None:

@@ -475,15 +475,16 @@ def test_backbone_config_roundtrip():
 
 @pytest.mark.parametrize("kernel,length", [(3, 9), (3, 1), (5, 2), (5, 7), (1, 4)])
 def test_fusion_conv_as_one_matrix_product_equals_conv1d(kernel, length):
-    """`same_conv1d` (the fusion's convolution as one GEMM over all taps) is nn.Conv1d with same padding,
-    values and gradients, lengths shorter than the kernel included."""
-    from charbert.modeling import same_conv1d
+    """`sum_shifted_taps` of one GEMM over all the conv's taps (the fusion's inference path) is nn.Conv1d with
+    same padding, values and gradients, lengths shorter than the kernel included."""
+    from charbert.modeling import sum_shifted_taps
 
     torch.manual_seed(0)
     conv = nn.Conv1d(12, 6, kernel, padding=kernel // 2)
     x = torch.randn(3, length, 12, requires_grad=True)
     expected = conv(x.transpose(1, 2)).transpose(1, 2)
-    got = same_conv1d(x, conv.weight, conv.bias)
+    taps_weight = conv.weight.permute(2, 0, 1).reshape(kernel * 6, 12)  # tap-major, as merged_fusion_weights lays out
+    got = sum_shifted_taps(torch.nn.functional.linear(x, taps_weight), kernel) + conv.bias
     assert got.shape == expected.shape == (3, length, 6)
     assert (got - expected).abs().max() <= 1e-6
     grad = torch.randn_like(got)
