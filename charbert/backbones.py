@@ -10,7 +10,6 @@ what differs between families is asked of the family's adapter, looked up by the
                                                       that a plain checkpoint's weights load under the same keys
     adapter.complete_config(config)                   fields the family's modules read under other names
     adapter.embed(model, input_ids, token_type_ids, position_ids, attention_mask)   (B, L, H): the subword channel
-    adapter.word_embeddings(model)                    the word embedding module (the tied MLM decoder)
     adapter.layers(model)                             the encoder layers, in order
     adapter.layer_inputs(model, attention_mask, hidden, position_ids)   what every layer call needs besides the
                                                       hidden states (mask in the layers' format, relative
@@ -25,7 +24,7 @@ what differs between families is asked of the family's adapter, looked up by the
     adapter.mlm_head_activation(config)               its activation
 
 and the class attributes `config_class`, `module_names` (state-dict prefixes that come from the
-plain checkpoint), `mlm_head_keys` (where a plain *ForMaskedLM checkpoint keeps its MLM head ->
+plain checkpoint), `word_embeddings_path` (the word embedding's submodule path), `mlm_head_keys` (where a plain *ForMaskedLM checkpoint keeps its MLM head ->
 our names), `tokenizer_kind` and `word_start` (how the family's usual tokenizer marks words),
 `fusion_norm` (where the fusion normalises: "post" for post-norm layers, "pre" for pre-norm ones).
 
@@ -77,6 +76,8 @@ class BackboneAdapter:
     pooler_class: type[nn.Module] | None = None
     # Top-level names of the plain base model's modules (state-dict prefixes loaded from a checkpoint).
     module_names: tuple[str, ...] = ("embeddings", "encoder", "pooler")
+    # Where the word embedding (the tied MLM decoder's weight) sits, as a submodule path.
+    word_embeddings_path: str = "embeddings.word_embeddings"
     # A plain *ForMaskedLM checkpoint's MLM head -> our names (loaded when present).
     mlm_head_keys: dict[str, str] = {}
     tokenizer_kind: str = WORDPIECE
@@ -115,9 +116,6 @@ class BackboneAdapter:
     def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
         """(B, L) ids -> (B, L, H) the subword channel entering the first layer."""
         return model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
-
-    def word_embeddings(self, model) -> nn.Embedding:
-        return model.embeddings.word_embeddings
 
     def layers(self, model) -> nn.ModuleList:
         return model.encoder.layer
@@ -396,6 +394,7 @@ class ModernBertAdapter(BackboneAdapter):
     backbone_type = "modernbert"
     config_class = ModernBertConfig
     module_names = ("embeddings", "layers", "final_norm", "rotary_emb")
+    word_embeddings_path = "embeddings.tok_embeddings"
     tokenizer_kind = BYTE_LEVEL_BPE
     word_start = "Ġ"
     fusion_norm = "pre"
@@ -426,9 +425,6 @@ class ModernBertAdapter(BackboneAdapter):
 
     def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
         return model.embeddings(input_ids=input_ids)
-
-    def word_embeddings(self, model) -> nn.Embedding:
-        return model.embeddings.tok_embeddings
 
     def layers(self, model) -> nn.ModuleList:
         return model.layers

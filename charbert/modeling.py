@@ -9,9 +9,9 @@
 The bracketed steps are our previous variant's (`PREVIOUS_VARIANT` in configuration.py); the
 default is the authors' released architecture. Pre-norm backbones (ModernBERT, `fusion_norm="pre"`)
 normalise the fusion's inputs instead: w = w + f(LN_w w, LN_c c). Without gradients (inference) the
-two maps are merged into the conv's taps: the same function, two matrix products. The backbone's own modules (its embeddings,
-encoder layers, pooler) are used as they are and keep their names, so a plain checkpoint's
-weights load under the same keys; what differs between backbone families (BERT, RoBERTa, ...)
+two maps are merged into the conv's taps: the same function, two matrix products. The backbone's
+own modules (its embeddings, encoder layers, pooler) are used as they are and keep their names, so a
+plain checkpoint's weights load under the same keys; what differs between backbone families (BERT, RoBERTa, ...)
 is asked of the family's adapter (backbones.py). Loading checkpoints lives in checkpoint.py.
 """
 
@@ -178,7 +178,7 @@ class HeterogeneousInteraction(CheckpointableModule):
     def __init__(self, config: CharBertConfig):
         super().__init__()
         hidden = config.hidden_size
-        self.pre_norm = getattr(config, "fusion_norm", "post") == "pre"
+        self.pre_norm = config.fusion_norm == "pre"
         self.word_proj = nn.Linear(hidden, hidden, bias=config.fusion_bias)
         self.char_proj = nn.Linear(hidden, hidden, bias=config.fusion_bias)
         self.fuse = nn.Conv1d(2 * hidden, hidden, config.fusion_kernel_size, padding=config.fusion_kernel_size // 2)
@@ -359,6 +359,14 @@ class MaskedLMHead(nn.Module):
         weight = self.decoder.weight if self.decoder is not None else tied_weight
         return F.linear(hidden, weight, self.bias)
 
+    @torch.no_grad()
+    def resize_bias(self, vocab_size: int) -> None:
+        """One bias entry per word of a resized vocabulary: kept words keep theirs, new words start at 0."""
+        bias = self.bias.new_zeros(vocab_size)
+        keep = min(vocab_size, self.bias.numel())
+        bias[:keep] = self.bias[:keep]
+        self.bias = nn.Parameter(bias)
+
 
 # ---- pretrained-model base -------------------------------------------------------------
 
@@ -432,6 +440,14 @@ class CharBertPreTrainedModel(PreTrainedModel):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         return checkpoint.build_on_backbone(cls, path, **kwargs)
 
+    def resize_token_embeddings(self, *args, **kwargs):
+        """transformers' resize of the word embeddings, and of the tied MLM head's bias with them."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        head = getattr(self, "mlm_head", None)
+        if head is not None and head.bias.numel() != embeddings.weight.shape[0]:
+            head.resize_bias(embeddings.weight.shape[0])
+        return embeddings
+
     @classmethod
     def from_backbone(cls, path: str | os.PathLike, **config_kwargs):
         """A new CharBERT whose backbone (embeddings, layers, pooler) is the plain checkpoint at `path`."""
@@ -466,13 +482,11 @@ class CharBertModel(CharBertPreTrainedModel):
         return backbones.get_adapter(self.config.backbone_type)
 
     def get_input_embeddings(self):
-        return self.backbone_adapter.word_embeddings(self)
+        return self.get_submodule(self.backbone_adapter.word_embeddings_path)
 
     def set_input_embeddings(self, value):
-        embeddings = self.get_input_embeddings()
-        owner = next(m for m in self.embeddings.modules() if any(c is embeddings for c in m.children()))
-        name = next(n for n, c in owner.named_children() if c is embeddings)
-        setattr(owner, name, value)
+        owner, _, name = self.backbone_adapter.word_embeddings_path.rpartition(".")
+        setattr(self.get_submodule(owner), name, value)
 
     def layer_output_norms(self) -> list[nn.LayerNorm]:
         """The LayerNorm each backbone layer ends with (BERT-like layers: `layer.output.LayerNorm`)."""

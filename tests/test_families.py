@@ -139,6 +139,24 @@ def test_identity_start_reproduces_the_plain_model(family_dirs, family):
         assert (normal(**batch).last_hidden_state[real] - expected[real]).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resized_word_embeddings_stay_tied_to_the_mlm_head(family_dirs, family):
+    """`resize_token_embeddings` finds each family's word embedding (ModernBERT's is `tok_embeddings`) and
+    the tied MLM head's bias follows it (kept words keep theirs, new ones start at 0)."""
+    model = CharBertForMaskedLM.from_pretrained(family_dirs(family), char_vocab_size=80)
+    vocab = model.config.vocab_size
+    bias = model.mlm_head.bias.detach().clone()
+    model.resize_token_embeddings(vocab + 8)
+    assert torch.equal(model.mlm_head.bias[:vocab], bias) and not model.mlm_head.bias[vocab:].any()
+    embeddings = model.charbert.get_input_embeddings()
+    assert embeddings.weight.shape[0] == vocab + 8 and model.config.vocab_size == vocab + 8
+    assert embeddings is model.charbert.get_submodule(get_adapter(family).word_embeddings_path)
+    batch = {"input_ids": torch.tensor([[1, vocab + 3, 5]]), "char_input_ids": torch.tensor([[1, 2, 3, 4]]),
+             "char_start_positions": torch.tensor([[0, 1, 2]]), "char_end_positions": torch.tensor([[0, 1, 3]])}
+    with torch.no_grad():
+        assert model(**batch).logits.shape == (1, 3, vocab + 8)
+
+
 def test_modernbert_fuses_before_its_norm_and_deberta_after(family_dirs):
     """The pre-norm family's fusion adds to the residual stream (config switch `fusion_norm`), the post-norm
     families' normalise after the residual, as the authors'; the switch can be set either way."""
@@ -327,11 +345,11 @@ def test_pretrain_finetune_and_robustness(family_dirs, family, tiny_texts, task_
     qa = pipeline("question-answering", model=str(squad), device="cpu", max_seq_len=64, doc_stride=16, max_question_len=16)
     for ex, answer in zip(dev, qa([{"question": ex.question, "context": ex.context} for ex in dev])):
         assert answer["answer"] == predictions[ex.id]
-    tagger = pipeline("token-classification", model=str(ner), device="cpu")
+    tagger = pipeline("token-classification", model=str(ner), device="cpu", ignore_labels=[])
     text = "Alpha met Beta and Omega in 2024."
     tagged = tagger(text)
-    assert all(0 <= e["start"] < e["end"] <= len(text) and e["entity"] in {"O", "B-LOC", "B-PER", "I-LOC", "I-PER"}
-               for e in tagged)
+    assert tagged and all(0 <= e["start"] < e["end"] <= len(text) and e["entity"] in {"O", "B-LOC", "B-PER", "I-LOC", "I-PER"}
+                          for e in tagged)
     assert type(tagger.model) is CharBertForTokenClassification
     classify = pipeline("text-classification", model=str(glue), device="cpu")
     assert type(classify.model) is CharBertForSequenceClassification
