@@ -351,3 +351,57 @@ def test_fusion_weights_are_shared_initializers_that_int8_quantizes(bert_dir, tm
     assert len({n.input[1] for n in matmuls}) == 2  # one shared block: one copy of each merged weight
     plain_layers = 2 * 6 + 1  # per layer Q, K, V, O, FFN in and out; the classifier
     assert info["int8"]["quantized_nodes"]["MatMulInteger"] == plain_layers + 4
+
+
+def test_export_traces_the_eager_attention_and_leaves_the_models_own(bert_dir, tiny_texts, tmp_path):
+    """The graph has the eager attention's form (SDPA's guard adds an IsNaN and two Where per layer, which
+    ONNX Runtime runs slower); the model keeps its own attention, and the export matches it."""
+    import onnx
+
+    from charbert.export import export_model
+
+    model = save_charbert(tmp_path / "model", bert_dir, CharBertForTokenClassification)
+    layers = list(model.base_model.backbone_adapter.layers(model.base_model))
+    assert model.config._attn_implementation == "sdpa" == layers[0].attention.self.config._attn_implementation
+    export_model(model, CharBertTokenizerFast.from_pretrained(tmp_path / "model"), tmp_path / "onnx")
+    assert model.config._attn_implementation == "sdpa" == layers[0].attention.self.config._attn_implementation
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "onnx" / ONNX_FILE)).graph.node]
+    assert "IsNaN" not in ops and ops.count("Softmax") == model.config.num_hidden_layers
+    check_against_eager(model, tmp_path / "onnx", tiny_texts)
+
+
+def test_denormals_are_flushed_during_a_run_and_the_threads_mode_restored(bert_dir, tiny_texts, tmp_path):
+    """ONNX Runtime's GRU slows down ~4x on denormal hidden states: OnnxModel runs each call with denormals
+    flushed to zero in the calling thread (and its session's threads), then leaves the thread as it was."""
+    from charbert.onnx_runtime import denormals_flushed, flushing_denormals, session_options
+
+    assert not flushing_denormals()
+    with denormals_flushed():
+        assert flushing_denormals()
+        with denormals_flushed():
+            assert flushing_denormals()
+        assert flushing_denormals()  # the inner block found the mode on and left it on
+    assert not flushing_denormals()
+    with denormals_flushed(enabled=False):
+        assert not flushing_denormals()
+    assert session_options(1).get_session_config_entry("session.set_denormal_as_zero") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # the option is not set at all
+        session_options(1, flush_denormals=False).get_session_config_entry("session.set_denormal_as_zero")
+
+    model = save_charbert(tmp_path / "model", bert_dir, CharBertForTokenClassification)
+    export(tmp_path / "model", tmp_path / "onnx")
+    tokenizer = CharBertTokenizerFast.from_pretrained(tmp_path / "onnx")
+    inputs = encode(tokenizer, batches(tiny_texts, sizes=(3,))[0])
+    with torch.no_grad():
+        eager = model(**inputs).logits
+    for flush in (True, False):
+        onnx_model = OnnxModel.from_pretrained(tmp_path / "onnx", flush_denormals=flush)
+        run, seen = onnx_model.session.run, []
+
+        def spy(*args, run=run, seen=seen):
+            seen.append(flushing_denormals())
+            return run(*args)
+
+        onnx_model.session.run = spy
+        assert (onnx_model(**inputs).logits - eager).abs().max() <= TOLERANCE
+        assert seen == [flush] and not flushing_denormals()
