@@ -169,10 +169,10 @@ def test_export_change_keeps_eager_bitwise_equal(bert_dir, tiny_texts):
     the previous split(B) gives bitwise the same outputs, in both padding modes."""
     from charbert.compat import layer_output
 
-    def split_layer(self, layer, fusion, word, char, stacked_mask, token_mask, merged_weights=None):
+    def split_layer(self, layer, fusion, word, char, stacked_mask, token_mask, merged_weights=None, real=None):
         out = layer_output(layer(torch.cat([word, char], 0), stacked_mask))
         word, char = out.split(word.size(0), 0)
-        return fusion(word, char, token_mask, merged_weights)
+        return fusion(word, char, token_mask, merged_weights, real)
 
     tokenizer = CharBertTokenizerFast.from_pretrained(bert_dir)
     inputs = tokenizer(batches(tiny_texts, sizes=(5,))[0], padding=True, truncation=True, max_length=64,
@@ -345,7 +345,7 @@ def test_fusion_weights_are_shared_initializers_that_int8_quantizes(bert_dir, tm
                      and int(np.prod(n.attribute[0].t.dims)) >= 1024]
     assert not big_constants
     initializers = {i.name for i in graph.initializer}
-    matmuls = [n for n in graph.node if n.op_type == "MatMul" and "fusion" in n.name]
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and "fusion" in n.name]
     assert len(matmuls) == 2 * 2  # word and character taps, two layers
     assert all(n.input[1] in initializers for n in matmuls)
     assert len({n.input[1] for n in matmuls}) == 2  # one shared block: one copy of each merged weight

@@ -538,3 +538,76 @@ def test_fusion_inference_path_equals_training_path_and_follows_weight_updates(f
     with torch.inference_mode():
         before, after = fusion(word, char, mask)[0], fusion(changed, char, mask)[0]
     assert torch.equal(before[1, :4], after[1, :4])
+
+
+@pytest.mark.parametrize("fusion_bias,kernel", [(False, 3), (True, 3), (False, 5)])
+def test_fusion_products_on_the_real_tokens_alone_give_the_padded_numbers(fusion_bias, kernel, monkeypatch):
+    """The inference path on a padded batch runs its matrix products on the real tokens only (RealTokens)
+    and gathers their taps onto the conv's zero-padded grid: every position, padding included, as the padded
+    products give it, for right- and left-padded rows, a one-token row and a row without padding."""
+    from charbert.modeling import real_tokens
+
+    torch.manual_seed(0)
+    config = CharBertConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, fusion_bias=fusion_bias,
+                            fusion_kernel_size=kernel)
+    fusion = HeterogeneousInteraction(config).eval()
+    for p in fusion.parameters():
+        nn.init.normal_(p, std=0.2)
+    word, char = torch.randn(4, 9, 32), torch.randn(4, 9, 32)
+    mask = torch.ones(4, 9)
+    mask[1, 5:] = 0  # right padding
+    mask[2, :6] = 0  # left padding
+    mask[3, 1:] = 0  # one token
+    real = real_tokens(mask, kernel // 2)
+    n = int(mask.sum())
+    assert real.index.tolist() == [i for i, m in enumerate(mask.flatten().tolist()) if m]
+    halo = [n] * (kernel // 2)  # outside the row: row N (zeros); padding: row N + 1 (the conv's bias)
+    assert real.grid[1].tolist() == halo + [9, 10, 11, 12, 13] + [n + 1] * 4 + halo
+    assert real.grid[2].tolist() == halo + [n + 1] * 6 + [14, 15, 16] + halo
+    assert real.grid[3].tolist() == halo + [17] + [n + 1] * 8 + halo
+    rows_seen = []
+    addmm = torch.addmm
+
+    def spy(bias, x, *args, **kwargs):
+        rows_seen.append(x.size(0))
+        return addmm(bias, x, *args, **kwargs)
+
+    with torch.inference_mode():
+        padded = fusion(word, char, mask.unsqueeze(-1))
+        monkeypatch.setattr(torch, "addmm", spy)
+        packed = fusion(word, char, mask.unsqueeze(-1), real=real)
+    assert rows_seen == [n]  # the products ran on the 9 + 5 + 3 + 1 real tokens
+    for a, b in zip(padded, packed):
+        assert (a - b).abs().max() <= 1e-6 * (1 + a.abs().max())
+
+
+def test_model_on_a_padded_batch_packs_the_fusion_and_keeps_its_outputs(monkeypatch):
+    """CharBertModel packs the fusion's products only at inference, on a padded batch, in exact padding mode;
+    its outputs (every layer, every position) are those of the padded products within float rounding."""
+    from charbert import modeling
+
+    config = tiny_config()
+    model = eval_model(CharBertModel, config)
+    batch = random_batch(config)
+    batch["attention_mask"][1, 7:] = 0
+    packed_calls = []
+    real_tokens = modeling.real_tokens
+    packs_real_tokens = modeling.packs_real_tokens
+    monkeypatch.setattr(modeling, "real_tokens", lambda mask, halo: packed_calls.append(mask.shape) or real_tokens(mask, halo))
+    with torch.inference_mode():
+        packed = model(**batch, output_hidden_states=True)
+        assert packed_calls == [(3, 12)]
+        monkeypatch.setattr(modeling, "packs_real_tokens", lambda mask: False)
+        padded = model(**batch, output_hidden_states=True)
+        assert len(packed_calls) == 1
+    for a, b in zip(padded.hidden_states + padded.char_hidden_states, packed.hidden_states + packed.char_hidden_states):
+        assert (a - b).abs().max() <= 1e-6 * (1 + a.abs().max())
+    monkeypatch.setattr(modeling, "packs_real_tokens", packs_real_tokens)
+    with torch.no_grad():
+        model(**{**batch, "attention_mask": torch.ones_like(batch["attention_mask"])})  # nothing to skip
+        model.train()  # the training path
+        model(**batch)
+        CharBertModel(tiny_config(char_padding="reference")).eval()(**batch)  # the authors' padding
+    with torch.enable_grad():
+        model.eval()(**batch)  # gradients taken
+    assert len(packed_calls) == 1
