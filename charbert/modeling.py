@@ -269,7 +269,7 @@ class HeterogeneousInteraction(CheckpointableModule):
         word = word.reshape(-1, hidden).index_select(0, real.index)  # (N, H)
         char = char.reshape(-1, hidden).index_select(0, real.index)  # (N, H)
         taps = torch.addmm(merged.token_bias, char, merged.char_taps.t())  # (N, k*H), tap-major, conv bias in
-        taps = taps.addmm_(word, merged.word_taps.t())
+        taps = torch.addmm(taps, word, merged.word_taps.t())  # (not in place: autocast casts only out-of-place ops)
         taps = torch.cat([taps, merged.outside_and_padding]).index_select(0, real.grid.reshape(-1))  # (B*(L+2h), k*H)
         taps = taps.view(batch, -1, kernel, hidden)  # (B, L + 2 halo, k, H)
         out = taps[:, 0:length, 0]

@@ -576,9 +576,13 @@ def test_fusion_products_on_the_real_tokens_alone_give_the_padded_numbers(fusion
         padded = fusion(word, char, mask.unsqueeze(-1))
         monkeypatch.setattr(torch, "addmm", spy)
         packed = fusion(word, char, mask.unsqueeze(-1), real=real)
-    assert rows_seen == [n]  # the products ran on the 9 + 5 + 3 + 1 real tokens
+    assert rows_seen == [n, n]  # both products ran on the 9 + 5 + 3 + 1 real tokens
     for a, b in zip(padded, packed):
         assert (a - b).abs().max() <= 1e-6 * (1 + a.abs().max())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision runs it too
+        bf16 = fusion(word, char, mask.unsqueeze(-1), real=real)
+    for a, b in zip(padded, bf16):
+        assert (a - b.float()).abs().max() <= 0.05 * (1 + a.abs().max())
 
 
 def test_model_on_a_padded_batch_packs_the_fusion_and_keeps_its_outputs(monkeypatch):
