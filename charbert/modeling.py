@@ -271,11 +271,7 @@ class HeterogeneousInteraction(CheckpointableModule):
         taps = torch.addmm(merged.token_bias, char, merged.char_taps.t())  # (N, k*H), tap-major, conv bias in
         taps = torch.addmm(taps, word, merged.word_taps.t())  # (not in place: autocast casts only out-of-place ops)
         taps = torch.cat([taps, merged.outside_and_padding]).index_select(0, real.grid.reshape(-1))  # (B*(L+2h), k*H)
-        taps = taps.view(batch, -1, kernel, hidden)  # (B, L + 2 halo, k, H)
-        out = taps[:, 0:length, 0]
-        for j in range(1, kernel):  # tap j reads the token j - halo positions away
-            out = out + taps[:, j:j + length, j]
-        return out  # (B, L, H)
+        return sum_taps_on_grid(taps.view(batch, -1, kernel, hidden), length)  # (B, L + 2 halo, k, H) -> (B, L, H)
 
     def merged_weights(self):
         """The merged weights, recomputed whenever a weight they come from has changed. Checked by value
@@ -338,11 +334,17 @@ def merged_fusion_weights(fusion: HeterogeneousInteraction) -> MergedFusionWeigh
 def sum_shifted_taps(taps: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """(B, L, k*C) per-token outputs of a conv's k taps (tap-major) -> (B, L, C) the "same"-padded convolution
     (zeros past both ends): tap j reads the input j - k//2 positions away."""
-    length, half = taps.size(1), kernel_size // 2
-    taps = F.pad(taps.unflatten(-1, (kernel_size, -1)), (0, 0, 0, 0, half, half))  # (B, L + 2 half, k, C)
-    out = taps[:, 0:length, 0]
-    for j in range(1, kernel_size):
-        out = out + taps[:, j:j + length, j]
+    half = kernel_size // 2
+    grid = F.pad(taps.unflatten(-1, (kernel_size, -1)), (0, 0, 0, 0, half, half))  # (B, L + 2 half, k, C)
+    return sum_taps_on_grid(grid, taps.size(1))
+
+
+def sum_taps_on_grid(grid: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, L + 2 half, k, C) the k taps' outputs at every position of a row widened by half = k//2 zero
+    positions on each side -> (B, L, C): position i sums tap j of position i + j - half."""
+    out = grid[:, 0:length, 0]
+    for j in range(1, grid.size(2)):
+        out = out + grid[:, j:j + length, j]
     return out
 
 
