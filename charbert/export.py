@@ -205,7 +205,7 @@ def _max_diff(model, session, inputs: dict[str, torch.Tensor], output_names) -> 
 
 def _constants_as_initializers(path: Path, min_elements: int = 1024) -> None:
     """Rewrite the graph's large Constant nodes as initializers, one per distinct tensor. The fusion's merged
-    weights (`HeterogeneousInteraction._fused_for_inference`) are traced as constants, once per layer call; as
+    weights (`fusion_inference.fused_for_inference`) are traced as constants, once per layer call; as
     initializers they are stored once (one shared fusion block: one copy for all layers) and are weights
     that int8 quantization can see."""
     import hashlib
