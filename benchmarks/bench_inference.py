@@ -11,8 +11,8 @@ dev set (../shared/data).  Run it on a quiet machine: it measures, in one run,
 1. forward time per batch (ms) and sentences/s at each --batch_sizes, on real sentences batched in
    file order (each batch padded to its longest row; tokenisation not timed; --num_batches batches, more
    where that is fewer than --min_sentences sentences: batch 1 times the first 64), for: CharBERT eager,
-   CharBERT ONNX Runtime fp32 and int8 (``python -m charbert.export``'s files, run by
-   ``charbert.onnx_runtime.OnnxModel`` with its session options), plain eager and plain ONNX Runtime
+   CharBERT ONNX Runtime fp32 and int8 (``python -m charbert.serving.export``'s files, run by
+   ``charbert.serving.onnx_runtime.OnnxModel`` with its session options), plain eager and plain ONNX Runtime
    fp32 and int8; each row also as a ratio to plain eager at the same batch size;
 2. NER prediction through what ``finetune.ner --do_predict`` runs (word features,
    :func:`charbert.tasks.inference.eval_dataloader`, ``gather_predictions`` under
@@ -97,8 +97,8 @@ def num_batches(args, batch_size: int) -> int:
 
 def forward_rows(sents, path: Path, args) -> tuple[list[list], list[dict]]:
     """Section 1: ms per batch and sentences/s of every model and backend at every batch size."""
-    from charbert.export import export_model
-    from charbert.onnx_runtime import OnnxModel
+    from charbert.serving.export import export_model
+    from charbert.serving.onnx_runtime import OnnxModel
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_inference_onnx_"))
     models = {}

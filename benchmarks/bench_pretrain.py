@@ -42,9 +42,9 @@ from transformers import BertForMaskedLM
 
 from benchmarks.common import DATA_DIR, corpus_lines, median_time, minilm_path, print_table
 from charbert import CharBertForPreTraining, CharBertTokenizer
-from charbert.collator import PretrainingCollator
-from charbert.data import pack_lines
-from charbert.vocab import WordVocab
+from charbert.pretraining.blocks import pack_lines
+from charbert.pretraining.collator import PretrainingCollator
+from charbert.pretraining.vocab import WordVocab
 
 
 def train_step(model, batch, optimizer, loss_fn):
@@ -110,11 +110,11 @@ def packing_peaks(path, corpus: Path, saved: Path, work: Path, max_tokens: int) 
     tok = f"from charbert import CharBertTokenizer; tok = CharBertTokenizer.from_pretrained('{path}'); "
     files = sorted(map(str, corpus.glob("*.txt")))
     calls = {
-        "pack_corpus": f"from charbert.data import pack_corpus; d = pack_corpus({files}, tok.tokenizer, '{work}/files', "
+        "pack_corpus": f"from charbert.pretraining.blocks import pack_corpus; d = pack_corpus({files}, tok.tokenizer, '{work}/files', "
                        f"{max_tokens}, False)",
-        "text": f"from charbert.hf_datasets import pack_dataset; d = pack_dataset('text', tok.tokenizer, '{work}/text', "
+        "text": f"from charbert.pretraining.hf_datasets import pack_dataset; d = pack_dataset('text', tok.tokenizer, '{work}/text', "
                 f"{max_tokens}, data_files={files}, show_progress=False)",
-        "save_to_disk": f"from charbert.hf_datasets import pack_dataset; d = pack_dataset('{saved}', tok.tokenizer, "
+        "save_to_disk": f"from charbert.pretraining.hf_datasets import pack_dataset; d = pack_dataset('{saved}', tok.tokenizer, "
                         f"'{work}/saved', {max_tokens}, show_progress=False)",
     }
     peaks = {name: peak_rss_mb(tok + call + "; print(len(d))") for name, call in calls.items()}

@@ -34,6 +34,25 @@ from .tokenization import CharBertTokenizer, CharBertTokenizerFast
 
 __version__ = "0.1.0"
 
+# Modules that moved into subpackages, still importable by their old names (`from charbert import collator`).
+_MOVED_MODULES = {
+    "corpus": "charbert.pretraining.corpus",
+    "hf_datasets": "charbert.pretraining.hf_datasets",
+    "data": "charbert.pretraining.blocks",
+    "vocab": "charbert.pretraining.vocab",
+    "collator": "charbert.pretraining.collator",
+    "export": "charbert.serving.export",
+    "onnx_runtime": "charbert.serving.onnx_runtime",
+}
+
+
+def __getattr__(name):
+    if name in _MOVED_MODULES:
+        import importlib
+
+        return importlib.import_module(_MOVED_MODULES[name])
+    raise AttributeError(f"module 'charbert' has no attribute {name!r}")
+
 AutoConfig.register("charbert", CharBertConfig, exist_ok=True)
 for _auto, _cls in (
     (AutoModel, CharBertModel),

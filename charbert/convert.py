@@ -46,8 +46,8 @@ from .modeling import (
     CharBertForSequenceClassification,
     CharBertForTokenClassification,
 )
+from .pretraining.vocab import WordVocab
 from .tokenization import CharBertTokenizer
-from .vocab import WordVocab
 
 PROG = program_name("python -m charbert.convert")  # the console script's name when run as one
 WEIGHTS_FILE = "pytorch_model.bin"

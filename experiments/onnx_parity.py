@@ -5,7 +5,7 @@
     python experiments/onnx_parity.py --task glue --task_name sst2 --model_name_or_path runs/rep/sst2_charbert \\
         --test_file ../shared/data/glue/SST-2/dev.tsv --output_dir runs/onnx_parity/sst2_charbert
 
-Exports the folder (``charbert.export``, fp32, and int8 with ``--int8``), runs the task program's
+Exports the folder (``charbert.serving.export``, fp32, and int8 with ``--int8``), runs the task program's
 ``--do_predict`` on the PyTorch folder and on the export, and compares the prediction files line by
 line and the metrics. Writes ``parity.json`` in ``--output_dir`` and prints one line; exit code 1
 when fp32 predictions differ.  (int8 is reported, never required to match.)
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--int8", action="store_true", help="also the int8 export (reported, not required to match)")
     p.add_argument("--int8_per_tensor", action="store_true", help="int8 weights with one scale per matrix (default: per channel)")
     args, passthrough = p.parse_known_args(argv)  # the rest goes to the task program (--task_name sst2, ...)
-    from charbert.export import export
+    from charbert.serving.export import export
 
     out = Path(args.output_dir)
     info = export(args.model_name_or_path, out / "onnx", quantize="int8" if args.int8 else None,

@@ -11,7 +11,7 @@ subword channel's last hidden state with the plain `AutoModel`'s on the same rea
 * mean / min cosine and mean relative error ||h_charbert - h_plain|| / ||h_plain|| over real tokens;
 * the cosine between the two channels' last states (what the character channel receives);
 * with --word_vocab: the step-0 MLM and NLM losses (and NLM acc@1) on held-out blocks noised and
-  masked as in pretraining, through `charbert.pretraining.pretraining_metrics`.
+  masked as in pretraining, through `charbert.pretraining.job.pretraining_metrics`.
 
 The pretraining budget is spent rebuilding whatever distance this table shows.
 """
@@ -68,8 +68,8 @@ def token_figures(plain: torch.Tensor, word: torch.Tensor, char: torch.Tensor, m
 def step0_losses(model, tokenizer, word_vocab, blocks: list[str], max_seq_length: int, seed: int) -> dict:
     from accelerate import Accelerator
 
-    from charbert.collator import PretrainingCollator
-    from charbert.pretraining import pretraining_metrics
+    from charbert.pretraining.collator import PretrainingCollator
+    from charbert.pretraining.job import pretraining_metrics
 
     collator = PretrainingCollator(tokenizer, word_vocab, max_seq_length)
     rng = np.random.default_rng(seed)
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     from charbert import CharBertForPreTraining, CharBertTokenizer
     from charbert.chars import CharVocab
     from charbert.configuration import PREVIOUS_VARIANT
-    from charbert.vocab import WordVocab
+    from charbert.pretraining.vocab import WordVocab
 
     base = args.model_name_or_path or str(minilm_path())
     if args.text_file:

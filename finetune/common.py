@@ -38,7 +38,7 @@ from charbert.cli import (
     write_json,
 )
 from charbert.model_card import CARD_NAME, write_model_card
-from charbert.onnx_runtime import is_onnx_export
+from charbert.serving.onnx_runtime import is_onnx_export
 from charbert.tasks.errors import TaskDataError
 from charbert.tasks.features import FeatureDataset
 from charbert.tasks.inference import eval_dataloader
@@ -226,7 +226,7 @@ def read_split(task: Task, args, path: str | None, split: str) -> Split:
     """One split from its file, else from the --dataset_name split."""
     if path:
         return task.read(args, path, split)
-    from charbert.hf_datasets import open_dataset
+    from charbert.pretraining.hf_datasets import open_dataset
 
     name = task.dataset_split(args, split)
     try:

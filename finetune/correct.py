@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_corrector(args):
+    from charbert.pretraining.vocab import WordVocab
     from charbert.robustness.correct import DictionaryCorrector, NlmCorrector
-    from charbert.vocab import WordVocab
 
     if args.method == "dictionary":
         return DictionaryCorrector(WordVocab.load(args.model_name_or_path))

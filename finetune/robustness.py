@@ -54,9 +54,9 @@ from charbert.cli import (
     write_json,
 )
 from charbert.noise import ATTACK_TYPES, parse_attack_type
-from charbert.onnx_runtime import is_onnx_export
 from charbert.robustness.report import CLEAN, plot_scores, render_markdown, score_drops
 from charbert.robustness.tasks import ATTACK_TASKS, check_family_options, get_attack_task
+from charbert.serving.onnx_runtime import is_onnx_export
 from charbert.tasks.errors import TaskDataError
 from charbert.tasks.loading import ModelSetupError
 

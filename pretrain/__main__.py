@@ -36,8 +36,8 @@ WITHOUT_RECIPE = dict(new_module_init=None, share_fusion=None, new_module_lr_mul
 
 def build_parser() -> argparse.ArgumentParser:
     from charbert.cli import program_name
-    from charbert.collator import OBJECTIVES
     from charbert.configuration import NEW_MODULE_INITS
+    from charbert.pretraining.collator import OBJECTIVES
     from charbert.training import add_training_args
 
     parser = argparse.ArgumentParser(prog=program_name(PROG), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,7 +118,7 @@ def parse_args(argv=None):
     return args
 
 
-# The smallest block of clean tokens packing makes (charbert.data.pack_lines).
+# The smallest block of clean tokens packing makes (charbert.pretraining.blocks.pack_lines).
 MIN_BLOCK_TOKENS = 8
 
 
@@ -160,10 +160,10 @@ def pack_text(args, files: list[str] | None, split: str | None, *, tokenizer, ca
               show_progress: bool):
     """Packed blocks of text files, else of the --dataset_name split (streamed, never held in memory)."""
     if files:
-        from charbert.data import pack_corpus
+        from charbert.pretraining.blocks import pack_corpus
 
         return pack_corpus(files, tokenizer, cache, budget, show_progress)
-    from charbert.hf_datasets import pack_dataset
+    from charbert.pretraining.hf_datasets import pack_dataset
 
     return pack_dataset(args.dataset_name, tokenizer, cache, budget, args.dataset_config_name, split,
                         args.text_column_name, revision=args.dataset_revision, show_progress=show_progress)
@@ -171,8 +171,8 @@ def pack_text(args, files: list[str] | None, split: str | None, *, tokenizer, ca
 
 def run(args) -> dict:
     from charbert.checkpoint import read_model_type, resolve_checkpoint
-    from charbert.collator import PretrainingCollator
-    from charbert.pretraining import (
+    from charbert.pretraining.collator import PretrainingCollator
+    from charbert.pretraining.job import (
         load_pretraining_model,
         prepare_default_job,
         pretraining_metrics,

@@ -5,7 +5,7 @@
 One streaming pass over every line (plain or .gz) counts words and characters at the same
 time, then writes into `output_dir`:
 
-    word_vocab.txt    one word per line, [UNK] first (charbert.vocab.WordVocab)
+    word_vocab.txt    one word per line, [UNK] first (charbert.pretraining.vocab.WordVocab)
     char_vocab.json   the character vocabulary (charbert.chars.CharVocab)
     vocab_stats.json  what was read and how well the vocabularies cover it
 
@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from charbert.chars import CHAR_VOCAB_FILE, CharVocab
 from charbert.cli import UsageError, program_name, run_main
-from charbert.corpus import ReadStats, expand_paths, iter_lines
-from charbert.vocab import WORD_VOCAB_FILE, WordCounter, WordVocab, count_corpus
+from charbert.pretraining.corpus import ReadStats, expand_paths, iter_lines
+from charbert.pretraining.vocab import WORD_VOCAB_FILE, WordCounter, WordVocab, count_corpus
 
 STATS_FILE = "vocab_stats.json"
 PROG = program_name("python -m pretrain.vocab")  # the console script's name when run as one

@@ -12,7 +12,7 @@ from charbert.backbones import BACKBONES, BackboneAdapter, get_adapter
 from charbert.checkpoint import MLM_HEAD_KEYS, PADDING_OFFSET_MODEL_TYPES, max_sequence_length
 from charbert.configuration import BACKBONE_CONFIGS
 from charbert.modeling import BACKBONE_MODULES
-from charbert.pretraining import MLM_MODEL_TYPES
+from charbert.pretraining.job import MLM_MODEL_TYPES
 
 
 def tiny(backbone_type: str, **kw) -> CharBertConfig:

@@ -32,7 +32,7 @@ from charbert.convert import (
     map_term_vocab,
     read_lines,
 )
-from charbert.vocab import WordVocab
+from charbert.pretraining.vocab import WordVocab
 
 VOCAB_SIZE = 120
 

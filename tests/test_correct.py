@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+from charbert.pretraining.vocab import WordVocab
 from charbert.robustness.attacks import rewrite_column_file, rewrite_glue_file, rewrite_squad_file, rewrite_text_file
 from charbert.robustness.correct import DictionaryCorrector, NlmCorrector, correction_scores, match_case
 from charbert.tasks.ner import read_conll
 from charbert.tasks.squad import read_squad
-from charbert.vocab import WordVocab
 
 FIXES = {"presidnet": "president", "budegt": "budget", "Germny": "Germany"}
 

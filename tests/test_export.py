@@ -1,4 +1,4 @@
-"""ONNX export (charbert.export) and the ONNX Runtime model (charbert.onnx_runtime), on tiny models.
+"""ONNX export (charbert.serving.export) and the ONNX Runtime model (charbert.serving.onnx_runtime), on tiny models.
 
 Every head of CharBERT on BERT and RoBERTa, both character padding modes and both character layouts,
 plain BERT/RoBERTa folders: exported once (traced on a batch of 2), then run by ONNX Runtime on padded
@@ -29,8 +29,8 @@ from charbert import (  # noqa: E402
     CharBertModel,
     CharBertTokenizerFast,
 )
-from charbert.export import export, main  # noqa: E402
-from charbert.onnx_runtime import (  # noqa: E402
+from charbert.serving.export import export, main  # noqa: E402
+from charbert.serving.onnx_runtime import (  # noqa: E402
     EXPORT_INFO_FILE,
     ONNX_FILE,
     ONNX_INT8_FILE,
@@ -297,7 +297,7 @@ def test_token_classification_pipeline_takes_the_onnx_model(bert_dir, tiny_texts
 def test_pipelines_on_an_export_folder(bert_dir, tmp_path):
     from transformers import pipeline
 
-    from charbert.onnx_runtime import onnx_pipeline
+    from charbert.serving.onnx_runtime import onnx_pipeline
 
     cases = [("text-classification", CharBertForSequenceClassification, {"num_labels": 3}, "Ada wrote a program.", {}),
              ("question-answering", CharBertForQuestionAnswering, {},
@@ -358,7 +358,7 @@ def test_export_traces_the_eager_attention_and_leaves_the_models_own(bert_dir, t
     ONNX Runtime runs slower); the model keeps its own attention, and the export matches it."""
     import onnx
 
-    from charbert.export import export_model
+    from charbert.serving.export import export_model
 
     model = save_charbert(tmp_path / "model", bert_dir, CharBertForTokenClassification)
     layers = list(model.base_model.backbone_adapter.layers(model.base_model))
@@ -373,7 +373,7 @@ def test_export_traces_the_eager_attention_and_leaves_the_models_own(bert_dir, t
 def test_denormals_are_flushed_during_a_run_and_the_threads_mode_restored(bert_dir, tiny_texts, tmp_path):
     """ONNX Runtime's GRU slows down ~4x on denormal hidden states: OnnxModel runs each call with denormals
     flushed to zero in the calling thread (and its session's threads), then leaves the thread as it was."""
-    from charbert.onnx_runtime import denormals_flushed, flushing_denormals, session_options
+    from charbert.serving.onnx_runtime import denormals_flushed, flushing_denormals, session_options
 
     assert not flushing_denormals()
     with denormals_flushed():

@@ -33,10 +33,10 @@ from charbert import (
     CharBertTokenizer,
 )
 from charbert.backbones import get_adapter
-from charbert.collator import token_words
+from charbert.pretraining.collator import token_words
+from charbert.pretraining.vocab import WordVocab, split_words
 from charbert.tiny import make_tiny_checkpoint
 from charbert.training import read_log
-from charbert.vocab import WordVocab, split_words
 
 FAMILIES = ["xlm-roberta", "camembert", "deberta-v2", "modernbert"]
 END_TO_END = ["xlm-roberta", "deberta-v2", "modernbert"]  # CamemBERT is XLM-RoBERTa's code under another name
@@ -371,7 +371,7 @@ def test_onnx_export_matches_eager(family_dirs, family, tiny_texts, tmp_path, re
     pytest.importorskip("onnxruntime")
     from test_export import check_against_eager, save_charbert
 
-    from charbert.export import export
+    from charbert.serving.export import export
 
     path = family_path(family, family_dirs, request)
     model = save_charbert(tmp_path / "model", path, CharBertForTokenClassification)

@@ -11,9 +11,9 @@ import pytest
 
 datasets = pytest.importorskip("datasets", reason="the datasets extra is not installed")
 
-from charbert.corpus import ReadStats, iter_lines  # noqa: E402
-from charbert.data import PackedBlocks, pack_corpus, pack_lines  # noqa: E402
-from charbert.hf_datasets import (  # noqa: E402
+from charbert.pretraining.blocks import PackedBlocks, pack_corpus, pack_lines  # noqa: E402
+from charbert.pretraining.corpus import ReadStats, iter_lines  # noqa: E402
+from charbert.pretraining.hf_datasets import (  # noqa: E402
     is_saved_dataset,
     iter_dataset_lines,
     iter_text_lines,
@@ -67,7 +67,7 @@ def test_text_builder_streams_the_same_blocks_as_the_file(text_file, tokenizer, 
 def test_text_builder_chunks_do_not_change_the_lines(text_file, monkeypatch):
     # the builder reads TEXT_CHUNK_CHARS at a time (memory); chunk ends fall inside lines and CRLFs here
     file_lines = list(iter_lines([text_file], ReadStats()))
-    monkeypatch.setattr("charbert.hf_datasets.TEXT_CHUNK_CHARS", 37)
+    monkeypatch.setattr("charbert.pretraining.hf_datasets.TEXT_CHUNK_CHARS", 37)
     assert list(iter_dataset_lines("text", data_files=str(text_file))) == file_lines
 
 
@@ -150,7 +150,7 @@ def _pretrain_losses(bert_dir, vocab_dir, out, *data_flags) -> list[float]:
 
 @pytest.mark.slow
 def test_pretrain_dataset_name_trains_on_the_same_blocks_as_the_file(bert_dir, tiny_texts, lines, text_file, tmp_path):
-    from charbert.vocab import WordVocab
+    from charbert.pretraining.vocab import WordVocab
 
     vocab = tmp_path / "vocab"
     vocab.mkdir()

@@ -1,6 +1,6 @@
 """Text outside English, as XLM-RoBERTa users bring it: Cyrillic, Greek, CJK (Chinese without spaces,
 Japanese kana) and Devanagari. The character vocabulary and `pretrain.vocab` keep every script; a word
-is what `charbert.vocab.split_words` says (one CJK ideograph per word); the character channel spells
+is what `charbert.pretraining.vocab.split_words` says (one CJK ideograph per word); the character channel spells
 every token of a SentencePiece tokenizer in its own script; the pretraining collator's NLM labels are
 the original words; the attack generator edits words of every script in their own script."""
 
@@ -14,10 +14,10 @@ import torch
 
 from charbert import CharBertForPreTraining, CharBertTokenizer
 from charbert.chars import CharVocab
-from charbert.collator import PretrainingCollator
 from charbert.noise import PRETRAIN_RULES, PRUTHI_RULES, apply_operation, is_eligible, noise_words
+from charbert.pretraining.collator import PretrainingCollator
+from charbert.pretraining.vocab import WordVocab, words_of
 from charbert.tiny import make_tiny_checkpoint, train_tokenizer
-from charbert.vocab import WordVocab, words_of
 
 LINES = [
     "Москва — столица России, и в ней живут миллионы людей.",

@@ -13,7 +13,7 @@ from transformers import AutoModel
 
 from charbert import CharBertConfig, CharBertForPreTraining, CharBertModel, CharBertTokenizer
 from charbert.modeling import identity_fusion_
-from charbert.pretraining import load_pretraining_model
+from charbert.pretraining.job import load_pretraining_model
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Typos like teh and recieve happen.",
@@ -143,7 +143,7 @@ def test_bad_values_are_one_line_errors():
 
 def test_pretraining_builds_the_asked_start_and_refuses_it_for_a_charbert_checkpoint(tmp_path, bert_dir):
     from charbert.chars import CharVocab
-    from charbert.vocab import WordVocab
+    from charbert.pretraining.vocab import WordVocab
 
     texts = SENTENCES * 3
     chars, words = CharVocab.build(texts), WordVocab.build(texts)

@@ -17,10 +17,10 @@ from conftest import corpus_lines
 
 from charbert import CharBertForPreTraining, CharBertTokenizer
 from charbert.chars import MASK_ID
-from charbert.collator import PretrainingCollator, apply_word_edits, choose_whole_words
-from charbert.data import LINE_SEPARATOR, PackedBlocks, pack_corpus, pack_lines
+from charbert.pretraining.blocks import LINE_SEPARATOR, PackedBlocks, pack_corpus, pack_lines
+from charbert.pretraining.collator import PretrainingCollator, apply_word_edits, choose_whole_words
+from charbert.pretraining.vocab import WordVocab, split_words
 from charbert.training import read_log
-from charbert.vocab import WordVocab, split_words
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -289,7 +289,7 @@ def test_two_processes_with_torchrun(job, tmp_path):
 
 def test_whole_words_of_g_prefixed_pieces():
     """Word ids of a hand-made sentence's pieces, with trimmed and untrimmed `Ġ` offsets."""
-    from charbert.collator import token_words
+    from charbert.pretraining.collator import token_words
 
     text = "Tokenization isn't hard"
     word_ends = np.array([e for _, e in split_words(text)])  # Tokenization | isn | ' | t | hard
@@ -313,7 +313,7 @@ def roberta_word_vocab(tiny_texts) -> WordVocab:
 def test_roberta_collator_whole_words_and_nlm_labels(roberta_dir, roberta_word_vocab, blocks, layout):
     """Every piece of a noised word carries its NLM label; MLM picks whole words of `Ġ` pieces; the
     chosen tokens' characters are hidden as the layout does it."""
-    from charbert.collator import token_words
+    from charbert.pretraining.collator import token_words
 
     plain = CharBertTokenizer.from_pretrained(roberta_dir)
     tok = CharBertTokenizer(plain.tokenizer, plain.char_vocab, char_layout=layout)

@@ -31,10 +31,10 @@ from reference import CHAR_VOCAB, REFERENCE_DIR, AuthorsCodeMissing, authors_pro
 
 from charbert import CharBertTokenizer, CharVocab
 from charbert.chars import PAD_ID, UNK_ID, align
-from charbert.collator import PretrainingCollator
+from charbert.pretraining.collator import PretrainingCollator
+from charbert.pretraining.vocab import WordVocab
 from charbert.tiny import train_tokenizer
 from charbert.tokenization import pad_char_features
-from charbert.vocab import WordVocab
 
 MAX_LENGTH = 96
 N_SENTENCES = 200

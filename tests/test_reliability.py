@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from charbert.pretraining.vocab import WordVocab
 from charbert.training import read_log
-from charbert.vocab import WordVocab
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,7 +141,7 @@ def test_lock_is_reentrant_in_a_process_and_output_dir_must_be_a_folder(tmp_path
 PACK_SCRIPT = """
 import json, sys, time
 from transformers import AutoTokenizer
-from charbert.data import pack_corpus
+from charbert.pretraining.blocks import pack_corpus
 tok = AutoTokenizer.from_pretrained(sys.argv[1])
 while time.time() < float(sys.argv[4]):  # start together
     time.sleep(0.001)

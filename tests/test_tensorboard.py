@@ -25,7 +25,7 @@ def _scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_pretraining_writes_loss_lr_and_eval_metrics(tmp_path, tiny_texts, bert_dir, one_torch_thread):
-    from charbert.vocab import WordVocab
+    from charbert.pretraining.vocab import WordVocab
     from pretrain.__main__ import main
 
     (tmp_path / "train.txt").write_text("\n".join(tiny_texts[:300]), encoding="utf-8")

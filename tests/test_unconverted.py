@@ -138,8 +138,8 @@ def test_finetune_stops_with_one_line(capsys, releases, task_files, tmp_path, ki
 
 def test_pretraining_loader_refuses(releases):
     from charbert.chars import CharVocab
-    from charbert.pretraining import load_pretraining_model
-    from charbert.vocab import WordVocab
+    from charbert.pretraining.job import load_pretraining_model
+    from charbert.pretraining.vocab import WordVocab
 
     folder = releases["bert"]["typed"]
     with pytest.raises(UnconvertedCheckpointError) as err:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from charbert.chars import CharVocab
-from charbert.corpus import ReadStats, expand_paths, iter_lines
-from charbert.vocab import (
+from charbert.pretraining.corpus import ReadStats, expand_paths, iter_lines
+from charbert.pretraining.vocab import (
     WORD_VOCAB_FILE,
     WordCounter,
     WordVocab,

@@ -2,7 +2,7 @@
 
 CharBERT's noisy LM (NLM) head is trained to predict, from the character channel, the original
 word (an id of the word vocabulary) of every subword of a misspelt word (see
-:class:`charbert.collator.PretrainingCollator`).  After pretraining nothing uses it; here it
+:class:`charbert.pretraining.collator.PretrainingCollator`).  After pretraining nothing uses it; here it
 reads a sentence and rewrites each word whose prediction is confident and differs from it:
 
 * :class:`NlmCorrector` -- the head's probability of each word-vocabulary entry, averaged over
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from charbert.vocab import WORD_VOCAB_FILE, WordVocab, normalize_word
+from charbert.pretraining.vocab import WORD_VOCAB_FILE, WordVocab, normalize_word
 
 __all__ = ["DEFAULT_THRESHOLD", "NlmCorrector", "DictionaryCorrector", "match_case", "correction_scores"]
 

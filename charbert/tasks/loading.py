@@ -207,9 +207,9 @@ def load_task_model(info: CheckpointInfo, head: str, *, id2label: dict[int, str]
     """Build the model for ``head`` from the checkpoint; returns ``(model, LoadReport)``.
 
     Call :func:`check_head` first (the label checks live there). An ONNX export folder
-    (``python -m charbert.export``) gives its ONNX Runtime model (prediction only).
+    (``python -m charbert.serving.export``) gives its ONNX Runtime model (prediction only).
     """
-    from ..onnx_runtime import is_onnx_export
+    from ..serving.onnx_runtime import is_onnx_export
 
     if is_onnx_export(info.path):
         return _load_onnx_model(info, head, new_head)
@@ -257,7 +257,7 @@ def load_task_model(info: CheckpointInfo, head: str, *, id2label: dict[int, str]
 
 def _load_onnx_model(info: CheckpointInfo, head: str, new_head: bool):
     """The ONNX Runtime model of an export folder, which must carry the task's head."""
-    from ..onnx_runtime import MissingExtraError, OnnxModel
+    from ..serving.onnx_runtime import MissingExtraError, OnnxModel
 
     if new_head or not info.head_loads(head):
         raise ModelSetupError(f"{info.path} is an ONNX export of {info.architecture}: it can only predict with its own "

@@ -1,4 +1,4 @@
-"""Running an ONNX export (`python -m charbert.export`) with ONNX Runtime, called like the PyTorch heads.
+"""Running an ONNX export (`python -m charbert.serving.export`) with ONNX Runtime, called like the PyTorch heads.
 
     model = OnnxModel.from_pretrained("ner_onnx")            # model.onnx; quantized=True: model_int8.onnx
     tokenizer = CharBertTokenizer.from_pretrained("ner_onnx")
@@ -55,7 +55,7 @@ def require_onnx(*modules: str):
 
 
 def is_onnx_export(path: str | os.PathLike) -> bool:
-    """Does `path` hold an export written by charbert.export (model.onnx + onnx_export.json)?"""
+    """Does `path` hold an export written by charbert.serving.export (model.onnx + onnx_export.json)?"""
     path = Path(path)
     return (path / ONNX_FILE).is_file() and (path / EXPORT_INFO_FILE).is_file()
 
@@ -133,7 +133,7 @@ class OnnxModel(nn.Module):
         self.path = Path(path)
         if not is_onnx_export(self.path):
             raise FileNotFoundError(f"{self.path} is not an ONNX export (no {ONNX_FILE} and {EXPORT_INFO_FILE}): "
-                                    "write one with python -m charbert.export")
+                                    "write one with python -m charbert.serving.export")
         self.info = read_export_info(self.path)
         file = self.path / (ONNX_INT8_FILE if quantized else ONNX_FILE)
         if not file.is_file():
@@ -231,7 +231,7 @@ def onnx_pipeline(task: str, model: str | os.PathLike | OnnxModel, tokenizer=Non
 
     import charbert  # noqa: F401  (CharBertTokenizerFast for AutoTokenizer; our question-answering pipeline)
 
-    from .cli import quiet_transformers
+    from ..cli import quiet_transformers
 
     if not isinstance(model, OnnxModel):
         model = OnnxModel.from_pretrained(model, quantized=quantized)

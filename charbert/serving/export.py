@@ -1,12 +1,12 @@
 """ONNX export of a CharBERT (or plain BERT/RoBERTa) folder, for ONNX Runtime.
 
-    python -m charbert.export --model_name_or_path ner_out --output_dir ner_onnx [--quantize int8] [--opset 17]
+    python -m charbert.serving.export --model_name_or_path ner_out --output_dir ner_onnx [--quantize int8] [--opset 17]
     charbert-export ...                                             # the same, as a console script
 
 Writes into `--output_dir`: `model.onnx` (fp32; `model_int8.onnx` too with `--quantize int8`), the
 tokenizer (with `char_vocab.json` for CharBERT), `config.json`, `onnx_export.json` (inputs, outputs,
 dynamic axes, the output class, the check below) and a model card (README.md) with one line on the
-export. Load it with `charbert.onnx_runtime.OnnxModel.from_pretrained(output_dir)`, or pass the folder
+export. Load it with `charbert.serving.onnx_runtime.OnnxModel.from_pretrained(output_dir)`, or pass the folder
 as `--model_name_or_path` to a fine-tuning program's `--do_predict`.
 
 Every head exports: pretraining (MLM and NLM logits), fill-mask, sequence and token classification,
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cli import run_main, setup_logging, write_json
+from ..cli import run_main, setup_logging, write_json
 from .onnx_runtime import (
     EXPORT_INFO_FILE,
     ONNX_FILE,
@@ -79,8 +79,8 @@ def load_for_export(path: str | Path):
     """(model, tokenizer) of a CharBERT or plain checkpoint folder, with its own head (config.architectures)."""
     import transformers
 
-    from . import modeling
-    from .checkpoint import read_config_dict, resolve_checkpoint
+    from .. import modeling
+    from ..checkpoint import read_config_dict, resolve_checkpoint
 
     path = resolve_checkpoint(path)
     config = read_config_dict(path)
@@ -89,7 +89,7 @@ def load_for_export(path: str | Path):
     if model_type == "charbert":
         name = archs[0] if archs else "CharBertModel"
         model_cls = getattr(modeling, name, None)
-        from .tokenization import CharBertTokenizerFast
+        from ..tokenization import CharBertTokenizerFast
 
         tokenizer = CharBertTokenizerFast.from_pretrained(path)
     else:
@@ -338,7 +338,7 @@ def _write_card(output_dir: Path, info: dict[str, Any], source: str | None) -> N
     line = (f"ONNX export ({', '.join(info['files'])}) of `{source or info['architecture']}`: "
             f"{info['architecture']}, opset {info['opset']}, dynamic axes batch/tokens/chars, "
             f"max |ONNX Runtime - PyTorch| {max(info['max_abs_diff_vs_eager'].values()):.1e}; "
-            "load with `charbert.onnx_runtime.OnnxModel.from_pretrained`.")
+            "load with `charbert.serving.onnx_runtime.OnnxModel.from_pretrained`.")
     text = card.read_text(encoding="utf-8") if card.is_file() else f"# {info['architecture']} (ONNX)\n"
     card.write_text(text.rstrip("\n") + "\n\n## ONNX export\n\n" + line + "\n", encoding="utf-8")
 
@@ -358,10 +358,10 @@ def export(model_name_or_path: str | Path, output_dir: str | Path, opset: int = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import ArgumentParser
+    from ..cli import ArgumentParser
 
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                       epilog="Load the export with charbert.onnx_runtime.OnnxModel.from_pretrained(output_dir).")
+                       epilog="Load the export with charbert.serving.onnx_runtime.OnnxModel.from_pretrained(output_dir).")
     p.add_argument("--model_name_or_path", required=True, help="A CharBERT or plain BERT/RoBERTa folder (its head).")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--quantize", choices=["int8"], default=None, help="Also write model_int8.onnx (dynamic int8).")

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from .backbones import BACKBONES
-from .chars import CHAR_VOCAB_FILE, CharVocab
-from .checkpoint import (
+from ..backbones import BACKBONES
+from ..chars import CHAR_VOCAB_FILE, CharVocab
+from ..checkpoint import (
     check_tokenizer_files,
     check_vocab_fingerprints,
     load_weights,
@@ -27,8 +27,8 @@ from .checkpoint import (
     read_model_type,
     resolve_checkpoint,
 )
-from .modeling import CharBertForPreTraining
-from .tokenization import CharBertTokenizer
+from ..modeling import CharBertForPreTraining
+from ..tokenization import CharBertTokenizer
 from .vocab import WORD_VOCAB_FILE, WordVocab
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def prepare_default_job(directory: str | os.PathLike, seed: int = 42) -> dict[st
     """English text that every Python install has (the standard library's docstrings), split
     into train/validation files, a tiny random BERT with a WordPiece tokenizer trained on it,
     and the word and character vocabularies. Built once; reused when present."""
-    from .tiny import make_tiny_checkpoint, stdlib_paragraphs
+    from ..tiny import make_tiny_checkpoint, stdlib_paragraphs
 
     directory = Path(directory)
     paths = {

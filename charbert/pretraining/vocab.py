@@ -318,7 +318,7 @@ class WordVocab:
     # ---- lookup ---------------------------------------------------------------------------
     def fingerprint(self) -> str:
         """A short hash of the id -> word assignment (saved in the model config as word_vocab_hash)."""
-        from .chars import vocab_fingerprint
+        from ..chars import vocab_fingerprint
 
         return vocab_fingerprint(self._id_to_word)
 

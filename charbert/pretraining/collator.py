@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .noise import OPERATIONS, PRETRAIN_RULES, NoiseRules, noise_words
-from .tokenization import CharBertTokenizer, gc_paused
+from ..noise import OPERATIONS, PRETRAIN_RULES, NoiseRules, noise_words
+from ..tokenization import CharBertTokenizer, gc_paused
 from .vocab import WordVocab, split_words
 
 OBJECTIVES = ("charbert", "advbert", "mlm")

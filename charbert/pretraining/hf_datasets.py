@@ -1,7 +1,7 @@
 """Pretraining text from a Hugging Face `datasets` source, streamed into the packer.
 
-`iter_dataset_lines` yields the lines of one text column, in the form `charbert.data.pack_lines`
-consumes and exactly as `charbert.corpus.iter_lines` gives the lines of a text file (each row's
+`iter_dataset_lines` yields the lines of one text column, in the form `charbert.pretraining.blocks.pack_lines`
+consumes and exactly as `charbert.pretraining.corpus.iter_lines` gives the lines of a text file (each row's
 text split on newlines, trailing "\\r" dropped, empty lines skipped and counted in `ReadStats`),
 so the same text packs into the same blocks whichever way it comes in. `pack_dataset` is
 `pack_corpus` for such a source: packed once into the cache folder, memory-mapped afterwards.
@@ -197,7 +197,7 @@ def pack_dataset(
 ):
     """`pack_corpus` for a `datasets` source: stream it once into packed blocks under
     `cache_dir/<fingerprint>/` (reused when present) and return the memory-mapped `PackedBlocks`."""
-    from .data import pack_lines_into, tokenizer_fingerprint
+    from .blocks import pack_lines_into, tokenizer_fingerprint
 
     _require_datasets()
     name = dataset_fingerprint(dataset_name, dataset_config_name, split, text_column_name, data_files, revision)
