@@ -97,6 +97,7 @@ def check_against_eager(model, folder, tiny_texts, multiple_choice=False):
     assert len(shapes) == 3  # batch, token and character lengths all differ from the traced batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", HEADS, ids=lambda c: c.__name__)
 def test_every_head_exports_with_dynamic_axes(cls, backbone_dir, tiny_texts, tmp_path):
     model = save_charbert(tmp_path / "model", backbone_dir, cls)
@@ -109,6 +110,7 @@ def test_every_head_exports_with_dynamic_axes(cls, backbone_dir, tiny_texts, tmp
     check_against_eager(model, tmp_path / "onnx", tiny_texts, multiple_choice=cls is CharBertForMultipleChoice)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("char_padding", ["exact", "reference"])
 @pytest.mark.parametrize("char_layout", ["offsets", "reference"])
 def test_padding_modes_and_char_layouts(char_padding, char_layout, bert_dir, tiny_texts, tmp_path):
@@ -123,6 +125,7 @@ def test_padding_modes_and_char_layouts(char_padding, char_layout, bert_dir, tin
     check_against_eager(token_model, tmp_path / "tokens_onnx", tiny_texts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["ForSequenceClassification", "ForTokenClassification", "ForMaskedLM"])
 def test_plain_folder_exports_the_same_way(head, backbone_dir, tiny_texts, tmp_path):
     import transformers
@@ -235,6 +238,7 @@ def ner_models(bert_dir, task_files, tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["charbert", "plain"])
 def test_do_predict_on_export_folder_equals_pytorch(kind, ner_models, task_files, tmp_path):
     trained, exported = ner_models(kind)
@@ -247,6 +251,7 @@ def test_do_predict_on_export_folder_equals_pytorch(kind, ner_models, task_files
     assert predictions["onnx"] == predictions["torch"] and predictions["torch"].count("\n") > 50
 
 
+@pytest.mark.slow
 def test_robustness_scores_an_export_folder_like_its_pytorch_folder(ner_models, task_files, tmp_path, capsys):
     trained, exported = ner_models("charbert")
     out = tmp_path / "report"
@@ -261,6 +266,7 @@ def test_robustness_scores_an_export_folder_like_its_pytorch_folder(ner_models, 
     assert "ONNX export" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_glue_predict_on_export_folder_and_no_training_on_it(bert_dir, task_files, tmp_path, capsys):
     trained = tmp_path / "sst2"
     assert run_cli("glue", "--task_name", "sst2", "--train_file", task_files["sst2_train"], "--model_name_or_path",
@@ -294,6 +300,7 @@ def test_token_classification_pipeline_takes_the_onnx_model(bert_dir, tiny_texts
         assert np.allclose([g["score"] for g in got], [e["score"] for e in expected], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_pipelines_on_an_export_folder(bert_dir, tmp_path):
     from transformers import pipeline
 
@@ -317,6 +324,7 @@ def test_pipelines_on_an_export_folder(bert_dir, tmp_path):
             assert {k: v for k, v in g.items() if k != "score"} == {k: v for k, v in e.items() if k != "score"}, task
 
 
+@pytest.mark.slow
 def test_onnx_parity_script_on_a_fine_tuned_folder(ner_models, task_files, tmp_path, capsys):
     import importlib.util
     from pathlib import Path

@@ -364,6 +364,7 @@ def test_pretrain_finetune_and_robustness(family_dirs, family, tiny_texts, task_
     assert {"clean", "drop", "keyboard"} <= set(scored["scores"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", END_TO_END + ["electra"])
 def test_onnx_export_matches_eager(family_dirs, family, tiny_texts, tmp_path, request):
     """The ONNX export of a token-classification head runs batches of other sizes and lengths than the

@@ -192,6 +192,7 @@ def _model(bert_dir, kind):
             CharBertTokenizer.from_pretrained(bert_dir))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bert", "charbert"])
 def test_real_model_attack(bert_dir, kind):
     model, tok = _model(bert_dir, kind)

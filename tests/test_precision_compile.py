@@ -82,6 +82,7 @@ def test_bf16_autocast_dtypes_of_the_parts():
     assert any(p.grad is not None for p in gru.parameters())
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
     plain, _ = _losses(tmp_path, "plain")
     checkpointed, model = _losses(tmp_path, "gc", gradient_checkpointing=True)

@@ -365,6 +365,7 @@ def _charbert_start(source: Path, out: Path, word_vocab: WordVocab, layout: str)
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["offsets", "reference"])
 def test_pretrain_program_on_tiny_roberta(roberta_dir, roberta_word_vocab, small_job, tmp_path, layout):
     from pretrain.__main__ import main

@@ -158,6 +158,7 @@ def _write_outside(src, dst, transform):
     return dst
 
 
+@pytest.mark.slow
 def test_outside_files_score_side_by_side_with_budgeted_attacks(ner_models, task_files, tmp_path):
     """A misspelt -DOCSTART- scores as the intact marker; tokens with spaces are repaired and counted; the report
     names the budget and gives the changed-prediction share of every attacked file."""
@@ -212,6 +213,7 @@ def test_misaligned_outside_file_names_its_line(ner_models, task_files, tmp_path
     assert code == 2 and f"{bad}:{k + 1}: does not align token for token" in err
 
 
+@pytest.mark.slow
 def test_glue_attack_metrics_outside_tsv_and_advglue(mrpc_model, task_files, tmp_path):
     dev = task_files["mrpc_dev"]
     outside = tmp_path / "theirs.tsv"

@@ -136,6 +136,7 @@ def noised(sentences, seed=0):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("charbert", [True, False], ids=["charbert", "plain"])
 def test_identical_inputs_give_zero_real_models(backbone_dir, charbert):
     model, tok = load(backbone_dir, charbert)
