@@ -143,8 +143,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16], help="section 1: batch sizes")
     p.add_argument("--num_batches", type=int, default=8, help="section 1: batches timed per batch size")
     p.add_argument("--min_sentences", type=int, default=64,
-                   help="section 1: at least this many sentences per batch size (runs before 2026-12-05 session 8: 8 "
-                        "sentences at batch 1)")
+                   help="section 1: at least this many sentences per batch size (batch 1 was timed on the first 8 "
+                        "sentences before 2026-12-05)")
     p.add_argument("--batch_size", type=int, default=64, help="section 2: the prediction path's batch size")
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)

@@ -651,7 +651,7 @@ def _model_card(ckpt: AuthorsCheckpoint, config: CharBertConfig, chars: CharVoca
         "`share_fusion=True`); their character layout (`char_layout=\"reference\"`) and their padding behaviour",
         "(`char_padding=\"reference\"`: one Bi-GRU over the padded row, the fusion conv and the sequence mean see",
         "padded tokens), so outputs equal their code's. Set `char_padding=\"exact\"` in config.json to make padding",
-        f"never change a real token's output (see the charbert README).{lower}",
+        f"never change a real token's output (see charbert's docs/released_checkpoints.md).{lower}",
         f"Character vocabulary `char_vocab.json` ({len(chars.vocab)} ids, their characters remapped to ours){nlm}.",
         f"Their vocabulary lines no character or word reaches (not converted): {len(chars.dropped)} character lines"
         + (f", {len(words.dropped)} word lines." if words else "."),

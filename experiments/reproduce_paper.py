@@ -6,7 +6,7 @@
         --attacked_dir CharBERT/data/attack_datasets --output_dir runs/reproduce_paper
 
 Both models are fine-tuned the same way, through the project's own programs, with the authors'
-recipes (NER and SQuAD: their README; QNLI: their ``shell/*.sh`` as issue 10 quotes them; flags
+recipes (NER and SQuAD: their README; QNLI: their ``shell/*.sh``; flags
 shrink them for a smoke run):
 
 * CoNLL-2003 NER (``finetune.ner``): 3 epochs, lr 3e-5, batch 6, length 128;

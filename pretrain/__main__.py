@@ -27,7 +27,7 @@ DEFAULT_JOB_FLAGS = dict(
     new_module_lr_multiplier=1.0,  # its backbone is random too: nothing is newer than the rest
 )
 # How CharBERT starts on a plain checkpoint unless a flag says otherwise: the recipe measured best
-# (docs/results.md, "Starting from a plain checkpoint"): fusion blocks that pass the backbone's
+# (docs/results.md, "Starting where the backbone is"): fusion blocks that pass the backbone's
 # states through, one per layer (the identity start is exact only per layer), and new modules
 # learning 5x faster than the backbone. A CharBERT checkpoint, and the plain objectives, get none.
 PLAIN_CHECKPOINT_RECIPE = dict(new_module_init="identity", share_fusion="false", new_module_lr_multiplier=5.0)

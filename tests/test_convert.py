@@ -249,7 +249,7 @@ def test_error_ambiguous_bert_classifier_needs_head(tmp_path, authors_dirs, caps
         convert(authors_dirs["bert"], CHAR_VOCAB["bert"], TERM_VOCAB, tmp_path / "bad", head="question_answering")
 
 
-# ---- where users' checkpoints are (issue 21) ------------------------------------------------
+# ---- where users' checkpoints are: hub repos, mirrors, the cache ------------------------
 
 
 def test_output_dir_in_the_original_is_refused(tmp_path, authors_dirs, capsys):

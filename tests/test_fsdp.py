@@ -107,7 +107,7 @@ def ddp_run(tmp_path_factory) -> dict:
 def test_accelerate_runs_an_fsdp_config_on_cpu_as_ddp(ddp_run):
     assert ddp_run["num_processes"] == 2
     assert ddp_run["distributed_type"] == "MULTI_CPU", (
-        "accelerate now selects FSDP on CPU: make this test check FSDP through accelerate and update the README")
+        "accelerate now selects FSDP on CPU: make this test check FSDP through accelerate and update docs/training.md")
     assert ddp_run["fsdp_units"] == []
     assert ddp_run["losses"][0] != ddp_run["losses"][1], "each rank trains on its own batches"
 

@@ -128,7 +128,7 @@ def test_text_to_outputs_equal_their_processors_and_model(tmp_path):
     """End to end on real text: their GLUE feature builder + their model == our tokenizer + our
     converted model (BERT sequence classification, single sentences and MRPC pairs, padded to
     max_length as their features are). Rows with the documented layout differences ('#' in a
-    token, [UNK]; README "Reference character layout") are left out: there we differ on purpose."""
+    token, [UNK]; docs/design.md, "Reference character layout") are left out: there we differ on purpose."""
     authors_code_or_skip()
     processors = authors_processors()
     fast = train_tokenizer(corpus_lines(400), "bert", vocab_size=800)

@@ -4,7 +4,7 @@ Their feature builders (`processors/glue.py`, `utils_ner.py`, `squad.py`) and th
 script's `build_char_inputs` (`run_lm_finetuning.py`) are called on real sentences from
 ../shared/data; our `CharBertTokenizer(..., char_layout="reference")` (and the pretraining
 collator) must give the same character ids (after mapping their ids to ours), start and end
-positions, padding included, on every row except the documented differences (README,
+positions, padding included, on every row except the documented differences (docs/design.md,
 "Reference character layout"), which the test finds and checks are the only ones:
 
 * HASH: a token with a `#` at either end (BERT's lone `#`, BPE pieces such as `Ġ#`): their

@@ -1,4 +1,4 @@
-"""Reliability contracts (issue 11): same seed = same run, exact or refused resumes, locked
+"""Reliability contracts: same seed = same run, exact or refused resumes, locked
 output and cache folders, vocabularies that belong to their checkpoint, bounded memory on any
 input, and one-line errors instead of tracebacks."""
 

@@ -217,7 +217,7 @@ class OnnxModel(nn.Module):
         return f"{type(self).__name__}({self.onnx_file}, {self.architecture})"
 
 
-# The names a reader of the issue looks for: one class for every head.
+# Another name for the same class, in the style of the PyTorch heads' names: one class serves every head.
 CharBertOnnxModel = OnnxModel
 
 
