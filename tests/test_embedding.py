@@ -296,3 +296,22 @@ def test_program_bad_input_is_one_line(tmp_path, st_dir, capsys):
     code = run_cli("embedding", "--model_name_or_path", tmp_path, "--train_file", good, "--output_dir", tmp_path / "o2")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "is not an embedding model" in err[-1]
+
+
+def test_pairs_from_a_dataset(tmp_path):
+    import argparse
+
+    datasets = pytest.importorskip("datasets", reason="the datasets extra is not installed")
+    from finetune.embedding import read_training_pairs
+
+    rows = {"question": ["q1", "q2", "q3"], "context": ["p1", "p2", "p1"], "id": [1, 2, 3]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
+    args = argparse.Namespace(train_file=None, dataset_name=str(tmp_path / "ds"), dataset_config_name=None,
+                              dataset_revision=None, train_split_name="train", query_column="question",
+                              positive_column="context")
+    pairs, source = read_training_pairs(args)
+    assert [(p.query, p.positive) for p in pairs] == [("q1", "p1"), ("q2", "p2"), ("q3", "p1")]
+    assert source == f"{tmp_path / 'ds'}[train]"
+    args.positive_column = "positive"
+    with pytest.raises(TaskDataError, match=r"has no column 'positive' \(columns: question, context, id\)"):
+        read_training_pairs(args)
