@@ -108,11 +108,12 @@ def test_keeps_the_backbones_pooling_and_normalisation(tmp_path, bert_dir, one_t
 
 
 def test_opens_encoder_and_charbert_folders(tmp_path, bert_dir, one_torch_thread):
-    from charbert import CharBertModel, CharBertTokenizer
+    from charbert import CharBertForPreTraining, CharBertTokenizer
 
     plain = load_embedding_model(str(bert_dir), device="cpu")  # no modules.json: mean pooling
     assert [type(m).__name__ for m in plain] == ["Transformer", "Pooling"]
-    model = CharBertModel.from_pretrained(str(bert_dir), new_module_init="identity", share_fusion=False)
+    # What pretraining saves (a CharBertForPreTraining): its encoder is taken, its MLM and NLM heads left out.
+    model = CharBertForPreTraining.from_pretrained(str(bert_dir), new_module_init="identity", share_fusion=False)
     model.save_pretrained(tmp_path / "cb")
     CharBertTokenizer.from_pretrained(str(bert_dir)).save_pretrained(tmp_path / "cb")
     charbert = load_embedding_model(str(tmp_path / "cb"), device="cpu")
