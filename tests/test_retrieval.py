@@ -1,0 +1,252 @@
+"""Retrieval with misspelt queries: SQuAD questions -> paragraphs, metrics checked against
+sentence-transformers' InformationRetrievalEvaluator, attacks at K words, and
+``python -m finetune.robustness --task retrieval`` on tiny embedding models."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from charbert.robustness.retrieval import (
+    METRICS,
+    attack_queries,
+    attack_squad_questions,
+    count_truncated,
+    evaluate_retrieval,
+    rank_corpus,
+    read_squad_retrieval,
+    retrieval_metrics,
+)
+from charbert.tasks.errors import TaskDataError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _squad(paragraphs: list[tuple[str, list[str]]]) -> dict:
+    """A SQuAD v1.1 dict of one article per two paragraphs: ``[(context, [questions])]``."""
+    data, n = [], 0
+    for a in range(0, len(paragraphs), 2):
+        paras = []
+        for context, questions in paragraphs[a:a + 2]:
+            qas = []
+            for q in questions:
+                qas.append({"id": f"id{n}", "question": q, "answers": [{"text": context.split()[0], "answer_start": 0}]})
+                n += 1
+            paras.append({"context": context, "qas": qas})
+        data.append({"title": f"t{a}", "paragraphs": paras})
+    return {"version": "1.1", "data": data}
+
+
+@pytest.fixture(scope="module")
+def squad_file(tmp_path_factory, tiny_texts):
+    """Eight paragraphs of local text with three questions each, made of the paragraph's own words."""
+    rng = random.Random(0)
+    paragraphs = []
+    for i in range(8):
+        context = " ".join(" ".join(tiny_texts[20 * i:20 * i + 4]).split()[:80])
+        words = context.split()
+        paragraphs.append((context, ["What " + " ".join(rng.sample(words, 6)) + "?" for _ in range(3)]))
+    path = tmp_path_factory.mktemp("retrieval") / "squad.json"
+    path.write_text(json.dumps(_squad(paragraphs)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def embedding_dirs(tmp_path_factory, bert_dir, roberta_dir):
+    """Two tiny sentence-transformers folders (mean pooling, normalised) on the tiny BERT and RoBERTa."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    out = {}
+    for name, base in (("bert", bert_dir), ("roberta", roberta_dir)):
+        word = Transformer(str(base), max_seq_length=48)
+        model = SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension(), "mean"), Normalize()],
+                                    device="cpu")
+        folder = tmp_path_factory.mktemp(f"st_{name}")
+        model.save(str(folder))
+        out[name] = folder
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Reading and attacking
+# --------------------------------------------------------------------------------------
+
+
+def test_read_squad_corpus_queries_and_relevance(tmp_path):
+    squad = _squad([("Alpha beta gamma.", ["What alpha?", "Which beta?"]), ("Delta epsilon.", ["Why delta?"]),
+                    ("Alpha beta gamma.", ["Again alpha?"]), ("Zeta.", [])])
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(squad), encoding="utf-8")
+    data = read_squad_retrieval(path)
+    assert data.corpus == ["Alpha beta gamma.", "Delta epsilon.", "Zeta."]  # an identical context counted once
+    assert data.queries == ["What alpha?", "Which beta?", "Why delta?", "Again alpha?"]
+    assert data.query_ids == ["id0", "id1", "id2", "id3"]
+    assert [data.relevant[q] for q in data.query_ids] == [{data.corpus_ids[0]}] * 2 + [{data.corpus_ids[1]},
+                                                                                        {data.corpus_ids[0]}]
+    assert read_squad_retrieval(path, max_queries=2).queries == ["What alpha?", "Which beta?"]
+    assert len(read_squad_retrieval(path, max_queries=2).corpus) == 3  # the corpus stays whole
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": "Some text.", "qas": []}]}]},
+     "no questions"),
+    ({"questions": ["a?"]}, "not a SQuAD JSON file"),
+    ("{not json", "not a JSON file"),
+])
+def test_read_squad_bad_input_is_one_error(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    with pytest.raises(TaskDataError, match=message):
+        read_squad_retrieval(path)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_attack_queries_changes_at_most_k_words_and_is_seeded(k):
+    queries = ["Which river flows through the capital city of France?", "When was the treaty signed?", "Why?"]
+    attacked = attack_queries(queries, "all", seed=3, max_words=k)
+    assert attacked == attack_queries(queries, "all", seed=3, max_words=k)
+    assert attacked != attack_queries(queries, "all", seed=4, max_words=k)
+    for clean, noisy in zip(queries, attacked):
+        assert len(noisy.split()) == len(clean.split())
+        changed = sum(a != b for a, b in zip(clean.split(), noisy.split()))
+        assert changed <= k
+    assert sum(a != b for a, b in zip(queries[0].split(), attacked[0].split())) == k  # long enough: exactly k
+
+
+def test_attacked_file_reads_back_as_attack_queries(squad_file, tmp_path):
+    out = tmp_path / "attacked.json"
+    stats = attack_squad_questions(squad_file, out, "swap", seed=5, max_words=1)
+    clean, attacked = read_squad_retrieval(squad_file), read_squad_retrieval(out)
+    assert attacked.queries == attack_queries(clean.queries, "swap", seed=5, max_words=1)
+    assert attacked.corpus == clean.corpus and attacked.query_ids == clean.query_ids
+    assert stats["questions"] == 24 and 0 < stats["changed"] <= 24
+
+
+# --------------------------------------------------------------------------------------
+# Metrics: hand-computed and against sentence-transformers' evaluator
+# --------------------------------------------------------------------------------------
+
+
+def test_metrics_by_hand():
+    rankings = [["a", "b"], ["b", "a"], ["c", "d", "e"], ["x"] * 10 + ["a"]]
+    relevant = [{"a"}, {"a"}, {"d", "e"}, {"a"}]
+    m = retrieval_metrics(rankings, relevant)
+    assert m["recall@1"] == pytest.approx((1 + 0 + 0 + 0) / 4)
+    assert m["recall@10"] == pytest.approx((1 + 1 + 1 + 0) / 4)  # rank 11 does not count
+    assert m["mrr@10"] == pytest.approx((1 + 1 / 2 + 1 / 2 + 0) / 4)
+    ndcg3 = (1 / np.log2(3) + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3) + ndcg3 + 0) / 4)
+
+
+def _evaluator(queries: dict, corpus: dict, relevant: dict):
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    return InformationRetrievalEvaluator(queries, corpus, relevant, mrr_at_k=[10], ndcg_at_k=[10],
+                                         accuracy_at_k=[1, 10], precision_recall_at_k=[1, 10], map_at_k=[10],
+                                         write_csv=False, batch_size=8)
+
+
+def _theirs(scores: dict) -> dict[str, float]:
+    return {"recall@1": scores["recall@k"][1], "recall@10": scores["recall@k"][10], "mrr@10": scores["mrr@k"][10],
+            "ndcg@10": scores["ndcg@k"][10]}
+
+
+def test_metrics_match_information_retrieval_evaluator_on_the_same_rankings():
+    rng = np.random.default_rng(0)
+    corpus = {f"d{i}": f"doc {i}" for i in range(30)}
+    queries = {f"q{i}": f"query {i}" for i in range(40)}
+    relevant = {q: {f"d{j}" for j in rng.choice(30, size=rng.integers(1, 4), replace=False)} for q in queries}
+    scores = rng.normal(size=(40, 30))
+    top, top_scores = rank_corpus(scores.astype(np.float32), np.eye(30, dtype=np.float32), k=10)
+    ours = retrieval_metrics([[f"d{j}" for j in row] for row in top], [relevant[q] for q in queries])
+    results = [[{"corpus_id": f"d{j}", "score": float(s)} for j, s in zip(row, row_scores)]
+               for row, row_scores in zip(top, top_scores)]
+    theirs = _theirs(_evaluator(queries, corpus, relevant).compute_metrics(results))
+    assert 0.0 < ours["mrr@10"] < 1.0
+    for name in METRICS:
+        assert ours[name] == pytest.approx(theirs[name], abs=1e-9), name
+
+
+def test_evaluate_retrieval_matches_the_evaluator_on_a_model(embedding_dirs, squad_file):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(embedding_dirs["bert"]), device="cpu")
+    data = read_squad_retrieval(squad_file)
+    ours = evaluate_retrieval(model, data, {"clean": data.queries}, batch_size=8)["clean"]
+    evaluator = _evaluator(dict(zip(data.query_ids, data.queries)), dict(zip(data.corpus_ids, data.corpus)),
+                           data.relevant)
+    scores = evaluator(model)
+    theirs = {name: scores[f"cosine_{name}"] for name in METRICS}
+    for name in METRICS:
+        assert ours[name] == pytest.approx(theirs[name], abs=1e-6), name
+    assert ours["queries"] == 24 and ours["truncated_queries"] == 0
+    assert ours["truncated_paragraphs"] == 8  # 80 words, max_seq_length 48
+
+
+def test_long_queries_are_truncated_and_counted(embedding_dirs, squad_file):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(embedding_dirs["bert"]), device="cpu")
+    data = read_squad_retrieval(squad_file)
+    long_queries = [q + " " + " ".join(data.corpus[i % 8].split()[:60]) for i, q in enumerate(data.queries)]
+    assert count_truncated(model, long_queries) == 24
+    result = evaluate_retrieval(model, data, {"long": long_queries}, batch_size=8)["long"]
+    assert result["truncated_queries"] == 24 and 0.0 <= result["mrr@10"] <= 1.0
+
+
+# --------------------------------------------------------------------------------------
+# python -m finetune.robustness --task retrieval
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_robustness_retrieval_report_two_models_k1_k2(embedding_dirs, squad_file, tmp_path):
+    out = tmp_path / "report"
+    code = run_cli("robustness", "--task", "retrieval", "--model_name_or_path", embedding_dirs["bert"],
+                   embedding_dirs["roberta"], "--model_names", "bert", "roberta", "--test_file", squad_file,
+                   "--attacks", "drop,all", "--output_dir", out, "--per_device_eval_batch_size", "8")
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["metric"] == "mrr@10" and report["max_words"] == [1, 2]
+    assert report["attacks"] == ["drop K=1", "all K=1", "drop K=2", "all K=2"]
+    for label in report["attacks"]:  # the attacked questions are kept, read back as attack_queries wrote them
+        attacked = read_squad_retrieval(out / report["attack_files"][label])
+        k = int(label[-1])
+        assert attacked.queries == attack_queries(read_squad_retrieval(squad_file).queries, label.split()[0],
+                                                  seed=1, max_words=k)
+    from sentence_transformers import SentenceTransformer
+
+    data = read_squad_retrieval(squad_file)
+    for m, folder in zip(report["models"], (embedding_dirs["bert"], embedding_dirs["roberta"])):
+        assert set(m["scores"]) == {"clean", *report["attacks"]}
+        expected = evaluate_retrieval(SentenceTransformer(str(folder), device="cpu"), data, {"clean": data.queries},
+                                      batch_size=8)["clean"]
+        assert m["metrics"]["clean"]["mrr@10"] == pytest.approx(expected["mrr@10"])
+        assert m["scores"]["clean"] == m["metrics"]["clean"]["mrr@10"]
+        drop = m["drops"]["all K=2"]
+        assert drop["absolute"] == pytest.approx(m["scores"]["clean"] - m["scores"]["all K=2"])
+    md = (out / "report.md").read_text()
+    assert "## Retrieval metrics" in md and "nDCG@10" in md and "mean of attacks K=2" in md
+    assert (out / "scores.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_robustness_retrieval_bad_input_one_line(embedding_dirs, squad_file, bert_dir, tmp_path, capsys):
+    base = ["--task", "retrieval", "--output_dir", tmp_path / "o", "--attacks", "drop"]
+    assert run_cli("robustness", *base, "--model_name_or_path", bert_dir, "--test_file", squad_file) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err.splitlines()[-1] and str(bert_dir) in err.splitlines()[-1]
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": "x",
+                                                                                           "qas": []}]}]}))
+    assert run_cli("robustness", *base, "--model_name_or_path", embedding_dirs["bert"], "--test_file", empty) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no questions" in err.splitlines()[-1]
+    assert run_cli("robustness", *base, "--model_name_or_path", embedding_dirs["bert"], "--test_file", squad_file,
+                   "--tag_column", "xpos") == 2
+    assert "unrecognized arguments: --tag_column" in capsys.readouterr().err
