@@ -560,6 +560,25 @@ class CharBertModel(CharBertPreTrainedModel):
             char_hidden_states=all_char,
         )
 
+    def both_channels(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        char_input_ids: torch.Tensor | None = None,
+        char_attention_mask: torch.Tensor | None = None,
+        char_start_positions: torch.Tensor | None = None,
+        char_end_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, L, 2H): both channels after the last layer, concatenated, as the task heads read them.
+        A sentence-embedding model (charbert.embedding) pools this; its inputs are named so that a
+        caller passing a whole feature dict (sentence-transformers' Transformer module) gives only these."""
+        return _both_channels(self(
+            input_ids, attention_mask, token_type_ids, position_ids,
+            char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
+        ))
+
     def _fusion_inference_inputs(self, attention_mask, token_mask):
         """For the fusion's inference path (fusion_inference.py): each block's merged weights, checked against
         its live weights once a forward (None where gradients are taken), and, on a padded batch, where the

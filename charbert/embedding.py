@@ -1,0 +1,517 @@
+"""Sentence embeddings from CharBERT (both channels) and plain encoders, as sentence-transformers models.
+
+A CharBERT embedding model is an ordinary `SentenceTransformer` made of sentence-transformers' own
+modules, so `SentenceTransformer(folder)` opens it (after `import charbert`, which registers the
+model type) and `save` / `push_to_hub` work as for any other:
+
+    Transformer  CharBertModel.both_channels: both channels after the last layer   (B, L, 2H)
+    Dense        [w ; c] -> W [w ; c], no bias, no activation, W starting as [I | 0] (B, L, H)
+    Pooling      the backbone's pooling (mean for all-MiniLM-L6-v2)               (B, H)
+    Normalize    when the backbone has it
+
+Why this pooling: the task heads read both channels concatenated, and the projection back to H keeps
+the backbone's width, pooling and normalisation (vectors of the same size and kind as the model it
+was built on). Starting at [I | 0] on a CharBERT with the identity start (`new_module_init="identity"`)
+makes a fresh model encode exactly as its backbone; training then moves the character half in.
+Summing the channels, or concatenating without a projection, would change the vectors on the first
+step; the character channel alone would throw the subword channel's meaning away.
+
+`load_embedding_model` opens any of: a sentence-transformers folder (ours or anyone's), a CharBERT
+folder without modules.json (a pretraining output: both channels, mean pooling), or a plain Hugging
+Face encoder folder (sentence-transformers' default: mean pooling). `build_charbert_embedding` builds
+CharBERT on a plain sentence-transformers model, keeping its pooling and normalisation. Inputs longer
+than the model takes are truncated and counted (`truncation_count`).
+
+The training side (the program is finetune/embedding.py): `read_pairs` reads (query, positive) pairs,
+`PairCollator` tokenises them (and noises the queries, `QueryNoise`), `ContrastiveModel` computes the
+multiple-negatives ranking loss with in-batch negatives and, optionally, self-teaching.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from . import backbones
+from .chars import CHAR_VOCAB_FILE
+from .noise import ATTACK_TYPES, OPERATIONS, PRETRAIN_RULES, PRUTHI_RULES, NoiseRules
+from .tasks.errors import TaskDataError, data_error
+
+logger = logging.getLogger(__name__)
+
+# The Transformer module of a CharBERT embedding model reads this CharBertModel method (not `forward`):
+# both channels concatenated, (B, L, 2H).
+CHANNELS_METHOD = "both_channels"
+CHARBERT_MODALITY_CONFIG = {"text": {"method": CHANNELS_METHOD, "method_output_name": None}}
+TOKEN_EMBEDDINGS = "token_embeddings"
+# sentence-transformers' MultipleNegativesRankingLoss scale: cosine similarities x 20 are the logits.
+DEFAULT_SCALE = 20.0
+NOISE_RULES = {"pruthi": PRUTHI_RULES, "pretrain": PRETRAIN_RULES}
+
+
+class NotAnEmbeddingModel(ValueError):
+    """A path that holds neither a sentence-transformers model, a CharBERT nor a Hugging Face encoder."""
+
+
+# ---- the model -------------------------------------------------------------------------
+
+
+def _sentence_transformer_class():
+    from sentence_transformers import SentenceTransformer
+
+    class EmbeddingModel(SentenceTransformer):
+        """sentence-transformers' model that also counts the inputs cut to `max_seq_length`
+        (`truncated_inputs`; read it with `truncation_count`)."""
+
+        truncated_inputs: int = 0
+
+        def preprocess(self, inputs, prompt=None, **kwargs):
+            features = super().preprocess(inputs, prompt=prompt, **kwargs)
+            self.truncated_inputs = self.truncated_inputs + count_truncated(self, inputs, features)
+            return features
+
+    EmbeddingModel.__name__ = EmbeddingModel.__qualname__ = "EmbeddingModel"
+    return EmbeddingModel
+
+
+_EMBEDDING_MODEL_CLASS = None
+
+
+def embedding_model_class():
+    """`EmbeddingModel`: SentenceTransformer counting truncated inputs (made on first use, so that importing
+    charbert does not import sentence-transformers)."""
+    global _EMBEDDING_MODEL_CLASS
+    if _EMBEDDING_MODEL_CLASS is None:
+        _EMBEDDING_MODEL_CLASS = _sentence_transformer_class()
+    return _EMBEDDING_MODEL_CLASS
+
+
+def count_truncated(model, inputs: Sequence[Any], features: dict) -> int:
+    """How many of `inputs` (texts) the tokenizer cut to the model's `max_seq_length`.
+
+    Only rows that fill the whole padded width can have been cut; those are tokenised again without
+    truncation (subword ids only) to tell a cut text from one that fits exactly."""
+    mask = features.get("attention_mask") if isinstance(features, Mapping) else None
+    limit = getattr(model, "max_seq_length", None)
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or limit is None or mask.size(1) < limit:
+        return 0
+    full = (mask.sum(1) >= limit).nonzero().flatten().tolist()
+    texts = [inputs[i] for i in full if isinstance(inputs[i], str)]
+    if not texts:
+        return 0
+    backend = model.tokenizer.backend_tokenizer
+    truncation, padding = backend.truncation, backend.padding
+    backend.no_truncation()
+    backend.no_padding()
+    try:
+        lengths = [len(e.ids) for e in backend.encode_batch(texts)]
+    finally:
+        if truncation is not None:
+            backend.enable_truncation(**{k: v for k, v in truncation.items() if k in
+                                         ("max_length", "stride", "strategy", "direction")})
+        if padding is not None:
+            backend.enable_padding(**{k: v for k, v in padding.items() if k in
+                                      ("direction", "pad_to_multiple_of", "pad_id", "pad_type_id", "pad_token", "length")})
+    return sum(n > limit for n in lengths)
+
+
+def truncation_count(model, reset: bool = False) -> int:
+    """Inputs cut to `max_seq_length` since the model was opened (or since the last reset)."""
+    count = int(getattr(model, "truncated_inputs", 0))
+    if reset and hasattr(model, "truncated_inputs"):
+        model.truncated_inputs = 0
+    return count
+
+
+def channel_projection(hidden_size: int) -> nn.Module:
+    """sentence-transformers' Dense on the token states: [w ; c] (2H) -> H, no bias, no activation,
+    starting as [I | 0] (the subword channel as it is)."""
+    from sentence_transformers.base.modules import Dense
+
+    weight = torch.cat([torch.eye(hidden_size), torch.zeros(hidden_size, hidden_size)], dim=1)  # (H, 2H)
+    return Dense(2 * hidden_size, hidden_size, bias=False, activation_function=nn.Identity(), init_weight=weight,
+                 module_input_name=TOKEN_EMBEDDINGS)
+
+
+def charbert_transformer(model, tokenizer, max_seq_length: int | None = None):
+    """sentence-transformers' Transformer module around a CharBertModel and its CharBertTokenizer, reading
+    both channels (`CharBertModel.both_channels`). The module loads from a folder: the model is written to
+    a temporary one first."""
+    from sentence_transformers.base.modules import Transformer
+
+    with tempfile.TemporaryDirectory(prefix="charbert-embedding-") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        module = Transformer(tmp, modality_config=CHARBERT_MODALITY_CONFIG, module_output_name=TOKEN_EMBEDDINGS,
+                             max_seq_length=max_seq_length)
+    return module
+
+
+def is_charbert_embedding(model) -> bool:
+    """Whether a SentenceTransformer encodes with CharBERT's two channels."""
+    config = getattr(model[0], "modality_config", None) if len(model) else None
+    return isinstance(config, dict) and config.get("text") == CHARBERT_MODALITY_CONFIG["text"]
+
+
+def _read_json(path: Path) -> dict | list | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def embedding_kind(name_or_path: str | os.PathLike) -> str:
+    """What a path holds: "sentence-transformers" (modules.json), "charbert" (a CharBERT folder without
+    modules.json), "encoder" (a Hugging Face model folder) or "hub" (not a local path: a Hub name).
+    Anything else raises NotAnEmbeddingModel with a one-line reason."""
+    path = Path(name_or_path)
+    if not path.exists():
+        if str(name_or_path).count("/") == 1 and not str(name_or_path).startswith(("/", ".")):
+            return "hub"
+        raise NotAnEmbeddingModel(f"{name_or_path}: no such folder")
+    if not path.is_dir():
+        raise NotAnEmbeddingModel(f"{name_or_path} is a file, not a model folder")
+    if (path / "modules.json").is_file():
+        if not isinstance(_read_json(path / "modules.json"), list):
+            raise NotAnEmbeddingModel(f"{path / 'modules.json'} is not a sentence-transformers module list")
+        return "sentence-transformers"
+    if not (path / "config.json").is_file():
+        raise NotAnEmbeddingModel(f"{name_or_path} is not an embedding model: it has neither modules.json "
+                                  "(sentence-transformers) nor config.json (a Hugging Face encoder)")
+    config = _read_json(path / "config.json")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type == "charbert":
+        return "charbert"
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise NotAnEmbeddingModel(f"{path / 'config.json'} has model_type={model_type!r}, which is not a model "
+                                  "transformers knows: not an embedding model")
+    return "encoder"
+
+
+def _open(name_or_path: str, device: str | None):
+    cls = embedding_model_class()
+    try:
+        return cls(str(name_or_path), device=device)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise NotAnEmbeddingModel(f"{name_or_path} does not open as an embedding model: {message}") from None
+
+
+def load_embedding_model(name_or_path: str, device: str | None = None):
+    """A `SentenceTransformer` (an `EmbeddingModel`, counting truncated inputs) for a sentence-transformers
+    folder (ours, with CharBERT, or anyone's), a CharBERT folder without modules.json (both channels, mean
+    pooling) or a plain Hugging Face encoder folder (sentence-transformers' default: mean pooling).
+    Raises NotAnEmbeddingModel (one line) for anything else."""
+    kind = embedding_kind(name_or_path)
+    if kind == "charbert":
+        return build_charbert_embedding(name_or_path, device=device)
+    return _open(name_or_path, device)
+
+
+def _encoder_folder(path: Path) -> Path:
+    """The folder of a sentence-transformers model's Transformer module (the root, or e.g. 0_Transformer)."""
+    modules = _read_json(path / "modules.json") or []
+    first = modules[0] if modules and isinstance(modules[0], dict) else {}
+    return path / first.get("path", "")
+
+
+def build_charbert_embedding(name_or_path: str | os.PathLike, device: str | None = None,
+                             max_seq_length: int | None = None, **config_kwargs):
+    """A CharBERT embedding model (see the module docstring) on:
+
+    * a plain sentence-transformers folder: CharBERT is built on its Transformer's weights with the identity
+      start (one fusion block per layer), and its other modules (pooling, normalisation, ...) are kept;
+    * a plain Hugging Face encoder folder: the same, with mean pooling;
+    * a CharBERT folder (e.g. a pretraining output): used as it is, with mean pooling;
+    * a CharBERT sentence-transformers folder: opened as it is.
+
+    `config_kwargs` set CharBertConfig fields of a new CharBERT (default new_module_init="identity",
+    share_fusion=False). A fresh model encodes as its backbone does (exactly when no layer norm has more
+    than one dead dimension, see `identity_fusion_`)."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from .modeling import CharBertModel
+    from .tokenization import CharBertTokenizer
+
+    kind = embedding_kind(name_or_path)
+    if kind == "hub":
+        raise NotAnEmbeddingModel(f"{name_or_path}: build a CharBERT embedding model from a local folder "
+                                  "(download the model first)")
+    path = Path(name_or_path)
+    rest, limit = None, max_seq_length
+    if kind == "sentence-transformers":
+        base = _open(str(path), "cpu")
+        if is_charbert_embedding(base):
+            if max_seq_length is not None:
+                base.max_seq_length = max_seq_length
+            return base.to(device) if device is not None else base
+        rest = list(base)[1:]
+        limit = max_seq_length or base.max_seq_length
+        path = _encoder_folder(path)
+    model_type = (_read_json(path / "config.json") or {}).get("model_type")
+    if model_type == "charbert":
+        model = CharBertModel.from_pretrained(str(path))
+    elif model_type in backbones.BACKBONES:
+        config_kwargs = {"new_module_init": "identity", "share_fusion": False, **config_kwargs}
+        model = CharBertModel.from_pretrained(str(path), **config_kwargs)
+    else:
+        raise NotAnEmbeddingModel(f"{path} holds a {model_type!r} model; CharBERT is built on "
+                                  f"{backbones.supported()} encoders")
+    own_chars = path / CHAR_VOCAB_FILE
+    tokenizer = CharBertTokenizer.from_pretrained(str(path), char_vocab=own_chars if own_chars.is_file() else None)
+    tokenizer.max_chars_per_token = model.config.max_chars_per_token
+    tokenizer.max_chars_per_sequence = model.config.max_chars_per_sequence
+    if limit is not None:
+        limit = min(limit, model.config.max_sequence_length)
+    hidden = model.config.hidden_size
+    modules = [charbert_transformer(model, tokenizer, limit), channel_projection(hidden)]
+    modules += rest if rest is not None else [Pooling(hidden, "mean")]
+    return embedding_model_class()(modules=modules, device=device)
+
+
+def new_module_names(model) -> list[str]:
+    """Parameter names (of the SentenceTransformer) of what CharBERT added to its backbone: the character
+    encoder, the fusion blocks and the channel projection."""
+    if not is_charbert_embedding(model):
+        return []
+    return [name for name, _ in model.named_parameters()
+            if ".char_embeddings." in name or ".fusion." in name or name.startswith("1.")]
+
+
+# ---- training pairs --------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    query: str
+    positive: str
+
+
+def _is_squad(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("data"), list)
+
+
+def read_pairs(path: str | os.PathLike, query_column: str = "query", positive_column: str = "positive") -> list[Pair]:
+    """(query, positive) pairs from a file:
+
+    * a SQuAD JSON (v1.1/v2.0 layout): (question, paragraph) for every question;
+    * JSON lines: one object a line with the two fields;
+    * TSV (a .tsv file): a header row naming the columns, then one pair a line.
+
+    A missing or empty field ends with one line naming the file, the line and the column."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        raise TaskDataError(f"{path}: the file is empty")
+    if path.suffix == ".json":
+        data = None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            pass
+        if _is_squad(data):
+            from .tasks.squad import read_squad
+
+            return [Pair(e.question, e.context) for e in read_squad(path, labelled=False)]
+    if path.suffix in (".tsv", ".tab"):
+        return _tsv_pairs(path, text, query_column, positive_column)
+    return _jsonl_pairs(path, text, query_column, positive_column)
+
+
+def _field(path, line, row, column) -> str:
+    if column not in row:
+        raise data_error(path, line, f"no {column!r} field (fields: {', '.join(map(str, row)) or 'none'}); "
+                                     "set --query_column / --positive_column")
+    value = row[column]
+    if not isinstance(value, str) or not value.strip():
+        raise data_error(path, line, f"the {column!r} field is empty")
+    return value
+
+
+def _jsonl_pairs(path, text, query_column, positive_column) -> list[Pair]:
+    pairs = []
+    for line, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            raise data_error(path, line, "not a JSON object (pairs files are JSON lines, a .tsv with a header, "
+                                         "or a SQuAD .json)") from None
+        if not isinstance(row, dict):
+            raise data_error(path, line, "not a JSON object")
+        pairs.append(Pair(_field(path, line, row, query_column), _field(path, line, row, positive_column)))
+    return pairs
+
+
+def _tsv_pairs(path, text, query_column, positive_column) -> list[Pair]:
+    rows = list(csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
+    header = rows[0]
+    for column in (query_column, positive_column):
+        if column not in header:
+            raise data_error(path, 1, f"no {column!r} column (columns: {', '.join(header)}); "
+                                      "set --query_column / --positive_column")
+    qi, pi = header.index(query_column), header.index(positive_column)
+    pairs = []
+    for line, row in enumerate(rows[1:], 2):
+        if not any(cell.strip() for cell in row):
+            continue
+        named = {header[i]: cell for i, cell in enumerate(row) if i < len(header)}
+        pairs.append(Pair(_field(path, line, named, header[qi]), _field(path, line, named, header[pi])))
+    return pairs
+
+
+def pairs_from_rows(rows, source: str, query_column: str = "query", positive_column: str = "positive") -> list[Pair]:
+    """(query, positive) pairs from a `datasets` split (one row a pair)."""
+    missing = [c for c in (query_column, positive_column) if c not in rows.column_names]
+    if missing:
+        raise TaskDataError(f"{source} has no column {', '.join(map(repr, missing))} (columns: "
+                            f"{', '.join(rows.column_names)}); set --query_column / --positive_column")
+    pairs = []
+    for i, row in enumerate(rows):
+        for column in (query_column, positive_column):
+            if not isinstance(row[column], str) or not row[column].strip():
+                raise TaskDataError(f"{source} row {i}: the {column!r} column is empty")
+        pairs.append(Pair(row[query_column], row[positive_column]))
+    return pairs
+
+
+# ---- query noise -----------------------------------------------------------------------
+
+
+def parse_operations(spec: str) -> tuple[str, ...]:
+    """--noise_operations: "all" (the attacks' drop, add, swap, keyboard) or a comma-separated list of
+    charbert.noise.OPERATIONS."""
+    names = [s.strip().lower() for s in str(spec).split(",") if s.strip()]
+    if names == ["all"]:
+        return ATTACK_TYPES
+    unknown = [n for n in names if n not in OPERATIONS]
+    if unknown or not names:
+        raise ValueError(f"--noise_operations: unknown operation(s) {unknown or [spec]}; "
+                         f"give 'all' or a comma-separated list of {', '.join(OPERATIONS)}")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class QueryNoise:
+    """Misspell a share of a query's eligible words (charbert.noise: `rules` say which words and where),
+    at most `max_words` of them, each with one edit drawn from `operations`; punctuation and spacing kept."""
+
+    probability: float = 0.25
+    operations: tuple[str, ...] = ATTACK_TYPES
+    rules: NoiseRules = PRUTHI_RULES
+    max_words: int | None = 2
+
+    def __call__(self, text: str, rng: np.random.Generator) -> str:
+        from .robustness.attacks import _apply_edits, noiser, rewrite_texts
+
+        ((edits, _),) = rewrite_texts([text], noiser(self.operations, rng, self.rules, self.probability, self.max_words))
+        return _apply_edits(text, edits)
+
+
+# ---- batches and the loss ---------------------------------------------------------------
+
+
+class PairCollator:
+    """(query, positive) examples -> {"query": features, "positive": features[, "noised_query": features]},
+    each tokenised by the model's own input module (`SentenceTransformer.preprocess`). The noise is a
+    function of the batch's generator (the training loop's `collator_rng`): the same seed, the same typos."""
+
+    needs_rng = True
+
+    def __init__(self, model, noise: QueryNoise | None = None):
+        self.model, self.noise = model, noise
+
+    def __call__(self, examples: Sequence[Pair | dict], rng: np.random.Generator | None = None) -> dict:
+        queries = [e.query if isinstance(e, Pair) else e["query"] for e in examples]
+        positives = [e.positive if isinstance(e, Pair) else e["positive"] for e in examples]
+        batch = {"query": self.model.preprocess(queries), "positive": self.model.preprocess(positives)}
+        if self.noise is not None:
+            rng = rng if rng is not None else np.random.default_rng(0)
+            batch["noised_query"] = self.model.preprocess([self.noise(q, rng) for q in queries])
+        return batch
+
+
+@dataclass
+class ContrastiveOutput(ModelOutput):
+    """loss: what is trained; the parts (logged by the training loop): retrieval_loss (clean queries),
+    noised_retrieval_loss (noised queries, --query_noise), self_teaching_loss (before its weight)."""
+
+    loss: torch.FloatTensor | None = None
+    retrieval_loss: torch.FloatTensor | None = None
+    noised_retrieval_loss: torch.FloatTensor | None = None
+    self_teaching_loss: torch.FloatTensor | None = None
+
+
+def in_batch_scores(queries: torch.Tensor, passages: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Tensor:
+    """(B, D), (B, D) -> (B, B): scale x cosine similarity of every query with every passage of the batch
+    (row i's positive is column i; the other columns are its in-batch negatives)."""
+    return scale * F.normalize(queries.float(), dim=-1) @ F.normalize(passages.float(), dim=-1).T
+
+
+def multiple_negatives_ranking_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each query's positive against the batch's other passages (scores (B, B))."""
+    return F.cross_entropy(scores, torch.arange(scores.size(0), device=scores.device))
+
+
+def self_teaching_loss(clean_scores: torch.Tensor, noised_scores: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(clean || noised) of the two score distributions over the batch's passages, mean over queries.
+
+    The clean query's distribution is the target (no gradient flows through it): the noised query is
+    pulled towards what the model does with the clean one, as in CharacterBERT-DR's self-teaching."""
+    target = F.log_softmax(clean_scores.detach() / temperature, dim=-1)  # (B, B)
+    student = F.log_softmax(noised_scores / temperature, dim=-1)  # (B, B)
+    return F.kl_div(student, target, log_target=True, reduction="batchmean")
+
+
+class ContrastiveModel(nn.Module):
+    """A SentenceTransformer trained on (query, positive) batches with in-batch negatives.
+
+    loss = MNRL(clean queries)                                           without noise
+         = (MNRL(clean) + MNRL(noised)) / 2                              query_noise (typos-aware training)
+         + self_teaching x KL(clean || noised)                           self_teaching > 0
+    """
+
+    def __init__(self, encoder, scale: float = DEFAULT_SCALE, query_noise: bool = False, self_teaching: float = 0.0,
+                 temperature: float = 1.0):
+        super().__init__()
+        self.encoder = encoder
+        self.scale, self.query_noise = scale, query_noise
+        self.self_teaching, self.temperature = self_teaching, temperature
+        self.loading_info = {"initialized_keys": [f"encoder.{n}" for n in new_module_names(encoder)]}
+
+    def embed(self, features: dict) -> torch.Tensor:
+        return self.encoder(dict(features))["sentence_embedding"]  # (B, D); the modules add keys: a copy
+
+    def forward(self, query: dict, positive: dict, noised_query: dict | None = None) -> ContrastiveOutput:
+        passages = self.embed(positive)  # (B, D)
+        clean = in_batch_scores(self.embed(query), passages, self.scale)  # (B, B)
+        retrieval = multiple_negatives_ranking_loss(clean)
+        if noised_query is None:
+            return ContrastiveOutput(loss=retrieval, retrieval_loss=retrieval)
+        noised = in_batch_scores(self.embed(noised_query), passages, self.scale)  # (B, B)
+        noised_retrieval = multiple_negatives_ranking_loss(noised)
+        loss = (retrieval + noised_retrieval) / 2 if self.query_noise else retrieval
+        teaching = None
+        if self.self_teaching > 0:
+            teaching = self_teaching_loss(clean, noised, self.temperature)
+            loss = loss + self.self_teaching * teaching
+        return ContrastiveOutput(loss=loss, retrieval_loss=retrieval, noised_retrieval_loss=noised_retrieval,
+                                 self_teaching_loss=teaching)
