@@ -69,6 +69,10 @@ def embedding_dirs(tmp_path_factory, bert_dir, roberta_dir):
         folder = tmp_path_factory.mktemp(f"st_{name}")
         model.save(str(folder))
         out[name] = folder
+    from charbert.embedding import build_charbert_embedding
+
+    out["charbert"] = tmp_path_factory.mktemp("st_charbert")  # CharBERT on the tiny BERT one, identity start
+    build_charbert_embedding(out["bert"], device="cpu").save(str(out["charbert"]))
     return out
 
 
@@ -188,15 +192,23 @@ def test_evaluate_retrieval_matches_the_evaluator_on_a_model(embedding_dirs, squ
     assert ours["truncated_paragraphs"] == 8  # 80 words, max_seq_length 48
 
 
-def test_long_queries_are_truncated_and_counted(embedding_dirs, squad_file):
+@pytest.mark.parametrize("kind", ["plain", "bert", "charbert"])
+def test_long_queries_are_truncated_and_counted(embedding_dirs, squad_file, kind):
+    """Any SentenceTransformer (``plain``), and the models of load_embedding_model, which count themselves."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(embedding_dirs["bert"]), device="cpu")
+    from charbert.embedding import load_embedding_model
+
+    model = SentenceTransformer(str(embedding_dirs["bert"]), device="cpu") if kind == "plain" else \
+        load_embedding_model(embedding_dirs[kind], device="cpu")
     data = read_squad_retrieval(squad_file)
     long_queries = [q + " " + " ".join(data.corpus[i % 8].split()[:60]) for i, q in enumerate(data.queries)]
-    assert count_truncated(model, long_queries) == 24
+    short = data.queries[:3]
+    long_queries[:3] = short  # these three fit
+    assert count_truncated(model, long_queries) == 21
     result = evaluate_retrieval(model, data, {"long": long_queries}, batch_size=8)["long"]
-    assert result["truncated_queries"] == 24 and 0.0 <= result["mrr@10"] <= 1.0
+    assert result["truncated_queries"] == 21 and result["truncated_paragraphs"] == 8
+    assert 0.0 <= result["mrr@10"] <= 1.0
 
 
 # --------------------------------------------------------------------------------------
@@ -208,7 +220,8 @@ def test_long_queries_are_truncated_and_counted(embedding_dirs, squad_file):
 def test_robustness_retrieval_report_two_models_k1_k2(embedding_dirs, squad_file, tmp_path):
     out = tmp_path / "report"
     code = run_cli("robustness", "--task", "retrieval", "--model_name_or_path", embedding_dirs["bert"],
-                   embedding_dirs["roberta"], "--model_names", "bert", "roberta", "--test_file", squad_file,
+                   embedding_dirs["roberta"], embedding_dirs["charbert"], "--model_names", "bert", "roberta", "charbert",
+                   "--test_file", squad_file,
                    "--attacks", "drop,all", "--output_dir", out, "--per_device_eval_batch_size", "8")
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -222,7 +235,7 @@ def test_robustness_retrieval_report_two_models_k1_k2(embedding_dirs, squad_file
     from sentence_transformers import SentenceTransformer
 
     data = read_squad_retrieval(squad_file)
-    for m, folder in zip(report["models"], (embedding_dirs["bert"], embedding_dirs["roberta"])):
+    for m, folder in zip(report["models"][:2], (embedding_dirs["bert"], embedding_dirs["roberta"])):
         assert set(m["scores"]) == {"clean", *report["attacks"]}
         expected = evaluate_retrieval(SentenceTransformer(str(folder), device="cpu"), data, {"clean": data.queries},
                                       batch_size=8)["clean"]
@@ -230,17 +243,22 @@ def test_robustness_retrieval_report_two_models_k1_k2(embedding_dirs, squad_file
         assert m["scores"]["clean"] == m["metrics"]["clean"]["mrr@10"]
         drop = m["drops"]["all K=2"]
         assert drop["absolute"] == pytest.approx(m["scores"]["clean"] - m["scores"]["all K=2"])
+    bert, charbert = report["models"][0], report["models"][2]  # a fresh CharBERT ranks as its backbone
+    assert charbert["metrics"]["clean"]["mrr@10"] == pytest.approx(bert["metrics"]["clean"]["mrr@10"], abs=1e-6)
     md = (out / "report.md").read_text()
     assert "## Retrieval metrics" in md and "nDCG@10" in md and "mean of attacks K=2" in md
     assert (out / "scores.png").stat().st_size > 0
 
 
 @pytest.mark.slow
-def test_robustness_retrieval_bad_input_one_line(embedding_dirs, squad_file, bert_dir, tmp_path, capsys):
+def test_robustness_retrieval_bad_input_one_line(embedding_dirs, squad_file, tmp_path, capsys):
     base = ["--task", "retrieval", "--output_dir", tmp_path / "o", "--attacks", "drop"]
-    assert run_cli("robustness", *base, "--model_name_or_path", bert_dir, "--test_file", squad_file) == 2
+    not_a_model = tmp_path / "notes"
+    not_a_model.mkdir()
+    (not_a_model / "readme.txt").write_text("not a model")
+    assert run_cli("robustness", *base, "--model_name_or_path", not_a_model, "--test_file", squad_file) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "error:" in err.splitlines()[-1] and str(bert_dir) in err.splitlines()[-1]
+    assert "Traceback" not in err and "error:" in err.splitlines()[-1] and "not an embedding model" in err
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": "x",
                                                                                            "qas": []}]}]}))

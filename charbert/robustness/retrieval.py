@@ -4,7 +4,8 @@ The corpus is a SQuAD JSON file's paragraphs (identical contexts counted once) a
 are its questions, each relevant to the paragraph it was asked about.  A query set is ranked
 against the corpus by cosine similarity of an embedding model's vectors (any
 ``SentenceTransformer``: a plain sentence-transformers folder or a CharBERT embedding folder,
-loaded with :func:`charbert.embedding.load_embedding_model`) and scored by
+loaded with :func:`charbert.embedding.load_embedding_model`, which opens a CharBERT pretraining
+folder and a plain Hugging Face encoder folder too) and scored by
 
 * ``recall@1``, ``recall@10`` -- share of the relevant paragraphs in the first k (with one
   relevant paragraph per question: the share of questions whose paragraph is there);
@@ -165,7 +166,9 @@ def attack_squad_questions(in_path: str | os.PathLike, out_path: str | os.PathLi
 
 def count_truncated(model, texts: Sequence[str]) -> int:
     """How many ``texts`` are longer (in the model's tokens, special tokens included) than the
-    model's ``max_seq_length``: the model encodes their first tokens only."""
+    model's ``max_seq_length``: the model encodes their first tokens only.  (Models opened by
+    :func:`charbert.embedding.load_embedding_model` count this themselves while encoding; this is
+    for any other ``SentenceTransformer``.)"""
     tokenizer, limit = getattr(model, "tokenizer", None), getattr(model, "max_seq_length", None)
     if tokenizer is None or not limit or not texts:
         return 0
@@ -176,11 +179,17 @@ def count_truncated(model, texts: Sequence[str]) -> int:
     return sum(n > limit for n in lengths)
 
 
-def encode_texts(model, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Unit-length vectors of ``texts``, ``(N, D)`` float32: cosine similarity is a dot product."""
+def encode_texts(model, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> tuple[np.ndarray, int]:
+    """Unit-length vectors of ``texts``, ``(N, D)`` float32 (cosine similarity is a dot product), and
+    how many texts the model truncated."""
+    from charbert.embedding import truncation_count
+
+    counts_itself = hasattr(model, "truncated_inputs")  # an EmbeddingModel of charbert.embedding
+    truncation_count(model, reset=True)
     vectors = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
                            show_progress_bar=progress)
-    return np.asarray(vectors, dtype=np.float32)
+    truncated = truncation_count(model, reset=True) if counts_itself else count_truncated(model, texts)
+    return np.asarray(vectors, dtype=np.float32), truncated
 
 
 def rank_corpus(query_vectors: np.ndarray, corpus_vectors: np.ndarray, k: int = TOP_K,
@@ -225,19 +234,20 @@ def retrieval_metrics(rankings: Sequence[Sequence[str]], relevant: Sequence[set[
 def evaluate_retrieval(model, data: RetrievalSet, query_sets: Mapping[str, Sequence[str]], batch_size: int = 64,
                        progress: bool = False) -> dict[str, dict[str, Any]]:
     """Score ``model`` on each query set (``{label: queries}``, each aligned with ``data.query_ids``)
-    against ``data``'s corpus, encoded once: ``{label: {metric: value, "queries": n,
+    against ``data``'s corpus, encoded once (``progress``: a bar for the corpus and one over the sets): ``{label: {metric: value, "queries": n,
     "truncated_queries": n, "truncated_paragraphs": n}}``."""
-    corpus_vectors = encode_texts(model, data.corpus, batch_size, progress)
-    truncated_paragraphs = count_truncated(model, data.corpus)
+    from tqdm.auto import tqdm
+
+    corpus_vectors, truncated_paragraphs = encode_texts(model, data.corpus, batch_size, progress)
     relevant = data.relevant_lists()
     out: dict[str, dict[str, Any]] = {}
-    for label, queries in query_sets.items():
+    for label, queries in tqdm(query_sets.items(), desc="query sets", disable=not progress):
         if len(queries) != len(data.query_ids):
             raise ValueError(f"query set {label!r} has {len(queries)} queries; the corpus's file has "
                              f"{len(data.query_ids)}")
-        top, _ = rank_corpus(encode_texts(model, queries, batch_size, progress), corpus_vectors)
+        query_vectors, truncated_queries = encode_texts(model, queries, batch_size)
+        top, _ = rank_corpus(query_vectors, corpus_vectors)
         rankings = [[data.corpus_ids[i] for i in row] for row in top]
         out[label] = {**retrieval_metrics(rankings, relevant), "queries": len(queries),
-                      "truncated_queries": count_truncated(model, queries),
-                      "truncated_paragraphs": truncated_paragraphs}
+                      "truncated_queries": truncated_queries, "truncated_paragraphs": truncated_paragraphs}
     return out

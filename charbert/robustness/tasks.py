@@ -383,7 +383,7 @@ class RetrievalAttackTask(AttackTask):
             raise ModelSetupError(f"--model_name_or_path {model_path}: {err}") from None
         if args.max_seq_length is not None:
             model.max_seq_length = args.max_seq_length
-        return evaluate_retrieval(model, data, query_sets, batch_size=args.per_device_eval_batch_size)
+        return evaluate_retrieval(model, data, query_sets, batch_size=args.per_device_eval_batch_size, progress=True)
 
 
 def check_family_options(task: AttackTask, args, options: Sequence[str] = ("task_name", "attack_context")) -> None:
