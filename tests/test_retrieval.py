@@ -268,3 +268,24 @@ def test_robustness_retrieval_bad_input_one_line(embedding_dirs, squad_file, tmp
     assert run_cli("robustness", *base, "--model_name_or_path", embedding_dirs["bert"], "--test_file", squad_file,
                    "--tag_column", "xpos") == 2
     assert "unrecognized arguments: --tag_column" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# benchmarks/bench_embedding.py
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bench_embedding_tiny_run_reports_both_models_and_the_ratio(tmp_path, capsys):
+    from benchmarks.bench_embedding import TARGET, main
+
+    out = tmp_path / "bench.json"
+    report = main(["--tiny", "--num_questions", "12", "--num_paragraphs", "5", "--batch_size", "4", "--repeats", "1",
+                   "--threads", "1", "--device", "cpu", "--output", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert [(r["texts"], r["num_texts"]) for r in report["encode"]] == [("questions", 12), ("paragraphs", 5)]
+    for row in report["encode"]:
+        assert row["plain_sentences_per_s"] > 0 and row["charbert_sentences_per_s"] > 0
+        assert row["charbert_vs_plain"] == pytest.approx(row["charbert_sentences_per_s"] / row["plain_sentences_per_s"])
+        assert row["meets_target"] == (row["charbert_vs_plain"] >= TARGET)
+    assert "CharBERT / plain" in capsys.readouterr().out
