@@ -289,3 +289,73 @@ def test_bench_embedding_tiny_run_reports_both_models_and_the_ratio(tmp_path, ca
         assert row["charbert_vs_plain"] == pytest.approx(row["charbert_sentences_per_s"] / row["plain_sentences_per_s"])
         assert row["meets_target"] == (row["charbert_vs_plain"] >= TARGET)
     assert "CharBERT / plain" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------
+# experiments/replicate_retrieval.py: commands and tables (no training here)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rr():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "replicate_retrieval.py"
+    spec = importlib.util.spec_from_file_location("replicate_retrieval", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_report(folder, clean: float, attacked: dict[str, float]):
+    """A report.json as finetune.robustness --task retrieval writes it, with MRR@10 etc. all equal."""
+    folder.mkdir(parents=True)
+    metrics = {label: dict.fromkeys(METRICS, value) for label, value in {"clean": clean, **attacked}.items()}
+    (folder / "report.json").write_text(json.dumps({"models": [{"name": "m", "metrics": metrics}]}))
+
+
+def test_replicate_retrieval_commands_share_pairs_steps_and_seeds(rr, tmp_path):
+    args = rr.build_parser().parse_args(["--max_train_steps", "7", "--charbert_pretrained", str(tmp_path)])
+    commands = {row: rr.train_command(args, row, "base", 43, tmp_path / row) for row in rr.ROWS[1:]}
+    for command in commands.values():
+        assert command[command.index("--max_train_steps") + 1] == "7"
+        assert command[command.index("--seed") + 1] == "43"
+        assert command[command.index("--train_file") + 1] == args.train_file
+    assert "--query_noise" not in commands["clean"] and "--self_teaching" not in commands["noise"]
+    assert commands["noise_st"][commands["noise_st"].index("--self_teaching") + 1] == "1.0"
+    assert "--charbert" in commands["charbert"] and "--self_teaching" in commands["charbert"]  # default recipe
+    assert commands["charbert_pretrained"][commands["charbert_pretrained"].index("--model_name_or_path") + 1] == \
+        str(tmp_path)
+    ev = rr.eval_command(args, "model", "clean", 43, tmp_path / "e")
+    assert ev[ev.index("--max_words") + 1: ev.index("--max_words") + 3] == ["1", "2"]
+    assert ev[ev.index("--seed") + 1] == "43" and ev[ev.index("--task") + 1] == "retrieval"
+    assert rr.selected_rows(args) == list(rr.ROWS)
+    assert rr.selected_rows(rr.build_parser().parse_args([])) == list(rr.ROWS[:-1])  # no pretrained folder
+
+
+def test_replicate_retrieval_tables_and_targets(rr, tmp_path):
+    out = tmp_path / "out"
+    scores = {  # row -> seed -> (clean, all K=1, all K=2) MRR@10
+        "minilm": {1: (0.80, 0.72, 0.62), 2: (0.80, 0.70, 0.60)},
+        "noise_st": {1: (0.84, 0.80, 0.74), 2: (0.84, 0.78, 0.72)},
+        "charbert": {1: (0.84, 0.83, 0.80), 2: (0.83, 0.82, 0.79)},
+    }
+    for row, by_seed in scores.items():
+        for seed, (clean, one, two) in by_seed.items():
+            _fake_report(out / "eval" / f"{row}_s{seed}", clean, {"all K=1": one, "all K=2": two})
+    args = rr.build_parser().parse_args(["--seeds", "1", "2", "--output_dir", str(out)])
+    rows = ["minilm", "noise_st", "charbert"]
+    record = rr.write_results(args, out, rows, rr.Runner(out, prog="t"))
+    k1 = record["targets"]["K=1"]
+    assert (k1["best_plain"], k1["best_charbert"]) == ("noise_st", "charbert")
+    plain_drop = (100 * 0.04 / 0.84 + 100 * 0.06 / 0.84) / 2
+    charbert_drop = (100 * 0.01 / 0.84 + 100 * 0.01 / 0.83) / 2
+    assert k1["plain_rel_drop"] == pytest.approx(plain_drop)
+    assert k1["drop_ratio"] == pytest.approx(charbert_drop / plain_drop) and k1["drop_target_met"]
+    assert k1["clean_gap"] == pytest.approx(-0.5) and k1["clean_target_met"] and k1["moonshot_met"]
+    assert not record["targets"]["K=2"]["moonshot_met"]
+    md = (out / "results.md").read_text()
+    assert "| MiniLM as shipped | 80.00 | 80.00 | 80.00 | 72.00 | 70.00 | 71.00 |" in md
+    assert "| CharBERT on MiniLM (identity start), noised queries + self-teaching | " \
+           "MiniLM + noised queries + self-teaching | -0.50 | +3.50 | +6.50 |" in md
