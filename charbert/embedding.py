@@ -59,6 +59,8 @@ CHARBERT_MODALITY_CONFIG = {"text": {"method": CHANNELS_METHOD, "method_output_n
 TOKEN_EMBEDDINGS = "token_embeddings"
 # sentence-transformers' MultipleNegativesRankingLoss scale: cosine similarities x 20 are the logits.
 DEFAULT_SCALE = 20.0
+# The score of an in-batch passage that is not a negative (the same text as the row's positive).
+EXCLUDED_SCORE = -1e4
 NOISE_RULES = {"pruthi": PRUTHI_RULES, "pretrain": PRETRAIN_RULES}
 
 
@@ -442,11 +444,21 @@ class PairCollator:
     def __call__(self, examples: Sequence[Pair | dict], rng: np.random.Generator | None = None) -> dict:
         queries = [e.query if isinstance(e, Pair) else e["query"] for e in examples]
         positives = [e.positive if isinstance(e, Pair) else e["positive"] for e in examples]
-        batch = {"query": self.model.preprocess(queries), "positive": self.model.preprocess(positives)}
+        batch = {"query": self.model.preprocess(queries), "positive": self.model.preprocess(positives),
+                 "same_positive": same_positive_mask(positives)}
         if self.noise is not None:
             rng = rng if rng is not None else np.random.default_rng(0)
             batch["noised_query"] = self.model.preprocess([self.noise(q, rng) for q in queries])
         return batch
+
+
+def same_positive_mask(positives: Sequence[str]) -> torch.Tensor:
+    """(B, B) bool: True where another row of the batch has the same positive passage (e.g. two SQuAD
+    questions on one paragraph). Those columns are not negatives of the row: the loss leaves them out."""
+    ids = {}
+    groups = torch.tensor([ids.setdefault(p, len(ids)) for p in positives])  # (B,)
+    same = groups[:, None] == groups[None, :]  # (B, B)
+    return same & ~torch.eye(len(positives), dtype=torch.bool)
 
 
 @dataclass
@@ -500,13 +512,20 @@ class ContrastiveModel(nn.Module):
     def embed(self, features: dict) -> torch.Tensor:
         return self.encoder(dict(features))["sentence_embedding"]  # (B, D); the modules add keys: a copy
 
-    def forward(self, query: dict, positive: dict, noised_query: dict | None = None) -> ContrastiveOutput:
+    def scores(self, queries: dict, passages: torch.Tensor, same_positive: torch.Tensor | None) -> torch.Tensor:
+        """(B, B) in-batch scores; a passage equal to the row's positive is left out (a large negative
+        score, not -inf, so that the self-teaching KL stays finite)."""
+        scores = in_batch_scores(self.embed(queries), passages, self.scale)
+        return scores if same_positive is None else scores.masked_fill(same_positive, EXCLUDED_SCORE)
+
+    def forward(self, query: dict, positive: dict, noised_query: dict | None = None,
+                same_positive: torch.Tensor | None = None) -> ContrastiveOutput:
         passages = self.embed(positive)  # (B, D)
-        clean = in_batch_scores(self.embed(query), passages, self.scale)  # (B, B)
+        clean = self.scores(query, passages, same_positive)  # (B, B)
         retrieval = multiple_negatives_ranking_loss(clean)
         if noised_query is None:
             return ContrastiveOutput(loss=retrieval, retrieval_loss=retrieval)
-        noised = in_batch_scores(self.embed(noised_query), passages, self.scale)  # (B, B)
+        noised = self.scores(noised_query, passages, same_positive)  # (B, B)
         noised_retrieval = multiple_negatives_ranking_loss(noised)
         loss = (retrieval + noised_retrieval) / 2 if self.query_noise else retrieval
         teaching = None

@@ -42,10 +42,16 @@ def batch_size(batch) -> int:
 
 
 def count_tokens(batch) -> torch.Tensor | None:
+    """Real tokens of a batch: its attention mask's sum, or the sum over the batch's nested inputs
+    (e.g. the queries and passages of an embedding batch)."""
     if isinstance(batch, Mapping):
         mask = batch.get("attention_mask")
         if isinstance(mask, torch.Tensor):
             return mask.detach().sum()
+        nested = [count_tokens(v) for v in batch.values() if isinstance(v, Mapping)]
+        nested = [n for n in nested if n is not None]
+        if nested:
+            return sum(nested[1:], nested[0])
     return None
 
 

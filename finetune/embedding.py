@@ -1,0 +1,230 @@
+"""Fine-tune a sentence-embedding model on (query, positive) pairs with in-batch negatives.
+
+    python -m finetune.embedding --model_name_or_path all-MiniLM-L6-v2/ --charbert \\
+        --train_file squad/v1.1-train.json --query_noise --self_teaching 1 --output_dir out/emb
+
+The model is a sentence-transformers folder, a plain Hugging Face encoder, or a CharBERT; --charbert
+builds CharBERT on a plain one (identity start: it encodes as its backbone until training moves it;
+its pooling and normalisation are kept). Pairs come from --train_file (JSON lines with `query` and
+`positive` fields, a .tsv with a header row, or a SQuAD .json read as (question, paragraph)) or
+--dataset_name. The loss is the multiple-negatives ranking loss (every other passage of the batch is
+a negative; a passage equal to the positive is not). --query_noise trains on misspelt copies of the
+queries too (typos-aware training); --self_teaching W adds W x KL(clean || noised) of the two score
+distributions over the batch's passages (CharacterBERT-DR's self-teaching). The output folder is a
+sentence-transformers model (modules.json): `SentenceTransformer(folder)` after `import charbert`,
+or `charbert.embedding.load_embedding_model(folder)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from charbert.checkpoint import max_sequence_length
+from charbert.cli import UsageError, one_line, program_name, run_main, setup_logging, write_json
+from charbert.embedding import (
+    DEFAULT_SCALE,
+    NOISE_RULES,
+    ContrastiveModel,
+    NotAnEmbeddingModel,
+    PairCollator,
+    QueryNoise,
+    build_charbert_embedding,
+    is_charbert_embedding,
+    load_embedding_model,
+    pairs_from_rows,
+    parse_operations,
+    read_pairs,
+)
+from charbert.tasks.errors import TaskDataError
+from charbert.tasks.features import FeatureDataset
+from charbert.training import CheckpointError, add_training_args, create_accelerator, train, training_config_from_args
+from charbert.training.lock import OutputDirError, lock_output_dir
+
+from .common import METRICS_FILE, _versions
+
+PROG = program_name("python -m finetune.embedding")
+logger = logging.getLogger("finetune")
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    m = parser.add_argument_group("model")
+    m.add_argument("--model_name_or_path", required=True,
+                   help="A sentence-transformers folder, a plain Hugging Face encoder folder, or a CharBERT folder.")
+    m.add_argument("--charbert", action="store_true",
+                   help="Build CharBERT on a plain model (identity start, both channels pooled; its pooling and "
+                        "normalisation kept). A CharBERT folder is used as it is.")
+    d = parser.add_argument_group("data")
+    d.add_argument("--train_file", default=None,
+                   help="Pairs: JSON lines with the query and positive fields, a .tsv with a header row, or a SQuAD "
+                        ".json (question, paragraph).")
+    d.add_argument("--dataset_name", default=None,
+                   help="Instead of --train_file: a datasets Hub name, a local dataset folder or a save_to_disk folder.")
+    d.add_argument("--dataset_config_name", default=None, help="The dataset's configuration.")
+    d.add_argument("--dataset_revision", default=None, help="The dataset's revision.")
+    d.add_argument("--train_split_name", default="train", help="The dataset split to train on (default: %(default)s).")
+    d.add_argument("--query_column", default="query", help="The queries' field or column (default: %(default)s).")
+    d.add_argument("--positive_column", default="positive",
+                   help="The positive passages' field or column (default: %(default)s).")
+    d.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N pairs.")
+    d.add_argument("--max_seq_length", type=int, default=None,
+                   help="Longest input in subword tokens, queries and passages (default: the model's own; longer "
+                        "inputs are truncated and counted in metrics.json).")
+    n = parser.add_argument_group("typos")
+    n.add_argument("--query_noise", action="store_true",
+                   help="Typos-aware training: the loss is the mean of the clean queries' and their misspelt copies'.")
+    n.add_argument("--noise_probability", type=float, default=0.25,
+                   help="Share of a query's eligible words misspelt (rounded, see charbert.noise.noise_words; "
+                        "default: %(default)s).")
+    n.add_argument("--noise_max_words", type=int, default=2,
+                   help="At most this many misspelt words a query (0: no cap; default: %(default)s).")
+    n.add_argument("--noise_operations", default="all",
+                   help="'all' (drop, add, swap, keyboard: the attacks') or a comma-separated list of drop, add, "
+                        "swap, keyboard, replace (default: %(default)s).")
+    n.add_argument("--noise_rules", choices=sorted(NOISE_RULES), default="pruthi",
+                   help="Which words may be misspelt and where: 'pruthi' (the attacks': words of 4+ letters, not "
+                        "stop-words, first and last letters kept) or 'pretrain' (any word, any position; default: "
+                        "%(default)s).")
+    n.add_argument("--self_teaching", type=float, default=0.0,
+                   help="Weight of the self-teaching term, KL(clean || noised) of the queries' score distributions "
+                        "over the batch's passages (0: off; default: %(default)s).")
+    n.add_argument("--self_teaching_temperature", type=float, default=1.0,
+                   help="Temperature of the two distributions (default: %(default)s).")
+    n.add_argument("--similarity_scale", type=float, default=DEFAULT_SCALE,
+                   help="Cosine similarities are multiplied by this before the softmax (default: %(default)s, "
+                        "sentence-transformers' MultipleNegativesRankingLoss).")
+    add_training_args(parser)
+    return parser
+
+
+def check_args(args) -> QueryNoise | None:
+    """Flags that cannot work together -> UsageError; the query noise the run uses (None: none)."""
+    if bool(args.train_file) == bool(args.dataset_name):
+        raise UsageError("give --train_file or --dataset_name (one of them)")
+    if args.max_train_samples is not None and args.max_train_samples < 1:
+        raise UsageError(f"--max_train_samples must be >= 1; got {args.max_train_samples}")
+    if args.max_seq_length is not None and args.max_seq_length < 8:
+        raise UsageError(f"--max_seq_length must be >= 8; got {args.max_seq_length}")
+    if not 0.0 <= args.noise_probability <= 1.0:
+        raise UsageError(f"--noise_probability must be in [0, 1]; got {args.noise_probability}")
+    if args.noise_max_words < 0:
+        raise UsageError(f"--noise_max_words must be >= 0; got {args.noise_max_words}")
+    if args.self_teaching < 0:
+        raise UsageError(f"--self_teaching must be >= 0; got {args.self_teaching}")
+    if not args.self_teaching_temperature > 0 or not args.similarity_scale > 0:
+        raise UsageError("--self_teaching_temperature and --similarity_scale must be > 0")
+    if args.per_device_train_batch_size < 2:
+        raise UsageError("--per_device_train_batch_size must be >= 2: the other passages of a batch are the negatives")
+    if not (args.query_noise or args.self_teaching > 0):
+        return None
+    try:
+        operations = parse_operations(args.noise_operations)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return QueryNoise(args.noise_probability, operations, NOISE_RULES[args.noise_rules], args.noise_max_words or None)
+
+
+def read_training_pairs(args) -> tuple[list, str]:
+    """The pairs and where they came from."""
+    if args.train_file:
+        return read_pairs(args.train_file, args.query_column, args.positive_column), args.train_file
+    from charbert.pretraining.hf_datasets import open_dataset
+
+    try:
+        rows = open_dataset(args.dataset_name, args.dataset_config_name, args.train_split_name,
+                            revision=args.dataset_revision, streaming=False)
+    except (ImportError, ValueError, FileNotFoundError) as err:
+        raise UsageError(f"--dataset_name {args.dataset_name}: {one_line(err)}") from None
+    source = args.dataset_name + (f"/{args.dataset_config_name}" if args.dataset_config_name else "")
+    source += f"[{args.train_split_name}]"
+    return pairs_from_rows(rows, source, args.query_column, args.positive_column), source
+
+
+def open_model(args):
+    """The SentenceTransformer to train: CharBERT built on the given one with --charbert, else as it is."""
+    if args.charbert:
+        model = build_charbert_embedding(args.model_name_or_path)
+    else:
+        model = load_embedding_model(args.model_name_or_path)
+    if args.max_seq_length is not None:
+        limit = max_sequence_length(model[0].config) if hasattr(model[0], "config") else None
+        if limit is not None and args.max_seq_length > limit:
+            raise UsageError(f"--max_seq_length {args.max_seq_length} exceeds what {args.model_name_or_path} allows "
+                             f"({limit} tokens)")
+        model.max_seq_length = args.max_seq_length
+    return model
+
+
+def run(args, argv: Sequence[str], prog: str) -> dict[str, Any]:
+    start = time.perf_counter()
+    noise = check_args(args)
+    try:
+        config = training_config_from_args(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    accelerator = create_accelerator(config)
+    if accelerator.is_main_process:
+        lock_output_dir(config.output_dir)
+    setup_logging(("finetune", "charbert"), logging.INFO if accelerator.is_main_process else logging.WARNING)
+    output_dir = Path(config.output_dir)
+
+    pairs, source = read_training_pairs(args)  # bad data fails before any model is loaded
+    if args.max_train_samples is not None:
+        pairs = pairs[:args.max_train_samples]
+    if len(pairs) < 2:
+        raise TaskDataError(f"{source}: {len(pairs)} pair(s); in-batch negatives need at least 2")
+
+    from accelerate.utils import set_seed
+
+    set_seed(args.seed)  # the character encoder's and fusion's initial weights
+    encoder = open_model(args)
+    model = ContrastiveModel(encoder, scale=args.similarity_scale, query_noise=args.query_noise,
+                             self_teaching=args.self_teaching, temperature=args.self_teaching_temperature)
+    collator = PairCollator(encoder, noise)
+    logger.info("embedding: %s (%s), %d pairs from %s, max_seq_length %s, loss: MNRL%s%s",
+                args.model_name_or_path, "CharBERT, both channels" if is_charbert_embedding(encoder) else "plain",
+                len(pairs), source, encoder.max_seq_length, " + noised queries" if args.query_noise else "",
+                f" + {args.self_teaching} x self-teaching" if args.self_teaching > 0 else "")
+
+    outcome = train(model, FeatureDataset(pairs), config, collator, accelerator=accelerator)
+    unwrapped = accelerator.unwrap_model(model).encoder
+    record: dict[str, Any] = {
+        "task": "embedding", "command": f"{prog} {shlex.join(list(argv))}", "seed": args.seed,
+        "versions": _versions(), "num_processes": accelerator.num_processes,
+        "model": {"model_name_or_path": args.model_name_or_path, "charbert": is_charbert_embedding(unwrapped),
+                  "modules": [type(m).__name__ for m in unwrapped], "max_seq_length": unwrapped.max_seq_length,
+                  "embedding_dimension": unwrapped.get_embedding_dimension(),
+                  "num_parameters": sum(p.numel() for p in unwrapped.parameters())},
+        "train": {"global_step": outcome.global_step, "epochs_completed": outcome.epochs_completed,
+                  "train_loss": outcome.train_loss, "wall_time_s": round(outcome.wall_time_s, 2),
+                  "num_pairs": len(pairs), "source": source,
+                  "truncated_inputs": getattr(unwrapped, "truncated_inputs", 0)},
+    }
+    if accelerator.is_main_process:
+        unwrapped.save(str(output_dir))
+        record["args"] = {k: v for k, v in sorted(vars(args).items())}
+        record["wall_time_s"] = round(time.perf_counter() - start, 2)
+        write_json(output_dir / METRICS_FILE, record)
+        print(json.dumps({"output_dir": str(output_dir), "train_loss": outcome.train_loss,
+                          "global_step": outcome.global_step}))
+    accelerator.wait_for_everyone()
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: run(args, argv, PROG),
+                    known_errors=(TaskDataError, NotAnEmbeddingModel, CheckpointError, OutputDirError))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

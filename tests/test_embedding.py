@@ -1,0 +1,298 @@
+"""Sentence embeddings (charbert.embedding) and their training program (finetune.embedding), on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from charbert.embedding import (
+    EXCLUDED_SCORE,
+    ContrastiveModel,
+    NotAnEmbeddingModel,
+    PairCollator,
+    QueryNoise,
+    build_charbert_embedding,
+    in_batch_scores,
+    is_charbert_embedding,
+    load_embedding_model,
+    multiple_negatives_ranking_loss,
+    parse_operations,
+    read_pairs,
+    same_positive_mask,
+    self_teaching_loss,
+    truncation_count,
+)
+from charbert.tasks.errors import TaskDataError
+
+SENTENCES = ["Where is the house of the parliament?", "The module of a thing that is long and winding.",
+             "numbers", "Who wrote the definitive history of the Roman empire?"]
+
+
+def _st_folder(path, encoder_dir, pooling="mean", normalize=True):
+    """A tiny sentence-transformers folder: the tiny BERT + Pooling (+ Normalize)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+    transformer = Transformer(str(encoder_dir), max_seq_length=48)
+    hidden = transformer.get_embedding_dimension()
+    modules = [transformer, Pooling(hidden, pooling)] + ([Normalize()] if normalize else [])
+    SentenceTransformer(modules=modules, device="cpu").save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def st_dir(tmp_path_factory, bert_dir):
+    return _st_folder(tmp_path_factory.mktemp("tiny_st"), bert_dir)
+
+
+def _encode(model, texts=SENTENCES):
+    return model.encode(texts, batch_size=2, convert_to_tensor=True)
+
+
+# ---- the model ---------------------------------------------------------------------------
+
+
+def test_identity_start_encodes_as_the_backbone(st_dir, one_torch_thread):
+    plain = load_embedding_model(str(st_dir), device="cpu")
+    charbert = build_charbert_embedding(st_dir, device="cpu")
+    assert is_charbert_embedding(charbert) and not is_charbert_embedding(plain)
+    assert [type(m).__name__ for m in charbert] == ["Transformer", "Dense", "Pooling", "Normalize"]
+    assert charbert.get_embedding_dimension() == plain.get_embedding_dimension() == 32
+    assert charbert.max_seq_length == plain.max_seq_length == 48
+    torch.testing.assert_close(_encode(charbert), _encode(plain), atol=1e-5, rtol=0)
+
+
+def _move_off_identity(model):
+    """Give the character channel a say (as training would): the projection's character half and each
+    fusion's character taps become non-zero."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        dense = model[1].linear.weight  # (H, 2H)
+        hidden = dense.size(0)
+        dense[:, hidden:] = 0.1 * torch.randn(hidden, hidden, generator=generator)
+        for fusion in model[0].model.fusion:
+            fusion.fuse.weight[:, hidden:] = 0.05 * torch.randn(fusion.fuse.weight[:, hidden:].shape, generator=generator)
+
+
+def test_save_and_reopen_give_the_same_vectors(st_dir, tmp_path, one_torch_thread):
+    from sentence_transformers import SentenceTransformer
+
+    model = build_charbert_embedding(st_dir, device="cpu")
+    _move_off_identity(model)
+    before = _encode(model)
+    assert not torch.allclose(before, _encode(load_embedding_model(str(st_dir), device="cpu")), atol=1e-3)
+    model.save(str(tmp_path / "saved"))
+    modules = json.loads((tmp_path / "saved" / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Dense", "Pooling", "Normalize"]
+    for reopened in (SentenceTransformer(str(tmp_path / "saved"), device="cpu"),
+                     load_embedding_model(str(tmp_path / "saved"), device="cpu"),
+                     build_charbert_embedding(tmp_path / "saved", device="cpu")):  # a CharBERT folder: used as it is
+        assert is_charbert_embedding(reopened)
+        torch.testing.assert_close(_encode(reopened), before, atol=1e-6, rtol=0)
+
+
+def test_keeps_the_backbones_pooling_and_normalisation(tmp_path, bert_dir, one_torch_thread):
+    folder = _st_folder(tmp_path / "cls", bert_dir, pooling="cls", normalize=False)
+    plain = load_embedding_model(str(folder), device="cpu")
+    charbert = build_charbert_embedding(folder, device="cpu")
+    assert [type(m).__name__ for m in charbert] == ["Transformer", "Dense", "Pooling"]
+    assert charbert[2].pooling_mode == "cls"
+    vectors = _encode(charbert)
+    assert not torch.allclose(vectors.norm(dim=-1), torch.ones(len(SENTENCES)), atol=1e-3)  # not normalised
+    torch.testing.assert_close(vectors, _encode(plain), atol=1e-5, rtol=0)
+
+
+def test_opens_encoder_and_charbert_folders(tmp_path, bert_dir, one_torch_thread):
+    from charbert import CharBertModel, CharBertTokenizer
+
+    plain = load_embedding_model(str(bert_dir), device="cpu")  # no modules.json: mean pooling
+    assert [type(m).__name__ for m in plain] == ["Transformer", "Pooling"]
+    model = CharBertModel.from_pretrained(str(bert_dir), new_module_init="identity", share_fusion=False)
+    model.save_pretrained(tmp_path / "cb")
+    CharBertTokenizer.from_pretrained(str(bert_dir)).save_pretrained(tmp_path / "cb")
+    charbert = load_embedding_model(str(tmp_path / "cb"), device="cpu")
+    assert is_charbert_embedding(charbert)
+    assert [type(m).__name__ for m in charbert] == ["Transformer", "Dense", "Pooling"]
+    torch.testing.assert_close(_encode(charbert), _encode(plain), atol=1e-5, rtol=0)  # identity start, mean pooling
+
+
+def test_not_an_embedding_model_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("hello")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({"model_type": "no-such-model"}))
+    cases = {"empty": "neither modules.json", "file.txt": "is a file", "missing/folder/x": "no such folder",
+             "odd": "no-such-model"}
+    for name, words in cases.items():
+        with pytest.raises(NotAnEmbeddingModel, match=words) as info:
+            load_embedding_model(str(tmp_path / name))
+        assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_long_inputs_are_truncated_and_counted(st_dir, one_torch_thread):
+    model = load_embedding_model(str(st_dir), device="cpu")
+    long_text = " ".join(["the parliament of the united kingdom"] * 40)  # far more than 48 tokens
+    exact = model.tokenizer.convert_tokens_to_string(["a"] * (model.max_seq_length - 2))  # fits exactly
+    vectors = model.encode(["short", long_text, exact], convert_to_tensor=True)
+    assert vectors.shape == (3, 32) and torch.isfinite(vectors).all()
+    assert truncation_count(model) == 1
+    model.encode([long_text, long_text])
+    assert truncation_count(model, reset=True) == 3
+    assert truncation_count(model) == 0
+
+
+# ---- pairs ---------------------------------------------------------------------------------
+
+
+def test_read_pairs_from_jsonl_tsv_and_squad(tmp_path, task_files):
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text('{"query": "q1", "positive": "p1"}\n\n{"query": "q2", "positive": "p2", "x": 1}\n')
+    assert [(p.query, p.positive) for p in read_pairs(jsonl)] == [("q1", "p1"), ("q2", "p2")]
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("id\tquestion\tanswer\n1\tq1\tp1\n2\tq2\tp2\n")
+    assert [(p.query, p.positive) for p in read_pairs(tsv, "question", "answer")] == [("q1", "p1"), ("q2", "p2")]
+    squad = read_pairs(task_files["squad_v1_train"])
+    data = json.loads(task_files["squad_v1_train"].read_text())["data"]
+    expected = [(qa["question"], p["context"]) for a in data for p in a["paragraphs"] for qa in p["qas"]]
+    assert [(p.query, p.positive) for p in squad] == expected
+
+
+@pytest.mark.parametrize("text, columns, message", [
+    ('{"query": "q1", "positive": "p1"}\n{"query": "q2"}\n', (), r"pairs.jsonl:2: no 'positive' field"),
+    ('{"query": "q1", "positive": "  "}\n', (), r"pairs.jsonl:1: the 'positive' field is empty"),
+    ('{"question": "q1", "positive": "p1"}\n', (), r"pairs.jsonl:1: no 'query' field"),
+    ("not json\n", (), r"pairs.jsonl:1: not a JSON object"),
+])
+def test_bad_pairs_files_are_one_line(tmp_path, text, columns, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(text)
+    with pytest.raises(TaskDataError, match=message) as info:
+        read_pairs(path, *columns)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_tsv_pairs(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("query\tpassage\nq\tp\n")
+    with pytest.raises(TaskDataError, match=r"pairs.tsv:1: no 'positive' column \(columns: query, passage\)"):
+        read_pairs(path)
+    path.write_text("query\tpositive\nq\t\n")
+    with pytest.raises(TaskDataError, match=r"pairs.tsv:2: the 'positive' field is empty"):
+        read_pairs(path)
+
+
+# ---- noise and the loss ----------------------------------------------------------------------
+
+
+def test_query_noise_is_seeded_and_bounded():
+    noise = QueryNoise(probability=1.0, max_words=2)
+    query = "Which philosopher described the categorical imperative, and when?"
+    first = noise(query, np.random.default_rng(3))
+    assert first == noise(query, np.random.default_rng(3))
+    changed = [a for a, b in zip(query.split(), first.split()) if a != b]
+    assert 1 <= len(changed) <= 2 and len(first.split()) == len(query.split())
+    assert first.endswith("when?")  # stop-words and punctuation are kept (the attacks' rules)
+    assert QueryNoise(probability=0.0)(query, np.random.default_rng(3)) == query
+    assert parse_operations("all") == ("drop", "add", "swap", "keyboard")
+    assert parse_operations("swap, replace") == ("swap", "replace")
+    with pytest.raises(ValueError, match="unknown operation"):
+        parse_operations("shout")
+
+
+def test_multiple_negatives_ranking_loss_matches_a_direct_computation():
+    generator = torch.Generator().manual_seed(0)
+    queries, passages = torch.randn(5, 8, generator=generator), torch.randn(5, 8, generator=generator)
+    scores = in_batch_scores(queries, passages, scale=20.0)
+    cosine = torch.nn.functional.cosine_similarity(queries[:, None], passages[None, :], dim=-1)
+    torch.testing.assert_close(scores, 20.0 * cosine)
+    expected = -torch.stack([torch.log_softmax(20.0 * cosine[i], 0)[i] for i in range(5)]).mean()
+    torch.testing.assert_close(multiple_negatives_ranking_loss(scores), expected)
+
+
+def test_self_teaching_distils_the_noised_distribution_from_the_clean_one():
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.randn(4, 4, generator=generator, requires_grad=True)
+    assert self_teaching_loss(clean, clean.detach().clone()).abs() < 1e-6
+    noised = torch.randn(4, 4, generator=generator, requires_grad=True)
+    loss = self_teaching_loss(clean, noised, temperature=2.0)
+    p, q = torch.softmax(clean / 2, -1), torch.softmax(noised / 2, -1)
+    torch.testing.assert_close(loss, (p * (p.log() - q.log())).sum(-1).mean())
+    loss.backward()
+    assert clean.grad is None and noised.grad.abs().sum() > 0  # the clean query is the teacher only
+
+
+def test_same_positives_are_not_negatives():
+    mask = same_positive_mask(["a", "b", "a", "c", "b"])
+    assert mask.tolist() == [[False, False, True, False, False], [False, False, False, False, True],
+                             [True, False, False, False, False], [False] * 5, [False, True, False, False, False]]
+
+
+def test_contrastive_model_and_collator(st_dir, one_torch_thread):
+    encoder = build_charbert_embedding(st_dir, device="cpu")
+    pairs = [{"query": "parliament house", "positive": SENTENCES[0]}, {"query": "roman history", "positive": SENTENCES[3]},
+             {"query": "the roman empire", "positive": SENTENCES[3]}]
+    collator = PairCollator(encoder, QueryNoise(probability=1.0))
+    batch = collator(pairs, rng=np.random.default_rng(0))
+    assert set(batch) == {"query", "positive", "noised_query", "same_positive"}
+    assert {"char_input_ids", "char_start_positions"} <= set(batch["query"])
+    again = collator(pairs, rng=np.random.default_rng(0))
+    assert torch.equal(batch["noised_query"]["char_input_ids"], again["noised_query"]["char_input_ids"])
+    model = ContrastiveModel(encoder, query_noise=True, self_teaching=0.5)
+    out = model(**batch)
+    torch.testing.assert_close(out.loss, (out.retrieval_loss + out.noised_retrieval_loss) / 2 + 0.5 * out.self_teaching_loss)
+    out.loss.backward()
+    new = dict(model.named_parameters())
+    assert model.loading_info["initialized_keys"] and all(k in new for k in model.loading_info["initialized_keys"])
+    assert encoder[1].linear.weight.grad[:, 32:].abs().sum() > 0  # the character half of the projection learns
+    scores = model.scores(batch["query"], model.embed(batch["positive"]), batch["same_positive"])
+    assert scores[1, 2] == scores[2, 1] == EXCLUDED_SCORE and scores[1, 1] > EXCLUDED_SCORE
+
+
+# ---- the program ---------------------------------------------------------------------------
+
+
+def _pairs_file(path, tiny_texts, n=24):
+    with open(path, "w", encoding="utf-8") as f:
+        for text in tiny_texts[:n]:
+            f.write(json.dumps({"query": " ".join(text.split()[:6]), "positive": text}) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_program_trains_a_charbert_embedding_model(tmp_path, st_dir, tiny_texts, one_torch_thread):
+    from sentence_transformers import SentenceTransformer
+
+    pairs = _pairs_file(tmp_path / "pairs.jsonl", tiny_texts)
+    args = ["--model_name_or_path", st_dir, "--charbert", "--train_file", pairs, "--max_train_steps", 2,
+            "--per_device_train_batch_size", 6, "--query_noise", "--self_teaching", 1, "--seed", 3,
+            "--logging_steps", 1, "--optim", "adamw_torch"]
+    assert run_cli("embedding", *args, "--output_dir", tmp_path / "a") == 0
+    assert run_cli("embedding", *args, "--output_dir", tmp_path / "b") == 0
+    logs = [[json.loads(line)["loss"] for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+            for run in ("a", "b")]
+    assert len(logs[0]) == 2 and logs[0] == logs[1]  # the same seed, the same typos and losses
+    record = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert record["model"]["charbert"] and record["train"]["global_step"] == 2
+    trained = SentenceTransformer(str(tmp_path / "a"), device="cpu")
+    assert is_charbert_embedding(trained)
+    start = load_embedding_model(str(st_dir), device="cpu")
+    assert not torch.allclose(_encode(trained), _encode(start), atol=1e-4)  # it trained
+
+
+@pytest.mark.slow
+def test_program_bad_input_is_one_line(tmp_path, st_dir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "passage": "p"}\n')
+    code = run_cli("embedding", "--model_name_or_path", st_dir, "--train_file", bad, "--output_dir", tmp_path / "o")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].endswith("bad.jsonl:1: no 'positive' field (fields: query, passage); "
+                                          "set --query_column / --positive_column")
+    good = _pairs_file(tmp_path / "pairs.jsonl", ["a query and its passage"] * 4)
+    code = run_cli("embedding", "--model_name_or_path", tmp_path, "--train_file", good, "--output_dir", tmp_path / "o2")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "is not an embedding model" in err[-1]
