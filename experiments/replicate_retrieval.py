@@ -135,7 +135,10 @@ def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
                "--max_train_steps", str(args.max_train_steps),
                "--per_device_train_batch_size", str(args.per_device_train_batch_size),
                "--learning_rate", str(args.learning_rate), "--warmup_ratio", str(args.warmup_ratio),
-               "--max_seq_length", str(args.max_seq_length), *extra]
+               "--max_seq_length", str(args.max_seq_length), "--logging_steps", "10",
+               # a killed stage resumes from its last checkpoint
+               "--checkpointing_steps", str(max(10, args.max_train_steps // 5)), "--save_total_limit", "1",
+               "--resume_from_checkpoint", "latest", *extra]
     if args.max_train_samples:
         command += ["--max_train_samples", str(args.max_train_samples)]
     return command

@@ -359,3 +359,27 @@ def test_replicate_retrieval_tables_and_targets(rr, tmp_path):
     assert "| MiniLM as shipped | 80.00 | 80.00 | 80.00 | 72.00 | 70.00 | 71.00 |" in md
     assert "| CharBERT on MiniLM (identity start), noised queries + self-teaching | " \
            "MiniLM + noised queries + self-teaching | -0.50 | +3.50 | +6.50 |" in md
+
+
+@pytest.mark.slow
+def test_replicate_retrieval_end_to_end_on_tiny_models_resumes(rr, embedding_dirs, squad_file, task_files, tmp_path,
+                                                               capsys):
+    out = tmp_path / "rr"
+    argv = ["--model_name_or_path", str(embedding_dirs["bert"]), "--train_file", str(task_files["squad_v1_train"]),
+            "--test_file", str(squad_file), "--rows", "minilm,clean,charbert", "--charbert_recipe", "noise",
+            "--seeds", "3", "--max_train_steps", "2", "--per_device_train_batch_size", "4", "--max_seq_length", "48",
+            "--learning_rate", "1e-3", "--eval_batch_size", "8", "--output_dir", str(out)]
+    assert rr.main(argv) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert set(record["metrics"]) == {"minilm", "clean", "charbert"}
+    for row in ("minilm", "clean", "charbert"):
+        metrics = record["metrics"][row]["3"]
+        assert set(metrics) == {"clean", *(f"{a} K={k}" for k in (1, 2) for a in rr.ATTACKS)}
+    trained = json.loads((out / "models" / "charbert_s3" / "metrics.json").read_text())
+    assert trained["model"]["charbert"] and trained["train"]["global_step"] == 2
+    # the untrained row scores the given model itself
+    assert json.loads((out / "eval" / "minilm_s3" / "report.json").read_text())["models"][0]["path"] == \
+        str(embedding_dirs["bert"])
+    capsys.readouterr()
+    assert rr.main(argv) == 0  # run again: every stage done before, nothing redone
+    assert capsys.readouterr().out.count("done before, skipped") == 5
