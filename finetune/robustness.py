@@ -443,13 +443,14 @@ def _score_model(args, task, task_args, scorer, metric, name, path, files, paire
     entry: dict[str, Any] = {"name": name, "path": str(path), "scores": {}, "metrics": {}, "attack_metrics": {}}
     runs = {}
     clean_vectors = None
-    if task.in_process:  # one call for every file (retrieval: the corpus encoded once)
+    if task.in_process:  # one call for every file (retrieval: the corpus encoded once); no prediction files
         logger.info("scoring %s on %s", name, ", ".join(files))
         for label, metrics in task.score_model(args, path, files).items():
             _check_metric(metric, metrics)
             entry["scores"][label] = metrics[metric]
             entry["metrics"][label] = metrics
-        files = {}
+        entry["drops"] = score_drops(entry["scores"], [label for label in files if label != CLEAN])
+        return entry
     for label, file in files.items():
         logger.info("scoring %s on %s (%s)", name, label, file)
         runs[label] = out / "runs" / _safe(name) / _safe(label)
@@ -463,12 +464,10 @@ def _score_model(args, task, task_args, scorer, metric, name, path, files, paire
         if "by_subwords" in metrics:
             entry.setdefault("by_subwords", {})[label] = metrics["by_subwords"]
     for label in paired:
-        if task.in_process:
-            break  # (no prediction files: retrieval's metrics are the summary)
         summary = task.attack_summary(args, task_args, args.test_file, files[label], runs[CLEAN], runs[label])
         if summary is not None:
             entry["attack_metrics"][label] = summary
-    entry["drops"] = score_drops(entry["scores"], [label for label in entry["scores"] if label != CLEAN])
+    entry["drops"] = score_drops(entry["scores"], [label for label in files if label != CLEAN])
     return entry
 
 

@@ -268,6 +268,17 @@ def test_robustness_retrieval_bad_input_one_line(embedding_dirs, squad_file, tmp
     assert run_cli("robustness", *base, "--model_name_or_path", embedding_dirs["bert"], "--test_file", squad_file,
                    "--tag_column", "xpos") == 2
     assert "unrecognized arguments: --tag_column" in capsys.readouterr().err
+    assert run_cli("robustness", *base, "--model_name_or_path", embedding_dirs["bert"], "--test_file", squad_file,
+                   "--metric", "f1") == 2
+    assert "--task retrieval has ['recall@1'" in capsys.readouterr().err
+
+
+def test_attack_program_writes_attacked_questions(squad_file, tmp_path):
+    out = tmp_path / "attacked.json"
+    assert run_cli("attack", "--task", "retrieval", "--input", squad_file, "--output", out, "--attack", "keyboard",
+                   "--seed", "2", "--max_words", "1") == 0
+    assert read_squad_retrieval(out).queries == attack_queries(read_squad_retrieval(squad_file).queries, "keyboard",
+                                                               seed=2, max_words=1)
 
 
 # --------------------------------------------------------------------------------------

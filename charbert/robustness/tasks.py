@@ -345,6 +345,13 @@ class RetrievalAttackTask(AttackTask):
     in_process = True
     default_max_words = (1, 2)
 
+    def validate(self, args):
+        from charbert.robustness.retrieval import METRICS
+
+        metric = getattr(args, "metric", None)  # (finetune.attack has no --metric)
+        if metric is not None and metric not in METRICS:
+            raise ValueError(f"--metric {metric!r}: --task retrieval has {list(METRICS)}")
+
     def default_metric(self, args):
         return "mrr@10"
 
