@@ -71,8 +71,17 @@ class NotAnEmbeddingModel(ValueError):
 # ---- the model -------------------------------------------------------------------------
 
 
+def _require_sentence_transformers():
+    try:
+        import sentence_transformers
+    except ImportError:
+        raise ImportError("sentence embeddings need the `sentence-transformers` package: "
+                          "pip install 'charbert[embeddings]'") from None
+    return sentence_transformers
+
+
 def _sentence_transformer_class():
-    from sentence_transformers import SentenceTransformer
+    SentenceTransformer = _require_sentence_transformers().SentenceTransformer
 
     class EmbeddingModel(SentenceTransformer):
         """sentence-transformers' model that also counts the inputs cut to `max_seq_length`
@@ -86,6 +95,7 @@ def _sentence_transformer_class():
             return features
 
     EmbeddingModel.__name__ = EmbeddingModel.__qualname__ = "EmbeddingModel"
+    EmbeddingModel.__module__ = __name__
     return EmbeddingModel
 
 
@@ -93,12 +103,18 @@ _EMBEDDING_MODEL_CLASS = None
 
 
 def embedding_model_class():
-    """`EmbeddingModel`: SentenceTransformer counting truncated inputs (made on first use, so that importing
-    charbert does not import sentence-transformers)."""
+    """`EmbeddingModel`: SentenceTransformer counting truncated inputs (made on first use, so that this
+    module imports without sentence-transformers; `charbert.embedding.EmbeddingModel` names it too)."""
     global _EMBEDDING_MODEL_CLASS
     if _EMBEDDING_MODEL_CLASS is None:
         _EMBEDDING_MODEL_CLASS = _sentence_transformer_class()
     return _EMBEDDING_MODEL_CLASS
+
+
+def __getattr__(name: str):
+    if name == "EmbeddingModel":
+        return embedding_model_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def count_truncated(model, inputs: Sequence[Any], features: dict) -> int:
@@ -245,6 +261,7 @@ def build_charbert_embedding(name_or_path: str | os.PathLike, device: str | None
     `config_kwargs` set CharBertConfig fields of a new CharBERT (default new_module_init="identity",
     share_fusion=False). A fresh model encodes as its backbone does (exactly when no layer norm has more
     than one dead dimension, see `identity_fusion_`)."""
+    _require_sentence_transformers()
     from sentence_transformers.sentence_transformer.modules import Pooling
 
     from .modeling import CharBertModel

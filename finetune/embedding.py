@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     return run_main(PROG, lambda: run(args, argv, PROG),
-                    known_errors=(TaskDataError, NotAnEmbeddingModel, CheckpointError, OutputDirError))
+                    known_errors=(TaskDataError, NotAnEmbeddingModel, CheckpointError, OutputDirError, ImportError))
 
 
 if __name__ == "__main__":

@@ -108,11 +108,12 @@ def test_keeps_the_backbones_pooling_and_normalisation(tmp_path, bert_dir, one_t
 
 
 def test_opens_encoder_and_charbert_folders(tmp_path, bert_dir, one_torch_thread):
-    from charbert import CharBertModel, CharBertTokenizer
+    from charbert import CharBertForPreTraining, CharBertTokenizer
 
     plain = load_embedding_model(str(bert_dir), device="cpu")  # no modules.json: mean pooling
     assert [type(m).__name__ for m in plain] == ["Transformer", "Pooling"]
-    model = CharBertModel.from_pretrained(str(bert_dir), new_module_init="identity", share_fusion=False)
+    # What pretraining saves (a CharBertForPreTraining): its encoder is taken, its MLM and NLM heads left out.
+    model = CharBertForPreTraining.from_pretrained(str(bert_dir), new_module_init="identity", share_fusion=False)
     model.save_pretrained(tmp_path / "cb")
     CharBertTokenizer.from_pretrained(str(bert_dir)).save_pretrained(tmp_path / "cb")
     charbert = load_embedding_model(str(tmp_path / "cb"), device="cpu")
@@ -296,3 +297,22 @@ def test_program_bad_input_is_one_line(tmp_path, st_dir, capsys):
     code = run_cli("embedding", "--model_name_or_path", tmp_path, "--train_file", good, "--output_dir", tmp_path / "o2")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "is not an embedding model" in err[-1]
+
+
+def test_pairs_from_a_dataset(tmp_path):
+    import argparse
+
+    datasets = pytest.importorskip("datasets", reason="the datasets extra is not installed")
+    from finetune.embedding import read_training_pairs
+
+    rows = {"question": ["q1", "q2", "q3"], "context": ["p1", "p2", "p1"], "id": [1, 2, 3]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
+    args = argparse.Namespace(train_file=None, dataset_name=str(tmp_path / "ds"), dataset_config_name=None,
+                              dataset_revision=None, train_split_name="train", query_column="question",
+                              positive_column="context")
+    pairs, source = read_training_pairs(args)
+    assert [(p.query, p.positive) for p in pairs] == [("q1", "p1"), ("q2", "p2"), ("q3", "p1")]
+    assert source == f"{tmp_path / 'ds'}[train]"
+    args.positive_column = "positive"
+    with pytest.raises(TaskDataError, match=r"has no column 'positive' \(columns: question, context, id\)"):
+        read_training_pairs(args)
