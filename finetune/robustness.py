@@ -4,18 +4,25 @@
         --test_file conll2003/test.txt --attacks drop,add,swap,keyboard,all --output_dir report/ner
     python -m finetune.robustness --task glue --task_name mrpc --model_name_or_path out/mrpc \\
         --test_file MRPC/dev.tsv --output_dir report/mrpc --sensitivity --greedy --max_edits 2
+    python -m finetune.robustness --task retrieval --model_name_or_path all-MiniLM-L6-v2/ runs/embedding \\
+        --test_file squad/v1.1-dev.json --output_dir report/retrieval
 
 Each attacked file is written once (``OUTPUT_DIR/attacks/``, seeded: see ``python -m
 finetune.attack``) and every model is scored on the clean file and on each attacked file by
 the task's own fine-tuning program (``finetune.ner``, ``.pos``, ``.glue``, ``.squad`` with
 ``--do_predict``): same reader, features, model loading and metric, so the clean score here
-is the score the fine-tuning program reports on that file.  Flags this program does not know
+is the score the fine-tuning program reports on that file.  ``--task retrieval`` has no
+fine-tuning program to score with: embedding models (sentence-transformers folders, plain or
+CharBERT) rank a SQuAD file's paragraphs for each of its questions, clean and attacked, and
+are scored by R@1, R@10, MRR@10 and nDCG@10 (:mod:`charbert.robustness.retrieval`), each
+model's corpus encoded once.  Flags this program does not know
 are passed to the task program (e.g. ``--tag_column xpos``, ``--version_2_with_negative``),
 which parses them once with its own parser.  What differs between task families (attack-file
 writing, default metric, word lists, prediction files) lives in
 :mod:`charbert.robustness.tasks`; this program has no branch on the task name.
 
-``--max_words K`` attacks at most K words per sentence; ``--attacked_file NAME=PATH`` and
+``--max_words K [K ...]`` attacks at most K words per sentence, one set of attacked files per K
+(rows ``drop K=1``, ...; retrieval's default is K = 1 and 2); ``--attacked_file NAME=PATH`` and
 ``--advglue FILE`` add files attacked elsewhere; ``--correct_with PRETRAINED`` adds every file
 after the NLM-head typo corrector (``python -m finetune.correct``).  Every attacked file gets
 the attack metrics of :mod:`charbert.robustness.metrics` (TextAttack's convention).
@@ -83,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True)
     p.add_argument("--seed", type=int, default=1, help="seed of the attacks (the scoring is deterministic)")
     p.add_argument("--word_rate", type=float, default=1.0, help="share of eligible words attacked (0..1)")
-    p.add_argument("--max_words", type=int, default=None,
+    p.add_argument("--max_words", type=int, nargs="+", default=None, metavar="K",
                    help="attack at most K eligible words per sentence, chosen at random and seeded (Pruthi et al. "
-                        "2019 use K = 1, 2; default: every eligible word, as the CharBERT attack sets)")
+                        "2019 use K = 1, 2); several values: one set of attacks per K, rows 'drop K=1', ... "
+                        "(default: every eligible word, as the CharBERT attack sets; retrieval: 1 2)")
     p.add_argument("--attack_context", action="store_true", help="SQuAD: attack contexts too (default: questions)")
     p.add_argument("--attacked_file", action="append", default=[], metavar="NAME=PATH",
                    help="score a file someone else attacked, side by side with the generated ones (repeatable); "
@@ -98,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--correct_threshold", type=float, default=None,
                    help="confidence the corrector needs (default: finetune.correct's)")
     p.add_argument("--metric", default=None,
-                   help="metric of the table (default: ner f1, pos accuracy, squad f1, glue the task's first)")
+                   help="metric of the table (default: ner f1, pos accuracy, squad f1, glue the task's first, "
+                        "retrieval mrr@10; retrieval also has recall@1, recall@10, ndcg@10)")
     p.add_argument("--max_seq_length", type=int, default=None, help="passed to the task program (default: its own)")
     p.add_argument("--per_device_eval_batch_size", type=int, default=64)
     p.add_argument("--max_predict_samples", type=int, default=None, help="score only the first N examples")
@@ -137,17 +146,32 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def attack_budgets(args, task) -> list[int | None]:
+    """The budgets K of ``--max_words`` (the task's default when not given; ``[None]``: no budget)."""
+    if args.max_words:
+        return list(args.max_words)
+    return list(task.default_max_words) or [None]
+
+
+def attack_label(attack: str, budget: int | None, budgets: Sequence[int | None]) -> str:
+    """The report's row of one attack: its type, and ``K=<budget>`` when there are several budgets."""
+    return f"{attack} K={budget}" if len(budgets) > 1 else attack
+
+
 def make_attack_files(args, task, attacks: Sequence[str], folder: Path) -> tuple[dict[str, str], dict[str, dict]]:
-    """Write one attacked copy of the test file per attack type; returns ``(paths, stats)``."""
+    """Write one attacked copy of the test file per attack type and budget; returns ``(paths, stats)``
+    keyed by :func:`attack_label`."""
     folder.mkdir(parents=True, exist_ok=True)
     test = Path(args.test_file)
     paths, stats = {}, {}
-    budget = f".k{args.max_words}" if args.max_words is not None else ""
-    for attack in attacks:
-        out = folder / f"{test.stem}.{attack}{budget}{test.suffix}"
-        stats[attack] = task.attack_file(args, test, out, attack, args.seed, args.word_rate, args.max_words)
-        paths[attack] = str(out)
-        logger.info("%s attack: %s", attack, json.dumps(stats[attack], sort_keys=True))
+    budgets = attack_budgets(args, task)
+    for k in budgets:
+        for attack in attacks:
+            label = attack_label(attack, k, budgets)
+            out = folder / f"{test.stem}.{attack}{f'.k{k}' if k is not None else ''}{test.suffix}"
+            stats[label] = task.attack_file(args, test, out, attack, args.seed, args.word_rate, k)
+            paths[label] = str(out)
+            logger.info("%s attack: %s", label, json.dumps(stats[label], sort_keys=True))
     return paths, stats
 
 
@@ -199,6 +223,10 @@ class Scorer(NamedTuple):
 def program_args(task, args, passthrough: Sequence[str]) -> Scorer:
     """The scoring program's flags for the clean file, parsed once by its own parser
     (``parse_known_args``); flags neither program knows are an error."""
+    if task.in_process:  # scored here: no program to pass flags to
+        if passthrough:
+            raise UsageError(f"unrecognized arguments: {' '.join(passthrough)}")
+        return Scorer(None, PROG, [], argparse.Namespace(test_file=args.test_file))
     program = task.program_task()
     prog = f"python -m {task.program.split(':')[0]}"
     argv = ["--model_name_or_path", args.model_name_or_path[0], "--test_file", args.test_file, "--do_predict",
@@ -372,8 +400,10 @@ def validate(args):
         raise UsageError(f"--attacks names a type twice: {attacks}")
     if not 0.0 <= args.word_rate <= 1.0:
         raise UsageError(f"--word_rate must be in [0, 1]; got {args.word_rate}")
-    if args.max_words is not None and args.max_words < 1:
-        raise UsageError(f"--max_words must be >= 1; got {args.max_words}")
+    if args.max_words is not None and min(args.max_words) < 1:
+        raise UsageError(f"--max_words must be >= 1; got {min(args.max_words)}")
+    if args.max_words is not None and len(set(args.max_words)) != len(args.max_words):
+        raise UsageError(f"--max_words names a budget twice: {args.max_words}")
     if args.sensitivity and not task.sensitivity:
         raise UsageError(f"--sensitivity supports {[t.name for t in ATTACK_TASKS.values() if t.sensitivity]} "
                          f"(not --task {task.name})")
@@ -413,6 +443,14 @@ def _score_model(args, task, task_args, scorer, metric, name, path, files, paire
     entry: dict[str, Any] = {"name": name, "path": str(path), "scores": {}, "metrics": {}, "attack_metrics": {}}
     runs = {}
     clean_vectors = None
+    if task.in_process:  # one call for every file (retrieval: the corpus encoded once); no prediction files
+        logger.info("scoring %s on %s", name, ", ".join(files))
+        for label, metrics in task.score_model(args, path, files).items():
+            _check_metric(metric, metrics)
+            entry["scores"][label] = metrics[metric]
+            entry["metrics"][label] = metrics
+        entry["drops"] = score_drops(entry["scores"], [label for label in files if label != CLEAN])
+        return entry
     for label, file in files.items():
         logger.info("scoring %s on %s (%s)", name, label, file)
         runs[label] = out / "runs" / _safe(name) / _safe(label)
@@ -420,9 +458,7 @@ def _score_model(args, task, task_args, scorer, metric, name, path, files, paire
         metrics = score_file(scorer, path, file, runs[label], word_vectors=vectors)
         if vectors is not None:
             clean_vectors = _sensitivity_step(entry, label, vectors, clean_vectors)
-        if metric not in metrics:
-            raise UsageError(f"--metric {metric!r} is not one of the task's metrics: "
-                             f"{sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))}")
+        _check_metric(metric, metrics)
         entry["scores"][label] = metrics[metric]
         entry["metrics"][label] = metrics
         if "by_subwords" in metrics:
@@ -435,6 +471,12 @@ def _score_model(args, task, task_args, scorer, metric, name, path, files, paire
     return entry
 
 
+def _check_metric(metric: str, metrics: dict[str, Any]) -> None:
+    if metric not in metrics:
+        raise UsageError(f"--metric {metric!r} is not one of the task's metrics: "
+                         f"{sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))}")
+
+
 def robustness(args, argv: Sequence[str]) -> dict[str, Any]:
     start = time.perf_counter()
     task, attacks = validate(args)
@@ -445,6 +487,7 @@ def robustness(args, argv: Sequence[str]) -> dict[str, Any]:
     metric = args.metric or task.default_metric(args)
     out.mkdir(parents=True, exist_ok=True)
     attack_files, attack_stats = make_attack_files(args, task, attacks, out / "attacks")
+    budgets = attack_budgets(args, task)
     outside, outside_stats, outside_paired = outside_files(args, task, task_args, out / "attacks")
     clash = sorted((set(outside) & set(attack_files)) | ({CLEAN} & set(outside)))
     if clash:
@@ -469,7 +512,8 @@ def robustness(args, argv: Sequence[str]) -> dict[str, Any]:
 
     report = {
         "task": args.task, "task_name": args.task_name, "test_file": str(args.test_file), "metric": metric,
-        "attacks": attacks, "seed": args.seed, "word_rate": args.word_rate, "max_words": args.max_words,
+        "attacks": list(attack_files), "attack_types": attacks, "seed": args.seed, "word_rate": args.word_rate,
+        "max_words": budgets[0] if len(budgets) == 1 else budgets,
         "attack_context": args.attack_context, "max_predict_samples": args.max_predict_samples,
         "attack_files": {a: os.path.relpath(p, out) for a, p in attack_files.items()}, "attack_stats": attack_stats,
         "outside": list(outside), "outside_files": {k: str(v) for k, v in outside.items()},

@@ -7,8 +7,10 @@ writes to ``report.json``, so a report can be re-rendered (or several merged) wi
      "models": [{"name": "bert", "path": ..., "scores": {"clean": 0.91, "drop": 0.62, ...},
                  "sensitivity": {...}, "by_subwords": {...}, "greedy": {...}}, ...], ...}
 
-Scores are stored as the task metric returns them (fractions for F1/accuracy, percent for
-SQuAD); the Markdown and the chart show percent.
+Scores are stored as the task metric returns them (fractions for F1/accuracy and the retrieval
+metrics, percent for SQuAD); the Markdown and the chart show percent.  With several attack
+budgets (``"max_words": [1, 2]``) the attack rows are named ``"drop K=1"``, ... and the mean of
+attacks is taken per budget.
 """
 
 from __future__ import annotations
@@ -67,18 +69,30 @@ def scored_rows(report: dict[str, Any]) -> list[str]:
     return list(report["attacks"]) + list(report.get("outside") or []) + list(report.get("corrected") or [])
 
 
+def mean_rows(report: dict[str, Any]) -> dict[str, list[str]]:
+    """``{row name: the attack rows it averages}``: "mean of attacks", or one per budget K."""
+    attacks = list(report["attacks"])
+    budgets = report.get("max_words")
+    if not attacks:
+        return {}
+    if isinstance(budgets, list) and len(budgets) > 1:
+        return {f"mean of attacks K={k}": [a for a in attacks if a.endswith(f" K={k}")] for k in budgets}
+    return {"mean of attacks": attacks}
+
+
 def _score_table(report: dict[str, Any]) -> list[str]:
-    task, attacks, models = report["task"], report["attacks"], report["models"]
+    task, models = report["task"], report["models"]
+    means = mean_rows(report)
     header = ["attack"]
     for m in models:
         header += [f"{m['name']} {report['metric']}", "drop", "rel. drop"]
     body: list[list[str]] = []
-    for row in [CLEAN] + scored_rows(report) + (["mean of attacks"] if attacks else []):
+    for row in [CLEAN] + scored_rows(report) + list(means):
         cells = [row]
         for m in models:
             clean = as_percent(m["scores"].get(CLEAN), task)
-            if row == "mean of attacks":
-                value = _mean([as_percent(m["scores"].get(a), task) for a in attacks])
+            if row in means:
+                value = _mean([as_percent(m["scores"].get(a), task) for a in means[row]])
             else:
                 value = as_percent(m["scores"].get(row), task)
             if row == CLEAN or value is None or clean is None:
@@ -120,6 +134,43 @@ def _subword_table(report: dict[str, Any]) -> list[str]:
                 cells.append("-" if s is None else f"{100 * s['f1']:.2f} ({s['support']})")
         body.append(cells)
     return _md_table(header, body)
+
+
+RETRIEVAL_COLUMNS = (("R@1", "recall@1"), ("R@10", "recall@10"), ("MRR@10", "mrr@10"), ("nDCG@10", "ndcg@10"))
+
+
+def _retrieval_table(report: dict[str, Any]) -> list[str]:
+    """Every retrieval metric per file and model, with the relative drop of each from the clean queries."""
+    models = [m for m in report["models"] if any("mrr@10" in v for v in (m.get("metrics") or {}).values())]
+    if not models:
+        return []
+    header = ["queries", "model"] + [c for name, _ in RETRIEVAL_COLUMNS for c in (name, "rel. drop")] + \
+        ["truncated queries"]
+    body = []
+    for row in [CLEAN] + scored_rows(report):
+        for m in models:
+            metrics, clean = m["metrics"].get(row), m["metrics"].get(CLEAN) or {}
+            if not metrics:
+                continue
+            cells = [row, m["name"]]
+            for _, key in RETRIEVAL_COLUMNS:
+                value, base = metrics.get(key), clean.get(key)
+                cells.append(_pct(value))
+                cells.append("" if row == CLEAN or value is None or not base
+                             else _fmt(100 * (base - value) / base, 1) + "%")
+            cells.append(str(metrics.get("truncated_queries", "-")))
+            body.append(cells)
+    return _md_table(header, body)
+
+
+def _retrieval_note(report: dict[str, Any]) -> str:
+    truncated = {m["name"]: ((m.get("metrics") or {}).get(CLEAN) or {}).get("truncated_paragraphs")
+                 for m in report["models"]}
+    return ("Questions ranked against every paragraph of the test file by cosine similarity; R@k = share of "
+            "questions whose paragraph is in the first k, MRR@10 = mean reciprocal rank of it (0 beyond 10), "
+            "nDCG@10 with binary relevance; rel. drop = (clean - attacked) / clean. Texts longer than the model "
+            "takes are truncated and counted; paragraphs truncated: "
+            + ", ".join(f"{name} {n}" for name, n in truncated.items() if n is not None) + ".")
 
 
 def _pct(value: float | None) -> str:
@@ -193,7 +244,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         + (f" (first {report['max_predict_samples']} examples)" if report.get("max_predict_samples") else "")
         + f". Attacks: {', '.join(report['attacks']) or 'none generated'} (seed {report['seed']}, "
         + f"word rate {report['word_rate']:g}, budget: "
-        + (f"at most {report['max_words']} words per sentence" if report.get("max_words") else "all eligible words")
+        + (_budget_text(report['max_words']) if report.get("max_words") else "all eligible words")
         + (", contexts too" if report.get("attack_context") else "") + "); attacked files in `attacks/`."
         + (f" Outside files: {', '.join(report['outside'])}." if report.get("outside") else "")
         + (f" Rows '... corrected': the file after the NLM-head corrector of `{report['correct_with']}`."
@@ -203,6 +254,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     out += _score_table(report)
     sections = [
+        ("Retrieval metrics", _retrieval_note(report), _retrieval_table(report)),
         ("Sensitivity S", "Mean cosine distance between each word's output representation before and after the "
                           "attack (words mapped by index; a word's vector is the mean of its subword vectors, both "
                           "channels for CharBERT). Lower = more stable.", _sensitivity_table(report)),
@@ -219,6 +271,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("command"):
         out += ["", "Command:", "", "```bash", report["command"], "```"]
     return "\n".join(out) + "\n"
+
+
+def _budget_text(max_words: int | list[int]) -> str:
+    if isinstance(max_words, list):
+        return f"at most K words per sentence, K = {', '.join(map(str, max_words))} (rows 'K=...')"
+    return f"at most {max_words} words per sentence"
 
 
 def _greedy_note(report: dict[str, Any]) -> str:

