@@ -20,7 +20,8 @@ otherwise (Brown + WebText, 16 x 128 tokens a step, lr 1e-4, 10% warmup, linear 
 
 Every kept checkpoint is fine-tuned on CoNLL-2003 and scored clean and under every attack exactly
 as replicate_small.py does (``python -m finetune.ner``, then ``python -m finetune.robustness``);
-the GLUE task (SST-2) only at ``--sst2_steps`` (500 2000).  The fine-tuning seed is the
+the GLUE task (SST-2) only at ``--sst2_steps`` (500 2000).  The earlier points are checkpoints
+of the one run, whose learning rate decays to zero at its last step, not end points of shorter runs.  The fine-tuning seed is the
 pretraining run's seed.  The stages run in the order that gives the most informative points
 first: seed 42's pretraining, BERT, then its checkpoints (the last, the first, then the middle
 ones), seed 43 the same, then AdvBERT.
@@ -221,6 +222,7 @@ def run_stages(args, runner: Runner, base: str, data: Path) -> None:
         run_dir = out / "pretrain" / point_name(model, seed)
         command = rs.pretrain_command(with_seed(args, seed), base, OBJECTIVES[model], run_dir, vocab, corpus, validation,
                                       eval_steps=every, checkpointing_steps=every, keep_checkpoints_at=args.curve_steps)
+        command += ["--cache_dir", str(out / "cache")]  # the corpus is packed once for every run (same tokenizer)
         runner.run(f"pretrain_{point_name(model, seed)}", command)
         if (run_dir / "log.jsonl").exists():
             write_record(out, f"pretrain_{point_name(model, seed)}",
@@ -358,6 +360,15 @@ def fmt(value: float | None, spec: str = ".3f", scale: float = 1.0) -> str:
     return "-" if value is None else format(value * scale, spec)
 
 
+def fmt_tokens(tokens: float) -> str:
+    """4.10M, 512k, 980: a token count in a table cell."""
+    if tokens >= 1e9:
+        return f"{tokens / 1e9:.2f}B"
+    if tokens >= 1e6:
+        return f"{tokens / 1e6:.2f}M"
+    return f"{tokens / 1e3:.0f}k" if tokens >= 1e4 else f"{tokens:.0f}"
+
+
 def curve_table(rows: list[dict], seeds: Sequence[int], advbert_seeds: Sequence[int], metric: str) -> list[str]:
     header = ["step", "tokens", *(f"ratio s{s}" for s in seeds), "ratio mean", *(f"{metric} s{s}" for s in seeds),
               f"{metric} mean", f"BERT {metric}"]
@@ -366,7 +377,7 @@ def curve_table(rows: list[dict], seeds: Sequence[int], advbert_seeds: Sequence[
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cb, adv = row["CharBERT"], row["AdvBERT"]
-        cells = [str(row["step"]), f"{row['tokens'] / 1e6:.2f}M", *(fmt(cb["ratio"][s], ".2f") for s in seeds),
+        cells = [str(row["step"]), fmt_tokens(row["tokens"]), *(fmt(cb["ratio"][s], ".2f") for s in seeds),
                  fmt(cb["ratio_mean"], ".2f"), *(fmt(cb["clean"][s], ".2f") for s in seeds),
                  fmt(cb["clean_mean"], ".2f"), fmt(row["bert_clean"], ".2f")]
         if advbert_seeds:
@@ -381,7 +392,7 @@ def pretraining_table(rows: list[dict], seeds: Sequence[int], advbert_seeds: Seq
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         acc, ppl = row["nlm_accuracy"], row["mlm_perplexity"]
-        cells = [str(row["step"]), f"{row['tokens'] / 1e6:.2f}M", *(fmt(acc["seeds"][s], ".1%") for s in seeds),
+        cells = [str(row["step"]), fmt_tokens(row["tokens"]), *(fmt(acc["seeds"][s], ".1%") for s in seeds),
                  fmt(acc["mean"], ".1%"), *(fmt(ppl["seeds"][s], ".1f") for s in seeds), fmt(ppl["mean"], ".1f")]
         if advbert_seeds:
             cells.append(fmt(row["advbert_mlm_perplexity"]["mean"], ".1f"))
@@ -402,7 +413,7 @@ def flattening(rows: list[dict]) -> list[str]:
     parts = []
     for (t0, r0), (t1, r1) in zip(pairs, pairs[1:]):
         per_doubling = (r1 - r0) / math.log2(t1 / t0)
-        parts.append(f"{t0 / 1e6:.2f}M -> {t1 / 1e6:.2f}M tokens: {r1 - r0:+.3f} ({per_doubling:+.3f} per doubling)")
+        parts.append(f"{fmt_tokens(t0)} -> {fmt_tokens(t1)} tokens: {r1 - r0:+.3f} ({per_doubling:+.3f} per doubling)")
     return parts
 
 
@@ -485,7 +496,7 @@ def write_report(args, out: Path) -> dict:
         e = epochs[0]
         per_step = e["epochs"] / e["step"]
         epoch_line = (f"{args.pretrain_steps:,} steps x {args.pretrain_batch_size} x {args.max_seq_length} tokens = "
-                      f"{args.pretrain_steps * tokens_per_step / 1e6:.1f}M tokens = "
+                      f"{fmt_tokens(args.pretrain_steps * tokens_per_step)} tokens = "
                       f"{per_step * args.pretrain_steps:.2f} epochs of the corpus (Brown + WebText, packed blocks).")
     budget = {k: getattr(args, k) for k in ("pretrain_steps", "pretrain_batch_size", "max_seq_length",
                                             "pretrain_learning_rate", "seeds", "advbert_seeds", "curve_steps",
@@ -511,7 +522,10 @@ def write_report(args, out: Path) -> dict:
           "the pretraining seed) and scored on the dev set, clean and under every attack of "
           "`python -m finetune.robustness` (seed 1). BERT: the plain checkpoint fine-tuned with each seed.", "",
           "Ratio: the model's relative drop (clean - mean attacked) / clean divided by BERT's of the same seed "
-          "(below 1: more robust than BERT).", ""]
+          "(below 1: more robust than BERT).", "",
+          f"The points before step {args.pretrain_steps:,} are checkpoints of one run whose learning rate warms up "
+          f"over the first 10% of its steps and then decays linearly to zero at step {args.pretrain_steps:,}: they are "
+          "not the end points of shorter runs (a 500-step run, as replicate_small's, has decayed by step 500).", ""]
     if epoch_line:
         md += [epoch_line, ""]
     md += ["**CoNLL-2003** (entity F1, percent)", "", *curve_table(ner_rows, args.seeds, args.advbert_seeds, "F1"), ""]
@@ -525,7 +539,7 @@ def write_report(args, out: Path) -> dict:
                f"log10(tokens), a = {fit['a']:.3f} +- {fit['se_a']:.3f}, b = {fit['b']:.3f} +- {fit['se_b']:.3f} "
                f"(one standard error; {fit['dof']} degrees of freedom), residual sd {fit['residual_sd']:.3f}.", ""]
         md += [f"At the paper's budget ({PAPER_STEPS:,} steps x {PAPER_SEQUENCES} x {PAPER_LENGTH} = "
-               f"{PAPER_TOKENS / 1e9:.2f}B tokens, {math.log10(PAPER_TOKENS / ner_rows[-1]['tokens']):.1f} decades "
+               f"{fmt_tokens(PAPER_TOKENS)} tokens, {math.log10(PAPER_TOKENS / ner_rows[-1]['tokens']):.1f} decades "
                f"beyond the last point) the fit predicts a ratio of {at_paper['value']:.2f} "
                f"(95% interval of the line {at_paper['ci'][0]:.2f} to {at_paper['ci'][1]:.2f}; of one run "
                f"{at_paper['pi'][0]:.2f} to {at_paper['pi'][1]:.2f}); the paper reports 0.51. The interval "
