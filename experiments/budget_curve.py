@@ -20,21 +20,22 @@ otherwise (Brown + WebText, 16 x 128 tokens a step, lr 1e-4, 10% warmup, linear 
 
 Every kept checkpoint is fine-tuned on CoNLL-2003 and scored clean and under every attack exactly
 as replicate_small.py does (``python -m finetune.ner``, then ``python -m finetune.robustness``);
-the GLUE task (SST-2) only at ``--sst2_steps`` (500 2000).  The earlier points are checkpoints
-of the one run, whose learning rate decays to zero at its last step, not end points of shorter runs.  The fine-tuning seed is the
-pretraining run's seed.  The stages run in the order that gives the most informative points
-first: seed 42's pretraining, BERT, then its checkpoints (the last, the first, then the middle
-ones), seed 43 the same, then AdvBERT.
+the GLUE task (SST-2) only at ``--sst2_steps`` (500 2000).  The fine-tuning seed is the
+pretraining run's seed.  The earlier points are checkpoints of the one run, whose learning rate
+decays to zero at its last step, not the end points of shorter runs.  The stages run in the
+order that gives the most informative points first: seed 42's pretraining, BERT, then its
+checkpoints (the last, the first, then the middle ones), seed 43 the same, then AdvBERT.
 
 Each stage is a subprocess of the project's programs (command and log in ``OUTPUT_DIR/logs/``);
 a finished stage leaves ``OUTPUT_DIR/stages/<name>.done`` and is not redone, and a killed
 pretraining stage resumes from its last checkpoint (one every 250 steps).  Each finished stage
 also writes its small result to ``OUTPUT_DIR/results/<name>.json``: that folder (plus
 ``stages/wall_times.json``) is all ``--results_only`` needs, so stages finished on different
-machines can be copied together and reported as one.  The report: ``results.md``,
-``results.json`` and ``budget_curve.png`` (relative-drop ratio to BERT's and clean F1 against
-tokens seen), with a least-squares fit ratio = a + b log10(tokens) and its prediction at the
-paper's budget (320K steps x 8 sequences x 384 tokens).
+machines can be copied together and reported as one.  Give ``--results_only`` the experiment's
+flags: it reports the seeds and steps of its own command line (by default the real run's).
+The report: ``results.md``, ``results.json`` and ``budget_curve.png`` (relative-drop ratio to
+BERT's and clean F1 against tokens seen), with a least-squares fit ratio = a + b log10(tokens)
+and its prediction at the paper's budget (320K steps x 8 sequences x 384 tokens).
 
 Wall time on 2 quiet CPU cores, from replicate_small.py's stage times (pretraining 500 steps:
 about 26 min for CharBERT, 19 min for AdvBERT; NER fine-tuning about 10 min, NER robustness
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sst2_steps", type=int, nargs="*", default=[500, 2000],
                    help="the curve steps also fine-tuned and attacked on the GLUE task (none: CoNLL only)")
     p.add_argument("--results_only", action="store_true",
-                   help="run nothing: rebuild the report from OUTPUT_DIR/results/ (the stages finished so far)")
+                   help="run nothing: rebuild the report from OUTPUT_DIR/results/ (the stages finished so far, for the "
+                        "seeds and steps given by the other flags)")
     rs.add_pretraining_args(p, steps=2000)
     rs.add_recipe_args(p)
     rs.add_finetune_args(p)
@@ -138,7 +140,8 @@ def export_checkpoint_model(checkpoint: Path, model_dir: Path, out: Path) -> Pat
         return out
     weights = checkpoint / "model.safetensors"
     if not weights.exists():
-        sys.exit(f"{PROG}: {weights} not found: the checkpoint was not kept (pretraining without --keep_checkpoints_at?)")
+        sys.exit(f"{PROG}: {weights} not found: the checkpoint was not kept "
+                 "(pretraining without --keep_checkpoints_at?)")
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -220,8 +223,9 @@ def run_stages(args, runner: Runner, base: str, data: Path) -> None:
     bert_done: set[tuple[str, int]] = set()
     for model, seed in runs:
         run_dir = out / "pretrain" / point_name(model, seed)
-        command = rs.pretrain_command(with_seed(args, seed), base, OBJECTIVES[model], run_dir, vocab, corpus, validation,
-                                      eval_steps=every, checkpointing_steps=every, keep_checkpoints_at=args.curve_steps)
+        command = rs.pretrain_command(with_seed(args, seed), base, OBJECTIVES[model], run_dir, vocab, corpus,
+                                      validation, eval_steps=every, checkpointing_steps=every,
+                                      keep_checkpoints_at=args.curve_steps)
         command += ["--cache_dir", str(out / "cache")]  # the corpus is packed once for every run (same tokenizer)
         runner.run(f"pretrain_{point_name(model, seed)}", command)
         if (run_dir / "log.jsonl").exists():
@@ -274,7 +278,8 @@ def curve_rows(robustness: dict, task: str, steps: Sequence[int], seeds: Sequenc
                advbert_seeds: Sequence[int], tokens_per_step: int) -> list[dict]:
     """One row per step: tokens seen, each seed's and the mean ratio and clean score, AdvBERT's beside."""
     rows = []
-    bert_clean = mean([(p or {}).get("clean") for p in (point_scores(robustness, task, "BERT", s, None) for s in seeds)])
+    bert = [point_scores(robustness, task, "BERT", s, None) for s in seeds]
+    bert_clean = mean([p["clean"] if p else None for p in bert])
     for step in steps:
         row = {"step": step, "tokens": step * tokens_per_step, "bert_clean": bert_clean}
         for model, model_seeds in (("CharBERT", seeds), ("AdvBERT", advbert_seeds)):
@@ -514,11 +519,13 @@ def write_report(args, out: Path) -> dict:
     plot = plot_curve(ner_rows, args.seeds, args.advbert_seeds, fit, out / "budget_curve.png")
     md = ["# Budget curve: robustness against pretraining tokens", "",
           f"CharBERT (seeds {', '.join(map(str, args.seeds))}) and AdvBERT (seeds "
-          f"{', '.join(map(str, args.advbert_seeds)) or 'none'}) pretrained from `{args.model_name_or_path or 'MiniLM-L6-H384'}` "
+          f"{', '.join(map(str, args.advbert_seeds)) or 'none'}) pretrained from "
+          f"`{args.model_name_or_path or 'MiniLM-L6-H384'}` "
           f"for {args.pretrain_steps:,} steps x {args.pretrain_batch_size} x {args.max_seq_length} tokens "
           f"(lr {args.pretrain_learning_rate:g}; CharBERT's start and levers: "
           f"{' '.join(rs.recipe_flags(args)) or 'pretrain defaults'}); each kept checkpoint fine-tuned on the first "
-          f"{args.train_samples} training examples ({args.finetune_epochs:g} epoch, lr {args.finetune_learning_rate:g}, "
+          f"{args.train_samples} training examples ({args.finetune_epochs:g} epoch, "
+          f"lr {args.finetune_learning_rate:g}, "
           "the pretraining seed) and scored on the dev set, clean and under every attack of "
           "`python -m finetune.robustness` (seed 1). BERT: the plain checkpoint fine-tuned with each seed.", "",
           "Ratio: the model's relative drop (clean - mean attacked) / clean divided by BERT's of the same seed "
