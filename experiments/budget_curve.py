@@ -517,9 +517,12 @@ def write_report(args, out: Path) -> dict:
                "stages_with_results": sorted(p.stem for p in (out / "results").glob("*.json")),
                "command": shlex.join([sys.executable, *sys.argv])}
     plot = plot_curve(ner_rows, args.seeds, args.advbert_seeds, fit, out / "budget_curve.png")
+    def seeds_text(seeds):
+        return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+    advbert = f" and AdvBERT ({seeds_text(args.advbert_seeds)})" if args.advbert_seeds else ""
     md = ["# Budget curve: robustness against pretraining tokens", "",
-          f"CharBERT (seeds {', '.join(map(str, args.seeds))}) and AdvBERT (seeds "
-          f"{', '.join(map(str, args.advbert_seeds)) or 'none'}) pretrained from "
+          f"CharBERT ({seeds_text(args.seeds)}){advbert} pretrained from "
           f"`{args.model_name_or_path or 'MiniLM-L6-H384'}` "
           f"for {args.pretrain_steps:,} steps x {args.pretrain_batch_size} x {args.max_seq_length} tokens "
           f"(lr {args.pretrain_learning_rate:g}; CharBERT's start and levers: "
