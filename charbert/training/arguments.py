@@ -123,6 +123,9 @@ class TrainingConfig:
         "that the run will not reproduce the uninterrupted one; without it such a checkpoint is an error.",
         action="store_true"))
     save_total_limit: int | None = field(default=None, metadata=_help("Keep only the N newest checkpoints."))
+    keep_checkpoints_at: list[int] = field(default_factory=list, metadata=_help(
+        "Also save a checkpoint at these optimizer steps and never prune them (--save_total_limit counts only the "
+        "others): the points of a budget curve.", nargs="+"))
     logging_steps: int = field(default=50, metadata=_help("Log the training loss every N optimizer steps."))
     eval_steps: int | None = field(
         default=None, metadata=_help("Evaluate every N optimizer steps (default: at the end of every epoch)."))
@@ -151,6 +154,9 @@ class TrainingConfig:
                      "logging_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.keep_checkpoints_at = sorted({int(step) for step in self.keep_checkpoints_at or ()})
+        if any(step < 1 for step in self.keep_checkpoints_at):
+            raise ValueError(f"keep_checkpoints_at must be steps >= 1, got {self.keep_checkpoints_at}")
         for name in ("max_train_steps", "eval_steps", "save_total_limit"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
@@ -181,7 +187,7 @@ def _flag_type(annotation: str) -> type:
     string are parsed by the dataclass itself, so they stay ``str`` here)."""
     names = {part.strip() for part in str(annotation).split("|")} - {"None"}
     for candidate in (str, float, int):
-        if candidate.__name__ in names:
+        if candidate.__name__ in names or f"list[{candidate.__name__}]" in names:  # a list: nargs gives its length
             return candidate
     return str
 

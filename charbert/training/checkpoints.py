@@ -246,15 +246,18 @@ def remove_stale_saves(output_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _prune(output_dir: Path, keep: Path, save_total_limit: int) -> None:
-    complete = list_checkpoints(output_dir)
+def _prune(output_dir: Path, keep: Path, save_total_limit: int, keep_steps=()) -> None:
+    """Delete the oldest checkpoints beyond ``save_total_limit``; those at ``keep_steps`` are not counted."""
+    complete = [(step, path) for step, path in list_checkpoints(output_dir) if step not in keep_steps]
     for _, old in complete[: max(0, len(complete) - save_total_limit)]:
         if old.resolve() != keep.resolve():
             shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(accelerator, output_dir: Path, name: str, state: TrainState, save_total_limit: int | None):
-    """accelerate.save_state into ``.tmp-NAME``, trainer_state.json last, then an atomic rename."""
+def save_checkpoint(accelerator, output_dir: Path, name: str, state: TrainState, save_total_limit: int | None,
+                    keep_steps=()):
+    """accelerate.save_state into ``.tmp-NAME``, trainer_state.json last, then an atomic rename; then the
+    oldest checkpoints beyond ``save_total_limit`` go, except those at ``keep_steps``."""
     final, tmp = output_dir / name, output_dir / f"{TMP_PREFIX}{name}"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -276,7 +279,7 @@ def save_checkpoint(accelerator, output_dir: Path, name: str, state: TrainState,
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         if save_total_limit is not None:
-            _prune(output_dir, final, save_total_limit)
+            _prune(output_dir, final, save_total_limit, keep_steps)
     accelerator.wait_for_everyone()
 
 

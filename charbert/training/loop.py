@@ -288,8 +288,8 @@ class TrainingRun:
             self.evaluate()
 
     def maybe_checkpoint(self, epoch: int, batches_done: int) -> None:
-        every = self.config.checkpointing_steps
-        if isinstance(every, int) and self.state.global_step % every == 0:
+        every, step = self.config.checkpointing_steps, self.state.global_step
+        if (isinstance(every, int) and step % every == 0) or step in self.config.keep_checkpoints_at:
             self.checkpoint(f"step_{self.state.global_step}", epoch, batches_done)
 
     def end_epoch(self, epoch: int, batches_done: int) -> None:
@@ -316,7 +316,7 @@ class TrainingRun:
     def checkpoint(self, name: str, epoch: int, batches_done: int) -> None:
         try:
             save_checkpoint(self.accelerator, self.output_dir, name, self.snapshot(epoch, batches_done),
-                            self.config.save_total_limit)
+                            self.config.save_total_limit, self.config.keep_checkpoints_at)
         except OSError as err:  # e.g. the disk became full or read-only
             raise write_failure(self.output_dir, f"checkpoint {name}", err) from None
 
