@@ -22,12 +22,18 @@ inputs only, for a plain *ForMaskedLM); `objective="mlm"` is plain MLM (no noise
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import accumulate, chain
 
 import numpy as np
 import torch
+from transformers import BatchEncoding
+from transformers.tokenization_utils_base import TruncationStrategy
+from transformers.utils import PaddingStrategy
 
+from ..chars import CHAR_INPUT_NAMES, PAD_ID, align_offsets_batch
 from ..noise import OPERATIONS, PRETRAIN_RULES, NoiseRules, noise_words
-from ..tokenization import CharBertTokenizer, gc_paused
+from ..tokenization import CharBertTokenizer, gc_paused, pad_char_arrays
 from .vocab import WordVocab, split_words
 
 OBJECTIVES = ("charbert", "advbert", "mlm")
@@ -46,23 +52,43 @@ def apply_word_edits(text: str, spans: Sequence[tuple[int, int]], new_words: Seq
     return "".join(parts), starts
 
 
+def edit_words(text: str, spans: Sequence[tuple[int, int]], new_words: Sequence[str], changed: Sequence[int]) -> tuple[str, np.ndarray]:
+    """`apply_word_edits` when only the words at `changed` (sorted) differ: the edited text and every
+    word's new end. The text is cut only around the changed words, the ends shift by a cumulative sum."""
+    ends = np.fromiter(chain.from_iterable(spans), dtype=np.int64, count=2 * len(spans))[1::2]  # (n_words,)
+    if not len(changed):
+        return text, ends
+    parts, position, shift = [], 0, np.zeros(len(spans), dtype=np.int64)
+    for k in changed:
+        s, e = spans[k]
+        word = new_words[k]
+        parts.append(text[position:s])
+        parts.append(word)
+        shift[k] = len(word) - (e - s)
+        position = e
+    parts.append(text[position:])
+    return "".join(parts), ends + np.cumsum(shift)
+
+
 def choose_whole_words(token_word: np.ndarray, candidates: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
     """Draw whole words (in random order) until `target` tokens are chosen; a word whose tokens
     would overshoot the target is skipped. Returns a boolean mask over tokens."""
-    chosen = np.zeros(len(token_word), dtype=bool)
     if target <= 0 or len(candidates) == 0:
-        return chosen
-    sizes = np.bincount(token_word[token_word >= 0], minlength=int(candidates.max()) + 1)
-    count = 0
-    for word in rng.permutation(candidates):
-        size = int(sizes[word])
+        return np.zeros(len(token_word), dtype=bool)
+    sizes = np.bincount(token_word[token_word >= 0], minlength=int(candidates.max()) + 1).tolist()
+    count, picked = 0, []
+    for word in rng.permutation(candidates).tolist():
+        size = sizes[word]
         if count + size > target:
             continue
-        chosen |= token_word == word
+        picked.append(word)
         count += size
         if count >= target:
             break
-    return chosen
+    # The picked words' tokens; word -1 (tokens outside every word) indexes the extra last slot, as token_word -1 does.
+    is_picked = np.zeros(len(sizes) + 1, dtype=bool)
+    is_picked[picked] = True
+    return is_picked[token_word]
 
 
 def token_words(offsets: np.ndarray, real: np.ndarray, word_ends: np.ndarray) -> np.ndarray:
@@ -74,6 +100,41 @@ def token_words(offsets: np.ndarray, real: np.ndarray, word_ends: np.ndarray) ->
     """
     word = np.searchsorted(word_ends, offsets[:, 0], side="right")
     return np.where(real & (word < len(word_ends)), word, -1)
+
+
+@dataclass
+class _Encoded:
+    """A batch's subword encoding as flat arrays over all its tokens, rows one after the other."""
+
+    ids: np.ndarray  # (N,)
+    offsets: np.ndarray  # (N, 2)
+    special: np.ndarray  # (N,) 1 for the special tokens the template adds
+    outside: np.ndarray  # (N,) bool, no sequence id (special tokens)
+    type_ids: np.ndarray  # (N,)
+    bounds: list[int]  # row i is [bounds[i], bounds[i + 1])
+    encodings: list  # the Rust encodings (the reference character layout reads them)
+
+
+def _encode_flat(tokenizer, texts: list[str], max_length: int) -> _Encoded:
+    """`tokenizer(texts, truncation=True, max_length=max_length)` read straight from the Rust encodings
+    (the same encodings: the same truncation and special-token settings, then `encode_batch`)."""
+    tokenizer.set_truncation_and_padding(PaddingStrategy.DO_NOT_PAD, TruncationStrategy.LONGEST_FIRST, max_length, 0, None, None)
+    backend = tokenizer.backend_tokenizer
+    if backend.encode_special_tokens != tokenizer.split_special_tokens:
+        backend.encode_special_tokens = tokenizer.split_special_tokens
+    encodings = backend.encode_batch(texts, add_special_tokens=True)
+    lengths = [len(e.ids) for e in encodings]
+    n = sum(lengths)
+    return _Encoded(
+        ids=np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=n),
+        offsets=np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encodings)), dtype=np.int64,
+                            count=2 * n).reshape(n, 2),
+        special=np.fromiter(chain.from_iterable(e.special_tokens_mask for e in encodings), dtype=np.int64, count=n),
+        outside=np.fromiter((s is None for e in encodings for s in e.sequence_ids), dtype=bool, count=n),
+        type_ids=np.fromiter(chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64, count=n),
+        bounds=[0, *accumulate(lengths)],
+        encodings=encodings,
+    )
 
 
 class PretrainingCollator:
@@ -108,6 +169,8 @@ class PretrainingCollator:
         self.hf_tokenizer = tokenizer.tokenizer if isinstance(tokenizer, CharBertTokenizer) else tokenizer
         if self.hf_tokenizer.mask_token_id is None:
             raise ValueError("The tokenizer has no mask token: MLM needs one.")
+        if tokenizer.padding_side != "right":  # the labels and the character positions index right-padded rows
+            raise ValueError(f"PretrainingCollator pads on the right; the tokenizer pads on the {tokenizer.padding_side}.")
         self.word_vocab = word_vocab
         self.max_seq_length = max_seq_length
         self.mlm_probability = mlm_probability
@@ -124,6 +187,7 @@ class PretrainingCollator:
             return self._collate(blocks, rng)
 
     def _collate(self, blocks: Sequence[str], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        # 1. noise: per block, the words (spans), the edited text and the edited words' ends.
         texts, word_ends, noised_words, originals = [], [], [], []
         for block in blocks:
             spans = split_words(block)
@@ -132,34 +196,49 @@ class PretrainingCollator:
                 new_words, changed = noise_words(words, rng, self.noise_rules, self.noise_probability, self.noise_operations)
             else:
                 new_words, changed = words, []
-            text, starts = apply_word_edits(block, spans, new_words)
+            text, ends = edit_words(block, spans, new_words, changed)
             texts.append(text)
-            word_ends.append(starts + np.array([len(w) for w in new_words], dtype=np.int64))
-            noised_words.append(np.asarray(changed, dtype=np.int64))
+            word_ends.append(ends)
+            noised_words.append(changed)
             originals.append(words)
-        enc = self.hf_tokenizer(texts, truncation=True, max_length=self.max_seq_length, return_offsets_mapping=True)
-        rows = [self._row(enc, i, texts[i], word_ends[i], noised_words[i], originals[i], rng) for i in range(len(texts))]
+        # 2. the subwords of the edited text, 3. whole-word masks and labels, row by row (the rng's order).
+        enc = _encode_flat(self.hf_tokenizer, texts, self.max_seq_length)
+        rows = [self._row(enc, i, word_ends[i], noised_words[i], originals[i], rng) for i in range(len(texts))]
+        batch = self._pad_subwords(enc, rows)
+        # 4. the characters of the edited text, those of the MLM-chosen tokens hidden.
         if self.objective == "charbert":
-            chars = self.tokenizer.char_features(enc, texts, hidden=[row.pop("hidden") for row in rows])
-            for row, row_chars in zip(rows, chars):
-                row.update(row_chars)
-        return self._pad(rows)
+            hidden = np.concatenate([row["hidden"] for row in rows]) if rows else np.zeros(0, dtype=bool)
+            batch.update(self._char_batch(enc, texts, hidden, batch["input_ids"].shape[1]))
+        for key in ("labels", "nlm_labels"):
+            if rows and key in rows[0]:
+                batch[key] = self._pad_rows([row[key] for row in rows], -100)
+        return batch
 
-    def _row(self, enc, i, text, word_ends, noised, words, rng) -> dict:
-        input_ids = np.asarray(enc["input_ids"][i], dtype=np.int64)
-        offsets = np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
-        sequence_ids = enc.sequence_ids(i)
-        real = np.array([s is not None for s in sequence_ids]) & (offsets[:, 1] > offsets[:, 0])
+    def _row(self, enc: _Encoded, i: int, word_ends: np.ndarray, noised: list[int], words: list[str], rng) -> dict:
+        a, b = enc.bounds[i], enc.bounds[i + 1]
+        input_ids, offsets = enc.ids[a:b], enc.offsets[a:b]
+        real = ~enc.outside[a:b] & (offsets[:, 1] > offsets[:, 0])
         token_word = token_words(offsets, real, word_ends)
+        n_words = len(word_ends)
 
+        # Per word (+ one slot that token_word -1 indexes): noised, present among the real tokens.
+        is_noised_word = np.zeros(n_words + 1, dtype=bool)
+        is_noised_word[noised] = True
+        is_noised = is_noised_word[token_word] & real
         nlm_labels = np.full(len(input_ids), -100, dtype=np.int64)
-        is_noised = np.isin(token_word, noised) & real
         if self.objective == "charbert" and is_noised.any():
-            word_ids = {int(w): self.word_vocab.id(words[int(w)]) for w in np.unique(token_word[is_noised])}
-            nlm_labels[is_noised] = [word_ids[int(w)] for w in token_word[is_noised]]
+            noised_tokens = token_word[is_noised].tolist()
+            word_ids = {w: self.word_vocab.id(words[w]) for w in set(noised_tokens)}
+            nlm_labels[is_noised] = [word_ids[w] for w in noised_tokens]
 
-        candidates = np.setdiff1d(np.unique(token_word[real]), noised)
-        target = int(round(self.mlm_probability * int(real.sum())))
+        real_words = token_word[real]
+        if len(real_words) and real_words.min() < 0:  # a real token outside every word: the general set difference
+            candidates = np.setdiff1d(np.unique(real_words), noised)
+        else:  # the words of the real tokens that were not noised, sorted (what the set difference gives)
+            present = np.zeros(n_words + 1, dtype=bool)
+            present[real_words] = True
+            candidates = np.flatnonzero(present & ~is_noised_word)
+        target = int(round(self.mlm_probability * len(real_words)))
         chosen = choose_whole_words(token_word, candidates, target, rng)
         labels = np.where(chosen, input_ids, -100)
         draw = rng.random(len(input_ids))
@@ -171,8 +250,6 @@ class PretrainingCollator:
             input_ids[randomised] = self._random_tokens(int(randomised.sum()), rng)
 
         row = {"input_ids": input_ids, "labels": labels}
-        if "token_type_ids" in enc:
-            row["token_type_ids"] = np.asarray(enc["token_type_ids"][i], dtype=np.int64)
         if self.objective == "charbert":
             row["nlm_labels"] = nlm_labels
             row["hidden"] = chosen  # the characters of these tokens are hidden (char_features)
@@ -187,15 +264,54 @@ class PretrainingCollator:
             ids = ids + (ids >= special)
         return ids
 
-    def _pad(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """The tokenizer's `pad` for the model inputs (characters included); the labels padded with -100."""
-        label_names = [k for k in ("labels", "nlm_labels") if k in rows[0]]
-        inputs = [{k: v for k, v in r.items() if k not in label_names} for r in rows]
-        batch = dict(self.tokenizer.pad(inputs, return_tensors="pt"))
-        length = batch["input_ids"].shape[1]
-        for key in label_names:
-            out = np.full((len(rows), length), -100, dtype=np.int64)
-            for i, r in enumerate(rows):
-                out[i, : len(r[key])] = r[key]
-            batch[key] = torch.from_numpy(out)
+    @staticmethod
+    def _pad_rows(rows: list[np.ndarray], value: int, width: int | None = None) -> torch.Tensor:
+        """Rows of different lengths -> (B, width) int64, right-padded with `value`."""
+        width = max((len(r) for r in rows), default=0) if width is None else width
+        out = np.full((len(rows), width), value, dtype=np.int64)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = r
+        return torch.from_numpy(out)
+
+    def _pad_subwords(self, enc: _Encoded, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """The subword inputs padded as the tokenizer's `pad` pads them (right, to the longest row)."""
+        tok = self.tokenizer
+        lengths = np.diff(enc.bounds)
+        width = int(lengths.max(initial=0))
+        batch = {"input_ids": self._pad_rows([r["input_ids"] for r in rows], tok.pad_token_id, width)}
+        if "token_type_ids" in self.hf_tokenizer.model_input_names:
+            bounds = enc.bounds
+            batch["token_type_ids"] = self._pad_rows([enc.type_ids[a:b] for a, b in zip(bounds, bounds[1:])],
+                                                     tok.pad_token_type_id, width)
+        if "attention_mask" in tok.model_input_names:
+            batch["attention_mask"] = torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64))
         return batch
+
+    def _char_batch(self, enc: _Encoded, texts: list[str], hidden: np.ndarray, width: int) -> dict[str, torch.Tensor]:
+        """The character inputs of the batch (`CharBertTokenizer.char_features` then its padding, at once)."""
+        tok = self.tokenizer
+        n_rows = len(texts)
+        lengths = np.diff(enc.bounds)
+        if tok.char_layout != "offsets":  # the reference layout: row by row, through the tokenizer's own routines
+            encoding = BatchEncoding({"input_ids": [e.ids for e in enc.encodings]}, encoding=enc.encodings)
+            bounds = enc.bounds
+            columns = tok.char_columns(encoding, texts, hidden=[hidden[a:b] for a, b in zip(bounds, bounds[1:])])
+            arrays = pad_char_arrays(*columns, n_tokens=width, char_layout=tok.char_layout)
+            return {name: torch.from_numpy(a) for name, a in arrays.items()}
+        row_of_token = np.repeat(np.arange(n_rows), lengths)
+        chars, row_starts, starts, ends = align_offsets_batch(
+            enc.offsets, row_of_token, -enc.special, [(t,) for t in texts], tok.char_vocab, n_rows, hidden,
+            max_chars_per_token=tok.max_chars_per_token, max_chars_per_sequence=tok.max_chars_per_sequence)
+        # Padded as `pad_char_arrays` pads: characters with [PAD] to the longest row, positions with 0.
+        char_lengths = np.diff(row_starts)
+        n_chars = int(char_lengths.max(initial=0))
+        char_ids = np.full((n_rows, n_chars), PAD_ID, dtype=np.int64)
+        column = np.arange(len(chars)) - np.repeat(row_starts[:-1], char_lengths)
+        char_ids[np.repeat(np.arange(n_rows), char_lengths), column] = chars
+        token_column = np.arange(len(row_of_token)) - np.repeat(np.asarray(enc.bounds[:-1]), lengths)
+        padded_starts = np.zeros((n_rows, width), dtype=np.int64)
+        padded_ends = np.zeros((n_rows, width), dtype=np.int64)
+        padded_starts[row_of_token, token_column] = starts
+        padded_ends[row_of_token, token_column] = ends
+        mask = (np.arange(n_chars)[None, :] < char_lengths[:, None]).astype(np.int64)
+        return {name: torch.from_numpy(a) for name, a in zip(CHAR_INPUT_NAMES, (char_ids, mask, padded_starts, padded_ends))}
