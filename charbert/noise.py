@@ -198,13 +198,23 @@ def _scripts(text: str) -> set[str]:
     return {unicodedata.name(ch, "?").split(" ")[0] for ch in text if ch.isalpha()}
 
 
+@lru_cache(maxsize=64)
+def _alphabet_scripts(alphabet: str) -> frozenset[str]:
+    return frozenset(_scripts(alphabet))
+
+
 @lru_cache(maxsize=4096)
 def _writing_alphabet(word: str, alphabet: str) -> str:
     """The letters ``add`` and ``replace`` write into ``word``: ``alphabet`` when the word has a letter of
     the alphabet's script (LATIN, CYRILLIC, GREEK...: the first word of the Unicode name), else the word's
     own letters (sorted, so deterministic). A Cyrillic, Greek or CJK word thus gets a letter of its own
     script, never a Latin one from the default English alphabet."""
-    if _scripts(word) & _scripts(alphabet):
+    # Every ASCII letter is LATIN: no Unicode name to look up for an ASCII word (most words of most corpora).
+    if word.isascii():
+        word_scripts = {"LATIN"} if word.isalpha() or any(ch.isalpha() for ch in word) else set()
+    else:
+        word_scripts = _scripts(word)
+    if word_scripts & _alphabet_scripts(alphabet):
         return alphabet
     own = "".join(sorted({ch.lower() for ch in word if ch.isalpha()}))
     return own or alphabet
@@ -440,6 +450,20 @@ def is_eligible(word: str, rules: NoiseRules) -> bool:
     return word.lower() not in rules.stopwords
 
 
+def _eligible_indices(words: Sequence[str], rules: NoiseRules) -> list[int]:
+    """The indices of the words :func:`is_eligible` accepts (the same tests, one pass over the list)."""
+    shortest = max(rules.min_length, 1)  # never an empty word
+    if rules.letters_only:
+        indices = [i for i, w in enumerate(words)
+                   if isinstance(w, str) and len(w) >= shortest and (w.isalpha() or _letters_and_marks(w))]
+    else:
+        indices = [i for i, w in enumerate(words)
+                   if isinstance(w, str) and len(w) >= shortest and not any(ch.isspace() for ch in w)]
+    if rules.stopwords:
+        indices = [i for i in indices if words[i].lower() not in rules.stopwords]
+    return indices
+
+
 def apply_operation(word: str, op: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
     """Apply one edit of type ``op`` to ``word``; ``None`` if it cannot change it.
 
@@ -541,7 +565,7 @@ def noise_words(
     _check_rng(rng)
 
     out = list(words)
-    eligible = [i for i, w in enumerate(out) if is_eligible(w, rules)]
+    eligible = _eligible_indices(out, rules)
     k = min(len(eligible), int(round(rate_f * len(eligible))))
     if max_words is not None:
         k = min(k, max_words)
