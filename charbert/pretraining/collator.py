@@ -91,17 +91,6 @@ def choose_whole_words(token_word: np.ndarray, candidates: np.ndarray, target: i
     return is_picked[token_word]
 
 
-def token_words(offsets: np.ndarray, real: np.ndarray, word_ends: np.ndarray) -> np.ndarray:
-    """The word each real token belongs to (-1 for special, padding and trailing-space tokens).
-
-    A token belongs to the first word that ends after the token's first character, so a piece
-    whose span starts with the space before its word (byte-level BPE's `Ġ` without trimmed
-    offsets) still joins that word, and the pieces of a word split into several share its id.
-    """
-    word = np.searchsorted(word_ends, offsets[:, 0], side="right")
-    return np.where(real & (word < len(word_ends)), word, -1)
-
-
 @dataclass
 class _Encoded:
     """A batch's subword encoding as flat arrays over all its tokens, rows one after the other."""
@@ -109,7 +98,7 @@ class _Encoded:
     ids: np.ndarray  # (N,)
     offsets: np.ndarray  # (N, 2)
     special: np.ndarray  # (N,) 1 for the special tokens the template adds
-    outside: np.ndarray  # (N,) bool, no sequence id (special tokens)
+    outside: np.ndarray  # (N,) bool, outside the text (special tokens: no sequence id)
     type_ids: np.ndarray  # (N,)
     bounds: list[int]  # row i is [bounds[i], bounds[i + 1])
     encodings: list  # the Rust encodings (the reference character layout reads them)
@@ -125,12 +114,13 @@ def _encode_flat(tokenizer, texts: list[str], max_length: int) -> _Encoded:
     encodings = backend.encode_batch(texts, add_special_tokens=True)
     lengths = [len(e.ids) for e in encodings]
     n = sum(lengths)
+    special = np.fromiter(chain.from_iterable(e.special_tokens_mask for e in encodings), dtype=np.int64, count=n)
     return _Encoded(
         ids=np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=n),
         offsets=np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encodings)), dtype=np.int64,
                             count=2 * n).reshape(n, 2),
-        special=np.fromiter(chain.from_iterable(e.special_tokens_mask for e in encodings), dtype=np.int64, count=n),
-        outside=np.fromiter((s is None for e in encodings for s in e.sequence_ids), dtype=bool, count=n),
+        special=special,
+        outside=special.astype(bool),  # one text a row: its special tokens are those with no sequence id
         type_ids=np.fromiter(chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64, count=n),
         bounds=[0, *accumulate(lengths)],
         encodings=encodings,
@@ -178,7 +168,9 @@ class PretrainingCollator:
         self.mask_ratio, self.random_ratio = mask_ratio, random_ratio
         self.noise_rules, self.noise_operations = noise_rules, tuple(noise_operations)
         self.objective = objective
-        self.special_ids = np.array(sorted(self.hf_tokenizer.all_special_ids))
+        self.special_ids = np.array(sorted(self.hf_tokenizer.all_special_ids), dtype=np.int64)
+        self._special_steps = self.special_ids - np.arange(len(self.special_ids))
+        self._vocab_size = len(self.hf_tokenizer)
 
     def __call__(self, blocks: Sequence[str], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         if rng is None:
@@ -201,90 +193,124 @@ class PretrainingCollator:
             word_ends.append(ends)
             noised_words.append(changed)
             originals.append(words)
-        # 2. the subwords of the edited text, 3. whole-word masks and labels, row by row (the rng's order).
+        # 2. the subwords of the edited text; 3. NLM labels, whole-word MLM masks (the rng row by row).
         enc = _encode_flat(self.hf_tokenizer, texts, self.max_seq_length)
-        rows = [self._row(enc, i, word_ends[i], noised_words[i], originals[i], rng) for i in range(len(texts))]
-        batch = self._pad_subwords(enc, rows)
+        input_ids, labels, nlm_labels, chosen = self._mask(enc, texts, word_ends, noised_words, originals, rng)
+        batch = self._pad_subwords(enc, input_ids)
         # 4. the characters of the edited text, those of the MLM-chosen tokens hidden.
         if self.objective == "charbert":
-            hidden = np.concatenate([row["hidden"] for row in rows]) if rows else np.zeros(0, dtype=bool)
-            batch.update(self._char_batch(enc, texts, hidden, batch["input_ids"].shape[1]))
-        for key in ("labels", "nlm_labels"):
-            if rows and key in rows[0]:
-                batch[key] = self._pad_rows([row[key] for row in rows], -100)
+            batch.update(self._char_batch(enc, texts, chosen, batch["input_ids"].shape[1]))
+        batch["labels"] = self._pad_flat(enc, labels, -100)
+        if self.objective == "charbert":
+            batch["nlm_labels"] = self._pad_flat(enc, nlm_labels, -100)
         return batch
 
-    def _row(self, enc: _Encoded, i: int, word_ends: np.ndarray, noised: list[int], words: list[str], rng) -> dict:
-        a, b = enc.bounds[i], enc.bounds[i + 1]
-        input_ids, offsets = enc.ids[a:b], enc.offsets[a:b]
-        real = ~enc.outside[a:b] & (offsets[:, 1] > offsets[:, 0])
-        token_word = token_words(offsets, real, word_ends)
-        n_words = len(word_ends)
+    def _mask(self, enc: _Encoded, texts, word_ends, noised_words, originals, rng):
+        """NLM labels and the MLM choice over the whole batch's tokens (flat, rows one after the other).
 
-        # Per word (+ one slot that token_word -1 indexes): noised, present among the real tokens.
-        is_noised_word = np.zeros(n_words + 1, dtype=bool)
-        is_noised_word[noised] = True
-        is_noised = is_noised_word[token_word] & real
-        nlm_labels = np.full(len(input_ids), -100, dtype=np.int64)
+        Every token gets its word's index in the batch (one `searchsorted` over all rows' word ends,
+        each row's text shifted past the previous ones); the random draws then go row by row, in the
+        order a row-by-row loop makes them: the words' permutation, the 80/10/10 draw, the random tokens.
+        """
+        n_rows = len(texts)
+        lengths = np.diff(enc.bounds)
+        row_of_token = np.repeat(np.arange(n_rows), lengths)
+        n_words = np.fromiter(map(len, word_ends), dtype=np.int64, count=n_rows)
+        word_base = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(n_words, out=word_base[1:])
+        text_base = np.zeros(n_rows, dtype=np.int64)
+        np.cumsum([len(t) + 1 for t in texts[:-1]], out=text_base[1:])
+        n_all = int(word_base[-1])
+        all_ends = np.concatenate(word_ends) + np.repeat(text_base, n_words) if n_rows else np.zeros(0, dtype=np.int64)
+        offsets = enc.offsets
+        real = ~enc.outside & (offsets[:, 1] > offsets[:, 0])
+        word = np.searchsorted(all_ends, offsets[:, 0] + text_base[row_of_token], side="right")
+        in_word = real & (word < word_base[1:][row_of_token])
+        # (N,) the token's word in the batch: the first word that ends after the token's first character, so
+        # a piece whose span starts with the space before its word (byte-level BPE's `Ġ` without trimmed
+        # offsets) joins that word; n_all (an extra slot) for special tokens and real ones past the last word.
+        word = np.where(in_word, word, n_all)
+
+        is_noised_word = np.zeros(n_all + 1, dtype=bool)
+        is_noised_word[[w + int(base) for changed, base in zip(noised_words, word_base) for w in changed]] = True
+        is_noised = is_noised_word[word]
+        nlm_labels = np.full(len(word), -100, dtype=np.int64)
         if self.objective == "charbert" and is_noised.any():
-            noised_tokens = token_word[is_noised].tolist()
+            words = list(chain.from_iterable(originals))
+            noised_tokens = word[is_noised].tolist()
             word_ids = {w: self.word_vocab.id(words[w]) for w in set(noised_tokens)}
             nlm_labels[is_noised] = [word_ids[w] for w in noised_tokens]
 
-        real_words = token_word[real]
-        if len(real_words) and real_words.min() < 0:  # a real token outside every word: the general set difference
-            candidates = np.setdiff1d(np.unique(real_words), noised)
-        else:  # the words of the real tokens that were not noised, sorted (what the set difference gives)
-            present = np.zeros(n_words + 1, dtype=bool)
-            present[real_words] = True
-            candidates = np.flatnonzero(present & ~is_noised_word)
-        target = int(round(self.mlm_probability * len(real_words)))
-        chosen = choose_whole_words(token_word, candidates, target, rng)
-        labels = np.where(chosen, input_ids, -100)
-        draw = rng.random(len(input_ids))
-        masked = chosen & (draw < self.mask_ratio)
-        randomised = chosen & (draw >= self.mask_ratio) & (draw < self.mask_ratio + self.random_ratio)
-        input_ids = input_ids.copy()
-        input_ids[masked] = self.hf_tokenizer.mask_token_id
-        if randomised.any():
-            input_ids[randomised] = self._random_tokens(int(randomised.sum()), rng)
-
-        row = {"input_ids": input_ids, "labels": labels}
-        if self.objective == "charbert":
-            row["nlm_labels"] = nlm_labels
-            row["hidden"] = chosen  # the characters of these tokens are hidden (char_features)
-        return row
-
-    def _random_tokens(self, n: int, rng) -> np.ndarray:
-        """Random non-special token ids."""
-        vocab = len(self.hf_tokenizer)
-        ids = rng.integers(0, vocab - len(self.special_ids), size=n)
-        # shift past the special ids so none is drawn (special_ids sorted)
-        for special in self.special_ids:
-            ids = ids + (ids >= special)
-        return ids
+        # MLM candidates: the words of real tokens that were not noised, per row in order.
+        present = np.zeros(n_all + 1, dtype=bool)
+        present[word[in_word]] = True
+        candidates = np.flatnonzero(present[:n_all] & ~is_noised_word[:n_all])
+        candidate_bounds = np.searchsorted(candidates, word_base).tolist()
+        sizes = np.bincount(word[in_word], minlength=n_all + 1).tolist()
+        targets = [int(round(self.mlm_probability * n)) for n in np.bincount(row_of_token[real], minlength=n_rows).tolist()]
+        outside_word = np.bincount(row_of_token[real & ~in_word], minlength=n_rows).tolist()
+        is_picked = np.zeros(n_all + 1, dtype=bool)
+        chosen = np.zeros(len(word), dtype=bool)
+        draw = np.empty(len(word), dtype=np.float64)
+        low, high = self.mask_ratio, self.mask_ratio + self.random_ratio
+        random_ids = []
+        for i, (a, b) in enumerate(zip(enc.bounds, enc.bounds[1:])):
+            if outside_word[i]:  # a real token after the last word (rare): the per-row rule, -1 and all
+                token_word = np.where(in_word[a:b], word[a:b] - word_base[i], -1)
+                row_candidates = np.setdiff1d(np.unique(token_word[real[a:b]]), noised_words[i])
+                chosen[a:b] = choose_whole_words(token_word, row_candidates, targets[i], rng)
+            else:
+                row_candidates = candidates[candidate_bounds[i]: candidate_bounds[i + 1]]
+                if targets[i] > 0 and len(row_candidates):
+                    self._pick_words(row_candidates, sizes, targets[i], rng, is_picked)
+                    chosen[a:b] = is_picked[word[a:b]]
+            draw[a:b] = rng.random(b - a)
+            n_random = int(np.count_nonzero(chosen[a:b] & (draw[a:b] >= low) & (draw[a:b] < high)))
+            if n_random:
+                random_ids.append(self._random_tokens(n_random, rng))
+        labels = np.where(chosen, enc.ids, -100)
+        input_ids = enc.ids.copy()
+        input_ids[chosen & (draw < low)] = self.hf_tokenizer.mask_token_id
+        if random_ids:
+            input_ids[chosen & (draw >= low) & (draw < high)] = np.concatenate(random_ids)
+        return input_ids, labels, nlm_labels, chosen
 
     @staticmethod
-    def _pad_rows(rows: list[np.ndarray], value: int, width: int | None = None) -> torch.Tensor:
-        """Rows of different lengths -> (B, width) int64, right-padded with `value`."""
-        width = max((len(r) for r in rows), default=0) if width is None else width
-        out = np.full((len(rows), width), value, dtype=np.int64)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = r
+    def _pick_words(candidates: np.ndarray, sizes: list[int], target: int, rng, is_picked: np.ndarray) -> None:
+        """`choose_whole_words` on the batch's word indices: flags the picked words in `is_picked`."""
+        count = 0
+        for word in rng.permutation(candidates).tolist():
+            size = sizes[word]
+            if count + size > target:
+                continue
+            is_picked[word] = True
+            count += size
+            if count >= target:
+                break
+
+    def _random_tokens(self, n: int, rng) -> np.ndarray:
+        """Random non-special token ids: a draw k among the non-special ids is the k-th of them."""
+        ids = rng.integers(0, self._vocab_size - len(self.special_ids), size=n)
+        # k + (the specials at or below the answer): with the specials sorted, special j is at or below
+        # the answer when k >= special_j - j
+        return ids + np.searchsorted(self._special_steps, ids, side="right")
+
+    @staticmethod
+    def _pad_flat(enc: _Encoded, values: np.ndarray, pad: int) -> torch.Tensor:
+        """A value per token of the batch (flat) -> (B, longest row) int64, right-padded with `pad`."""
+        lengths = np.diff(enc.bounds)
+        out = np.full((len(lengths), int(lengths.max(initial=0))), pad, dtype=np.int64)
+        out[np.arange(len(lengths)).repeat(lengths), np.arange(len(values)) - np.repeat(enc.bounds[:-1], lengths)] = values
         return torch.from_numpy(out)
 
-    def _pad_subwords(self, enc: _Encoded, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def _pad_subwords(self, enc: _Encoded, input_ids: np.ndarray) -> dict[str, torch.Tensor]:
         """The subword inputs padded as the tokenizer's `pad` pads them (right, to the longest row)."""
         tok = self.tokenizer
-        lengths = np.diff(enc.bounds)
-        width = int(lengths.max(initial=0))
-        batch = {"input_ids": self._pad_rows([r["input_ids"] for r in rows], tok.pad_token_id, width)}
+        batch = {"input_ids": self._pad_flat(enc, input_ids, tok.pad_token_id)}
         if "token_type_ids" in self.hf_tokenizer.model_input_names:
-            bounds = enc.bounds
-            batch["token_type_ids"] = self._pad_rows([enc.type_ids[a:b] for a, b in zip(bounds, bounds[1:])],
-                                                     tok.pad_token_type_id, width)
+            batch["token_type_ids"] = self._pad_flat(enc, enc.type_ids, tok.pad_token_type_id)
         if "attention_mask" in tok.model_input_names:
-            batch["attention_mask"] = torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64))
+            batch["attention_mask"] = self._pad_flat(enc, np.ones(len(input_ids), dtype=np.int64), 0)
         return batch
 
     def _char_batch(self, enc: _Encoded, texts: list[str], hidden: np.ndarray, width: int) -> dict[str, torch.Tensor]:
