@@ -47,6 +47,8 @@ __all__ = [
     "apply_operation",
     "noise_word",
     "noise_words",
+    "noise_edits",
+    "eligible_indices",
     "single_edits",
     "parse_attack_type",
 ]
@@ -450,7 +452,7 @@ def is_eligible(word: str, rules: NoiseRules) -> bool:
     return word.lower() not in rules.stopwords
 
 
-def _eligible_indices(words: Sequence[str], rules: NoiseRules) -> list[int]:
+def eligible_indices(words: Sequence[str], rules: NoiseRules) -> list[int]:
     """The indices of the words :func:`is_eligible` accepts (the same tests, one pass over the list)."""
     shortest = max(rules.min_length, 1)  # never an empty word
     if rules.letters_only:
@@ -540,6 +542,7 @@ def noise_words(
     rate: float,
     ops: OpsSpec = OPERATIONS,
     max_words: int | None = None,
+    eligible: Sequence[int] | None = None,
 ) -> tuple[list[str], list[int]]:
     """Noise ``round(rate * n_eligible)`` eligible words of ``words``, at most ``max_words``.
 
@@ -550,7 +553,9 @@ def noise_words(
     that actually changed (a chosen word whose edits are all impossible stays
     as it is and is not listed).  ``max_words`` is the budget of Pruthi et
     al. (2019): at most that many words per call (a sentence), chosen at
-    random; None = no cap.  Raises ``ValueError`` for ``rate`` outside
+    random; None = no cap.  ``eligible``: the indices of the eligible words in increasing order, when
+    the caller has them already (they must be what :func:`is_eligible` accepts; the pretraining collator
+    reads them off its word table); None = tested here.  Raises ``ValueError`` for ``rate`` outside
     ``[0, 1]``, a negative ``max_words`` or an unknown operation.
     """
     try:
@@ -565,24 +570,44 @@ def noise_words(
     _check_rng(rng)
 
     out = list(words)
-    eligible = _eligible_indices(out, rules)
-    k = min(len(eligible), int(round(rate_f * len(eligible))))
+    edits = noise_edits(out, eligible_indices(out, rules) if eligible is None else list(eligible), rng, rules, rate_f,
+                        ops_t, max_words)
+    for i, new in edits.items():
+        out[i] = new
+    return out, list(edits)
+
+
+def noise_edits(
+    words: Sequence[str],
+    eligible: Sequence[int],
+    rng: np.random.Generator,
+    rules: NoiseRules,
+    rate: float,
+    ops: OpsSpec = OPERATIONS,
+    max_words: int | None = None,
+) -> dict[int, str]:
+    """The draws and edits of :func:`noise_words`, given the eligible words' indices (increasing) and the
+    checked arguments: ``{index: new word}`` of the words that changed, in index order. ``words`` is
+    read only at the chosen indices, so it may be any sequence (the pretraining collator passes one that
+    slices its text on demand)."""
+    ops = _normalise_ops(ops)
+    k = min(len(eligible), int(round(rate * len(eligible))))
     if max_words is not None:
         k = min(k, max_words)
     if k == 0:
-        return out, []
+        return {}
     if k == len(eligible):
-        chosen = eligible
+        chosen = list(eligible)
     else:
         picks = rng.choice(len(eligible), size=k, replace=False)
-        chosen = [eligible[int(j)] for j in np.sort(picks)]
-    changed: list[int] = []
+        chosen = [eligible[j] for j in np.sort(picks).tolist()]
+    edits: dict[int, str] = {}
     for i in chosen:
-        new = _noise_eligible(out[i], rng, rules, ops_t)
-        if new != out[i]:
-            out[i] = new
-            changed.append(i)
-    return out, changed
+        word = words[i]
+        new = _noise_eligible(word, rng, rules, ops)
+        if new != word:
+            edits[i] = new
+    return edits
 
 
 def parse_attack_type(name: str) -> tuple[str, ...]:

@@ -32,9 +32,9 @@ from transformers.tokenization_utils_base import TruncationStrategy
 from transformers.utils import PaddingStrategy
 
 from ..chars import CHAR_INPUT_NAMES, PAD_ID, align_offsets_batch
-from ..noise import OPERATIONS, PRETRAIN_RULES, NoiseRules, noise_words
+from ..noise import OPERATIONS, PRETRAIN_RULES, NoiseRules, eligible_indices, noise_edits
 from ..tokenization import CharBertTokenizer, gc_paused, pad_char_arrays
-from .vocab import WordVocab, split_words
+from .vocab import WordVocab, word_tables
 
 OBJECTIVES = ("charbert", "advbert", "mlm")
 
@@ -52,22 +52,35 @@ def apply_word_edits(text: str, spans: Sequence[tuple[int, int]], new_words: Seq
     return "".join(parts), starts
 
 
-def edit_words(text: str, spans: Sequence[tuple[int, int]], new_words: Sequence[str], changed: Sequence[int]) -> tuple[str, np.ndarray]:
-    """`apply_word_edits` when only the words at `changed` (sorted) differ: the edited text and every
-    word's new end. The text is cut only around the changed words, the ends shift by a cumulative sum."""
-    ends = np.fromiter(chain.from_iterable(spans), dtype=np.int64, count=2 * len(spans))[1::2]  # (n_words,)
-    if not len(changed):
+def edit_words(text: str, starts: np.ndarray, ends: np.ndarray, edits: dict[int, str]) -> tuple[str, np.ndarray]:
+    """`apply_word_edits` when only the words `edits` names (index -> new form, in index order) change,
+    the words given by their starts and ends: the edited text and every word's new end. The text is cut
+    only around the changed words; the ends shift by a cumulative sum."""
+    if not edits:
         return text, ends
-    parts, position, shift = [], 0, np.zeros(len(spans), dtype=np.int64)
-    for k in changed:
-        s, e = spans[k]
-        word = new_words[k]
+    changed = list(edits)
+    parts, position, shift = [], 0, np.zeros(len(ends), dtype=np.int64)
+    for k, s, e in zip(changed, starts[changed].tolist(), ends[changed].tolist()):
+        word = edits[k]
         parts.append(text[position:s])
         parts.append(word)
         shift[k] = len(word) - (e - s)
         position = e
     parts.append(text[position:])
     return "".join(parts), ends + np.cumsum(shift)
+
+
+class _TextWords:
+    """The words of a text as a sequence that slices them out of the text when read."""
+
+    def __init__(self, text: str, starts: np.ndarray, ends: np.ndarray):
+        self.text, self.starts, self.ends = text, starts, ends
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> str:
+        return self.text[self.starts[i]: self.ends[i]]
 
 
 def choose_whole_words(token_word: np.ndarray, candidates: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
@@ -180,22 +193,28 @@ class PretrainingCollator:
 
     def _collate(self, blocks: Sequence[str], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         # 1. noise: per block, the words (spans), the edited text and the edited words' ends.
-        texts, word_ends, noised_words, originals = [], [], [], []
-        for block in blocks:
-            spans = split_words(block)
-            words = [block[s:e] for s, e in spans]
+        rules, ops = self.noise_rules, self.noise_operations
+        texts, word_ends, noised_words, noised_originals = [], [], [], []
+        for block, (words, starts, ends, letters_only) in zip(blocks, word_tables(blocks, with_words=False)):
+            if words is None:  # an ASCII block: its words are read off the text where needed
+                words = _TextWords(block, starts, ends)
+            edits = {}
             if self.noise_probability > 0:
-                new_words, changed = noise_words(words, rng, self.noise_rules, self.noise_probability, self.noise_operations)
-            else:
-                new_words, changed = words, []
-            text, ends = edit_words(block, spans, new_words, changed)
+                if letters_only is not None and rules.letters_only:  # ASCII: the eligible words off the table
+                    eligible = np.flatnonzero(letters_only & (ends - starts >= max(rules.min_length, 1))).tolist()
+                    if rules.stopwords:
+                        eligible = [i for i in eligible if words[i].lower() not in rules.stopwords]
+                else:
+                    eligible = eligible_indices(words, rules)
+                edits = noise_edits(words, eligible, rng, rules, self.noise_probability, ops)
+            text, ends = edit_words(block, starts, ends, edits)
             texts.append(text)
             word_ends.append(ends)
-            noised_words.append(changed)
-            originals.append(words)
+            noised_words.append(list(edits))
+            noised_originals.append([words[i] for i in edits])
         # 2. the subwords of the edited text; 3. NLM labels, whole-word MLM masks (the rng row by row).
         enc = _encode_flat(self.hf_tokenizer, texts, self.max_seq_length)
-        input_ids, labels, nlm_labels, chosen = self._mask(enc, texts, word_ends, noised_words, originals, rng)
+        input_ids, labels, nlm_labels, chosen = self._mask(enc, texts, word_ends, noised_words, noised_originals, rng)
         batch = self._pad_subwords(enc, input_ids)
         # 4. the characters of the edited text, those of the MLM-chosen tokens hidden.
         if self.objective == "charbert":
@@ -205,7 +224,7 @@ class PretrainingCollator:
             batch["nlm_labels"] = self._pad_flat(enc, nlm_labels, -100)
         return batch
 
-    def _mask(self, enc: _Encoded, texts, word_ends, noised_words, originals, rng):
+    def _mask(self, enc: _Encoded, texts, word_ends, noised_words, noised_originals, rng):
         """NLM labels and the MLM choice over the whole batch's tokens (flat, rows one after the other).
 
         Every token gets its word's index in the batch (one `searchsorted` over all rows' word ends,
@@ -231,15 +250,14 @@ class PretrainingCollator:
         # offsets) joins that word; n_all (an extra slot) for special tokens and real ones past the last word.
         word = np.where(in_word, word, n_all)
 
+        noised_in_batch = [w + base for changed, base in zip(noised_words, word_base.tolist()) for w in changed]
         is_noised_word = np.zeros(n_all + 1, dtype=bool)
-        is_noised_word[[w + int(base) for changed, base in zip(noised_words, word_base) for w in changed]] = True
+        is_noised_word[noised_in_batch] = True
         is_noised = is_noised_word[word]
         nlm_labels = np.full(len(word), -100, dtype=np.int64)
         if self.objective == "charbert" and is_noised.any():
-            words = list(chain.from_iterable(originals))
-            noised_tokens = word[is_noised].tolist()
-            word_ids = {w: self.word_vocab.id(words[w]) for w in set(noised_tokens)}
-            nlm_labels[is_noised] = [word_ids[w] for w in noised_tokens]
+            word_ids = dict(zip(noised_in_batch, map(self.word_vocab.id, chain.from_iterable(noised_originals))))
+            nlm_labels[is_noised] = [word_ids[w] for w in word[is_noised].tolist()]
 
         # MLM candidates: the words of real tokens that were not noised, per row in order.
         present = np.zeros(n_all + 1, dtype=bool)
