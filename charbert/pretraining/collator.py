@@ -52,35 +52,35 @@ def apply_word_edits(text: str, spans: Sequence[tuple[int, int]], new_words: Seq
     return "".join(parts), starts
 
 
-def edit_words(text: str, starts: np.ndarray, ends: np.ndarray, edits: dict[int, str]) -> tuple[str, np.ndarray]:
+def edit_words(text: str, starts: Sequence[int], ends: Sequence[int], edits: dict[int, str]) -> tuple[str, list[int]]:
     """`apply_word_edits` when only the words `edits` names (index -> new form, in index order) change,
-    the words given by their starts and ends: the edited text and every word's new end. The text is cut
-    only around the changed words; the ends shift by a cumulative sum."""
-    if not edits:
-        return text, ends
-    changed = list(edits)
-    parts, position, shift = [], 0, np.zeros(len(ends), dtype=np.int64)
-    for k, s, e in zip(changed, starts[changed].tolist(), ends[changed].tolist()):
-        word = edits[k]
+    the words given by their starts and ends: the edited text and, per edit, how much longer the word got
+    (the caller shifts the ends of the words from there on). The text is cut only around the edits."""
+    parts, position, growth = [], 0, []
+    for k, word in edits.items():
+        s, e = starts[k], ends[k]
         parts.append(text[position:s])
         parts.append(word)
-        shift[k] = len(word) - (e - s)
+        growth.append(len(word) - (e - s))
         position = e
+    if not parts:
+        return text, growth
     parts.append(text[position:])
-    return "".join(parts), ends + np.cumsum(shift)
+    return "".join(parts), growth
 
 
 class _TextWords:
     """The words of a text as a sequence that slices them out of the text when read."""
 
-    def __init__(self, text: str, starts: np.ndarray, ends: np.ndarray):
-        self.text, self.starts, self.ends = text, starts, ends
+    def __init__(self, text: str, starts: np.ndarray, ends: np.ndarray, words: list[str] | None = None):
+        self.text, self.starts, self.ends = text, starts.tolist(), ends.tolist()  # (plain ints index faster)
+        self.words = words
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getitem__(self, i: int) -> str:
-        return self.text[self.starts[i]: self.ends[i]]
+        return self.text[self.starts[i]: self.ends[i]] if self.words is None else self.words[i]
 
 
 def choose_whole_words(token_word: np.ndarray, candidates: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
@@ -115,6 +115,7 @@ class _Encoded:
     type_ids: np.ndarray  # (N,)
     bounds: list[int]  # row i is [bounds[i], bounds[i + 1])
     encodings: list  # the Rust encodings (the reference character layout reads them)
+    grid: tuple | None = None  # the padded shape and each token's cell in it (`_pad_flat`)
 
 
 def _encode_flat(tokenizer, texts: list[str], max_length: int) -> _Encoded:
@@ -194,10 +195,10 @@ class PretrainingCollator:
     def _collate(self, blocks: Sequence[str], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         # 1. noise: per block, the words (spans), the edited text and the edited words' ends.
         rules, ops = self.noise_rules, self.noise_operations
-        texts, word_ends, noised_words, noised_originals = [], [], [], []
+        texts, word_ends, growths, noised_words, noised_originals = [], [], [], [], []
         for block, (words, starts, ends, letters_only) in zip(blocks, word_tables(blocks, with_words=False)):
-            if words is None:  # an ASCII block: its words are read off the text where needed
-                words = _TextWords(block, starts, ends)
+            # an ASCII block's words are read off the text where needed
+            words = _TextWords(block, starts, ends, words)
             edits = {}
             if self.noise_probability > 0:
                 if letters_only is not None and rules.letters_only:  # ASCII: the eligible words off the table
@@ -207,14 +208,15 @@ class PretrainingCollator:
                 else:
                     eligible = eligible_indices(words, rules)
                 edits = noise_edits(words, eligible, rng, rules, self.noise_probability, ops)
-            text, ends = edit_words(block, starts, ends, edits)
+            text, growth = edit_words(block, words.starts, words.ends, edits)
             texts.append(text)
             word_ends.append(ends)
+            growths.append(growth)
             noised_words.append(list(edits))
             noised_originals.append([words[i] for i in edits])
         # 2. the subwords of the edited text; 3. NLM labels, whole-word MLM masks (the rng row by row).
         enc = _encode_flat(self.hf_tokenizer, texts, self.max_seq_length)
-        input_ids, labels, nlm_labels, chosen = self._mask(enc, texts, word_ends, noised_words, noised_originals, rng)
+        input_ids, labels, nlm_labels, chosen = self._mask(enc, texts, word_ends, growths, noised_words, noised_originals, rng)
         batch = self._pad_subwords(enc, input_ids)
         # 4. the characters of the edited text, those of the MLM-chosen tokens hidden.
         if self.objective == "charbert":
@@ -224,7 +226,7 @@ class PretrainingCollator:
             batch["nlm_labels"] = self._pad_flat(enc, nlm_labels, -100)
         return batch
 
-    def _mask(self, enc: _Encoded, texts, word_ends, noised_words, noised_originals, rng):
+    def _mask(self, enc: _Encoded, texts, word_ends, growths, noised_words, noised_originals, rng):
         """NLM labels and the MLM choice over the whole batch's tokens (flat, rows one after the other).
 
         Every token gets its word's index in the batch (one `searchsorted` over all rows' word ends,
@@ -240,7 +242,14 @@ class PretrainingCollator:
         text_base = np.zeros(n_rows, dtype=np.int64)
         np.cumsum([len(t) + 1 for t in texts[:-1]], out=text_base[1:])
         n_all = int(word_base[-1])
-        all_ends = np.concatenate(word_ends) + np.repeat(text_base, n_words) if n_rows else np.zeros(0, dtype=np.int64)
+        noised_in_batch = [w + base for changed, base in zip(noised_words, word_base.tolist()) for w in changed]
+        # The words' ends in the edited texts, one after the other: each edit shifts the ends from its word on.
+        growth = np.zeros(n_all, dtype=np.int64)
+        growth[noised_in_batch] = list(chain.from_iterable(growths))
+        grown = np.zeros(n_all + 1, dtype=np.int64)  # grown[k]: the growth of the batch's words before word k
+        np.cumsum(growth, out=grown[1:])
+        shift = grown[1:] - np.repeat(grown[word_base[:-1]], n_words)  # within each row, up to the word itself
+        all_ends = (np.concatenate(word_ends) if n_rows else np.zeros(0, dtype=np.int64)) + np.repeat(text_base, n_words) + shift
         offsets = enc.offsets
         real = ~enc.outside & (offsets[:, 1] > offsets[:, 0])
         word = np.searchsorted(all_ends, offsets[:, 0] + text_base[row_of_token], side="right")
@@ -250,7 +259,6 @@ class PretrainingCollator:
         # offsets) joins that word; n_all (an extra slot) for special tokens and real ones past the last word.
         word = np.where(in_word, word, n_all)
 
-        noised_in_batch = [w + base for changed, base in zip(noised_words, word_base.tolist()) for w in changed]
         is_noised_word = np.zeros(n_all + 1, dtype=bool)
         is_noised_word[noised_in_batch] = True
         is_noised = is_noised_word[word]
@@ -316,9 +324,13 @@ class PretrainingCollator:
     @staticmethod
     def _pad_flat(enc: _Encoded, values: np.ndarray, pad: int) -> torch.Tensor:
         """A value per token of the batch (flat) -> (B, longest row) int64, right-padded with `pad`."""
-        lengths = np.diff(enc.bounds)
-        out = np.full((len(lengths), int(lengths.max(initial=0))), pad, dtype=np.int64)
-        out[np.arange(len(lengths)).repeat(lengths), np.arange(len(values)) - np.repeat(enc.bounds[:-1], lengths)] = values
+        if enc.grid is None:  # where each token sits in the padded grid, for every field of the batch
+            lengths = np.diff(enc.bounds)
+            enc.grid = (len(lengths), int(lengths.max(initial=0))), \
+                np.flatnonzero(np.arange(int(lengths.max(initial=0)))[None, :] < lengths[:, None])
+        shape, cells = enc.grid
+        out = np.full(shape, pad, dtype=np.int64)
+        out.ravel()[cells] = values
         return torch.from_numpy(out)
 
     def _pad_subwords(self, enc: _Encoded, input_ids: np.ndarray) -> dict[str, torch.Tensor]:
