@@ -235,6 +235,71 @@ def _region(n: int, keep_first_last: bool) -> tuple[int, int]:
     return (1, n - 1) if keep_first_last else (0, n)
 
 
+class _SmallRangeDraws:
+    """``Generator.integers(lo, hi)`` for ranges below 2**32, made in Python from the bit generator's raw
+    64-bit outputs: the same values, from the same stream, at a third of the call's cost.
+
+    numpy draws such an integer by Lemire's method on 32-bit outputs of its bit generator, and PCG64 cuts
+    each 64-bit output into two 32-bit ones (low half first, the high half kept for the next 32-bit draw).
+    This replays both: it reads the kept half from the generator's state, draws 64-bit outputs with
+    ``random_raw`` and writes the kept half back in ``close`` (before any other draw from the generator;
+    ``permutation`` closes and reopens around numpy's own). Only for PCG64 (``default_rng``); tests compare
+    it with ``Generator.integers`` draw by draw, interleaved with numpy's other draws.
+    """
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.bit_generator = rng.bit_generator
+        self.raw = self.bit_generator.random_raw
+        state = self.bit_generator.state
+        self.has_half, self.half = state["has_uint32"], state["uinteger"]
+
+    def _next32(self) -> int:
+        if self.has_half:
+            self.has_half = 0
+            return self.half
+        value = self.raw()
+        self.has_half, self.half = 1, value >> 32
+        return value & 0xFFFFFFFF
+
+    def integers(self, lo: int, hi: int) -> int:
+        span = hi - lo - 1  # numpy's inclusive range
+        if span == 0:
+            return lo  # numpy draws nothing
+        if span > 0xFFFFFFFF or span < 0:  # 64-bit draws (or an error): numpy's own
+            self.close()
+            out = int(self.rng.integers(lo, hi))
+            self.__init__(self.rng)
+            return out
+        if span == 0xFFFFFFFF:
+            return lo + self._next32()
+        exclusive = span + 1
+        m = self._next32() * exclusive
+        leftover = m & 0xFFFFFFFF
+        if leftover < exclusive:
+            threshold = (0xFFFFFFFF - span) % exclusive
+            while leftover < threshold:
+                m = self._next32() * exclusive
+                leftover = m & 0xFFFFFFFF
+        return lo + (m >> 32)
+
+    def permutation(self, n: int) -> np.ndarray:
+        self.close()
+        out = self.rng.permutation(n)
+        self.__init__(self.rng)
+        return out
+
+    def close(self) -> None:
+        state = self.bit_generator.state
+        state["has_uint32"], state["uinteger"] = self.has_half, self.half
+        self.bit_generator.state = state
+
+
+def _small_range_draws(rng: np.random.Generator):
+    """A `_SmallRangeDraws` over `rng` where it replays numpy exactly (PCG64), else `rng` itself."""
+    return _SmallRangeDraws(rng) if type(rng.bit_generator) is np.random.PCG64 else rng
+
+
 def _randint(rng: np.random.Generator, lo: int, hi: int) -> int:
     """Uniform int in ``[lo, hi)``."""
     return int(rng.integers(lo, hi))
@@ -602,11 +667,16 @@ def noise_edits(
         picks = rng.choice(len(eligible), size=k, replace=False)
         chosen = [eligible[j] for j in np.sort(picks).tolist()]
     edits: dict[int, str] = {}
-    for i in chosen:
-        word = words[i]
-        new = _noise_eligible(word, rng, rules, ops)
-        if new != word:
-            edits[i] = new
+    draws = _small_range_draws(rng)
+    try:
+        for i in chosen:
+            word = words[i]
+            new = _noise_eligible(word, draws, rules, ops)
+            if new != word:
+                edits[i] = new
+    finally:
+        if draws is not rng:
+            draws.close()
     return edits
 
 
