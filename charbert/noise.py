@@ -274,7 +274,13 @@ class _SmallRangeDraws:
         if span == 0xFFFFFFFF:
             return lo + self._next32()
         exclusive = span + 1
-        m = self._next32() * exclusive
+        if self.has_half:  # `_next32`, inlined: this is the hot path
+            self.has_half = 0
+            m = self.half * exclusive
+        else:
+            value = self.raw()
+            self.has_half, self.half = 1, value >> 32
+            m = (value & 0xFFFFFFFF) * exclusive
         leftover = m & 0xFFFFFFFF
         if leftover < exclusive:
             threshold = (0xFFFFFFFF - span) % exclusive

@@ -290,8 +290,8 @@ class PretrainingCollator:
                 if targets[i] > 0 and len(row_candidates):
                     self._pick_words(row_candidates, sizes, targets[i], rng, is_picked)
                     chosen[a:b] = is_picked[word[a:b]]
-            draw[a:b] = rng.random(b - a)
-            n_random = int(np.count_nonzero(chosen[a:b] & (draw[a:b] >= low) & (draw[a:b] < high)))
+            rng.random(out=draw[a:b])  # (the draws of rng.random(b - a))
+            n_random = sum(low <= x < high for x in draw[a:b][chosen[a:b]].tolist())
             if n_random:
                 random_ids.append(self._random_tokens(n_random, rng))
         labels = np.where(chosen, enc.ids, -100)
