@@ -156,3 +156,23 @@ def test_rates_the_pinned_text_exercises(pinned_tokenizers, pinned_vocab):
     assert int(chosen.sum()) > 50 and int((batch["nlm_labels"] != -100).sum()) > 50
     assert int((batch["input_ids"][chosen] == tok.mask_token_id).sum()) > 0
     assert int((batch["input_ids"][chosen] != batch["labels"][chosen]).sum()) > int((batch["input_ids"][chosen] == tok.mask_token_id).sum())
+
+
+@pytest.mark.parametrize("tokenizer", ["bert", "roberta"])
+def test_rows_with_tokens_past_the_last_word_equal_the_reference(tokenizer, pinned_tokenizers, pinned_vocab, monkeypatch):
+    """Trailing whitespace gives byte-level BPE a real token after the last word: the collator then takes
+    its per-row rule (the reference's set difference, -1 and all), and the batches still agree."""
+    from charbert.pretraining import collator as collator_module
+
+    per_row_rule = []
+    original = collator_module.choose_whole_words
+    monkeypatch.setattr(collator_module, "choose_whole_words", lambda *a: per_row_rule.append(1) or original(*a))
+    tok = pinned_tokenizers[tokenizer]
+    blocks = [b + ["  ", "\n", " \n ", "\t", ""][k % 5] for k, b in enumerate(make_blocks(40, seed=9))]
+    fast = PretrainingCollator(tok, pinned_vocab, max_seq_length=512)
+    frozen = ReferencePretrainingCollator(tok, pinned_vocab, max_seq_length=512)
+    for seed in range(8):
+        rows = blocks[seed * 5: seed * 5 + 5]
+        a, b = fast(rows, rng=np.random.default_rng(seed)), frozen(rows, rng=np.random.default_rng(seed))
+        assert all(torch.equal(a[k], b[k]) for k in b), (tokenizer, seed)
+    assert bool(per_row_rule) == (tokenizer == "roberta")
