@@ -15,6 +15,11 @@ Per block (the paper's recipe, rates as parameters):
 Labels are -100 where unused. All randomness comes from the `rng` the training loop passes
 (`needs_rng`), so a batch is the same after a resume, in any process.
 
+Speed (a loader process must keep a GPU fed): the batch is built with a few numpy passes over all its
+rows (words of ASCII blocks, the token -> word map, the padding), the draws still row by row in the order
+the rules above make them, so the batches are those of the row-by-row code for the same seed
+(tests/test_collator_pinned.py pins them). `benchmarks/bench_pretrain.py --pipeline_only` measures it.
+
 `objective="advbert"` gives the paper's AdvBERT baseline batch (same noise, MLM only, subword
 inputs only, for a plain *ForMaskedLM); `objective="mlm"` is plain MLM (no noise).
 """
@@ -193,7 +198,8 @@ class PretrainingCollator:
             return self._collate(blocks, rng)
 
     def _collate(self, blocks: Sequence[str], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        # 1. noise: per block, the words (spans), the edited text and the edited words' ends.
+        # 1. noise: per block, the words (spans: one numpy pass for the batch's ASCII blocks), the edits,
+        # the edited text and how much each edit grew its word (the ends shift in `_mask`).
         rules, ops = self.noise_rules, self.noise_operations
         texts, word_ends, growths, noised_words, noised_originals = [], [], [], [], []
         for block, (words, starts, ends, letters_only) in zip(blocks, word_tables(blocks, with_words=False)):
@@ -229,9 +235,11 @@ class PretrainingCollator:
     def _mask(self, enc: _Encoded, texts, word_ends, growths, noised_words, noised_originals, rng):
         """NLM labels and the MLM choice over the whole batch's tokens (flat, rows one after the other).
 
-        Every token gets its word's index in the batch (one `searchsorted` over all rows' word ends,
-        each row's text shifted past the previous ones); the random draws then go row by row, in the
-        order a row-by-row loop makes them: the words' permutation, the 80/10/10 draw, the random tokens.
+        `word_ends[i]`: the ends of block i's words before the edits; `growths[i]`: how much longer each
+        of its edits (`noised_words[i]`) made its word. Every token gets its word's index in the batch (one
+        `searchsorted` over all rows' edited word ends, each row's text shifted past the previous ones); the
+        random draws then go row by row, in the order a row-by-row loop makes them: the words' permutation,
+        the 80/10/10 draw, the random tokens.
         """
         n_rows = len(texts)
         lengths = np.diff(enc.bounds)
