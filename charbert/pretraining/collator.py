@@ -109,6 +109,18 @@ def choose_whole_words(token_word: np.ndarray, candidates: np.ndarray, target: i
     return is_picked[token_word]
 
 
+def token_words(offsets: np.ndarray, real: np.ndarray, word_ends: np.ndarray) -> np.ndarray:
+    """The word each real token belongs to (-1 for special, padding and trailing-space tokens).
+
+    A token belongs to the first word that ends after the token's first character, so a piece
+    whose span starts with the space before its word (byte-level BPE's `Ġ` without trimmed
+    offsets) still joins that word, and the pieces of a word split into several share its id.
+    (`PretrainingCollator._mask` applies this rule to a whole batch at once.)
+    """
+    word = np.searchsorted(word_ends, offsets[:, 0], side="right")
+    return np.where(real & (word < len(word_ends)), word, -1)
+
+
 @dataclass
 class _Encoded:
     """A batch's subword encoding as flat arrays over all its tokens, rows one after the other."""
@@ -290,7 +302,7 @@ class PretrainingCollator:
         random_ids = []
         for i, (a, b) in enumerate(zip(enc.bounds, enc.bounds[1:])):
             if outside_word[i]:  # a real token after the last word (rare): the per-row rule, -1 and all
-                token_word = np.where(in_word[a:b], word[a:b] - word_base[i], -1)
+                token_word = token_words(offsets[a:b], real[a:b], all_ends[word_base[i]: word_base[i + 1]] - text_base[i])
                 row_candidates = np.setdiff1d(np.unique(token_word[real[a:b]]), noised_words[i])
                 chosen[a:b] = choose_whole_words(token_word, row_candidates, targets[i], rng)
             else:
