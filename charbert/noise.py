@@ -47,6 +47,8 @@ __all__ = [
     "apply_operation",
     "noise_word",
     "noise_words",
+    "noise_edits",
+    "eligible_indices",
     "single_edits",
     "parse_attack_type",
 ]
@@ -198,13 +200,23 @@ def _scripts(text: str) -> set[str]:
     return {unicodedata.name(ch, "?").split(" ")[0] for ch in text if ch.isalpha()}
 
 
+@lru_cache(maxsize=64)
+def _alphabet_scripts(alphabet: str) -> frozenset[str]:
+    return frozenset(_scripts(alphabet))
+
+
 @lru_cache(maxsize=4096)
 def _writing_alphabet(word: str, alphabet: str) -> str:
     """The letters ``add`` and ``replace`` write into ``word``: ``alphabet`` when the word has a letter of
     the alphabet's script (LATIN, CYRILLIC, GREEK...: the first word of the Unicode name), else the word's
     own letters (sorted, so deterministic). A Cyrillic, Greek or CJK word thus gets a letter of its own
     script, never a Latin one from the default English alphabet."""
-    if _scripts(word) & _scripts(alphabet):
+    # Every ASCII letter is LATIN: no Unicode name to look up for an ASCII word (most words of most corpora).
+    if word.isascii():
+        word_scripts = {"LATIN"} if word.isalpha() or any(ch.isalpha() for ch in word) else set()
+    else:
+        word_scripts = _scripts(word)
+    if word_scripts & _alphabet_scripts(alphabet):
         return alphabet
     own = "".join(sorted({ch.lower() for ch in word if ch.isalpha()}))
     return own or alphabet
@@ -221,6 +233,77 @@ def _check_rng(rng: object) -> None:
 def _region(n: int, keep_first_last: bool) -> tuple[int, int]:
     """Half-open range ``[lo, hi)`` of editable character positions."""
     return (1, n - 1) if keep_first_last else (0, n)
+
+
+class _SmallRangeDraws:
+    """``Generator.integers(lo, hi)`` for ranges below 2**32, made in Python from the bit generator's raw
+    64-bit outputs: the same values, from the same stream, at a third of the call's cost.
+
+    numpy draws such an integer by Lemire's method on 32-bit outputs of its bit generator, and PCG64 cuts
+    each 64-bit output into two 32-bit ones (low half first, the high half kept for the next 32-bit draw).
+    This replays both: it reads the kept half from the generator's state, draws 64-bit outputs with
+    ``random_raw`` and writes the kept half back in ``close`` (before any other draw from the generator;
+    ``permutation`` closes and reopens around numpy's own). Only for PCG64 (``default_rng``); tests compare
+    it with ``Generator.integers`` draw by draw, interleaved with numpy's other draws.
+    """
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.bit_generator = rng.bit_generator
+        self.raw = self.bit_generator.random_raw
+        state = self.bit_generator.state
+        self.has_half, self.half = state["has_uint32"], state["uinteger"]
+
+    def _next32(self) -> int:
+        if self.has_half:
+            self.has_half = 0
+            return self.half
+        value = self.raw()
+        self.has_half, self.half = 1, value >> 32
+        return value & 0xFFFFFFFF
+
+    def integers(self, lo: int, hi: int) -> int:
+        span = hi - lo - 1  # numpy's inclusive range
+        if span == 0:
+            return lo  # numpy draws nothing
+        if span > 0xFFFFFFFF or span < 0:  # 64-bit draws (or an error): numpy's own
+            self.close()
+            out = int(self.rng.integers(lo, hi))
+            self.__init__(self.rng)
+            return out
+        if span == 0xFFFFFFFF:
+            return lo + self._next32()
+        exclusive = span + 1
+        if self.has_half:  # `_next32`, inlined: this is the hot path
+            self.has_half = 0
+            m = self.half * exclusive
+        else:
+            value = self.raw()
+            self.has_half, self.half = 1, value >> 32
+            m = (value & 0xFFFFFFFF) * exclusive
+        leftover = m & 0xFFFFFFFF
+        if leftover < exclusive:
+            threshold = (0xFFFFFFFF - span) % exclusive
+            while leftover < threshold:
+                m = self._next32() * exclusive
+                leftover = m & 0xFFFFFFFF
+        return lo + (m >> 32)
+
+    def permutation(self, n: int) -> np.ndarray:
+        self.close()
+        out = self.rng.permutation(n)
+        self.__init__(self.rng)
+        return out
+
+    def close(self) -> None:
+        state = self.bit_generator.state
+        state["has_uint32"], state["uinteger"] = self.has_half, self.half
+        self.bit_generator.state = state
+
+
+def _small_range_draws(rng: np.random.Generator):
+    """A `_SmallRangeDraws` over `rng` where it replays numpy exactly (PCG64), else `rng` itself."""
+    return _SmallRangeDraws(rng) if type(rng.bit_generator) is np.random.PCG64 else rng
 
 
 def _randint(rng: np.random.Generator, lo: int, hi: int) -> int:
@@ -440,6 +523,20 @@ def is_eligible(word: str, rules: NoiseRules) -> bool:
     return word.lower() not in rules.stopwords
 
 
+def eligible_indices(words: Sequence[str], rules: NoiseRules) -> list[int]:
+    """The indices of the words :func:`is_eligible` accepts (the same tests, one pass over the list)."""
+    shortest = max(rules.min_length, 1)  # never an empty word
+    if rules.letters_only:
+        indices = [i for i, w in enumerate(words)
+                   if isinstance(w, str) and len(w) >= shortest and (w.isalpha() or _letters_and_marks(w))]
+    else:
+        indices = [i for i, w in enumerate(words)
+                   if isinstance(w, str) and len(w) >= shortest and not any(ch.isspace() for ch in w)]
+    if rules.stopwords:
+        indices = [i for i in indices if words[i].lower() not in rules.stopwords]
+    return indices
+
+
 def apply_operation(word: str, op: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
     """Apply one edit of type ``op`` to ``word``; ``None`` if it cannot change it.
 
@@ -516,6 +613,7 @@ def noise_words(
     rate: float,
     ops: OpsSpec = OPERATIONS,
     max_words: int | None = None,
+    eligible: Sequence[int] | None = None,
 ) -> tuple[list[str], list[int]]:
     """Noise ``round(rate * n_eligible)`` eligible words of ``words``, at most ``max_words``.
 
@@ -526,7 +624,9 @@ def noise_words(
     that actually changed (a chosen word whose edits are all impossible stays
     as it is and is not listed).  ``max_words`` is the budget of Pruthi et
     al. (2019): at most that many words per call (a sentence), chosen at
-    random; None = no cap.  Raises ``ValueError`` for ``rate`` outside
+    random; None = no cap.  ``eligible``: the indices of the eligible words in increasing order, when
+    the caller has them already (they must be what :func:`is_eligible` accepts; the pretraining collator
+    reads them off its word table); None = tested here.  Raises ``ValueError`` for ``rate`` outside
     ``[0, 1]``, a negative ``max_words`` or an unknown operation.
     """
     try:
@@ -541,24 +641,49 @@ def noise_words(
     _check_rng(rng)
 
     out = list(words)
-    eligible = [i for i, w in enumerate(out) if is_eligible(w, rules)]
-    k = min(len(eligible), int(round(rate_f * len(eligible))))
+    edits = noise_edits(out, eligible_indices(out, rules) if eligible is None else list(eligible), rng, rules, rate_f,
+                        ops_t, max_words)
+    for i, new in edits.items():
+        out[i] = new
+    return out, list(edits)
+
+
+def noise_edits(
+    words: Sequence[str],
+    eligible: Sequence[int],
+    rng: np.random.Generator,
+    rules: NoiseRules,
+    rate: float,
+    ops: OpsSpec = OPERATIONS,
+    max_words: int | None = None,
+) -> dict[int, str]:
+    """The draws and edits of :func:`noise_words`, given the eligible words' indices (increasing) and the
+    checked arguments: ``{index: new word}`` of the words that changed, in index order. ``words`` is
+    read only at the chosen indices, so it may be any sequence (the pretraining collator passes one that
+    slices its text on demand)."""
+    ops = _normalise_ops(ops)
+    k = min(len(eligible), int(round(rate * len(eligible))))
     if max_words is not None:
         k = min(k, max_words)
     if k == 0:
-        return out, []
+        return {}
     if k == len(eligible):
-        chosen = eligible
+        chosen = list(eligible)
     else:
         picks = rng.choice(len(eligible), size=k, replace=False)
-        chosen = [eligible[int(j)] for j in np.sort(picks)]
-    changed: list[int] = []
-    for i in chosen:
-        new = _noise_eligible(out[i], rng, rules, ops_t)
-        if new != out[i]:
-            out[i] = new
-            changed.append(i)
-    return out, changed
+        chosen = [eligible[j] for j in np.sort(picks).tolist()]
+    edits: dict[int, str] = {}
+    draws = _small_range_draws(rng)
+    try:
+        for i in chosen:
+            word = words[i]
+            new = _noise_eligible(word, draws, rules, ops)
+            if new != word:
+                edits[i] = new
+    finally:
+        if draws is not rng:
+            draws.close()
+    return edits
 
 
 def parse_attack_type(name: str) -> tuple[str, ...]:

@@ -93,3 +93,26 @@ def test_bad_arguments_exit_2():
     with pytest.raises(SystemExit) as err:
         main(["--smoke", "--steps", "2", "--warmup", "5"])
     assert err.value.code == 2
+
+
+def test_smoke_run_reports_the_character_encoder_share_and_the_loader(capsys, one_torch_thread):
+    report = main(["--smoke", "--models", "charbert", "--precisions", "fp32", "--dataloader_num_workers", "1",
+                   "--loader_batches", "2"])
+    (row,) = report["results"]
+    assert 0 < row["char_encoder_step_s"] and math.isfinite(row["char_encoder_share"]) and row["char_encoder_share"] > 0
+    loader = report["loader"]
+    assert loader["workers"] == 1 and loader["seq_len"] == SMOKE.seq_len and "tiny tokenizer" in loader["source"]
+    assert loader["tokens_per_s"] > 0 and loader["tokens_per_s_one_core"] > 0
+    assert loader["step_tokens_per_s"] == row["tokens_per_s"]
+    assert isinstance(loader["keeps_up"], bool) and loader["workers_needed"] >= 1
+    assert loader["keeps_up"] == (loader["tokens_per_s"] >= row["tokens_per_s"])
+    printed = capsys.readouterr().out
+    assert "of the CharBERT step" in printed and "workers needed" in printed
+    json.dumps(report)  # the report stays JSON
+
+
+def test_loader_check_can_be_skipped_and_bad_workers_exit_2(one_torch_thread):
+    assert main(["--smoke", "--models", "bert", "--precisions", "fp32", "--skip_loader"])["loader"] is None
+    with pytest.raises(SystemExit) as err:
+        main(["--smoke", "--dataloader_num_workers", "-1"])
+    assert err.value.code == 2

@@ -225,6 +225,39 @@ def test_exact_resume_reproduces_losses(job, tmp_path):
 
 
 @pytest.mark.slow
+def test_dataloader_workers_give_the_same_batches_and_resume_exactly(job, tmp_path):
+    """--dataloader_num_workers 2 trains on the same batches as 0 workers (the collator's draws are keyed
+    by seed, epoch and the batch's block indices, not by the process that collates), and a run stopped
+    at its step-4 checkpoint and resumed with workers reproduces the rest."""
+    from pretrain.__main__ import main
+
+    def losses(out):
+        return {r["step"]: (r["loss"], r["mlm_loss"], r["nlm_loss"]) for r in read_log(out / "log.jsonl") if "loss" in r}
+
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"workers{workers}"
+        assert main(pretrain_args(job, out, "--max_train_steps", "8", "--checkpointing_steps", "4",
+                                  "--dataloader_num_workers", str(workers))) == 0
+        runs[workers] = out
+    zero, two = losses(runs[0]), losses(runs[2])
+    assert set(zero) == set(two) == set(range(1, 9))
+    for step in range(1, 9):
+        assert two[step] == pytest.approx(zero[step], abs=1e-6), step
+    a = CharBertForPreTraining.from_pretrained(runs[0]).state_dict()
+    b = CharBertForPreTraining.from_pretrained(runs[2]).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), "the same batches make the same weights"
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(runs[2] / "step_4", resumed / "step_4")  # what a run killed after step 4 leaves
+    assert main(pretrain_args(job, resumed, "--max_train_steps", "8", "--checkpointing_steps", "4",
+                              "--dataloader_num_workers", "2", "--resume_from_checkpoint", "latest")) == 0
+    again = losses(resumed)
+    for step in range(5, 9):
+        assert again[step] == pytest.approx(two[step], abs=1e-6), step
+
+
+@pytest.mark.slow
 def test_default_job_shortened(tmp_path, capsys):
     from pretrain.__main__ import main
 
@@ -409,16 +442,16 @@ def test_converted_roberta_checkpoint_continues_pretraining(small_job, tmp_path)
 def test_collator_pauses_the_garbage_collector_while_it_builds_a_batch(tok, word_vocab, blocks, monkeypatch):
     import gc
 
-    from charbert.tokenization import CharBertTokenizerFast
+    from charbert.pretraining import collator as collator_module
 
     seen = []
-    original = CharBertTokenizerFast.char_features
+    original = collator_module.align_offsets_batch
 
-    def recording(self, *args, **kwargs):
+    def recording(*args, **kwargs):
         seen.append(gc.isenabled())
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(CharBertTokenizerFast, "char_features", recording)
+    monkeypatch.setattr(collator_module, "align_offsets_batch", recording)
     collator = PretrainingCollator(tok, word_vocab, max_seq_length=64)
     was_enabled = gc.isenabled()
     try:
