@@ -14,7 +14,9 @@ what differs between families is asked of the family's adapter, looked up by the
     adapter.layer_inputs(model, attention_mask, hidden, position_ids)   what every layer call needs besides the
                                                       hidden states (mask in the layers' format, relative
                                                       positions, rotary tables...), built once per forward
-    adapter.call_layer(layer, hidden, inputs)         one layer on the stacked channels (2B, L, H) -> (2B, L, H)
+    adapter.call_layer(layer, hidden, inputs, output_attentions)   one layer on the stacked channels (2B, L, H) -> (2B, L, H)
+    adapter.attention_module(layer)                   the layer's self-attention: its output's second item is the
+                                                      attention weights (B, heads, L, L) when they are computed
     adapter.finish(model, hidden)                     after the last layer (a pre-norm family's final norm)
     adapter.output_norms(model)                       the LayerNorm each layer's output ends in (the identity start)
     adapter.init_buffers(module)                      rebuild a family module's non-persistent buffers
@@ -128,9 +130,16 @@ class BackboneAdapter:
             return create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
         return model.get_extended_attention_mask(attention_mask, hidden.shape[:2])
 
-    def call_layer(self, layer, hidden, inputs):
-        """One layer on the stacked channels: (N, L, H) -> (N, L, H)."""
+    def call_layer(self, layer, hidden, inputs, output_attentions=False):
+        """One layer on the stacked channels: (N, L, H) -> (N, L, H). `output_attentions`: ask the layer's
+        attention for its weights (eager attention returns them; SDPA computes none and transformers warns)."""
+        if output_attentions:
+            return layer_output(layer(hidden, inputs, output_attentions=True))
         return layer_output(layer(hidden, inputs))
+
+    def attention_module(self, layer) -> nn.Module:
+        """The layer's self-attention, whose output is (context, attention weights or None)."""
+        return layer.attention.self
 
     def finish(self, model, hidden):
         """A channel after the last layer and its fusion (post-norm layers: nothing left to do)."""
@@ -357,9 +366,9 @@ class DebertaV2Adapter(BackboneAdapter):
             "first_layer": encoder.layer[0],
         }
 
-    def call_layer(self, layer, hidden, inputs):
+    def call_layer(self, layer, hidden, inputs, output_attentions=False):
         out = layer_output(layer(hidden, inputs["mask"], relative_pos=inputs["relative_pos"],
-                                 rel_embeddings=inputs["rel_embeddings"]))
+                                 rel_embeddings=inputs["rel_embeddings"], output_attentions=output_attentions))
         if inputs["conv"] is not None and layer is inputs["first_layer"]:
             out = inputs["conv"](hidden, out, inputs["input_mask"])  # as DebertaV2Encoder after its first layer
         return out
@@ -441,10 +450,14 @@ class ModernBertAdapter(BackboneAdapter):
         rotary = {kind: model.rotary_emb(hidden, position_ids, kind) for kind in sorted(set(config.layer_types))}
         return masks, rotary
 
-    def call_layer(self, layer, hidden, inputs):
+    def call_layer(self, layer, hidden, inputs, output_attentions=False):
         masks, rotary = inputs
         kind = layer.attention_type
-        return layer_output(layer(hidden, attention_mask=masks[kind], position_embeddings=rotary[kind]))
+        extra = {"output_attentions": True} if output_attentions else {}
+        return layer_output(layer(hidden, attention_mask=masks[kind], position_embeddings=rotary[kind], **extra))
+
+    def attention_module(self, layer) -> nn.Module:
+        return layer.attn
 
     def finish(self, model, hidden):
         return model.final_norm(hidden)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +82,8 @@ class CharBertModelOutput(ModelOutput):
     char_last_hidden_state (B, L, H): character channel after the last layer.
     pooler_output (B, H): the backbone's pooler over the subword channel's first token.
     hidden_states / char_hidden_states: per-layer states of each channel (embeddings first), when asked for.
+    attentions / char_attentions: per-layer attention weights (B, heads, L, L) of each channel, when asked for
+        (`output_attentions=True`; eager attention only: SDPA computes none, and transformers warns).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -88,6 +91,8 @@ class CharBertModelOutput(ModelOutput):
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -105,6 +110,8 @@ class CharBertForPreTrainingOutput(ModelOutput):
     nlm_logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # ---- building blocks -------------------------------------------------------------------
@@ -391,6 +398,8 @@ class CharBertPreTrainedModel(PreTrainedModel):
         what was loaded and what was initialised (see `checkpoint.build_on_backbone`). Extra keyword
         arguments set CharBertConfig fields (char_vocab_size, word_vocab_size, num_labels, ...).
         """
+        if pretrained_model_name_or_path is None:  # transformers' form: the weights are in `state_dict`, with `config`
+            return super().from_pretrained(None, *model_args, **kwargs)
         path = checkpoint.resolve_checkpoint(pretrained_model_name_or_path, **checkpoint.hub_kwargs(kwargs))
         if checkpoint.read_model_type(path) == CharBertConfig.model_type:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
@@ -408,6 +417,42 @@ class CharBertPreTrainedModel(PreTrainedModel):
     def from_backbone(cls, path: str | os.PathLike, **config_kwargs):
         """A new CharBERT whose backbone (embeddings, layers, pooler) is the plain checkpoint at `path`."""
         return checkpoint.build_on_backbone(cls, path, **config_kwargs)
+
+
+# ---- outputs as transformers returns them ------------------------------------------------
+
+
+@contextmanager
+def recorded_attentions(modules: list[nn.Module], enabled: bool):
+    """While the block runs, collect each attention module's weights (the second item of its output), in
+    call order; yields that list (None when not `enabled`: no hook is installed)."""
+    if not enabled:
+        yield None
+        return
+    weights = []
+    hooks = [module.register_forward_hook(lambda _module, _args, out: weights.append(out[1])) for module in modules]
+    try:
+        yield weights
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def split_channels(weights: list[torch.Tensor | None] | None):
+    """Attention weights recorded layer by layer, subword channel then character channel, each (B, heads, L, L)
+    -> (subword channel's, character channel's), a tuple per layer each; (None, None) when none were recorded
+    (not asked for, or SDPA attention, which computes no weights)."""
+    if not weights or any(w is None for w in weights):
+        return None, None
+    return tuple(weights[0::2]), tuple(weights[1::2])
+
+
+def returned(config, return_dict: bool | None, output: ModelOutput):
+    """`output`, or `output.to_tuple()` (its fields that are not None, in order) when `return_dict` is False or
+    the config's `return_dict` is, as transformers' models return."""
+    if return_dict is None:
+        return_dict = getattr(config, "return_dict", True)
+    return output if return_dict else output.to_tuple()
 
 
 # ---- the model -------------------------------------------------------------------------
@@ -517,6 +562,7 @@ class CharBertModel(CharBertPreTrainedModel):
         char_attention_mask: torch.Tensor | None = None,
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -524,6 +570,8 @@ class CharBertModel(CharBertPreTrainedModel):
         self._check_inputs(input_ids, char_input_ids, char_start_positions, char_end_positions)
         if output_hidden_states is None:
             output_hidden_states = getattr(self.config, "output_hidden_states", False)
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if char_attention_mask is None:
@@ -534,9 +582,14 @@ class CharBertModel(CharBertPreTrainedModel):
         char = self.char_embeddings(char_input_ids, char_attention_mask, char_start_positions, char_end_positions)  # (B, L, H)
         # Both channels go through each layer as one call on the stacked batch (2B, L, H): the
         # layer's weights are shared and one large matrix product is faster than two small ones.
-        if position_ids is not None and position_ids.size(0) > 1:
-            position_ids = position_ids.repeat(2, 1)  # (2B, L)
-        layer_inputs = self._layer_inputs(attention_mask.repeat(2, 1), torch.cat([word, char], 0), position_ids)
+        # Asked for attentions, each channel gets its own call instead (the same function), so that each
+        # channel's attention weights are tensors of its own graph (gradients reach them).
+        if output_attentions:
+            layer_inputs = self._layer_inputs(attention_mask, word, position_ids)
+        else:
+            if position_ids is not None and position_ids.size(0) > 1:
+                position_ids = position_ids.repeat(2, 1)  # (2B, L)
+            layer_inputs = self._layer_inputs(attention_mask.repeat(2, 1), torch.cat([word, char], 0), position_ids)
         # The fusion conv skips padded tokens, unless the authors' behaviour (it sees them) is asked for.
         token_mask = attention_mask.unsqueeze(-1).to(word.dtype) if self.config.char_padding == "exact" else None  # (B, L, 1)
 
@@ -544,21 +597,27 @@ class CharBertModel(CharBertPreTrainedModel):
 
         all_word = (word,) if output_hidden_states else None
         all_char = (char,) if output_hidden_states else None
-        for i, layer in enumerate(adapter.layers(self)):
-            k = 0 if self.config.share_fusion else i
-            word, char = self._layer(layer, self.fusion[k], word, char, layer_inputs, token_mask, merged[k], real)
-            if output_hidden_states:
-                all_word, all_char = all_word + (word,), all_char + (char,)
+        layers = adapter.layers(self)
+        with recorded_attentions([adapter.attention_module(layer) for layer in layers], output_attentions) as weights:
+            for i, layer in enumerate(layers):
+                k = 0 if self.config.share_fusion else i
+                word, char = self._layer(layer, self.fusion[k], word, char, layer_inputs, token_mask, merged[k], real,
+                                         separate_calls=output_attentions)
+                if output_hidden_states:
+                    all_word, all_char = all_word + (word,), all_char + (char,)
         word, char = adapter.finish(self, word), adapter.finish(self, char)  # (B, L, H) each
+        word_attentions, char_attentions = split_channels(weights)  # per layer (B, heads, L, L) each
 
         pooled = self.pooler(word) if self.pooler is not None else None  # (B, H)
-        return CharBertModelOutput(
+        return returned(self.config, return_dict, CharBertModelOutput(
             last_hidden_state=word,
             char_last_hidden_state=char,
             pooler_output=pooled,
             hidden_states=all_word,
             char_hidden_states=all_char,
-        )
+            attentions=word_attentions,
+            char_attentions=char_attentions,
+        ))
 
     def _fusion_inference_inputs(self, attention_mask, token_mask):
         """For the fusion's inference path (fusion_inference.py): each block's merged weights, checked against
@@ -569,11 +628,17 @@ class CharBertModel(CharBertPreTrainedModel):
         real = real_tokens(attention_mask, self.config.fusion_kernel_size // 2) if packed else None
         return merged, real
 
-    def _layer(self, layer, fusion, word, char, layer_inputs, token_mask, merged_weights=None, real=None):
-        """One backbone layer on both channels, then the heterogeneous interaction."""
+    def _layer(self, layer, fusion, word, char, layer_inputs, token_mask, merged_weights=None, real=None,
+               separate_calls=False):
+        """One backbone layer on both channels, then the heterogeneous interaction. `separate_calls`: one layer
+        call per channel, asking each for its attention weights (`layer_inputs` built for B rows, not 2B)."""
         adapter = self.backbone_adapter
 
         def block(word, char):
+            if separate_calls:
+                word = adapter.call_layer(layer, word, layer_inputs, output_attentions=True)  # (B, L, H)
+                char = adapter.call_layer(layer, char, layer_inputs, output_attentions=True)  # (B, L, H)
+                return fusion(word, char, token_mask, merged_weights, real)
             out = adapter.call_layer(layer, torch.cat([word, char], 0), layer_inputs)  # (2B, L, H)
             # The same two views as out.split(B, 0), but a traced ONNX export keeps the batch dynamic
             # (split(B) bakes the traced batch size into the graph's Split node).
@@ -590,31 +655,43 @@ class CharBertModel(CharBertPreTrainedModel):
 
 
 @dataclass
-class CharBertSequenceClassifierOutput(SequenceClassifierOutput):
-    """transformers' output plus the character channel's per-layer states (when asked for)."""
+class CharBertMaskedLMOutput(MaskedLMOutput):
+    """transformers' output plus the character channel's per-layer states and attentions (when asked for)."""
 
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class CharBertSequenceClassifierOutput(SequenceClassifierOutput):
+    """transformers' output plus the character channel's per-layer states and attentions (when asked for)."""
+
+    char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class CharBertTokenClassifierOutput(TokenClassifierOutput):
-    """transformers' output plus the character channel's per-layer states (when asked for)."""
+    """transformers' output plus the character channel's per-layer states and attentions (when asked for)."""
 
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class CharBertQuestionAnsweringOutput(QuestionAnsweringModelOutput):
-    """transformers' output plus the character channel's per-layer states (when asked for)."""
+    """transformers' output plus the character channel's per-layer states and attentions (when asked for)."""
 
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class CharBertMultipleChoiceOutput(MultipleChoiceModelOutput):
-    """transformers' output plus the character channel's per-layer states (when asked for)."""
+    """transformers' output plus the character channel's per-layer states and attentions (when asked for)."""
 
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -654,6 +731,12 @@ def _classifier_dropout(config) -> float:
     return value if value is not None else config.hidden_dropout_prob
 
 
+def _channel_extras(outputs: CharBertModelOutput) -> dict:
+    """What a head's output passes on from the encoder's: each channel's per-layer states and attentions."""
+    return dict(hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states,
+                attentions=outputs.attentions, char_attentions=outputs.char_attentions)
+
+
 def _both_channels(outputs: CharBertModelOutput) -> torch.Tensor:
     return torch.cat([outputs.last_hidden_state, outputs.char_last_hidden_state], dim=-1)  # (B, L, 2H)
 
@@ -681,6 +764,7 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         nlm_labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -690,7 +774,7 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_hidden_states=output_hidden_states, **kwargs,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         tied = self.charbert.get_input_embeddings().weight
 
@@ -708,15 +792,14 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
         else:
             nlm_logits = self.nlm_head(char)
         losses = [x for x in (mlm_loss, nlm_loss) if x is not None]
-        return CharBertForPreTrainingOutput(
+        return returned(self.config, return_dict, CharBertForPreTrainingOutput(
             loss=sum(losses) if losses else None,
             mlm_loss=mlm_loss,
             nlm_loss=nlm_loss,
             mlm_logits=mlm_logits,
             nlm_logits=nlm_logits,
-            hidden_states=outputs.hidden_states,
-            char_hidden_states=outputs.char_hidden_states,
-        )
+            **_channel_extras(outputs),
+        ))
 
 
 class CharBertForMaskedLM(CharBertPreTrainedModel):
@@ -743,6 +826,7 @@ class CharBertForMaskedLM(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -751,14 +835,14 @@ class CharBertForMaskedLM(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_hidden_states=output_hidden_states, **kwargs,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         tied = self.charbert.get_input_embeddings().weight
         logits = self.mlm_head(outputs.last_hidden_state, tied)  # (B, L, V)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return returned(self.config, return_dict, CharBertMaskedLMOutput(loss=loss, logits=logits, **_channel_extras(outputs)))
 
 
 class CharBertForSequenceClassification(CharBertPreTrainedModel):
@@ -783,6 +867,7 @@ class CharBertForSequenceClassification(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -792,16 +877,15 @@ class CharBertForSequenceClassification(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_hidden_states=output_hidden_states, **kwargs,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         pooled = _sequence_mean(self.config, _both_channels(outputs), attention_mask)  # (B, 2H)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None
         if labels is not None:
             loss = sequence_classification_loss(self.config, logits, labels)
-        return CharBertSequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states
-        )
+        return returned(self.config, return_dict, CharBertSequenceClassifierOutput(
+            loss=loss, logits=logits, **_channel_extras(outputs)))
 
 
 def sequence_classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -843,6 +927,7 @@ class CharBertForTokenClassification(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -850,15 +935,14 @@ class CharBertForTokenClassification(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_hidden_states=output_hidden_states, **kwargs,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         logits = self.classifier(self.dropout(_both_channels(outputs)))  # (B, L, num_labels)
         loss = None
         if labels is not None:
             loss, _ = _labelled_cross_entropy(lambda scores: scores, logits, labels)
-        return CharBertTokenClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states
-        )
+        return returned(self.config, return_dict, CharBertTokenClassifierOutput(
+            loss=loss, logits=logits, **_channel_extras(outputs)))
 
 
 class CharBertForQuestionAnswering(CharBertPreTrainedModel):
@@ -882,6 +966,7 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
         char_end_positions: torch.Tensor | None = None,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -889,7 +974,7 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_hidden_states=output_hidden_states, **kwargs,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         logits = self.qa_outputs(_both_channels(outputs))  # (B, L, 2)
         start_logits, end_logits = (x.squeeze(-1).contiguous() for x in logits.split(1, dim=-1))  # (B, L) each
@@ -903,10 +988,8 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
                 F.cross_entropy(start_logits.float(), start_positions, ignore_index=ignored)
                 + F.cross_entropy(end_logits.float(), end_positions, ignore_index=ignored)
             ) / 2
-        return CharBertQuestionAnsweringOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits,
-            hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states,
-        )
+        return returned(self.config, return_dict, CharBertQuestionAnsweringOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, **_channel_extras(outputs)))
 
 
 class CharBertForMultipleChoice(CharBertPreTrainedModel):
@@ -930,25 +1013,25 @@ class CharBertForMultipleChoice(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CharBertMultipleChoiceOutput:
-        batch, choices = input_ids.shape[:2]
+        choices = input_ids.shape[1]
 
-        def flat(x):  # (B, K, ...) -> (B*K, ...)
-            return x.reshape(batch * choices, *x.shape[2:]) if x is not None else None
+        def flat(x):  # (B, K, n) -> (B*K, n)
+            return x.reshape(-1, x.size(-1)) if x is not None else None
 
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         outputs = self.charbert(
             flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
             flat(char_input_ids), flat(char_attention_mask), flat(char_start_positions), flat(char_end_positions),
-            output_hidden_states=output_hidden_states, **kwargs,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         pooled = _sequence_mean(self.config, _both_channels(outputs), flat(attention_mask))  # (B*K, 2H)
-        logits = self.classifier(self.dropout(pooled)).view(batch, choices)  # (B, K)
+        logits = self.classifier(self.dropout(pooled)).view(-1, choices)  # (B, K)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return CharBertMultipleChoiceOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states
-        )
+        return returned(self.config, return_dict, CharBertMultipleChoiceOutput(
+            loss=loss, logits=logits, **_channel_extras(outputs)))
