@@ -598,11 +598,11 @@ class CharBertModel(CharBertPreTrainedModel):
         all_word = (word,) if output_hidden_states else None
         all_char = (char,) if output_hidden_states else None
         layers = adapter.layers(self)
+        layer_step = self._layer_per_channel if output_attentions else self._layer
         with recorded_attentions([adapter.attention_module(layer) for layer in layers], output_attentions) as weights:
             for i, layer in enumerate(layers):
                 k = 0 if self.config.share_fusion else i
-                word, char = self._layer(layer, self.fusion[k], word, char, layer_inputs, token_mask, merged[k], real,
-                                         separate_calls=output_attentions)
+                word, char = layer_step(layer, self.fusion[k], word, char, layer_inputs, token_mask, merged[k], real)
                 if output_hidden_states:
                     all_word, all_char = all_word + (word,), all_char + (char,)
         word, char = adapter.finish(self, word), adapter.finish(self, char)  # (B, L, H) each
@@ -628,17 +628,11 @@ class CharBertModel(CharBertPreTrainedModel):
         real = real_tokens(attention_mask, self.config.fusion_kernel_size // 2) if packed else None
         return merged, real
 
-    def _layer(self, layer, fusion, word, char, layer_inputs, token_mask, merged_weights=None, real=None,
-               separate_calls=False):
-        """One backbone layer on both channels, then the heterogeneous interaction. `separate_calls`: one layer
-        call per channel, asking each for its attention weights (`layer_inputs` built for B rows, not 2B)."""
+    def _layer(self, layer, fusion, word, char, layer_inputs, token_mask, merged_weights=None, real=None):
+        """One backbone layer on both channels, then the heterogeneous interaction."""
         adapter = self.backbone_adapter
 
         def block(word, char):
-            if separate_calls:
-                word = adapter.call_layer(layer, word, layer_inputs, output_attentions=True)  # (B, L, H)
-                char = adapter.call_layer(layer, char, layer_inputs, output_attentions=True)  # (B, L, H)
-                return fusion(word, char, token_mask, merged_weights, real)
             out = adapter.call_layer(layer, torch.cat([word, char], 0), layer_inputs)  # (2B, L, H)
             # The same two views as out.split(B, 0), but a traced ONNX export keeps the batch dynamic
             # (split(B) bakes the traced batch size into the graph's Split node).
@@ -646,6 +640,20 @@ class CharBertModel(CharBertPreTrainedModel):
             return fusion(word, char, token_mask, merged_weights, real)
 
         # transformers >= 4.52 layers checkpoint themselves; older ones need the loop to do it.
+        if self.gradient_checkpointing and self.training and GradientCheckpointingLayer is None:
+            return self._gradient_checkpointing_func(block, word, char)
+        return block(word, char)
+
+    def _layer_per_channel(self, layer, fusion, word, char, layer_inputs, token_mask, merged_weights=None, real=None):
+        """`_layer` with one layer call per channel, each asked for its attention weights (what
+        `output_attentions=True` runs; `layer_inputs` are built for B rows, not 2B)."""
+        adapter = self.backbone_adapter
+
+        def block(word, char):
+            word = adapter.call_layer(layer, word, layer_inputs, output_attentions=True)  # (B, L, H)
+            char = adapter.call_layer(layer, char, layer_inputs, output_attentions=True)  # (B, L, H)
+            return fusion(word, char, token_mask, merged_weights, real)
+
         if self.gradient_checkpointing and self.training and GradientCheckpointingLayer is None:
             return self._gradient_checkpointing_func(block, word, char)
         return block(word, char)

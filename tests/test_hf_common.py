@@ -53,6 +53,15 @@ HEAD_MAPPINGS = {
 
 
 @pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded (extra threads only spin, the more so on a busy machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
 def charbert_in_head_mappings():
     added = []
     for table, model_class in HEAD_MAPPINGS.items():
