@@ -9,7 +9,8 @@ what differs between families is asked of the family's adapter, looked up by the
                                                       pooler..., registered under the plain model's names so
                                                       that a plain checkpoint's weights load under the same keys
     adapter.complete_config(config)                   fields the family's modules read under other names
-    adapter.embed(model, input_ids, token_type_ids, position_ids, attention_mask)   (B, L, H): the subword channel
+    adapter.embed(model, input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds)   (B, L, H): the
+                                                      subword channel (from its ids, or from given word embeddings)
     adapter.layers(model)                             the encoder layers, in order
     adapter.layer_inputs(model, attention_mask, hidden, position_ids)   what every layer call needs besides the
                                                       hidden states (mask in the layers' format, relative
@@ -115,9 +116,10 @@ class BackboneAdapter:
 
     # ---- forward -----------------------------------------------------------------------
 
-    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
-        """(B, L) ids -> (B, L, H) the subword channel entering the first layer."""
-        return model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
+        """(B, L) ids, or their word embeddings (B, L, E) -> (B, L, H) the subword channel entering the first layer."""
+        return model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                                inputs_embeds=inputs_embeds)
 
     def layers(self, model) -> nn.ModuleList:
         return model.encoder.layer
@@ -279,8 +281,9 @@ class ElectraAdapter(BackboneAdapter):
         modules["pooler"] = None
         return modules
 
-    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
-        hidden = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
+        hidden = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                                  inputs_embeds=inputs_embeds)
         project = getattr(model, "embeddings_project", None)
         return project(hidden) if project is not None else hidden
 
@@ -349,11 +352,12 @@ class DebertaV2Adapter(BackboneAdapter):
             raise ValueError("CharBERT does not support DeBERTa's z_steps > 0 (no released checkpoint uses it).")
         return {"embeddings": self.embeddings_class(config), "encoder": self.encoder_class(config), "pooler": None}
 
-    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
+    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+            given = input_ids if input_ids is not None else inputs_embeds[..., 0]  # (B, L)
+            token_type_ids = torch.zeros(given.shape, dtype=torch.long, device=given.device)
         return model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
-                                mask=attention_mask)
+                                mask=attention_mask, inputs_embeds=inputs_embeds)
 
     def layer_inputs(self, model, attention_mask, hidden, position_ids=None):
         encoder = model.encoder
@@ -432,8 +436,8 @@ class ModernBertAdapter(BackboneAdapter):
             "pooler": None,
         }
 
-    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
-        return model.embeddings(input_ids=input_ids)
+    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
+        return model.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds)
 
     def layers(self, model) -> nn.ModuleList:
         return model.layers

@@ -447,6 +447,13 @@ def split_channels(weights: list[torch.Tensor | None] | None):
     return tuple(weights[0::2]), tuple(weights[1::2])
 
 
+def token_mask_of(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+    """An all-ones (B, L) mask for the given input_ids (B, L) or inputs_embeds (B, L, H)."""
+    if input_ids is not None:
+        return torch.ones_like(input_ids)
+    return torch.ones(inputs_embeds.shape[:-1], dtype=torch.long, device=inputs_embeds.device)
+
+
 def returned(config, return_dict: bool | None, output: ModelOutput):
     """`output`, or `output.to_tuple()` (its fields that are not None, in order) when `return_dict` is False or
     the config's `return_dict` is, as transformers' models return."""
@@ -519,11 +526,15 @@ class CharBertModel(CharBertPreTrainedModel):
         names = self.backbone_adapter.module_names
         return [k for k in self.state_dict() if k.split(".", 1)[0] in names]
 
-    def _check_inputs(self, input_ids, char_input_ids, char_start_positions, char_end_positions):
+    def _check_inputs(self, input_ids, char_input_ids, char_start_positions, char_end_positions, inputs_embeds=None):
         if char_input_ids is None or char_start_positions is None or char_end_positions is None:
             raise ValueError(
                 f"CharBertModel needs the character inputs {CHAR_INPUT_NAMES}: encode text with CharBertTokenizer."
             )
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds (the subword channel's word embeddings).")
+        if input_ids is None:
+            input_ids = token_mask_of(None, inputs_embeds)  # (B, L): the shape is what is checked below
         seq_len, limit = input_ids.size(1), self.config.max_sequence_length
         if seq_len > limit:
             raise ValueError(
@@ -554,7 +565,7 @@ class CharBertModel(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -562,23 +573,24 @@ class CharBertModel(CharBertPreTrainedModel):
         char_attention_mask: torch.Tensor | None = None,
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CharBertModelOutput:
-        self._check_inputs(input_ids, char_input_ids, char_start_positions, char_end_positions)
+        self._check_inputs(input_ids, char_input_ids, char_start_positions, char_end_positions, inputs_embeds)
         if output_hidden_states is None:
             output_hidden_states = getattr(self.config, "output_hidden_states", False)
         if output_attentions is None:
             output_attentions = getattr(self.config, "output_attentions", False)
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = token_mask_of(input_ids, inputs_embeds)
         if char_attention_mask is None:
             char_attention_mask = (char_input_ids != self.config.char_pad_token_id).long()
 
         adapter = self.backbone_adapter
-        word = adapter.embed(self, input_ids, token_type_ids, position_ids, attention_mask)  # (B, L, H)
+        word = adapter.embed(self, input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds)  # (B, L, H)
         char = self.char_embeddings(char_input_ids, char_attention_mask, char_start_positions, char_end_positions)  # (B, L, H)
         # Both channels go through each layer as one call on the stacked batch (2B, L, H): the
         # layer's weights are shared and one large matrix product is faster than two small ones.
@@ -762,7 +774,7 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -772,6 +784,7 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         nlm_labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -782,7 +795,8 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, **kwargs,
         )
         tied = self.charbert.get_input_embeddings().weight
 
@@ -825,7 +839,7 @@ class CharBertForMaskedLM(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -834,6 +848,7 @@ class CharBertForMaskedLM(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -843,7 +858,8 @@ class CharBertForMaskedLM(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, **kwargs,
         )
         tied = self.charbert.get_input_embeddings().weight
         logits = self.mlm_head(outputs.last_hidden_state, tied)  # (B, L, V)
@@ -866,7 +882,7 @@ class CharBertForSequenceClassification(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -875,17 +891,19 @@ class CharBertForSequenceClassification(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CharBertSequenceClassifierOutput:
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = token_mask_of(input_ids, inputs_embeds)
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, **kwargs,
         )
         pooled = _sequence_mean(self.config, _both_channels(outputs), attention_mask)  # (B, 2H)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
@@ -926,7 +944,7 @@ class CharBertForTokenClassification(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -935,6 +953,7 @@ class CharBertForTokenClassification(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -943,7 +962,8 @@ class CharBertForTokenClassification(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, **kwargs,
         )
         logits = self.classifier(self.dropout(_both_channels(outputs)))  # (B, L, num_labels)
         loss = None
@@ -964,7 +984,7 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -974,6 +994,7 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
         char_end_positions: torch.Tensor | None = None,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -982,7 +1003,8 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, **kwargs,
         )
         logits = self.qa_outputs(_both_channels(outputs))  # (B, L, 2)
         start_logits, end_logits = (x.squeeze(-1).contiguous() for x in logits.split(1, dim=-1))  # (B, L) each
@@ -1012,7 +1034,7 @@ class CharBertForMultipleChoice(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -1021,21 +1043,23 @@ class CharBertForMultipleChoice(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CharBertMultipleChoiceOutput:
-        choices = input_ids.shape[1]
+        choices = (input_ids if input_ids is not None else inputs_embeds).shape[1]
 
         def flat(x):  # (B, K, n) -> (B*K, n)
             return x.reshape(-1, x.size(-1)) if x is not None else None
 
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = token_mask_of(input_ids, inputs_embeds)
         outputs = self.charbert(
             flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
             flat(char_input_ids), flat(char_attention_mask), flat(char_start_positions), flat(char_end_positions),
+            inputs_embeds=inputs_embeds.flatten(0, 1) if inputs_embeds is not None else None,  # (B*K, L, H)
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         pooled = _sequence_mean(self.config, _both_channels(outputs), flat(attention_mask))  # (B*K, 2H)

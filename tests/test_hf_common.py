@@ -114,8 +114,11 @@ class CharBertModelTester:
         ids_tensor, random_attention_mask = suites.ids_tensor, suites.random_attention_mask
         batch, length, per_token = self.batch_size, self.seq_length, self.chars_per_token
         starts = (torch.arange(length) * per_token).expand(batch, -1).contiguous()  # (B, L)
+        # RoBERTa-like positions count from the padding id: no padding id among the ids, so that positions from
+        # input_ids and from inputs_embeds agree (test_inputs_embeds_matches_input_ids).
+        lowest = 0 if self.backbone_type == "bert" else 2
         inputs = {
-            "input_ids": ids_tensor([batch, length], self.vocab_size),
+            "input_ids": ids_tensor([batch, length], self.vocab_size - lowest) + lowest,
             "attention_mask": random_attention_mask([batch, length]),
             "char_input_ids": ids_tensor([batch, length * per_token], self.char_vocab_size - 1) + 1,  # no padding id
             "char_attention_mask": torch.ones(batch, length * per_token, dtype=torch.long),

@@ -1,5 +1,6 @@
-"""`output_attentions=True` on every backbone family: each channel's attention weights, per layer, and the
-same outputs as without them (the channels then go through each layer in two calls instead of one)."""
+"""What transformers' models take and return, on every backbone family: `output_attentions=True` (each channel's
+attention weights per layer, and the same outputs as without them: the channels then go through each layer in two
+calls instead of one), `inputs_embeds`, `return_dict=False`, `from_pretrained(None, config=, state_dict=)`."""
 
 from __future__ import annotations
 
@@ -90,3 +91,16 @@ def test_from_pretrained_takes_a_state_dict_without_a_path():
     loaded = CharBertModel.from_pretrained(None, config=model.config, state_dict=model.state_dict()).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs()).last_hidden_state, model(**inputs()).last_hidden_state)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_inputs_embeds_give_the_outputs_of_their_ids(backbone):
+    model = tiny_model(backbone)
+    given = inputs()
+    embeds = model.get_input_embeddings()(given.pop("input_ids"))  # (B, L, E)
+    with torch.no_grad():
+        from_ids = model(**inputs()).last_hidden_state
+        from_embeds = model(**given, inputs_embeds=embeds).last_hidden_state
+    torch.testing.assert_close(from_embeds, from_ids)
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model(**inputs(), inputs_embeds=embeds)
