@@ -33,9 +33,9 @@ SDIST_DIR = REPO / ".transformers-sdist"
 PACKAGE = "hf_common_suites_pkg"
 FETCH_HINT = "bash .ci/fetch_transformers_tests"
 
-# Values for every common config kwarg that ConfigTester.check_config_arguments_init sets and reads back
-# (the sdist's tests/utils/test_configuration_utils.py holds transformers' full table; these are the
-# PretrainedConfig fields a text encoder's config takes, each set to a non-default value).
+# The common config kwargs that ConfigTester.check_config_arguments_init sets and reads back (transformers'
+# own table is in tests/utils/, which the sdist leaves out; these are PretrainedConfig fields a text encoder's
+# config takes, each set to a non-default value).
 CONFIG_COMMON_KWARGS = {
     "return_dict": False,
     "output_hidden_states": True,
