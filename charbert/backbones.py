@@ -9,12 +9,15 @@ what differs between families is asked of the family's adapter, looked up by the
                                                       pooler..., registered under the plain model's names so
                                                       that a plain checkpoint's weights load under the same keys
     adapter.complete_config(config)                   fields the family's modules read under other names
-    adapter.embed(model, input_ids, token_type_ids, position_ids, attention_mask)   (B, L, H): the subword channel
+    adapter.embed(model, input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds)   (B, L, H): the
+                                                      subword channel (from its ids, or from given word embeddings)
     adapter.layers(model)                             the encoder layers, in order
     adapter.layer_inputs(model, attention_mask, hidden, position_ids)   what every layer call needs besides the
                                                       hidden states (mask in the layers' format, relative
                                                       positions, rotary tables...), built once per forward
-    adapter.call_layer(layer, hidden, inputs)         one layer on the stacked channels (2B, L, H) -> (2B, L, H)
+    adapter.call_layer(layer, hidden, inputs, output_attentions)   one layer on the stacked channels (2B, L, H) -> (2B, L, H)
+    adapter.attention_module(layer)                   the layer's self-attention: its output's second item is the
+                                                      attention weights (B, heads, L, L) when they are computed
     adapter.finish(model, hidden)                     after the last layer (a pre-norm family's final norm)
     adapter.output_norms(model)                       the LayerNorm each layer's output ends in (the identity start)
     adapter.init_buffers(module)                      rebuild a family module's non-persistent buffers
@@ -113,9 +116,10 @@ class BackboneAdapter:
 
     # ---- forward -----------------------------------------------------------------------
 
-    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
-        """(B, L) ids -> (B, L, H) the subword channel entering the first layer."""
-        return model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
+        """(B, L) ids, or their word embeddings (B, L, E) -> (B, L, H) the subword channel entering the first layer."""
+        return model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                                inputs_embeds=inputs_embeds)
 
     def layers(self, model) -> nn.ModuleList:
         return model.encoder.layer
@@ -128,9 +132,16 @@ class BackboneAdapter:
             return create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
         return model.get_extended_attention_mask(attention_mask, hidden.shape[:2])
 
-    def call_layer(self, layer, hidden, inputs):
-        """One layer on the stacked channels: (N, L, H) -> (N, L, H)."""
+    def call_layer(self, layer, hidden, inputs, output_attentions=False):
+        """One layer on the stacked channels: (N, L, H) -> (N, L, H). `output_attentions`: ask the layer's
+        attention for its weights (eager attention returns them; SDPA computes none and transformers warns)."""
+        if output_attentions:
+            return layer_output(layer(hidden, inputs, output_attentions=True))
         return layer_output(layer(hidden, inputs))
+
+    def attention_module(self, layer) -> nn.Module:
+        """The layer's self-attention, whose output is (context, attention weights or None)."""
+        return layer.attention.self
 
     def finish(self, model, hidden):
         """A channel after the last layer and its fusion (post-norm layers: nothing left to do)."""
@@ -270,8 +281,9 @@ class ElectraAdapter(BackboneAdapter):
         modules["pooler"] = None
         return modules
 
-    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
-        hidden = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
+        hidden = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                                  inputs_embeds=inputs_embeds)
         project = getattr(model, "embeddings_project", None)
         return project(hidden) if project is not None else hidden
 
@@ -340,11 +352,12 @@ class DebertaV2Adapter(BackboneAdapter):
             raise ValueError("CharBERT does not support DeBERTa's z_steps > 0 (no released checkpoint uses it).")
         return {"embeddings": self.embeddings_class(config), "encoder": self.encoder_class(config), "pooler": None}
 
-    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
+    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+            given = input_ids if input_ids is not None else inputs_embeds[..., 0]  # (B, L)
+            token_type_ids = torch.zeros(given.shape, dtype=torch.long, device=given.device)
         return model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
-                                mask=attention_mask)
+                                mask=attention_mask, inputs_embeds=inputs_embeds)
 
     def layer_inputs(self, model, attention_mask, hidden, position_ids=None):
         encoder = model.encoder
@@ -357,9 +370,9 @@ class DebertaV2Adapter(BackboneAdapter):
             "first_layer": encoder.layer[0],
         }
 
-    def call_layer(self, layer, hidden, inputs):
+    def call_layer(self, layer, hidden, inputs, output_attentions=False):
         out = layer_output(layer(hidden, inputs["mask"], relative_pos=inputs["relative_pos"],
-                                 rel_embeddings=inputs["rel_embeddings"]))
+                                 rel_embeddings=inputs["rel_embeddings"], output_attentions=output_attentions))
         if inputs["conv"] is not None and layer is inputs["first_layer"]:
             out = inputs["conv"](hidden, out, inputs["input_mask"])  # as DebertaV2Encoder after its first layer
         return out
@@ -423,8 +436,8 @@ class ModernBertAdapter(BackboneAdapter):
             "pooler": None,
         }
 
-    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
-        return model.embeddings(input_ids=input_ids)
+    def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
+        return model.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds)
 
     def layers(self, model) -> nn.ModuleList:
         return model.layers
@@ -441,10 +454,14 @@ class ModernBertAdapter(BackboneAdapter):
         rotary = {kind: model.rotary_emb(hidden, position_ids, kind) for kind in sorted(set(config.layer_types))}
         return masks, rotary
 
-    def call_layer(self, layer, hidden, inputs):
+    def call_layer(self, layer, hidden, inputs, output_attentions=False):
         masks, rotary = inputs
         kind = layer.attention_type
-        return layer_output(layer(hidden, attention_mask=masks[kind], position_embeddings=rotary[kind]))
+        extra = {"output_attentions": True} if output_attentions else {}
+        return layer_output(layer(hidden, attention_mask=masks[kind], position_embeddings=rotary[kind], **extra))
+
+    def attention_module(self, layer) -> nn.Module:
+        return layer.attn
 
     def finish(self, model, hidden):
         return model.final_norm(hidden)

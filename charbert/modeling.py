@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +82,8 @@ class CharBertModelOutput(ModelOutput):
     char_last_hidden_state (B, L, H): character channel after the last layer.
     pooler_output (B, H): the backbone's pooler over the subword channel's first token.
     hidden_states / char_hidden_states: per-layer states of each channel (embeddings first), when asked for.
+    attentions / char_attentions: per-layer attention weights (B, heads, L, L) of each channel, when asked for
+        (`output_attentions=True`; eager attention only: SDPA computes none, and transformers warns).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -88,6 +91,8 @@ class CharBertModelOutput(ModelOutput):
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -105,6 +110,8 @@ class CharBertForPreTrainingOutput(ModelOutput):
     nlm_logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # ---- building blocks -------------------------------------------------------------------
@@ -391,6 +398,8 @@ class CharBertPreTrainedModel(PreTrainedModel):
         what was loaded and what was initialised (see `checkpoint.build_on_backbone`). Extra keyword
         arguments set CharBertConfig fields (char_vocab_size, word_vocab_size, num_labels, ...).
         """
+        if pretrained_model_name_or_path is None:  # transformers' form: the weights are in `state_dict`, with `config`
+            return super().from_pretrained(None, *model_args, **kwargs)
         path = checkpoint.resolve_checkpoint(pretrained_model_name_or_path, **checkpoint.hub_kwargs(kwargs))
         if checkpoint.read_model_type(path) == CharBertConfig.model_type:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
@@ -408,6 +417,49 @@ class CharBertPreTrainedModel(PreTrainedModel):
     def from_backbone(cls, path: str | os.PathLike, **config_kwargs):
         """A new CharBERT whose backbone (embeddings, layers, pooler) is the plain checkpoint at `path`."""
         return checkpoint.build_on_backbone(cls, path, **config_kwargs)
+
+
+# ---- outputs as transformers returns them ------------------------------------------------
+
+
+@contextmanager
+def recorded_attentions(modules: list[nn.Module], enabled: bool):
+    """While the block runs, collect each attention module's weights (the second item of its output), in
+    call order; yields that list (None when not `enabled`: no hook is installed)."""
+    if not enabled:
+        yield None
+        return
+    weights = []
+    hooks = [module.register_forward_hook(lambda _module, _args, out: weights.append(out[1])) for module in modules]
+    try:
+        yield weights
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def split_channels(weights: list[torch.Tensor | None] | None):
+    """Attention weights recorded layer by layer, subword channel then character channel, each (B, heads, L, L)
+    -> (subword channel's, character channel's), a tuple per layer each; (None, None) when none were recorded
+    (not asked for, or SDPA attention, which computes no weights)."""
+    if not weights or any(w is None for w in weights):
+        return None, None
+    return tuple(weights[0::2]), tuple(weights[1::2])
+
+
+def token_mask_of(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+    """An all-ones (B, L) mask for the given input_ids (B, L) or inputs_embeds (B, L, H)."""
+    if input_ids is not None:
+        return torch.ones_like(input_ids)
+    return torch.ones(inputs_embeds.shape[:-1], dtype=torch.long, device=inputs_embeds.device)
+
+
+def returned(config, return_dict: bool | None, output: ModelOutput):
+    """`output`, or `output.to_tuple()` (its fields that are not None, in order) when `return_dict` is False or
+    the config's `return_dict` is, as transformers' models return."""
+    if return_dict is None:
+        return_dict = getattr(config, "return_dict", True)
+    return output if return_dict else output.to_tuple()
 
 
 # ---- the model -------------------------------------------------------------------------
@@ -474,11 +526,15 @@ class CharBertModel(CharBertPreTrainedModel):
         names = self.backbone_adapter.module_names
         return [k for k in self.state_dict() if k.split(".", 1)[0] in names]
 
-    def _check_inputs(self, input_ids, char_input_ids, char_start_positions, char_end_positions):
+    def _check_inputs(self, input_ids, char_input_ids, char_start_positions, char_end_positions, inputs_embeds=None):
         if char_input_ids is None or char_start_positions is None or char_end_positions is None:
             raise ValueError(
                 f"CharBertModel needs the character inputs {CHAR_INPUT_NAMES}: encode text with CharBertTokenizer."
             )
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds (the subword channel's word embeddings).")
+        if input_ids is None:
+            input_ids = token_mask_of(None, inputs_embeds)  # (B, L): the shape is what is checked below
         seq_len, limit = input_ids.size(1), self.config.max_sequence_length
         if seq_len > limit:
             raise ValueError(
@@ -509,7 +565,7 @@ class CharBertModel(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -517,26 +573,35 @@ class CharBertModel(CharBertPreTrainedModel):
         char_attention_mask: torch.Tensor | None = None,
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CharBertModelOutput:
-        self._check_inputs(input_ids, char_input_ids, char_start_positions, char_end_positions)
+        self._check_inputs(input_ids, char_input_ids, char_start_positions, char_end_positions, inputs_embeds)
         if output_hidden_states is None:
             output_hidden_states = getattr(self.config, "output_hidden_states", False)
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = token_mask_of(input_ids, inputs_embeds)
         if char_attention_mask is None:
             char_attention_mask = (char_input_ids != self.config.char_pad_token_id).long()
 
         adapter = self.backbone_adapter
-        word = adapter.embed(self, input_ids, token_type_ids, position_ids, attention_mask)  # (B, L, H)
+        word = adapter.embed(self, input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds)  # (B, L, H)
         char = self.char_embeddings(char_input_ids, char_attention_mask, char_start_positions, char_end_positions)  # (B, L, H)
         # Both channels go through each layer as one call on the stacked batch (2B, L, H): the
         # layer's weights are shared and one large matrix product is faster than two small ones.
-        if position_ids is not None and position_ids.size(0) > 1:
-            position_ids = position_ids.repeat(2, 1)  # (2B, L)
-        layer_inputs = self._layer_inputs(attention_mask.repeat(2, 1), torch.cat([word, char], 0), position_ids)
+        # Asked for attentions, each channel gets its own call instead (the same function), so that each
+        # channel's attention weights are tensors of its own graph (gradients reach them).
+        if output_attentions:
+            layer_inputs = self._layer_inputs(attention_mask, word, position_ids)
+        else:
+            if position_ids is not None and position_ids.size(0) > 1:
+                position_ids = position_ids.repeat(2, 1)  # (2B, L)
+            layer_inputs = self._layer_inputs(attention_mask.repeat(2, 1), torch.cat([word, char], 0), position_ids)
         # The fusion conv skips padded tokens, unless the authors' behaviour (it sees them) is asked for.
         token_mask = attention_mask.unsqueeze(-1).to(word.dtype) if self.config.char_padding == "exact" else None  # (B, L, 1)
 
@@ -544,21 +609,27 @@ class CharBertModel(CharBertPreTrainedModel):
 
         all_word = (word,) if output_hidden_states else None
         all_char = (char,) if output_hidden_states else None
-        for i, layer in enumerate(adapter.layers(self)):
-            k = 0 if self.config.share_fusion else i
-            word, char = self._layer(layer, self.fusion[k], word, char, layer_inputs, token_mask, merged[k], real)
-            if output_hidden_states:
-                all_word, all_char = all_word + (word,), all_char + (char,)
+        layers = adapter.layers(self)
+        layer_step = self._layer_per_channel if output_attentions else self._layer
+        with recorded_attentions([adapter.attention_module(layer) for layer in layers], output_attentions) as weights:
+            for i, layer in enumerate(layers):
+                k = 0 if self.config.share_fusion else i
+                word, char = layer_step(layer, self.fusion[k], word, char, layer_inputs, token_mask, merged[k], real)
+                if output_hidden_states:
+                    all_word, all_char = all_word + (word,), all_char + (char,)
         word, char = adapter.finish(self, word), adapter.finish(self, char)  # (B, L, H) each
+        word_attentions, char_attentions = split_channels(weights)  # per layer (B, heads, L, L) each
 
         pooled = self.pooler(word) if self.pooler is not None else None  # (B, H)
-        return CharBertModelOutput(
+        return returned(self.config, return_dict, CharBertModelOutput(
             last_hidden_state=word,
             char_last_hidden_state=char,
             pooler_output=pooled,
             hidden_states=all_word,
             char_hidden_states=all_char,
-        )
+            attentions=word_attentions,
+            char_attentions=char_attentions,
+        ))
 
     def both_channels(
         self,
@@ -604,36 +675,62 @@ class CharBertModel(CharBertPreTrainedModel):
             return self._gradient_checkpointing_func(block, word, char)
         return block(word, char)
 
+    def _layer_per_channel(self, layer, fusion, word, char, layer_inputs, token_mask, merged_weights=None, real=None):
+        """`_layer` with one layer call per channel, each asked for its attention weights (what
+        `output_attentions=True` runs; `layer_inputs` are built for B rows, not 2B)."""
+        adapter = self.backbone_adapter
+
+        def block(word, char):
+            word = adapter.call_layer(layer, word, layer_inputs, output_attentions=True)  # (B, L, H)
+            char = adapter.call_layer(layer, char, layer_inputs, output_attentions=True)  # (B, L, H)
+            return fusion(word, char, token_mask, merged_weights, real)
+
+        if self.gradient_checkpointing and self.training and GradientCheckpointingLayer is None:
+            return self._gradient_checkpointing_func(block, word, char)
+        return block(word, char)
+
 
 # ---- heads -----------------------------------------------------------------------------
 
 
 @dataclass
-class CharBertSequenceClassifierOutput(SequenceClassifierOutput):
-    """transformers' output plus the character channel's per-layer states (when asked for)."""
+class CharBertMaskedLMOutput(MaskedLMOutput):
+    """transformers' output plus the character channel's per-layer states and attentions (when asked for)."""
 
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class CharBertSequenceClassifierOutput(SequenceClassifierOutput):
+    """transformers' output plus the character channel's per-layer states and attentions (when asked for)."""
+
+    char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class CharBertTokenClassifierOutput(TokenClassifierOutput):
-    """transformers' output plus the character channel's per-layer states (when asked for)."""
+    """transformers' output plus the character channel's per-layer states and attentions (when asked for)."""
 
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class CharBertQuestionAnsweringOutput(QuestionAnsweringModelOutput):
-    """transformers' output plus the character channel's per-layer states (when asked for)."""
+    """transformers' output plus the character channel's per-layer states and attentions (when asked for)."""
 
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class CharBertMultipleChoiceOutput(MultipleChoiceModelOutput):
-    """transformers' output plus the character channel's per-layer states (when asked for)."""
+    """transformers' output plus the character channel's per-layer states and attentions (when asked for)."""
 
     char_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    char_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -673,6 +770,12 @@ def _classifier_dropout(config) -> float:
     return value if value is not None else config.hidden_dropout_prob
 
 
+def _channel_extras(outputs: CharBertModelOutput) -> dict:
+    """What a head's output passes on from the encoder's: each channel's per-layer states and attentions."""
+    return dict(hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states,
+                attentions=outputs.attentions, char_attentions=outputs.char_attentions)
+
+
 def _both_channels(outputs: CharBertModelOutput) -> torch.Tensor:
     return torch.cat([outputs.last_hidden_state, outputs.char_last_hidden_state], dim=-1)  # (B, L, 2H)
 
@@ -690,7 +793,7 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -700,6 +803,8 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         nlm_labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -709,7 +814,8 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_hidden_states=output_hidden_states, **kwargs,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, **kwargs,
         )
         tied = self.charbert.get_input_embeddings().weight
 
@@ -727,15 +833,14 @@ class CharBertForPreTraining(CharBertPreTrainedModel):
         else:
             nlm_logits = self.nlm_head(char)
         losses = [x for x in (mlm_loss, nlm_loss) if x is not None]
-        return CharBertForPreTrainingOutput(
+        return returned(self.config, return_dict, CharBertForPreTrainingOutput(
             loss=sum(losses) if losses else None,
             mlm_loss=mlm_loss,
             nlm_loss=nlm_loss,
             mlm_logits=mlm_logits,
             nlm_logits=nlm_logits,
-            hidden_states=outputs.hidden_states,
-            char_hidden_states=outputs.char_hidden_states,
-        )
+            **_channel_extras(outputs),
+        ))
 
 
 class CharBertForMaskedLM(CharBertPreTrainedModel):
@@ -753,7 +858,7 @@ class CharBertForMaskedLM(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -762,6 +867,8 @@ class CharBertForMaskedLM(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -770,14 +877,15 @@ class CharBertForMaskedLM(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_hidden_states=output_hidden_states, **kwargs,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, **kwargs,
         )
         tied = self.charbert.get_input_embeddings().weight
         logits = self.mlm_head(outputs.last_hidden_state, tied)  # (B, L, V)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return returned(self.config, return_dict, CharBertMaskedLMOutput(loss=loss, logits=logits, **_channel_extras(outputs)))
 
 
 class CharBertForSequenceClassification(CharBertPreTrainedModel):
@@ -793,7 +901,7 @@ class CharBertForSequenceClassification(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -802,25 +910,27 @@ class CharBertForSequenceClassification(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CharBertSequenceClassifierOutput:
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = token_mask_of(input_ids, inputs_embeds)
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_hidden_states=output_hidden_states, **kwargs,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, **kwargs,
         )
         pooled = _sequence_mean(self.config, _both_channels(outputs), attention_mask)  # (B, 2H)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None
         if labels is not None:
             loss = sequence_classification_loss(self.config, logits, labels)
-        return CharBertSequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states
-        )
+        return returned(self.config, return_dict, CharBertSequenceClassifierOutput(
+            loss=loss, logits=logits, **_channel_extras(outputs)))
 
 
 def sequence_classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -853,7 +963,7 @@ class CharBertForTokenClassification(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -862,6 +972,8 @@ class CharBertForTokenClassification(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -869,15 +981,15 @@ class CharBertForTokenClassification(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_hidden_states=output_hidden_states, **kwargs,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, **kwargs,
         )
         logits = self.classifier(self.dropout(_both_channels(outputs)))  # (B, L, num_labels)
         loss = None
         if labels is not None:
             loss, _ = _labelled_cross_entropy(lambda scores: scores, logits, labels)
-        return CharBertTokenClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states
-        )
+        return returned(self.config, return_dict, CharBertTokenClassifierOutput(
+            loss=loss, logits=logits, **_channel_extras(outputs)))
 
 
 class CharBertForQuestionAnswering(CharBertPreTrainedModel):
@@ -891,7 +1003,7 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -901,6 +1013,8 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
         char_end_positions: torch.Tensor | None = None,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -908,7 +1022,8 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
         outputs = self.charbert(
             input_ids, attention_mask, token_type_ids, position_ids,
             char_input_ids, char_attention_mask, char_start_positions, char_end_positions,
-            output_hidden_states=output_hidden_states, **kwargs,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, **kwargs,
         )
         logits = self.qa_outputs(_both_channels(outputs))  # (B, L, 2)
         start_logits, end_logits = (x.squeeze(-1).contiguous() for x in logits.split(1, dim=-1))  # (B, L) each
@@ -922,10 +1037,8 @@ class CharBertForQuestionAnswering(CharBertPreTrainedModel):
                 F.cross_entropy(start_logits.float(), start_positions, ignore_index=ignored)
                 + F.cross_entropy(end_logits.float(), end_positions, ignore_index=ignored)
             ) / 2
-        return CharBertQuestionAnsweringOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits,
-            hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states,
-        )
+        return returned(self.config, return_dict, CharBertQuestionAnsweringOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, **_channel_extras(outputs)))
 
 
 class CharBertForMultipleChoice(CharBertPreTrainedModel):
@@ -940,7 +1053,7 @@ class CharBertForMultipleChoice(CharBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -949,25 +1062,27 @@ class CharBertForMultipleChoice(CharBertPreTrainedModel):
         char_start_positions: torch.Tensor | None = None,
         char_end_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CharBertMultipleChoiceOutput:
-        batch, choices = input_ids.shape[:2]
+        choices = (input_ids if input_ids is not None else inputs_embeds).shape[1]
 
-        def flat(x):  # (B, K, ...) -> (B*K, ...)
-            return x.reshape(batch * choices, *x.shape[2:]) if x is not None else None
+        def flat(x):  # (B, K, n) -> (B*K, n)
+            return x.reshape(-1, x.size(-1)) if x is not None else None
 
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = token_mask_of(input_ids, inputs_embeds)
         outputs = self.charbert(
             flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
             flat(char_input_ids), flat(char_attention_mask), flat(char_start_positions), flat(char_end_positions),
-            output_hidden_states=output_hidden_states, **kwargs,
+            inputs_embeds=inputs_embeds.flatten(0, 1) if inputs_embeds is not None else None,  # (B*K, L, H)
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         pooled = _sequence_mean(self.config, _both_channels(outputs), flat(attention_mask))  # (B*K, 2H)
-        logits = self.classifier(self.dropout(pooled)).view(batch, choices)  # (B, K)
+        logits = self.classifier(self.dropout(pooled)).view(-1, choices)  # (B, K)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return CharBertMultipleChoiceOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, char_hidden_states=outputs.char_hidden_states
-        )
+        return returned(self.config, return_dict, CharBertMultipleChoiceOutput(
+            loss=loss, logits=logits, **_channel_extras(outputs)))

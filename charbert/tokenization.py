@@ -357,6 +357,8 @@ class CharBertTokenizerFast(PreTrainedTokenizerFast):
         batched = isinstance(text, (list, tuple))
         texts = list(text) if batched else [text]
         pairs = None if text_pair is None else (list(text_pair) if batched else [text_pair])
+        if batched and pairs is None and texts and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in texts):
+            texts, pairs = [t[0] for t in texts], [t[1] for t in texts]  # a batch of (text, pair), as transformers takes
         if not set(map(type, chain(texts, pairs or ()))) <= {str}:  # (the types in one pass in C; subclasses of str pass)
             for t in chain(texts, pairs or ()):
                 if not isinstance(t, str):
