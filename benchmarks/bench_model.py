@@ -40,13 +40,13 @@ from charbert.tiny import make_tiny_checkpoint
 VARIANTS = {"authors' architecture (default)": {}, "previous variant": PREVIOUS_VARIANT}
 
 
-def two_call_layer(self, layer, fusion, word, char, stacked_mask, token_mask, merged_weights=None):
+def two_call_layer(self, layer, fusion, word, char, stacked_mask, token_mask, merged_weights=None, real=None):
     """The alternative to the stacked call: each channel through the layer on its own."""
     mask = stacked_mask[: word.size(0)] if stacked_mask is not None else None
     word = layer(word, mask)
     char = layer(char, mask)
     word, char = (x[0] if isinstance(x, tuple) else x for x in (word, char))
-    return fusion(word, char, token_mask, merged_weights)
+    return fusion(word, char, token_mask, merged_weights, real)
 
 
 def fwd_bwd(model, batch, char_channel: bool):

@@ -35,6 +35,8 @@ from charbert import (
 from charbert.chars import CHAR_INPUT_NAMES, CharVocab
 from charbert.tiny import stdlib_paragraphs, train_tokenizer
 
+pytestmark = pytest.mark.slow  # about a minute and a half: the full suite (CI) runs it, the fast loop does not
+
 suites, reason = load_suites()
 if suites is None:
     pytest.skip(reason, allow_module_level=True)
