@@ -10,6 +10,27 @@ from pathlib import Path
 
 import pytest
 
+
+def skip_module_without(*modules: str, reason: str | None = None) -> None:
+    """Skip the calling test module when a package is not installed, without importing it (pytest.importorskip
+    imports it at collection: onnx, onnxruntime and tensorboard cost seconds the fast loop would pay)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(reason or f"{', '.join(missing)} not installed", allow_module_level=True)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Under `-m "not slow"` (the fast loop), a module marked slow as a whole is not even imported: importing
+    transformers' common suites alone costs seconds, for tests that would all be deselected."""
+    if config.getoption("markexpr", "").strip() != "not slow" or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    text = collection_path.read_text(encoding="utf-8")
+    return True if "\npytestmark = pytest.mark.slow" in text else None
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"

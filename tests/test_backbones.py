@@ -65,8 +65,8 @@ def test_a_new_family_is_one_registered_class(monkeypatch):
     class ShiftedBert(backbones.BertAdapter):
         backbone_type = "shifted-bert-test"
 
-        def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
-            return super().embed(model, input_ids, token_type_ids, position_ids, attention_mask) + 1.0
+        def embed(self, model, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
+            return super().embed(model, input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds) + 1.0
 
     monkeypatch.setitem(backbones.BACKBONES, ShiftedBert.backbone_type, ShiftedBert())
     config = tiny("shifted-bert-test", hidden_dropout_prob=0.0)

@@ -6,12 +6,14 @@ import json
 import math
 
 import pytest
+from conftest import skip_module_without
 
-pytest.importorskip("onnxruntime")
+skip_module_without("onnxruntime", reason="the onnx extra is not installed")
 
 from benchmarks.bench_inference import BACKENDS, main  # noqa: E402
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_every_model_backend_and_batch_size(tmp_path, capsys, one_torch_thread):
     out = tmp_path / "bench.json"
     report = main(["--tiny", "--num_sentences", "12", "--repeats", "1", "--num_batches", "1", "--min_sentences", "4",

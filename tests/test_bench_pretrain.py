@@ -11,6 +11,7 @@ from benchmarks.bench_pretrain import gpu_rates, main
 from benchmarks.gpu_check import PEAK_TFLOPS, Sizes, charbert_config, flops_per_sequence
 
 
+@pytest.mark.slow
 def test_pipeline_section_reports_both_lengths_and_the_loaders_a_gpu_needs(capsys, one_torch_thread):
     results = main(["--tiny", "--pipeline_only", "--pipeline_lengths", "64,128", "--pipeline_blocks", "32",
                     "--pipeline_repeats", "2", "--gpu_tokens_per_s", "1e5"])

@@ -141,6 +141,7 @@ def test_converted_folder_loads_with_nothing_new(tmp_path, authors_dirs, backbon
     assert info["char_vocab_size"] == config.char_vocab_size
 
 
+@pytest.mark.slow
 def test_bert_tokenizer_is_cased_unless_told(tmp_path, authors_dirs):
     def first_piece(out):
         return CharBertTokenizer.from_pretrained(out).tokenize("Hello")[0]
@@ -326,6 +327,7 @@ def test_lower_casing_a_visibly_cased_vocabulary_warns(tmp_path, authors_dirs, c
     assert not [r for r in caplog.records if "do_lower_case" in r.getMessage()]
 
 
+@pytest.mark.slow
 def test_model_card_says_converted_from_the_source_as_named(tmp_path, authors_dirs):
     from types import SimpleNamespace
 

@@ -14,10 +14,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, skip_module_without
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+skip_module_without("onnxruntime", "onnx", reason="the onnx extra is not installed")
 
 from charbert import (  # noqa: E402
     CharBertForMaskedLM,
@@ -147,6 +146,7 @@ def test_plain_folder_exports_the_same_way(head, backbone_dir, tiny_texts, tmp_p
         assert_same_outputs(eager, onnx_model(**inputs))
 
 
+@pytest.mark.slow
 def test_int8_and_numpy_inputs(bert_dir, tiny_texts, tmp_path, capsys):
     model = save_charbert(tmp_path / "model", bert_dir, CharBertForTokenClassification, num_labels=4)
     assert main(["--model_name_or_path", str(tmp_path / "model"), "--output_dir", str(tmp_path / "onnx"),
@@ -201,6 +201,7 @@ def test_missing_extra_is_one_line_naming_it(bert_dir, tmp_path, monkeypatch, ca
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_runtime_refuses_what_it_cannot_do(bert_dir, tiny_texts, tmp_path):
     save_charbert(tmp_path / "model", bert_dir, CharBertForTokenClassification)
     export(tmp_path / "model", tmp_path / "onnx")
@@ -285,6 +286,7 @@ def test_glue_predict_on_export_folder_and_no_training_on_it(bert_dir, task_file
     assert "ONNX export" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_token_classification_pipeline_takes_the_onnx_model(bert_dir, tiny_texts, tmp_path):
     from transformers import pipeline
 
@@ -341,6 +343,7 @@ def test_onnx_parity_script_on_a_fine_tuned_folder(ner_models, task_files, tmp_p
     assert report["metrics"]["onnx_fp32"]["f1"] == report["metrics"]["torch"]["f1"]
 
 
+@pytest.mark.slow
 def test_fusion_weights_are_shared_initializers_that_int8_quantizes(bert_dir, tmp_path):
     """The fusion's merged weights are traced as constants; the export stores them as initializers, once for
     a shared fusion block, so the int8 graph quantizes the fusion's matrix products too."""
@@ -361,6 +364,7 @@ def test_fusion_weights_are_shared_initializers_that_int8_quantizes(bert_dir, tm
     assert info["int8"]["quantized_nodes"]["MatMulInteger"] == plain_layers + 4
 
 
+@pytest.mark.slow
 def test_export_traces_the_eager_attention_and_leaves_the_models_own(bert_dir, tiny_texts, tmp_path):
     """The graph has the eager attention's form (SDPA's guard adds an IsNaN and two Where per layer, which
     ONNX Runtime runs slower); the model keeps its own attention, and the export matches it."""
@@ -378,6 +382,7 @@ def test_export_traces_the_eager_attention_and_leaves_the_models_own(bert_dir, t
     check_against_eager(model, tmp_path / "onnx", tiny_texts)
 
 
+@pytest.mark.slow
 def test_denormals_are_flushed_during_a_run_and_the_threads_mode_restored(bert_dir, tiny_texts, tmp_path):
     """ONNX Runtime's GRU slows down ~4x on denormal hidden states: OnnxModel runs each call with denormals
     flushed to zero in the calling thread (and its session's threads), then leaves the thread as it was."""

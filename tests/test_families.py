@@ -87,6 +87,7 @@ def padded_batch(path):
     return tok, batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_backbone_tensor_and_the_mlm_head_load_exactly(family_dirs, family):
     path = family_dirs(family)
@@ -189,6 +190,7 @@ def head_inputs(cls, batch):
     return dict(batch), extra
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES + ["electra"])
 def test_every_head_saves_and_loads_through_the_auto_classes(family_dirs, family, tmp_path, request):
     from transformers import (

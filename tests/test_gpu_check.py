@@ -18,6 +18,7 @@ from benchmarks.gpu_check import (
 )
 
 
+@pytest.mark.slow
 def test_smoke_run_reports_every_field(tmp_path, capsys, one_torch_thread):
     out = tmp_path / "gpu_check.json"
     report = main(["--smoke", "--peak_tflops", "1.0", "--output", str(out)])
@@ -45,12 +46,14 @@ def test_smoke_run_reports_every_field(tmp_path, capsys, one_torch_thread):
     assert "| model" in printed and "MFU" in printed and printed.count("CharBertForPreTraining |") == 2
 
 
+@pytest.mark.slow
 def test_without_a_known_peak_mfu_is_not_invented(capsys, one_torch_thread):
     report = main(["--smoke", "--precisions", "fp32", "--models", "bert"])
     (row,) = report["results"]
     assert row["peak_tflops"] is None and row["mfu"] is None and "n/a" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_failing_precision_is_reported_and_the_others_still_run(monkeypatch, capsys, one_torch_thread):
     from benchmarks import gpu_check
 
@@ -95,6 +98,7 @@ def test_bad_arguments_exit_2():
     assert err.value.code == 2
 
 
+@pytest.mark.slow
 def test_smoke_run_reports_the_character_encoder_share_and_the_loader(capsys, one_torch_thread):
     report = main(["--smoke", "--models", "charbert", "--precisions", "fp32", "--dataloader_num_workers", "1",
                    "--loader_batches", "2"])

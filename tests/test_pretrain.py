@@ -414,6 +414,7 @@ def test_pretrain_program_on_tiny_roberta(roberta_dir, roberta_word_vocab, small
     assert CharBertForPreTraining.from_pretrained(tmp_path / "out").config.char_layout == layout
 
 
+@pytest.mark.slow
 def test_converted_roberta_checkpoint_continues_pretraining(small_job, tmp_path):
     """The authors' RoBERTa CharBERT, converted, pretrains on from its own weights (reference layout)."""
     import reference
@@ -462,6 +463,7 @@ def test_collator_pauses_the_garbage_collector_while_it_builds_a_batch(tok, word
         (gc.enable if was_enabled else gc.disable)()
 
 
+@pytest.mark.slow
 def test_plain_checkpoint_gets_the_measured_recipe_unless_told_otherwise(job, tmp_path, capsys):
     from pretrain.__main__ import PLAIN_CHECKPOINT_RECIPE, main
 

@@ -185,6 +185,7 @@ def test_glue_single_and_pair_layout(setup, authors):
     assert outcome.count("same") >= N_SENTENCES // 2 and outcome[-2:] == ["bug", "bug"]
 
 
+@pytest.mark.slow
 def test_ner_word_lists_layout(setup, authors):
     """Their NER features (padding tokens point at the last position) on 200 CoNLL sentences."""
     from charbert.tasks.ner import read_conll
@@ -208,6 +209,7 @@ def test_ner_word_lists_layout(setup, authors):
     assert outcome.count("same") >= N_SENTENCES // 2
 
 
+@pytest.mark.slow
 def test_squad_question_context_layout(setup, authors):
     """Their SQuAD features (question + context in one window, padding at the last position)."""
     if setup.backbone != "bert":

@@ -381,10 +381,10 @@ def test_output_dir_turning_read_only_mid_run_names_the_last_checkpoint(tmp_path
 
     real_save = checkpoints.save_checkpoint
 
-    def save_then_fail(accelerator, output_dir, name, state, limit):
+    def save_then_fail(accelerator, output_dir, name, state, limit, *keep):
         if name == "step_4":
             raise OSError(30, "Read-only file system")
-        return real_save(accelerator, output_dir, name, state, limit)
+        return real_save(accelerator, output_dir, name, state, limit, *keep)
 
     monkeypatch.setattr("charbert.training.loop.save_checkpoint", save_then_fail)
     out = tmp_path / "run"

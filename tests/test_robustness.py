@@ -200,6 +200,7 @@ def test_outside_files_score_side_by_side_with_budgeted_attacks(ner_models, task
     assert "| textflint |" in markdown
 
 
+@pytest.mark.slow
 def test_misaligned_outside_file_names_its_line(ner_models, task_files, tmp_path, capsys):
     clean = task_files["ner_dev"]
     lines = clean.read_text(encoding="utf-8").split("\n")

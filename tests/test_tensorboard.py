@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from conftest import skip_module_without
 
-pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+skip_module_without("tensorboard", reason="the tensorboard extra is not installed")
 
 
 def _scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
@@ -24,6 +25,7 @@ def _scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+@pytest.mark.slow
 def test_pretraining_writes_loss_lr_and_eval_metrics(tmp_path, tiny_texts, bert_dir, one_torch_thread):
     from charbert.pretraining.vocab import WordVocab
     from pretrain.__main__ import main
