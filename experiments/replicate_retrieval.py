@@ -2,6 +2,7 @@
 
     python experiments/replicate_retrieval.py                        # every row, two seeds (long on CPU: resume)
     python experiments/replicate_retrieval.py --charbert_pretrained runs/replicate_small/pretrain/CharBERT
+                                                 # the pretrained row from an existing pretraining run
     python experiments/replicate_retrieval.py --rows minilm,clean --seeds 42 --max_train_steps 5 \
         --max_train_samples 64 --max_eval_queries 50 --output_dir runs/rr_smoke    # a smoke run, minutes
 
@@ -19,8 +20,11 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
   distribution over the batch's passages distilled from the clean query's);
 * ``charbert``: CharBERT built on all-MiniLM-L6-v2 (identity start, ``--charbert``), fine-tuned with
   ``--charbert_recipe`` (default ``noise_st``);
-* ``charbert_pretrained``: the CharBERT folder of ``--charbert_pretrained`` (e.g. the 500-step
-  pretraining run of ``replicate_small.py``), fine-tuned the same way; left out without the flag.
+* ``charbert_pretrained``: CharBERT after the pretraining recipe, fine-tuned the same way: the folder
+  of ``--charbert_pretrained``, else the experiment's own stage ``pretrain_charbert``, which runs
+  ``replicate_small.py``'s CharBERT pretraining (``python -m pretrain`` on the plain model's encoder,
+  its defaults: 500 steps x 16 blocks of 128 tokens of Brown + WebText, lr 1e-4, seed 42, about
+  half an hour on 2 CPU cores) once for every seed's row.
 
 Each stage is a subprocess (command and log in ``OUTPUT_DIR/logs/``); a finished stage leaves
 ``OUTPUT_DIR/stages/<name>.done`` and is not redone, so a killed run resumes where it stopped.
@@ -64,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(question, paragraph) pairs: a SQuAD JSON file, or jsonl/tsv pairs")
     p.add_argument("--test_file", default=str(DATA / "squad" / "v1.1-dev.json"), help="the SQuAD JSON file scored")
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
-    p.add_argument("--rows", default=None, help=f"comma-separated rows of {list(ROWS)} (default: all; "
-                                                "charbert_pretrained needs --charbert_pretrained)")
+    p.add_argument("--rows", default=None, help=f"comma-separated rows of {list(ROWS)} (default: all)")
     p.add_argument("--charbert_pretrained", default=None,
-                   help="a pretrained CharBERT folder (e.g. a 500-step pretraining run on MiniLM) for that row")
+                   help="a pretrained CharBERT folder (e.g. a 500-step pretraining run on MiniLM) for that row "
+                        "(default: pretrain one with replicate_small.py's recipe, a stage of this experiment)")
+    p.add_argument("--data_dir", default=str(DATA), help="the shared data folder (its corpus/ for that pretraining)")
     p.add_argument("--charbert_recipe", choices=sorted(RECIPES), default="noise_st",
                    help="the fine-tuning of both CharBERT rows (default: %(default)s)")
     f = p.add_argument_group("fine-tuning (identical for every trained row)")
@@ -91,13 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def selected_rows(args) -> list[str]:
     if args.rows is None:
-        return [r for r in ROWS if r != "charbert_pretrained" or args.charbert_pretrained]
+        return list(ROWS)
     wanted = [w.strip().lower() for w in args.rows.split(",") if w.strip()]
     unknown = [w for w in wanted if w not in ROWS]
     if unknown or not wanted:
         sys.exit(f"{PROG}: --rows {args.rows!r}: expected a comma-separated subset of {list(ROWS)}")
-    if "charbert_pretrained" in wanted and not args.charbert_pretrained:
-        sys.exit(f"{PROG}: the row charbert_pretrained needs --charbert_pretrained FOLDER")
     return [r for r in ROWS if r in wanted]
 
 
@@ -144,6 +147,25 @@ def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
     if args.max_train_samples:
         command += ["--max_train_samples", str(args.max_train_samples)]
     return command
+
+
+def pretrain_charbert(args, runner: Runner, base: str, out: Path) -> str:
+    """The stages ``vocab`` and ``pretrain_charbert``: replicate_small.py's CharBERT pretraining of ``base`` at its
+    default budget (the NER replication's), into ``out``; returns the pretrained folder."""
+    import replicate_small as rs
+
+    data = Path(args.data_dir)
+    corpus, validation = rs.corpus_files(data)
+    for path in (*corpus, validation):
+        if not Path(path).is_file():
+            sys.exit(f"{PROG}: {path} not found: the charbert_pretrained row pretrains on the corpus there "
+                     "(give --data_dir, or --charbert_pretrained FOLDER)")
+    recipe = rs.build_parser().parse_args(["--data_dir", str(data)])
+    vocab = out / "vocab"
+    runner.run("vocab", [sys.executable, "-m", "pretrain.vocab", "--train_file", *corpus, "--output_dir", str(vocab)])
+    folder = out / "pretrain_charbert"
+    runner.run("pretrain_charbert", rs.pretrain_command(recipe, base, "charbert", folder, vocab, corpus, validation))
+    return str(folder)
 
 
 def eval_command(args, model: str, name: str, seed: int, out: Path) -> list[str]:
@@ -346,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "args.json").write_text(json.dumps(vars(args), indent=1))
     for seed in args.seeds:  # a seed's rows one after the other: the first seed's table is complete first
         for row in rows:
+            if row == "charbert_pretrained" and not args.charbert_pretrained:
+                args.charbert_pretrained = pretrain_charbert(args, runner, base, out / "models")
             model = base
             if row != "minilm":
                 model = str(out / "models" / f"{row}_s{seed}")

@@ -342,7 +342,37 @@ def test_replicate_retrieval_commands_share_pairs_steps_and_seeds(rr, tmp_path):
     assert ev[ev.index("--max_words") + 1: ev.index("--max_words") + 3] == ["1", "2"]
     assert ev[ev.index("--seed") + 1] == "43" and ev[ev.index("--task") + 1] == "retrieval"
     assert rr.selected_rows(args) == list(rr.ROWS)
-    assert rr.selected_rows(rr.build_parser().parse_args([])) == list(rr.ROWS[:-1])  # no pretrained folder
+    assert rr.selected_rows(rr.build_parser().parse_args([])) == list(rr.ROWS)  # the pretrained row pretrains
+
+
+def test_replicate_retrieval_pretrains_the_pretrained_row_with_the_ner_replications_recipe(rr, tmp_path):
+    data = tmp_path / "data"
+    (data / "corpus").mkdir(parents=True)
+    for name in ("brown.txt", "webtext.txt", "wikitext2_valid_test.txt"):
+        (data / "corpus" / name).write_text("text\n")
+    args = rr.build_parser().parse_args(["--data_dir", str(data)])
+    ran = []
+
+    class Recorder:
+        def run(self, name, command):
+            ran.append((name, command))
+
+    folder = rr.pretrain_charbert(args, Recorder(), "plain", tmp_path / "models")
+    assert [name for name, _ in ran] == ["vocab", "pretrain_charbert"]
+    pretrain = ran[1][1]
+    assert pretrain[pretrain.index("--output_dir") + 1] == folder == str(tmp_path / "models" / "pretrain_charbert")
+
+    def flag(name):
+        return pretrain[pretrain.index(name) + 1]
+
+    assert (flag("--objective"), flag("--model_name_or_path"), flag("--max_train_steps"), flag("--seed")) == \
+        ("charbert", "plain", "500", "42")
+    assert (flag("--per_device_train_batch_size"), flag("--max_seq_length"), flag("--learning_rate")) == \
+        ("16", "128", "0.0001")
+    assert flag("--word_vocab") == ran[0][1][ran[0][1].index("--output_dir") + 1]
+    (data / "corpus" / "brown.txt").unlink()
+    with pytest.raises(SystemExit, match="brown.txt not found"):
+        rr.pretrain_charbert(args, Recorder(), "plain", tmp_path / "models")
 
 
 def test_replicate_retrieval_tables_and_targets(rr, tmp_path):
