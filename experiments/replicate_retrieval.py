@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default=str(DATA), help="the shared data folder (its corpus/ for that pretraining)")
     p.add_argument("--charbert_recipe", choices=sorted(RECIPES), default="noise_st",
                    help="the fine-tuning of both CharBERT rows (default: %(default)s)")
+    p.add_argument("--charbert_new_module_lr_multiplier", type=float, default=1.0,
+                   help="the CharBERT rows' learning rate for the modules CharBERT adds (character encoder, fusion, "
+                        "projection) as a multiple of --learning_rate (default: %(default)s, the same fine-tuning as "
+                        "the plain rows; they start at zero, a larger value lets the character channel in sooner)")
     f = p.add_argument_group("fine-tuning (identical for every trained row)")
     # 400 x 16 pairs (0.8 epochs of the 8,123 training pairs): a budget two CPU cores can finish (hours per
     # CharBERT row); a GPU run can afford more.
@@ -133,6 +137,8 @@ def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
     if row in CHARBERT_ROWS:
         model = args.charbert_pretrained if row == "charbert_pretrained" else base
         extra = ["--charbert", *recipe_flags(args.charbert_recipe, args)]
+        if args.charbert_new_module_lr_multiplier != 1.0:
+            extra += ["--new_module_lr_multiplier", str(args.charbert_new_module_lr_multiplier)]
     else:
         model, extra = base, recipe_flags(row, args)
     command = [sys.executable, "-m", "finetune.embedding", "--model_name_or_path", str(model),
@@ -323,6 +329,7 @@ def write_results(args, out: Path, rows: Sequence[str], runner: Runner) -> dict:
     budget = {k: getattr(args, k) for k in ("max_train_steps", "per_device_train_batch_size", "learning_rate",
                                             "warmup_ratio", "max_seq_length", "max_train_samples", "noise_probability",
                                             "self_teaching", "self_teaching_temperature", "charbert_recipe",
+                                            "charbert_new_module_lr_multiplier",
                                             "charbert_pretrained", "train_file", "test_file", "max_eval_queries")}
     record = {"budget": budget, "seeds": list(args.seeds), "rows": {r: labels[r] for r in rows},
               "metrics": {r: {str(s): m for s, m in by_seed.items()} for r, by_seed in results.items()},

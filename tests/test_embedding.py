@@ -254,6 +254,22 @@ def test_contrastive_model_and_collator(st_dir, one_torch_thread):
     assert scores[1, 2] == scores[2, 1] == EXCLUDED_SCORE and scores[1, 1] > EXCLUDED_SCORE
 
 
+def test_new_module_lr_multiplier_reaches_charbert_modules_only(st_dir, tmp_path, one_torch_thread):
+    from charbert.training import TrainingConfig
+    from charbert.training.setup import build_optimizer
+
+    model = ContrastiveModel(build_charbert_embedding(st_dir, device="cpu"))
+    optimizer = build_optimizer(model, TrainingConfig(output_dir=str(tmp_path), learning_rate=1e-4,
+                                                      new_module_lr_multiplier=10.0))
+    names = {id(p): n for n, p in model.named_parameters()}
+    fast = {names[id(p)] for g in optimizer.param_groups if g["lr"] == pytest.approx(1e-3) for p in g["params"]}
+    slow = {names[id(p)] for g in optimizer.param_groups if g["lr"] == pytest.approx(1e-4) for p in g["params"]}
+    assert fast == set(model.loading_info["initialized_keys"]) and fast and slow and not fast & slow
+    assert "encoder.1.linear.weight" in fast  # the projection [I | 0]
+    assert any(".fusion." in n for n in fast) and any(".char_embeddings." in n for n in fast)
+    assert not any(".fusion." in n or ".char_embeddings." in n or n.startswith("encoder.1.") for n in slow)
+
+
 # ---- the program ---------------------------------------------------------------------------
 
 

@@ -343,6 +343,12 @@ def test_replicate_retrieval_commands_share_pairs_steps_and_seeds(rr, tmp_path):
     assert ev[ev.index("--seed") + 1] == "43" and ev[ev.index("--task") + 1] == "retrieval"
     assert rr.selected_rows(args) == list(rr.ROWS)
     assert rr.selected_rows(rr.build_parser().parse_args([])) == list(rr.ROWS)  # the pretrained row pretrains
+    assert "--new_module_lr_multiplier" not in commands["charbert"]  # the same fine-tuning as the plain rows
+    faster = rr.build_parser().parse_args(["--charbert_new_module_lr_multiplier", "10"])
+    for row in rr.ROWS[1:]:
+        command = rr.train_command(faster, row, "base", 43, tmp_path / row)
+        given = command[command.index("--new_module_lr_multiplier") + 1] if "--new_module_lr_multiplier" in command else None
+        assert given == ("10.0" if row in rr.CHARBERT_ROWS else None)
 
 
 def test_replicate_retrieval_pretrains_the_pretrained_row_with_the_ner_replications_recipe(rr, tmp_path):
