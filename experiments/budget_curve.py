@@ -216,8 +216,7 @@ def evaluate_point(runner: Runner, args, task: str, model: str, seed: int, step:
 def run_stages(args, runner: Runner, base: str, data: Path) -> None:
     out = runner.out
     corpus, validation = rs.corpus_files(data)
-    vocab = out / "vocab"
-    runner.run("vocab", [sys.executable, "-m", "pretrain.vocab", "--train_file", *corpus, "--output_dir", str(vocab)])
+    vocab = rs.vocab_stage(runner, corpus, out / "vocab")
     every = math.gcd(*args.curve_steps)  # held-out metrics at every kept step; a resumable checkpoint as often
     runs = [("CharBERT", s) for s in args.seeds] + [("AdvBERT", s) for s in args.advbert_seeds]
     bert_done: set[tuple[str, int]] = set()

@@ -23,8 +23,8 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
 * ``charbert_pretrained``: CharBERT after the pretraining recipe, fine-tuned the same way: the folder
   of ``--charbert_pretrained``, else the experiment's own stage ``pretrain_charbert``, which runs
   ``replicate_small.py``'s CharBERT pretraining (``python -m pretrain`` on the plain model's encoder,
-  its defaults: 500 steps x 16 blocks of 128 tokens of Brown + WebText, lr 1e-4, seed 42, about
-  half an hour on 2 CPU cores) once for every seed's row.
+  its defaults: 500 steps x 16 blocks of 128 tokens of Brown + WebText, lr 1e-4, seed 42; 39 minutes
+  on 2 CPU cores), once, for every seed's row.
 
 Each stage is a subprocess (command and log in ``OUTPUT_DIR/logs/``); a finished stage leaves
 ``OUTPUT_DIR/stages/<name>.done`` and is not redone, so a killed run resumes where it stopped.
@@ -167,8 +167,7 @@ def pretrain_charbert(args, runner: Runner, base: str, out: Path) -> str:
             sys.exit(f"{PROG}: {path} not found: the charbert_pretrained row pretrains on the corpus there "
                      "(give --data_dir, or --charbert_pretrained FOLDER)")
     recipe = rs.build_parser().parse_args(["--data_dir", str(data)])
-    vocab = out / "vocab"
-    runner.run("vocab", [sys.executable, "-m", "pretrain.vocab", "--train_file", *corpus, "--output_dir", str(vocab)])
+    vocab = rs.vocab_stage(runner, corpus, out / "vocab")
     folder = out / "pretrain_charbert"
     runner.run("pretrain_charbert", rs.pretrain_command(recipe, base, "charbert", folder, vocab, corpus, validation))
     return str(folder)

@@ -416,6 +416,13 @@ def corpus_files(data: Path) -> tuple[list[str], str]:
             str(data / "corpus/wikitext2_valid_test.txt"))
 
 
+def vocab_stage(runner: Runner, corpus: Sequence[str], folder: Path) -> Path:
+    """The stage ``vocab``: the word vocabulary (NLM labels) of ``corpus`` in ``folder``, shared by every
+    pretrained model of an experiment."""
+    runner.run("vocab", [sys.executable, "-m", "pretrain.vocab", "--train_file", *corpus, "--output_dir", str(folder)])
+    return folder
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rows = selected_models(args)
@@ -429,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus, validation = corpus_files(data)
     vocab = out / "vocab"
     if rows != ["BERT"]:  # the word vocabulary of every pretrained row
-        runner.run("vocab", [sys.executable, "-m", "pretrain.vocab", "--train_file", *corpus, "--output_dir", str(vocab)])
+        vocab_stage(runner, corpus, vocab)
 
     pretrained = [name for name in ("CharBERT", "AdvBERT", "MLM-BERT") if name in rows]
     pretrain_runs = {name: out / "pretrain" / name for name in pretrained}
