@@ -32,6 +32,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import chain
 
 import numpy as np
 
@@ -281,13 +282,17 @@ class _SmallRangeDraws:
             value = self.raw()
             self.has_half, self.half = 1, value >> 32
             m = (value & 0xFFFFFFFF) * exclusive
-        leftover = m & 0xFFFFFFFF
-        if leftover < exclusive:
-            threshold = (0xFFFFFFFF - span) % exclusive
-            while leftover < threshold:
-                m = self._next32() * exclusive
-                leftover = m & 0xFFFFFFFF
+        if (m & 0xFFFFFFFF) < exclusive:
+            m = self._redraw(m, exclusive)
         return lo + (m >> 32)
+
+    def _redraw(self, m: int, exclusive: int) -> int:
+        """Lemire's rejection: draw again while the low half of `m` (a 32-bit draw times `exclusive`)
+        falls below 2**32 mod `exclusive`; the accepted product."""
+        threshold = (0x100000000 - exclusive) % exclusive
+        while (m & 0xFFFFFFFF) < threshold:
+            m = self._next32() * exclusive
+        return m
 
     def permutation(self, n: int) -> np.ndarray:
         self.close()
@@ -295,37 +300,84 @@ class _SmallRangeDraws:
         self.__init__(self.rng)
         return out
 
+    def sample(self, n: int, k: int) -> list[int]:
+        """`sorted(Generator.choice(n, k, replace=False))`, 0 < k < n, with numpy's draws: for a population
+        of up to 10,000 numpy takes Floyd's algorithm (value j drawn in [0, j] for j from n - k to n - 1,
+        j itself when the value is taken) then shuffles the k picks, whose order the sort discards but
+        whose k - 1 draws (in [0, i], i from k - 1 down to 1) it must still consume."""
+        if n > 10_000:  # numpy shuffles a tail of range(n) instead
+            self.close()
+            out = np.sort(self.rng.choice(n, size=k, replace=False)).tolist()
+            self.__init__(self.rng)
+            return out
+        picked, raw, has_half, half = set(), self.raw, self.has_half, self.half
+        for t, exclusive in enumerate(chain(range(n - k + 1, n + 1), range(k, 1, -1))):
+            # `integers(0, exclusive)` inlined: this is the hot path
+            if has_half:
+                has_half, m = 0, half * exclusive
+            else:
+                value = raw()
+                has_half, half, m = 1, value >> 32, (value & 0xFFFFFFFF) * exclusive
+            if (m & 0xFFFFFFFF) < exclusive:  # Lemire's rejection may apply (odds below 2**-18 here)
+                self.has_half, self.half = has_half, half
+                m = self._redraw(m, exclusive)
+                has_half, half = self.has_half, self.half
+            if t < k:  # Floyd's step j = exclusive - 1 (the shuffle's draws after it are only consumed)
+                value = m >> 32
+                picked.add(exclusive - 1 if value in picked else value)
+        self.has_half, self.half = has_half, half
+        return sorted(picked)
+
     def close(self) -> None:
         state = self.bit_generator.state
         state["has_uint32"], state["uinteger"] = self.has_half, self.half
         self.bit_generator.state = state
 
 
-def _small_range_draws(rng: np.random.Generator):
-    """A `_SmallRangeDraws` over `rng` where it replays numpy exactly (PCG64), else `rng` itself."""
-    return _SmallRangeDraws(rng) if type(rng.bit_generator) is np.random.PCG64 else rng
+class _GeneratorDraws:
+    """The draws the edits make (`integers` as Python ints, `permutation`, `sample`), taken from the
+    generator itself: for one-off edits, and for bit generators `_SmallRangeDraws` does not replay."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def integers(self, lo: int, hi: int) -> int:
+        return int(self.rng.integers(lo, hi))
+
+    def permutation(self, n: int) -> np.ndarray:
+        return self.rng.permutation(n)
+
+    def sample(self, n: int, k: int) -> list[int]:
+        return np.sort(self.rng.choice(n, size=k, replace=False)).tolist()
+
+    def close(self) -> None:
+        pass
 
 
-def _randint(rng: np.random.Generator, lo: int, hi: int) -> int:
-    """Uniform int in ``[lo, hi)``."""
-    return int(rng.integers(lo, hi))
+_Draws = _SmallRangeDraws | _GeneratorDraws
+
+
+def open_draws(rng: np.random.Generator) -> _Draws:
+    """The draws over `rng`: `_SmallRangeDraws` where it replays numpy exactly (PCG64), else numpy's own.
+    Close them before drawing from `rng` directly."""
+    return _SmallRangeDraws(rng) if type(rng.bit_generator) is np.random.PCG64 else _GeneratorDraws(rng)
 
 
 # --------------------------------------------------------------------------- edits
 
 
-def _drop(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
+def _drop(word: str, draws: _Draws, rules: NoiseRules) -> str | None:
     n = len(word)
     lo, hi = _region(n, rules.keep_first_last)
     # Must leave >= 1 character inside the region (so never an empty word,
     # and with keep_first_last never a bare first+last pair).
     if hi - lo < 2:
         return None
-    i = _randint(rng, lo, hi)
+    i = draws.integers(lo, hi)
     return word[:i] + word[i + 1 :]
 
 
-def _add(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
+def _add(word: str, draws: _Draws, rules: NoiseRules) -> str | None:
     n = len(word)
     # Insertion index k means "insert before word[k]".
     if rules.keep_first_last:
@@ -334,43 +386,47 @@ def _add(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
         lo, hi = 1, n  # k in [1, n-1]: strictly between first and last char
     else:
         lo, hi = 0, n + 1
-    k = _randint(rng, lo, hi)
+    k = draws.integers(lo, hi)
     chars = _alphabet_chars(_writing_alphabet(word, rules.alphabet))
-    c = chars[_randint(rng, 0, len(chars))] if len(chars) > 1 else chars[0]
-    neighbours = [word[j] for j in (k - 1, k) if 0 <= j < n]
-    if neighbours and all(ch.isupper() for ch in neighbours):
+    c = chars[draws.integers(0, len(chars))] if len(chars) > 1 else chars[0]
+    # the case of the neighbours (word[k - 1], word[k], those that exist): all upper -> upper, any lower -> lower
+    left, right = word[k - 1: k] if k else "", word[k: k + 1]
+    if (left or right) and (not left or left.isupper()) and (not right or right.isupper()):
         c = _match_case(c, "A")
-    elif any(ch.islower() for ch in neighbours):
+    elif left.islower() or right.islower():
         c = _match_case(c, "a")
     return word[:k] + c + word[k:]
 
 
-def _swap(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
+def _swap(word: str, draws: _Draws, rules: NoiseRules) -> str | None:
     lo, hi = _region(len(word), rules.keep_first_last)
     # Pairs (i, i+1) with both positions inside the region and different chars.
     cands = [i for i in range(lo, hi - 1) if word[i] != word[i + 1]]
     if not cands:
         return None
-    i = cands[_randint(rng, 0, len(cands))] if len(cands) > 1 else cands[0]
+    i = cands[draws.integers(0, len(cands))] if len(cands) > 1 else cands[0]
     return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
 
 
-def _keyboard(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
+def _keyboard(word: str, draws: _Draws, rules: NoiseRules) -> str | None:
     lo, hi = _region(len(word), rules.keep_first_last)
-    cands = [i for i in range(lo, hi) if word[i].lower() in QWERTY_NEIGHBOURS]
+    if word.isascii() and word.isalpha():  # every ASCII letter has QWERTY neighbours
+        cands = range(lo, hi)
+    else:
+        cands = [i for i in range(lo, hi) if word[i].lower() in QWERTY_NEIGHBOURS]
     if not cands:
         return None
-    i = cands[_randint(rng, 0, len(cands))] if len(cands) > 1 else cands[0]
+    i = cands[draws.integers(0, len(cands))] if len(cands) > 1 else cands[0]
     near = QWERTY_NEIGHBOURS[word[i].lower()]
-    c = _match_case(near[_randint(rng, 0, len(near))], word[i])
+    c = _match_case(near[draws.integers(0, len(near))], word[i])
     return word[:i] + c + word[i + 1 :]
 
 
-def _replace(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | None:
+def _replace(word: str, draws: _Draws, rules: NoiseRules) -> str | None:
     lo, hi = _region(len(word), rules.keep_first_last)
     if hi <= lo:
         return None
-    i = _randint(rng, lo, hi)
+    i = draws.integers(lo, hi)
     alphabet = _writing_alphabet(word, rules.alphabet)
     repl = _replacements(alphabet, word[i])
     if not repl:
@@ -378,9 +434,9 @@ def _replace(word: str, rng: np.random.Generator, rules: NoiseRules) -> str | No
         cands = [j for j in range(lo, hi) if _replacements(alphabet, word[j])]
         if not cands:
             return None
-        i = cands[_randint(rng, 0, len(cands))]
+        i = cands[draws.integers(0, len(cands))]
         repl = _replacements(alphabet, word[i])
-    c = repl[_randint(rng, 0, len(repl))] if len(repl) > 1 else repl[0]
+    c = repl[draws.integers(0, len(repl))] if len(repl) > 1 else repl[0]
     return word[:i] + c + word[i + 1 :]
 
 
@@ -554,7 +610,7 @@ def apply_operation(word: str, op: str, rng: np.random.Generator, rules: NoiseRu
     _check_rng(rng)
     if not is_eligible(word, rules):
         return None
-    return edit(word, rng, rules)
+    return edit(word, _GeneratorDraws(rng), rules)
 
 
 def single_edits(word: str, ops: OpsSpec, rules: NoiseRules) -> list[str]:
@@ -588,19 +644,19 @@ def noise_word(word: str, rng: np.random.Generator, rules: NoiseRules, ops: OpsS
     _check_rng(rng)
     if not is_eligible(word, rules):
         return word
-    return _noise_eligible(word, rng, rules, ops_t)
+    return _noise_eligible(word, _GeneratorDraws(rng), rules, ops_t)
 
 
-def _noise_eligible(word: str, rng: np.random.Generator, rules: NoiseRules, ops: tuple[str, ...]) -> str:
+def _noise_eligible(word: str, draws: _Draws, rules: NoiseRules, ops: tuple[str, ...]) -> str:
     n = len(ops)
-    first = _randint(rng, 0, n) if n > 1 else 0
-    out = _EDITS[ops[first]](word, rng, rules)
+    first = draws.integers(0, n) if n > 1 else 0
+    out = _EDITS[ops[first]](word, draws, rules)
     if out is not None:
         return out
     if n > 1:
         rest = [op for j, op in enumerate(ops) if j != first]
-        for j in rng.permutation(len(rest)):
-            out = _EDITS[rest[int(j)]](word, rng, rules)
+        for j in draws.permutation(len(rest)).tolist():
+            out = _EDITS[rest[j]](word, draws, rules)
             if out is not None:
                 return out
     return word
@@ -656,32 +712,32 @@ def noise_edits(
     rate: float,
     ops: OpsSpec = OPERATIONS,
     max_words: int | None = None,
+    draws: _Draws | None = None,
 ) -> dict[int, str]:
     """The draws and edits of :func:`noise_words`, given the eligible words' indices (increasing) and the
     checked arguments: ``{index: new word}`` of the words that changed, in index order. ``words`` is
     read only at the chosen indices, so it may be any sequence (the pretraining collator passes one that
-    slices its text on demand)."""
+    slices its text on demand). ``draws``: draws already open over ``rng`` (``open_draws``; the
+    collator keeps one open over a batch's blocks), else they are opened and closed here."""
     ops = _normalise_ops(ops)
     k = min(len(eligible), int(round(rate * len(eligible))))
     if max_words is not None:
         k = min(k, max_words)
     if k == 0:
         return {}
-    if k == len(eligible):
-        chosen = list(eligible)
-    else:
-        picks = rng.choice(len(eligible), size=k, replace=False)
-        chosen = [eligible[j] for j in np.sort(picks).tolist()]
+    own_draws = draws is None
+    if own_draws:
+        draws = open_draws(rng)
     edits: dict[int, str] = {}
-    draws = _small_range_draws(rng)
     try:
+        chosen = list(eligible) if k == len(eligible) else [eligible[j] for j in draws.sample(len(eligible), k)]
         for i in chosen:
             word = words[i]
             new = _noise_eligible(word, draws, rules, ops)
             if new != word:
                 edits[i] = new
     finally:
-        if draws is not rng:
+        if own_draws:
             draws.close()
     return edits
 

@@ -2,9 +2,13 @@
 
 * `vocab.word_tables` (ASCII texts classified in numpy, a batch at once) == `split_words` on every text;
 * `noise._SmallRangeDraws` replays `Generator.integers(lo, hi)` draw for draw, interleaved with numpy's
-  own draws (permutation, random, choice, integers);
+  own draws (permutation, random, choice, integers), and `sorted(Generator.choice(n, k, replace=False))`
+  with its `sample`, rejected draws included;
 * `noise.noise_edits` with the eligible indices given == `noise_words`; `eligible_indices` == `is_eligible`;
-* `collator.edit_words` (cuts only around the edits) == `apply_word_edits`.
+* `collator.edit_words` (cuts only around the edits) == `apply_word_edits`;
+* the special-token mask and type ids `_encode_flat` builds from a tokenizer's single-text template == those
+  the encodings carry, for BERT's, RoBERTa's and XLNet's templates and none; a template it cannot read
+  is not used.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from charbert.noise import (
     noise_edits,
     noise_words,
 )
-from charbert.pretraining.collator import apply_word_edits, edit_words
+from charbert.pretraining.collator import _encode_flat, apply_word_edits, edit_words, single_text_template
 from charbert.pretraining.vocab import split_words, word_table, word_tables
+from charbert.tiny import train_tokenizer
 
 TEXTS = [
     "", " ", "a", "ab", "Don't stop, C# rocks!", "  x_1 _ \x00\x1c\x1f ab\x0bcd\n", "\n\t", "a1b2 c3 __ 42",
@@ -86,6 +91,39 @@ def test_small_range_draws_replay_generator_integers(seed):
     assert ours.bit_generator.state == numpy_own.bit_generator.state
 
 
+def test_sample_replays_choice_without_replacement():
+    pick = np.random.default_rng(7)
+    for trial in range(400):
+        n = int(pick.choice([2, 3, 5, 17, 64, 200, 9_999, 10_000, 10_001, 30_000]))
+        k = int(pick.integers(1, min(n, 400)))
+        ours, numpy_own = np.random.default_rng(trial), np.random.default_rng(trial)
+        if trial % 2:  # start with a kept 32-bit half in the generator's state
+            assert ours.integers(0, 5) == numpy_own.integers(0, 5)
+        draws = _SmallRangeDraws(ours)
+        got = draws.sample(n, k)
+        draws.close()
+        assert got == sorted(numpy_own.choice(n, size=k, replace=False).tolist()), (n, k, trial)
+        assert ours.bit_generator.state == numpy_own.bit_generator.state
+
+
+def test_sample_redraws_as_integers_does():
+    """A 32-bit draw of 0 is rejected for every range that does not divide 2**32: a stream that starts
+    with zeros takes `sample`'s rejection branch, which must draw as `integers` does."""
+    stream = [0, 0, 0] + np.random.default_rng(1).integers(0, 2**63, size=100).tolist()
+    a, b = _SmallRangeDraws(np.random.default_rng(0)), _SmallRangeDraws(np.random.default_rng(0))
+    for draws in (a, b):
+        draws.has_half, draws.raw = 0, iter(stream).__next__
+    n, k = 10, 4
+    picked = set()
+    for j in range(n - k, n):  # Floyd's steps, then the shuffle's draws
+        value = b.integers(0, j + 1)
+        picked.add(j if value in picked else value)
+    for i in range(k - 1, 0, -1):
+        b.integers(0, i + 1)
+    assert a.sample(n, k) == sorted(picked)
+    assert (a.has_half, a.half, a.raw()) == (b.has_half, b.half, b.raw())
+
+
 def test_noise_edits_and_eligible_indices_match_noise_words():
     rules_list = [PRETRAIN_RULES, PRUTHI_RULES, NoiseRules(min_length=3, letters_only=False, stopwords={"the"})]
     for text in TEXTS[4:] * 3:
@@ -120,3 +158,35 @@ def test_edit_words_matches_apply_word_edits():
         shift = np.zeros(len(spans), dtype=np.int64)
         shift[changed] = growth
         assert np.array_equal(ends + np.cumsum(shift), new_starts + np.array([len(w) for w in new_words]))
+
+
+@pytest.mark.parametrize("template", ["bert", "roberta", "xlnet", "none", "pair-like"])
+def test_template_columns_equal_the_encodings(template):
+    from tokenizers import processors
+    from transformers.tokenization_utils_base import TruncationStrategy
+    from transformers.utils import PaddingStrategy
+
+    texts = TEXTS + ["word " * 80, "a"]
+    tok = train_tokenizer(TEXTS * 5, "bert", vocab_size=120)
+    backend = tok.backend_tokenizer
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    if template == "roberta":
+        backend.post_processor = processors.RobertaProcessing(("[SEP]", sep), ("[CLS]", cls))
+    elif template == "xlnet":  # XLNet: the specials after the text, the last with type id 2
+        backend.post_processor = processors.TemplateProcessing(
+            single="$A:0 [SEP]:0 [CLS]:2", pair="$A:0 [SEP]:0 $B:1 [SEP]:1 [CLS]:2", special_tokens=[("[SEP]", sep), ("[CLS]", cls)])
+    elif template == "none":
+        backend.post_processor = None
+    elif template == "pair-like":  # a special token inside the text's run: no template to read
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[SEP]", sep), ("[CLS]", cls)])
+    for max_length in (6, 32, 512):
+        tok.set_truncation_and_padding(PaddingStrategy.DO_NOT_PAD, TruncationStrategy.LONGEST_FIRST, max_length, 0, None, None)
+        found = single_text_template(backend)
+        assert (found is None) == (template == "pair-like")
+        read = _encode_flat(tok, texts, max_length)
+        built = _encode_flat(tok, texts, max_length, found)
+        for name in ("ids", "offsets", "special", "outside", "type_ids"):
+            assert np.array_equal(getattr(read, name), getattr(built, name)), (template, max_length, name)
+        if template == "xlnet":
+            assert found.suffix == (0, 2) and 2 in built.type_ids.tolist()

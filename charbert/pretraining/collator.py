@@ -18,7 +18,10 @@ Labels are -100 where unused. All randomness comes from the `rng` the training l
 Speed (a loader process must keep a GPU fed): the batch is built with a few numpy passes over all its
 rows (words of ASCII blocks, the token -> word map, the padding), the draws still row by row in the order
 the rules above make them, so the batches are those of the row-by-row code for the same seed
-(tests/test_collator_pinned.py pins them). `benchmarks/bench_pretrain.py --pipeline_only` measures it.
+(tests/test_collator_pinned.py pins them). The noise's small draws are replayed in Python from the
+generator's raw output over the whole batch (`noise._SmallRangeDraws`: numpy's values, without a numpy
+call per draw), and the special-token mask and type ids follow from the tokenizer's single-text template
+instead of being read off every encoding. `benchmarks/bench_pretrain.py --pipeline_only` measures it.
 
 `objective="advbert"` gives the paper's AdvBERT baseline batch (same noise, MLM only, subword
 inputs only, for a plain *ForMaskedLM); `objective="mlm"` is plain MLM (no noise).
@@ -37,7 +40,7 @@ from transformers.tokenization_utils_base import TruncationStrategy
 from transformers.utils import PaddingStrategy
 
 from ..chars import CHAR_INPUT_NAMES, PAD_ID, align_offsets_batch
-from ..noise import OPERATIONS, PRETRAIN_RULES, NoiseRules, eligible_indices, noise_edits
+from ..noise import OPERATIONS, PRETRAIN_RULES, NoiseRules, eligible_indices, noise_edits, open_draws
 from ..tokenization import CharBertTokenizer, gc_paused, pad_char_arrays
 from .vocab import WordVocab, word_tables
 
@@ -135,9 +138,45 @@ class _Encoded:
     grid: tuple | None = None  # the padded shape and each token's cell in it (`_pad_flat`)
 
 
-def _encode_flat(tokenizer, texts: list[str], max_length: int) -> _Encoded:
+@dataclass(frozen=True)
+class _SingleTextTemplate:
+    """Where the special tokens of a one-text encoding sit: `prefix` before the text, `suffix` after it
+    (their type ids), and the text's own type id. Every single-text template of `tokenizers` (BERT's
+    `[CLS] $A [SEP]`, RoBERTa's `<s> $A </s>`, XLNet's `$A <sep> <cls>`, none) has this shape."""
+
+    prefix: tuple[int, ...]
+    text: int
+    suffix: tuple[int, ...]
+
+
+def single_text_template(backend, probes: Sequence[str] = ("", "a", "a b c, d.", "x " * 9)) -> _SingleTextTemplate | None:
+    """The template of `backend` (truncation and padding off or as the caller set them) read off a few
+    probe encodings, or None when they do not show one (then the special-token mask and type ids are
+    read off every encoding)."""
+    found, specials_only = set(), set()
+    for text in probes:
+        e = backend.encode(text, add_special_tokens=True)
+        mask, types, n = e.special_tokens_mask, e.type_ids, len(e.ids)
+        p = next((i for i, m in enumerate(mask) if not m), n)  # the leading special tokens
+        s = n - p - next((i for i, m in enumerate(mask[p:]) if m), n - p)  # the trailing ones
+        if mask != [1] * p + [0] * (n - p - s) + [1] * s or len(set(types[p: n - s])) > 1:
+            return None
+        if n > p + s:
+            found.add((tuple(types[:p]), types[p], tuple(types[n - s:])))
+        else:  # an empty text: the special tokens alone
+            specials_only.add(tuple(types))
+    if len(found) != 1:
+        return None
+    prefix, text_type, suffix = found.pop()
+    if specials_only - {prefix + suffix}:
+        return None
+    return _SingleTextTemplate(prefix, text_type, suffix)
+
+
+def _encode_flat(tokenizer, texts: list[str], max_length: int, template: _SingleTextTemplate | None = None) -> _Encoded:
     """`tokenizer(texts, truncation=True, max_length=max_length)` read straight from the Rust encodings
-    (the same encodings: the same truncation and special-token settings, then `encode_batch`)."""
+    (the same encodings: the same truncation and special-token settings, then `encode_batch`). With the
+    tokenizer's `template`, the special-token mask and type ids follow from the row lengths."""
     tokenizer.set_truncation_and_padding(PaddingStrategy.DO_NOT_PAD, TruncationStrategy.LONGEST_FIRST, max_length, 0, None, None)
     backend = tokenizer.backend_tokenizer
     if backend.encode_special_tokens != tokenizer.split_special_tokens:
@@ -145,17 +184,37 @@ def _encode_flat(tokenizer, texts: list[str], max_length: int) -> _Encoded:
     encodings = backend.encode_batch(texts, add_special_tokens=True)
     lengths = [len(e.ids) for e in encodings]
     n = sum(lengths)
-    special = np.fromiter(chain.from_iterable(e.special_tokens_mask for e in encodings), dtype=np.int64, count=n)
+    bounds = [0, *accumulate(lengths)]
+    if template is not None and min(lengths, default=0) >= len(template.prefix) + len(template.suffix):
+        special, type_ids = _template_columns(template, np.asarray(bounds), n)
+    else:
+        special = np.fromiter(chain.from_iterable(e.special_tokens_mask for e in encodings), dtype=np.int64, count=n)
+        type_ids = np.fromiter(chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64, count=n)
     return _Encoded(
         ids=np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=n),
         offsets=np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encodings)), dtype=np.int64,
                             count=2 * n).reshape(n, 2),
         special=special,
         outside=special.astype(bool),  # one text a row: its special tokens are those with no sequence id
-        type_ids=np.fromiter(chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64, count=n),
-        bounds=[0, *accumulate(lengths)],
+        type_ids=type_ids,
+        bounds=bounds,
         encodings=encodings,
     )
+
+
+def _template_columns(template: _SingleTextTemplate, bounds: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The special-token mask and type ids of rows laid out by `template` (every row at least as long as
+    its special tokens), from the rows' bounds in the flat batch."""
+    special = np.zeros(n, dtype=np.int64)
+    type_ids = np.full(n, template.text, dtype=np.int64)
+    starts, ends = bounds[:-1], bounds[1:]
+    for j, type_id in enumerate(template.prefix):
+        special[starts + j] = 1
+        type_ids[starts + j] = type_id
+    for j, type_id in enumerate(template.suffix):
+        special[ends - len(template.suffix) + j] = 1
+        type_ids[ends - len(template.suffix) + j] = type_id
+    return special, type_ids
 
 
 class PretrainingCollator:
@@ -202,6 +261,10 @@ class PretrainingCollator:
         self.special_ids = np.array(sorted(self.hf_tokenizer.all_special_ids), dtype=np.int64)
         self._special_steps = self.special_ids - np.arange(len(self.special_ids))
         self._vocab_size = len(self.hf_tokenizer)
+        # the special-token mask and type ids follow from the row lengths (read off every encoding without it)
+        self.hf_tokenizer.set_truncation_and_padding(PaddingStrategy.DO_NOT_PAD, TruncationStrategy.LONGEST_FIRST,
+                                                     max_seq_length, 0, None, None)
+        self._template = single_text_template(self.hf_tokenizer.backend_tokenizer)
 
     def __call__(self, blocks: Sequence[str], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         if rng is None:
@@ -214,26 +277,30 @@ class PretrainingCollator:
         # the edited text and how much each edit grew its word (the ends shift in `_mask`).
         rules, ops = self.noise_rules, self.noise_operations
         texts, word_ends, growths, noised_words, noised_originals = [], [], [], [], []
-        for block, (words, starts, ends, letters_only) in zip(blocks, word_tables(blocks, with_words=False)):
-            # an ASCII block's words are read off the text where needed
-            words = _TextWords(block, starts, ends, words)
-            edits = {}
-            if self.noise_probability > 0:
-                if letters_only is not None and rules.letters_only:  # ASCII: the eligible words off the table
-                    eligible = np.flatnonzero(letters_only & (ends - starts >= max(rules.min_length, 1))).tolist()
-                    if rules.stopwords:
-                        eligible = [i for i in eligible if words[i].lower() not in rules.stopwords]
-                else:
-                    eligible = eligible_indices(words, rules)
-                edits = noise_edits(words, eligible, rng, rules, self.noise_probability, ops)
-            text, growth = edit_words(block, words.starts, words.ends, edits)
-            texts.append(text)
-            word_ends.append(ends)
-            growths.append(growth)
-            noised_words.append(list(edits))
-            noised_originals.append([words[i] for i in edits])
+        draws = open_draws(rng)  # the noise's draws, open over the batch (nothing else draws meanwhile)
+        try:
+            for block, (words, starts, ends, letters_only) in zip(blocks, word_tables(blocks, with_words=False)):
+                # an ASCII block's words are read off the text where needed
+                words = _TextWords(block, starts, ends, words)
+                edits = {}
+                if self.noise_probability > 0:
+                    if letters_only is not None and rules.letters_only:  # ASCII: the eligible words off the table
+                        eligible = np.flatnonzero(letters_only & (ends - starts >= max(rules.min_length, 1))).tolist()
+                        if rules.stopwords:
+                            eligible = [i for i in eligible if words[i].lower() not in rules.stopwords]
+                    else:
+                        eligible = eligible_indices(words, rules)
+                    edits = noise_edits(words, eligible, rng, rules, self.noise_probability, ops, draws=draws)
+                text, growth = edit_words(block, words.starts, words.ends, edits)
+                texts.append(text)
+                word_ends.append(ends)
+                growths.append(growth)
+                noised_words.append(list(edits))
+                noised_originals.append([words[i] for i in edits])
+        finally:
+            draws.close()
         # 2. the subwords of the edited text; 3. NLM labels, whole-word MLM masks (the rng row by row).
-        enc = _encode_flat(self.hf_tokenizer, texts, self.max_seq_length)
+        enc = _encode_flat(self.hf_tokenizer, texts, self.max_seq_length, self._template)
         input_ids, labels, nlm_labels, chosen = self._mask(enc, texts, word_ends, growths, noised_words, noised_originals, rng)
         batch = self._pad_subwords(enc, input_ids)
         # 4. the characters of the edited text, those of the MLM-chosen tokens hidden.
@@ -284,7 +351,7 @@ class PretrainingCollator:
         is_noised = is_noised_word[word]
         nlm_labels = np.full(len(word), -100, dtype=np.int64)
         if self.objective == "charbert" and is_noised.any():
-            word_ids = dict(zip(noised_in_batch, map(self.word_vocab.id, chain.from_iterable(noised_originals))))
+            word_ids = dict(zip(noised_in_batch, self.word_vocab.ids(chain.from_iterable(noised_originals)).tolist()))
             nlm_labels[is_noised] = [word_ids[w] for w in word[is_noised].tolist()]
 
         # MLM candidates: the words of real tokens that were not noised, per row in order.
