@@ -24,7 +24,11 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
   of ``--charbert_pretrained``, else the experiment's own stage ``pretrain_charbert``, which runs
   ``replicate_small.py``'s CharBERT pretraining (``python -m pretrain`` on the plain model's encoder,
   its defaults: 500 steps x 16 blocks of 128 tokens of Brown + WebText, lr 1e-4, seed 42; 39 minutes
-  on 2 CPU cores), once, for every seed's row.
+  on 2 CPU cores), once, for every seed's row;
+* ``charbert_pretrained_frozen`` (a screen, only with ``--rows``): the same pretraining with the backbone
+  frozen throughout (``--freeze_backbone_steps`` = its steps: only the modules CharBERT adds learn, so
+  the sentence space the plain model ships is kept; the ``charbert_pretrained`` row's pretraining trains
+  the backbone too and moves it), stage ``pretrain_charbert_frozen``, then the same fine-tuning.
 
 Each stage is a subprocess (command and log in ``OUTPUT_DIR/logs/``); a finished stage leaves
 ``OUTPUT_DIR/stages/<name>.done`` and is not redone, so a killed run resumes where it stopped.
@@ -52,9 +56,11 @@ ATTACKS = ("drop", "add", "swap", "keyboard", "all")
 BUDGETS = (1, 2)
 RECIPES = {"clean": [], "noise": ["--query_noise"], "noise_st": ["--query_noise", "--self_teaching"]}
 RECIPE_NAMES = {"clean": "clean pairs", "noise": "noised queries", "noise_st": "noised queries + self-teaching"}
-ROWS = ("minilm", "clean", "noise", "noise_st", "charbert", "charbert_pretrained")
+ROWS = ("minilm", "clean", "noise", "noise_st", "charbert", "charbert_pretrained", "charbert_pretrained_frozen")
+DEFAULT_ROWS = ROWS[:6]  # the replication's rows; the frozen-backbone pretraining is a screen, asked for by name
 PLAIN_ROWS = ("minilm", "clean", "noise", "noise_st")
-CHARBERT_ROWS = ("charbert", "charbert_pretrained")
+CHARBERT_ROWS = ("charbert", "charbert_pretrained", "charbert_pretrained_frozen")
+PRETRAINED_ROWS = {"charbert_pretrained": "pretrain_charbert", "charbert_pretrained_frozen": "pretrain_charbert_frozen"}
 METRICS = ("mrr@10", "recall@1", "recall@10", "ndcg@10")
 PROG = "replicate_retrieval"
 
@@ -68,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(question, paragraph) pairs: a SQuAD JSON file, or jsonl/tsv pairs")
     p.add_argument("--test_file", default=str(DATA / "squad" / "v1.1-dev.json"), help="the SQuAD JSON file scored")
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
-    p.add_argument("--rows", default=None, help=f"comma-separated rows of {list(ROWS)} (default: all)")
+    p.add_argument("--rows", default=None,
+                   help=f"comma-separated rows of {list(ROWS)} (default: all but the last, a screen)")
     p.add_argument("--charbert_pretrained", default=None,
                    help="a pretrained CharBERT folder (e.g. a 500-step pretraining run on MiniLM) for that row "
                         "(default: pretrain one with replicate_small.py's recipe, a stage of this experiment)")
@@ -100,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def selected_rows(args) -> list[str]:
     if args.rows is None:
-        return list(ROWS)
+        return list(DEFAULT_ROWS)
     wanted = [w.strip().lower() for w in args.rows.split(",") if w.strip()]
     unknown = [w for w in wanted if w not in ROWS]
     if unknown or not wanted:
@@ -113,7 +120,8 @@ def row_label(row: str, args) -> str:
     return {"minilm": "MiniLM as shipped", "clean": "MiniLM fine-tuned, clean pairs",
             "noise": "MiniLM + noised queries", "noise_st": "MiniLM + noised queries + self-teaching",
             "charbert": f"CharBERT on MiniLM (identity start), {recipe}",
-            "charbert_pretrained": f"CharBERT after pretraining, {recipe}"}[row]
+            "charbert_pretrained": f"CharBERT after pretraining, {recipe}",
+            "charbert_pretrained_frozen": f"CharBERT after pretraining, backbone frozen, {recipe}"}[row]
 
 
 # --------------------------------------------------------------------------------------
@@ -135,7 +143,8 @@ def recipe_flags(recipe: str, args) -> list[str]:
 def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
     """``python -m finetune.embedding`` for one trained row and seed."""
     if row in CHARBERT_ROWS:
-        model = args.charbert_pretrained if row == "charbert_pretrained" else base
+        model = {"charbert": base, "charbert_pretrained": args.charbert_pretrained,
+                 "charbert_pretrained_frozen": getattr(args, "charbert_pretrained_frozen", None)}[row]
         extra = ["--charbert", *recipe_flags(args.charbert_recipe, args)]
         if args.charbert_new_module_lr_multiplier != 1.0:
             extra += ["--new_module_lr_multiplier", str(args.charbert_new_module_lr_multiplier)]
@@ -155,9 +164,10 @@ def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
     return command
 
 
-def pretrain_charbert(args, runner: Runner, base: str, out: Path) -> str:
+def pretrain_charbert(args, runner: Runner, base: str, out: Path, frozen: bool = False) -> str:
     """The stages ``vocab`` and ``pretrain_charbert``: replicate_small.py's CharBERT pretraining of ``base`` at its
-    default budget (the NER replication's), into ``out``; returns the pretrained folder."""
+    default budget (the NER replication's), into ``out``; returns the pretrained folder. ``frozen``: the stage
+    ``pretrain_charbert_frozen``, the same with the backbone frozen for all its steps."""
     import replicate_small as rs
 
     data = Path(args.data_dir)
@@ -167,10 +177,12 @@ def pretrain_charbert(args, runner: Runner, base: str, out: Path) -> str:
             sys.exit(f"{PROG}: {path} not found: the charbert_pretrained row pretrains on the corpus there "
                      "(give --data_dir, or --charbert_pretrained FOLDER)")
     recipe = rs.build_parser().parse_args(["--data_dir", str(data)])
+    if frozen:
+        recipe.freeze_backbone_steps = recipe.pretrain_steps
     vocab = rs.vocab_stage(runner, corpus, out / "vocab")
-    folder = out / "pretrain_charbert"
-    runner.run("pretrain_charbert", rs.pretrain_command(recipe, base, "charbert", folder, vocab, corpus, validation))
-    return str(folder)
+    name = PRETRAINED_ROWS["charbert_pretrained_frozen" if frozen else "charbert_pretrained"]
+    runner.run(name, rs.pretrain_command(recipe, base, "charbert", out / name, vocab, corpus, validation))
+    return str(out / name)
 
 
 def eval_command(args, model: str, name: str, seed: int, out: Path) -> list[str]:
@@ -260,7 +272,7 @@ def comparisons(rows: Sequence[str], charbert_recipe: str) -> list[tuple[str, st
     """(row, the row it adds one option to): fine-tuning, noised queries, self-teaching, CharBERT (against
     MiniLM with the same fine-tuning), pretraining (against CharBERT's identity start)."""
     pairs = [("clean", "minilm"), ("noise", "clean"), ("noise_st", "noise"), ("charbert", charbert_recipe),
-             ("charbert_pretrained", "charbert")]
+             ("charbert_pretrained", "charbert"), ("charbert_pretrained_frozen", "charbert")]
     return [(row, base) for row, base in pairs if row in rows and base in rows]
 
 
@@ -376,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in rows:
             if row == "charbert_pretrained" and not args.charbert_pretrained:
                 args.charbert_pretrained = pretrain_charbert(args, runner, base, out / "models")
+            if row == "charbert_pretrained_frozen":
+                args.charbert_pretrained_frozen = pretrain_charbert(args, runner, base, out / "models", frozen=True)
             model = base
             if row != "minilm":
                 model = str(out / "models" / f"{row}_s{seed}")

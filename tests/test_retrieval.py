@@ -328,7 +328,7 @@ def _fake_report(folder, clean: float, attacked: dict[str, float]):
 
 def test_replicate_retrieval_commands_share_pairs_steps_and_seeds(rr, tmp_path):
     args = rr.build_parser().parse_args(["--max_train_steps", "7", "--charbert_pretrained", str(tmp_path)])
-    commands = {row: rr.train_command(args, row, "base", 43, tmp_path / row) for row in rr.ROWS[1:]}
+    commands = {row: rr.train_command(args, row, "base", 43, tmp_path / row) for row in rr.DEFAULT_ROWS[1:]}
     for command in commands.values():
         assert command[command.index("--max_train_steps") + 1] == "7"
         assert command[command.index("--seed") + 1] == "43"
@@ -341,11 +341,12 @@ def test_replicate_retrieval_commands_share_pairs_steps_and_seeds(rr, tmp_path):
     ev = rr.eval_command(args, "model", "clean", 43, tmp_path / "e")
     assert ev[ev.index("--max_words") + 1: ev.index("--max_words") + 3] == ["1", "2"]
     assert ev[ev.index("--seed") + 1] == "43" and ev[ev.index("--task") + 1] == "retrieval"
-    assert rr.selected_rows(args) == list(rr.ROWS)
-    assert rr.selected_rows(rr.build_parser().parse_args([])) == list(rr.ROWS)  # the pretrained row pretrains
+    assert rr.DEFAULT_ROWS == ("minilm", "clean", "noise", "noise_st", "charbert", "charbert_pretrained")
+    assert rr.selected_rows(args) == list(rr.DEFAULT_ROWS)
+    assert rr.selected_rows(rr.build_parser().parse_args([])) == list(rr.DEFAULT_ROWS)  # the pretrained row pretrains
     assert "--new_module_lr_multiplier" not in commands["charbert"]  # the same fine-tuning as the plain rows
     faster = rr.build_parser().parse_args(["--charbert_new_module_lr_multiplier", "10"])
-    for row in rr.ROWS[1:]:
+    for row in rr.DEFAULT_ROWS[1:]:
         command = rr.train_command(faster, row, "base", 43, tmp_path / row)
         given = command[command.index("--new_module_lr_multiplier") + 1] if "--new_module_lr_multiplier" in command else None
         assert given == ("10.0" if row in rr.CHARBERT_ROWS else None)
@@ -376,6 +377,21 @@ def test_replicate_retrieval_pretrains_the_pretrained_row_with_the_ner_replicati
     assert (flag("--per_device_train_batch_size"), flag("--max_seq_length"), flag("--learning_rate")) == \
         ("16", "128", "0.0001")
     assert flag("--word_vocab") == ran[0][1][ran[0][1].index("--output_dir") + 1]
+    assert "--freeze_backbone_steps" not in pretrain
+    # the screen row: the same pretraining with the backbone frozen throughout, in a stage and folder of its own
+    ran.clear()
+    frozen = rr.pretrain_charbert(args, Recorder(), "plain", tmp_path / "models", frozen=True)
+    assert [name for name, _ in ran] == ["vocab", "pretrain_charbert_frozen"]
+    assert frozen == str(tmp_path / "models" / "pretrain_charbert_frozen") != folder
+    assert flag("--max_train_steps") == ran[1][1][ran[1][1].index("--freeze_backbone_steps") + 1] == "500"
+    assert [x for x in ran[1][1] if x not in ("--freeze_backbone_steps", "500", frozen)] == \
+        [x for x in pretrain if x not in ("500", folder)]
+    assert "charbert_pretrained_frozen" not in rr.selected_rows(args)  # a screen: only when asked for
+    asked = rr.build_parser().parse_args(["--rows", "charbert_pretrained_frozen"])
+    assert rr.selected_rows(asked) == ["charbert_pretrained_frozen"]
+    asked.charbert_pretrained_frozen = frozen
+    command = rr.train_command(asked, "charbert_pretrained_frozen", "plain", 42, tmp_path / "m")
+    assert command[command.index("--model_name_or_path") + 1] == frozen and "--charbert" in command
     (data / "corpus" / "brown.txt").unlink()
     with pytest.raises(SystemExit, match="brown.txt not found"):
         rr.pretrain_charbert(args, Recorder(), "plain", tmp_path / "models")
