@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a pretrained CharBERT folder (e.g. a 500-step pretraining run on MiniLM) for that row "
                         "(default: pretrain one with replicate_small.py's recipe, a stage of this experiment)")
     p.add_argument("--data_dir", default=str(DATA), help="the shared data folder (its corpus/ for that pretraining)")
+    p.set_defaults(charbert_pretrained_frozen=None)  # the screen row's folder: always its own stage's
     p.add_argument("--charbert_recipe", choices=sorted(RECIPES), default="noise_st",
                    help="the fine-tuning of both CharBERT rows (default: %(default)s)")
     p.add_argument("--charbert_new_module_lr_multiplier", type=float, default=1.0,
@@ -144,7 +145,7 @@ def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
     """``python -m finetune.embedding`` for one trained row and seed."""
     if row in CHARBERT_ROWS:
         model = {"charbert": base, "charbert_pretrained": args.charbert_pretrained,
-                 "charbert_pretrained_frozen": getattr(args, "charbert_pretrained_frozen", None)}[row]
+                 "charbert_pretrained_frozen": args.charbert_pretrained_frozen}[row]
         extra = ["--charbert", *recipe_flags(args.charbert_recipe, args)]
         if args.charbert_new_module_lr_multiplier != 1.0:
             extra += ["--new_module_lr_multiplier", str(args.charbert_new_module_lr_multiplier)]
@@ -174,7 +175,7 @@ def pretrain_charbert(args, runner: Runner, base: str, out: Path, frozen: bool =
     corpus, validation = rs.corpus_files(data)
     for path in (*corpus, validation):
         if not Path(path).is_file():
-            sys.exit(f"{PROG}: {path} not found: the charbert_pretrained row pretrains on the corpus there "
+            sys.exit(f"{PROG}: {path} not found: the pretrained CharBERT rows pretrain on the corpus there "
                      "(give --data_dir, or --charbert_pretrained FOLDER)")
     recipe = rs.build_parser().parse_args(["--data_dir", str(data)])
     if frozen:
@@ -388,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in rows:
             if row == "charbert_pretrained" and not args.charbert_pretrained:
                 args.charbert_pretrained = pretrain_charbert(args, runner, base, out / "models")
-            if row == "charbert_pretrained_frozen":
+            if row == "charbert_pretrained_frozen" and not args.charbert_pretrained_frozen:
                 args.charbert_pretrained_frozen = pretrain_charbert(args, runner, base, out / "models", frozen=True)
             model = base
             if row != "minilm":
