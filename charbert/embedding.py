@@ -481,12 +481,14 @@ def same_positive_mask(positives: Sequence[str]) -> torch.Tensor:
 @dataclass
 class ContrastiveOutput(ModelOutput):
     """loss: what is trained; the parts (logged by the training loop): retrieval_loss (clean queries),
-    noised_retrieval_loss (noised queries, --query_noise), self_teaching_loss (before its weight)."""
+    noised_retrieval_loss (noised queries, --query_noise), self_teaching_loss and query_alignment_loss
+    (before their weights)."""
 
     loss: torch.FloatTensor | None = None
     retrieval_loss: torch.FloatTensor | None = None
     noised_retrieval_loss: torch.FloatTensor | None = None
     self_teaching_loss: torch.FloatTensor | None = None
+    query_alignment_loss: torch.FloatTensor | None = None
 
 
 def in_batch_scores(queries: torch.Tensor, passages: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Tensor:
@@ -510,20 +512,32 @@ def self_teaching_loss(clean_scores: torch.Tensor, noised_scores: torch.Tensor, 
     return F.kl_div(student, target, log_target=True, reduction="batchmean")
 
 
+def query_alignment_loss(clean_queries: torch.Tensor, noised_queries: torch.Tensor) -> torch.Tensor:
+    """1 - cos(noised query, clean query), mean over the batch ((B, D) each).
+
+    The clean query's vector is the target (no gradient flows through it): where self-teaching matches
+    the noised query's ranking of the batch's few passages, this asks for the clean query's whole vector,
+    which is what every passage of the corpus is scored against."""
+    cosine = F.cosine_similarity(noised_queries.float(), clean_queries.detach().float(), dim=-1)  # (B,)
+    return (1.0 - cosine).mean()
+
+
 class ContrastiveModel(nn.Module):
     """A SentenceTransformer trained on (query, positive) batches with in-batch negatives.
 
     loss = MNRL(clean queries)                                           without noise
          = (MNRL(clean) + MNRL(noised)) / 2                              query_noise (typos-aware training)
          + self_teaching x KL(clean || noised)                           self_teaching > 0
+         + query_alignment x (1 - cos(noised, clean))                    query_alignment > 0
     """
 
     def __init__(self, encoder, scale: float = DEFAULT_SCALE, query_noise: bool = False, self_teaching: float = 0.0,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, query_alignment: float = 0.0):
         super().__init__()
         self.encoder = encoder
         self.scale, self.query_noise = scale, query_noise
         self.self_teaching, self.temperature = self_teaching, temperature
+        self.query_alignment = query_alignment
         self.loading_info = {"initialized_keys": [f"encoder.{n}" for n in new_module_names(encoder)]}
 
     def embed(self, features: dict) -> torch.Tensor:
@@ -532,22 +546,30 @@ class ContrastiveModel(nn.Module):
     def scores(self, queries: dict, passages: torch.Tensor, same_positive: torch.Tensor | None) -> torch.Tensor:
         """(B, B) in-batch scores; a passage equal to the row's positive is left out (a large negative
         score, not -inf, so that the self-teaching KL stays finite)."""
-        scores = in_batch_scores(self.embed(queries), passages, self.scale)
+        return self.scores_of(self.embed(queries), passages, same_positive)
+
+    def scores_of(self, queries: torch.Tensor, passages: torch.Tensor, same_positive: torch.Tensor | None) -> torch.Tensor:
+        scores = in_batch_scores(queries, passages, self.scale)  # (B, B)
         return scores if same_positive is None else scores.masked_fill(same_positive, EXCLUDED_SCORE)
 
     def forward(self, query: dict, positive: dict, noised_query: dict | None = None,
                 same_positive: torch.Tensor | None = None) -> ContrastiveOutput:
         passages = self.embed(positive)  # (B, D)
-        clean = self.scores(query, passages, same_positive)  # (B, B)
+        clean_queries = self.embed(query)  # (B, D)
+        clean = self.scores_of(clean_queries, passages, same_positive)  # (B, B)
         retrieval = multiple_negatives_ranking_loss(clean)
         if noised_query is None:
             return ContrastiveOutput(loss=retrieval, retrieval_loss=retrieval)
-        noised = self.scores(noised_query, passages, same_positive)  # (B, B)
+        noised_queries = self.embed(noised_query)  # (B, D)
+        noised = self.scores_of(noised_queries, passages, same_positive)  # (B, B)
         noised_retrieval = multiple_negatives_ranking_loss(noised)
         loss = (retrieval + noised_retrieval) / 2 if self.query_noise else retrieval
-        teaching = None
+        teaching = alignment = None
         if self.self_teaching > 0:
             teaching = self_teaching_loss(clean, noised, self.temperature)
             loss = loss + self.self_teaching * teaching
+        if self.query_alignment > 0:
+            alignment = query_alignment_loss(clean_queries, noised_queries)
+            loss = loss + self.query_alignment * alignment
         return ContrastiveOutput(loss=loss, retrieval_loss=retrieval, noised_retrieval_loss=noised_retrieval,
-                                 self_teaching_loss=teaching)
+                                 self_teaching_loss=teaching, query_alignment_loss=alignment)

@@ -10,7 +10,8 @@ its pooling and normalisation are kept). Pairs come from --train_file (JSON line
 --dataset_name. The loss is the multiple-negatives ranking loss (every other passage of the batch is
 a negative; a passage equal to the positive is not). --query_noise trains on misspelt copies of the
 queries too (typos-aware training); --self_teaching W adds W x KL(clean || noised) of the two score
-distributions over the batch's passages (CharacterBERT-DR's self-teaching). The output folder is a
+distributions over the batch's passages (CharacterBERT-DR's self-teaching); --query_alignment W adds
+W x (1 - cos) of the noised and the clean query's vectors. The output folder is a
 sentence-transformers model (modules.json): `SentenceTransformer(folder)` after `import charbert`,
 or `charbert.embedding.load_embedding_model(folder)`.
 """
@@ -98,6 +99,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         "over the batch's passages (0: off; default: %(default)s).")
     n.add_argument("--self_teaching_temperature", type=float, default=1.0,
                    help="Temperature of the two distributions (default: %(default)s).")
+    n.add_argument("--query_alignment", type=float, default=0.0,
+                   help="Weight of the alignment term, 1 - cos(noised query, clean query) of the two query vectors (the "
+                        "clean one the target, no gradient through it; 0: off; default: %(default)s).")
     n.add_argument("--similarity_scale", type=float, default=DEFAULT_SCALE,
                    help="Cosine similarities are multiplied by this before the softmax (default: %(default)s, "
                         "sentence-transformers' MultipleNegativesRankingLoss).")
@@ -117,13 +121,14 @@ def check_args(args) -> QueryNoise | None:
         raise UsageError(f"--noise_probability must be in [0, 1]; got {args.noise_probability}")
     if args.noise_max_words < 0:
         raise UsageError(f"--noise_max_words must be >= 0; got {args.noise_max_words}")
-    if args.self_teaching < 0:
-        raise UsageError(f"--self_teaching must be >= 0; got {args.self_teaching}")
+    if args.self_teaching < 0 or args.query_alignment < 0:
+        raise UsageError(f"--self_teaching and --query_alignment must be >= 0; got {args.self_teaching}, "
+                         f"{args.query_alignment}")
     if not args.self_teaching_temperature > 0 or not args.similarity_scale > 0:
         raise UsageError("--self_teaching_temperature and --similarity_scale must be > 0")
     if args.per_device_train_batch_size < 2:
         raise UsageError("--per_device_train_batch_size must be >= 2: the other passages of a batch are the negatives")
-    if not (args.query_noise or args.self_teaching > 0):
+    if not (args.query_noise or args.self_teaching > 0 or args.query_alignment > 0):
         return None
     try:
         operations = parse_operations(args.noise_operations)
@@ -187,12 +192,14 @@ def run(args, argv: Sequence[str], prog: str) -> dict[str, Any]:
     set_seed(args.seed)  # the character encoder's and fusion's initial weights
     encoder = open_model(args)
     model = ContrastiveModel(encoder, scale=args.similarity_scale, query_noise=args.query_noise,
-                             self_teaching=args.self_teaching, temperature=args.self_teaching_temperature)
+                             self_teaching=args.self_teaching, temperature=args.self_teaching_temperature,
+                             query_alignment=args.query_alignment)
     collator = PairCollator(encoder, noise)
-    logger.info("embedding: %s (%s), %d pairs from %s, max_seq_length %s, loss: MNRL%s%s",
+    logger.info("embedding: %s (%s), %d pairs from %s, max_seq_length %s, loss: MNRL%s%s%s",
                 args.model_name_or_path, "CharBERT, both channels" if is_charbert_embedding(encoder) else "plain",
                 len(pairs), source, encoder.max_seq_length, " + noised queries" if args.query_noise else "",
-                f" + {args.self_teaching} x self-teaching" if args.self_teaching > 0 else "")
+                f" + {args.self_teaching} x self-teaching" if args.self_teaching > 0 else "",
+                f" + {args.query_alignment} x query alignment" if args.query_alignment > 0 else "")
 
     outcome = train(model, FeatureDataset(pairs), config, collator, accelerator=accelerator)
     unwrapped = accelerator.unwrap_model(model).encoder

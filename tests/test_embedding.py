@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import run_cli
 
 from charbert.embedding import (
@@ -21,6 +22,7 @@ from charbert.embedding import (
     load_embedding_model,
     multiple_negatives_ranking_loss,
     parse_operations,
+    query_alignment_loss,
     read_pairs,
     same_positive_mask,
     self_teaching_loss,
@@ -227,6 +229,18 @@ def test_self_teaching_distils_the_noised_distribution_from_the_clean_one():
     assert clean.grad is None and noised.grad.abs().sum() > 0  # the clean query is the teacher only
 
 
+def test_query_alignment_pulls_the_noised_vector_to_the_clean_one():
+    generator = torch.Generator().manual_seed(2)
+    clean = torch.randn(3, 8, generator=generator, requires_grad=True)
+    assert query_alignment_loss(clean, 5 * clean.detach().clone()).abs() < 1e-6  # the direction counts, not the length
+    torch.testing.assert_close(query_alignment_loss(clean, -clean.detach()), torch.tensor(2.0))
+    noised = torch.randn(3, 8, generator=generator, requires_grad=True)
+    loss = query_alignment_loss(clean, noised)
+    torch.testing.assert_close(loss, (1 - F.cosine_similarity(clean, noised, dim=-1)).mean())
+    loss.backward()
+    assert clean.grad is None and noised.grad.abs().sum() > 0  # the clean query is the target only
+
+
 def test_same_positives_are_not_negatives():
     mask = same_positive_mask(["a", "b", "a", "c", "b"])
     assert mask.tolist() == [[False, False, True, False, False], [False, False, False, False, True],
@@ -246,6 +260,11 @@ def test_contrastive_model_and_collator(st_dir, one_torch_thread):
     model = ContrastiveModel(encoder, query_noise=True, self_teaching=0.5)
     out = model(**batch)
     torch.testing.assert_close(out.loss, (out.retrieval_loss + out.noised_retrieval_loss) / 2 + 0.5 * out.self_teaching_loss)
+    assert out.query_alignment_loss is None
+    aligned = ContrastiveModel(encoder, self_teaching=0.5, query_alignment=2.0)(**batch)
+    assert aligned.query_alignment_loss > 0  # every query was misspelt (probability 1)
+    torch.testing.assert_close(aligned.loss, aligned.retrieval_loss + 0.5 * aligned.self_teaching_loss
+                               + 2.0 * aligned.query_alignment_loss)
     out.loss.backward()
     new = dict(model.named_parameters())
     assert model.loading_info["initialized_keys"] and all(k in new for k in model.loading_info["initialized_keys"])
@@ -332,3 +351,16 @@ def test_pairs_from_a_dataset(tmp_path):
     args.positive_column = "positive"
     with pytest.raises(TaskDataError, match=r"has no column 'positive' \(columns: question, context, id\)"):
         read_training_pairs(args)
+
+
+def test_typo_flags_choose_the_query_noise():
+    from finetune.embedding import UsageError, build_parser, check_args
+
+    def noise(*flags):
+        return check_args(build_parser().parse_args(["--model_name_or_path", "m", "--train_file", "p.jsonl", *flags]))
+
+    assert noise() is None  # clean pairs only: no misspelt queries are made
+    assert all(isinstance(noise(*f), QueryNoise) for f in (["--query_noise"], ["--self_teaching", "1"],
+                                                           ["--query_alignment", "1"]))
+    with pytest.raises(UsageError, match="--query_alignment must be >= 0"):
+        noise("--query_alignment", "-1")
