@@ -30,6 +30,10 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
   the sentence space the plain model ships is kept; the ``charbert_pretrained`` row's pretraining trains
   the backbone too and moves it), stage ``pretrain_charbert_frozen``, then the same fine-tuning.
 
+Screens of the fine-tuning, each in its own ``--output_dir``: ``--charbert_new_module_lr_multiplier M``
+(the CharBERT rows' new modules at M x the learning rate) and ``--query_alignment A`` (every row trained
+with noised queries also pulls the noised query's vector to the clean one's).
+
 Each stage is a subprocess (command and log in ``OUTPUT_DIR/logs/``); a finished stage leaves
 ``OUTPUT_DIR/stages/<name>.done`` and is not redone, so a killed run resumes where it stopped.
 Results: ``results.md`` and ``results.json`` in ``OUTPUT_DIR``: per budget K, clean and attacked
@@ -100,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--self_teaching", type=float, default=1.0, help="weight W of the self-teaching loss")
     f.add_argument("--self_teaching_temperature", type=float, default=None,
                    help="finetune.embedding's (default: its own)")
+    f.add_argument("--query_alignment", type=float, default=0.0,
+                   help="finetune.embedding's --query_alignment A for every row trained with noised queries (a "
+                        "screen; default: %(default)s, off)")
     e = p.add_argument_group("scoring")
     e.add_argument("--max_eval_queries", type=int, default=None, help="score the first N questions only (smoke runs)")
     e.add_argument("--eval_batch_size", type=int, default=64)
@@ -118,11 +125,15 @@ def selected_rows(args) -> list[str]:
 
 def row_label(row: str, args) -> str:
     recipe = RECIPE_NAMES[args.charbert_recipe]
-    return {"minilm": "MiniLM as shipped", "clean": "MiniLM fine-tuned, clean pairs",
+    label = {"minilm": "MiniLM as shipped", "clean": "MiniLM fine-tuned, clean pairs",
             "noise": "MiniLM + noised queries", "noise_st": "MiniLM + noised queries + self-teaching",
             "charbert": f"CharBERT on MiniLM (identity start), {recipe}",
             "charbert_pretrained": f"CharBERT after pretraining, {recipe}",
             "charbert_pretrained_frozen": f"CharBERT after pretraining, backbone frozen, {recipe}"}[row]
+    recipe_of_row = args.charbert_recipe if row in CHARBERT_ROWS else row
+    if args.query_alignment > 0 and "--query_noise" in RECIPES.get(recipe_of_row, []):
+        label += f" + {args.query_alignment:g} x query alignment"
+    return label
 
 
 # --------------------------------------------------------------------------------------
@@ -138,6 +149,8 @@ def recipe_flags(recipe: str, args) -> list[str]:
             flags += ["--self_teaching_temperature", str(args.self_teaching_temperature)]
     if "--query_noise" in flags and args.noise_probability is not None:
         flags += ["--noise_probability", str(args.noise_probability)]
+    if "--query_noise" in flags and args.query_alignment > 0:
+        flags += ["--query_alignment", str(args.query_alignment)]
     return flags
 
 
@@ -340,7 +353,8 @@ def write_results(args, out: Path, rows: Sequence[str], runner: Runner) -> dict:
     found = targets(results, rows, args.seeds)
     budget = {k: getattr(args, k) for k in ("max_train_steps", "per_device_train_batch_size", "learning_rate",
                                             "warmup_ratio", "max_seq_length", "max_train_samples", "noise_probability",
-                                            "self_teaching", "self_teaching_temperature", "charbert_recipe",
+                                            "self_teaching", "self_teaching_temperature", "query_alignment",
+                                            "charbert_recipe",
                                             "charbert_new_module_lr_multiplier",
                                             "charbert_pretrained", "train_file", "test_file", "max_eval_queries")}
     record = {"budget": budget, "seeds": list(args.seeds), "rows": {r: labels[r] for r in rows},

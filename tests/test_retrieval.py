@@ -350,6 +350,13 @@ def test_replicate_retrieval_commands_share_pairs_steps_and_seeds(rr, tmp_path):
         command = rr.train_command(faster, row, "base", 43, tmp_path / row)
         given = command[command.index("--new_module_lr_multiplier") + 1] if "--new_module_lr_multiplier" in command else None
         assert given == ("10.0" if row in rr.CHARBERT_ROWS else None)
+    assert all("--query_alignment" not in command for command in commands.values())  # off unless asked for
+    aligned = rr.build_parser().parse_args(["--query_alignment", "2", "--charbert_pretrained", str(tmp_path)])
+    for row in rr.DEFAULT_ROWS[1:]:
+        command = rr.train_command(aligned, row, "base", 43, tmp_path / row)
+        given = command[command.index("--query_alignment") + 1] if "--query_alignment" in command else None
+        assert given == (None if row == "clean" else "2.0")  # every row trained with noised queries
+        assert ("query alignment" in rr.row_label(row, aligned)) == (row != "clean")
 
 
 def test_replicate_retrieval_pretrains_the_pretrained_row_with_the_ner_replications_recipe(rr, tmp_path):
