@@ -26,9 +26,10 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
   its defaults: 500 steps x 16 blocks of 128 tokens of Brown + WebText, lr 1e-4, seed 42; 39 minutes
   on 2 CPU cores), once, for every seed's row;
 * ``charbert_pretrained_frozen`` (a screen, only with ``--rows``): the same pretraining with the backbone
-  frozen throughout (``--freeze_backbone_steps`` = its steps: only the modules CharBERT adds learn, so
-  the sentence space the plain model ships is kept; the ``charbert_pretrained`` row's pretraining trains
-  the backbone too and moves it), stage ``pretrain_charbert_frozen``, then the same fine-tuning.
+  frozen throughout (``--freeze_backbone_steps`` = its steps: only the modules CharBERT adds learn; the
+  ``charbert_pretrained`` row's pretraining trains the backbone too), stage ``pretrain_charbert_frozen``,
+  then the same fine-tuning. Measured: it moves the sentence space as far as the other (the fusion blocks
+  rewrite the subword channel; ``experiments/embedding_drift.py``).
 
 Screens of the fine-tuning, each in its own ``--output_dir``: ``--charbert_new_module_lr_multiplier M``
 (the CharBERT rows' new modules at M x the learning rate) and ``--query_alignment A`` (every row trained

@@ -453,3 +453,33 @@ def test_replicate_retrieval_end_to_end_on_tiny_models_resumes(rr, embedding_dir
     capsys.readouterr()
     assert rr.main(argv) == 0  # run again: every stage done before, nothing redone
     assert capsys.readouterr().out.count("done before, skipped") == 5
+
+
+def test_embedding_drift_measures_how_far_a_model_moved(embedding_dirs, squad_file, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from charbert.embedding import load_embedding_model
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "embedding_drift.py"
+    spec = importlib.util.spec_from_file_location("embedding_drift", script)
+    drift = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(drift)
+
+    moved = load_embedding_model(str(embedding_dirs["charbert"]), device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # the fusion rewritten, as a pretraining of it can
+        for name, param in moved.named_parameters():
+            if ".fusion." in name and name.endswith("weight") and param.dim() > 1:
+                param.add_(0.5 * torch.randn(param.shape, generator=generator))
+    moved.save(str(tmp_path / "moved"))
+    texts = drift.squad_texts(str(squad_file), questions=6, paragraphs=4)
+    assert [len(v) for v in texts.values()] == [6, 4]
+    report = drift.drift(str(embedding_dirs["bert"]), [str(embedding_dirs["charbert"]), str(tmp_path / "moved")], texts, 48)
+    assert list(report) == ["identity start", str(embedding_dirs["charbert"]), str(tmp_path / "moved")]
+    for kind in ("questions", "paragraphs"):
+        assert report["identity start"][kind]["min"] > 0.999  # a fresh CharBERT encodes as its base
+        assert report[str(embedding_dirs["charbert"])][kind]["min"] > 0.999  # the saved fresh one too
+        assert report[str(tmp_path / "moved")][kind]["mean"] < 0.99
