@@ -76,8 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.common import minilm_path
 
         args.base = str(minilm_path())
+    from charbert.embedding import NotAnEmbeddingModel
+
     texts = squad_texts(args.test_file, args.questions, args.paragraphs)
-    report = drift(args.base, args.folders, texts, args.max_seq_length)
+    try:
+        report = drift(args.base, args.folders, texts, args.max_seq_length)
+    except NotAnEmbeddingModel as err:
+        sys.exit(f"embedding_drift: {err}")
     print("| model | questions: cos mean / min | paragraphs: cos mean / min |\n|---|---|---|")
     for name, row in report.items():
         print(f"| {name} | " + " | ".join(f"{row[k]['mean']:.4f} / {row[k]['min']:.4f}" for k in texts) + " |")
