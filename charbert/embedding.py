@@ -543,12 +543,9 @@ class ContrastiveModel(nn.Module):
     def embed(self, features: dict) -> torch.Tensor:
         return self.encoder(dict(features))["sentence_embedding"]  # (B, D); the modules add keys: a copy
 
-    def scores(self, queries: dict, passages: torch.Tensor, same_positive: torch.Tensor | None) -> torch.Tensor:
-        """(B, B) in-batch scores; a passage equal to the row's positive is left out (a large negative
-        score, not -inf, so that the self-teaching KL stays finite)."""
-        return self.scores_of(self.embed(queries), passages, same_positive)
-
-    def scores_of(self, queries: torch.Tensor, passages: torch.Tensor, same_positive: torch.Tensor | None) -> torch.Tensor:
+    def scores(self, queries: torch.Tensor, passages: torch.Tensor, same_positive: torch.Tensor | None) -> torch.Tensor:
+        """(B, D), (B, D) -> (B, B) in-batch scores; a passage equal to the row's positive is left out (a large
+        negative score, not -inf, so that the self-teaching KL stays finite)."""
         scores = in_batch_scores(queries, passages, self.scale)  # (B, B)
         return scores if same_positive is None else scores.masked_fill(same_positive, EXCLUDED_SCORE)
 
@@ -556,12 +553,12 @@ class ContrastiveModel(nn.Module):
                 same_positive: torch.Tensor | None = None) -> ContrastiveOutput:
         passages = self.embed(positive)  # (B, D)
         clean_queries = self.embed(query)  # (B, D)
-        clean = self.scores_of(clean_queries, passages, same_positive)  # (B, B)
+        clean = self.scores(clean_queries, passages, same_positive)  # (B, B)
         retrieval = multiple_negatives_ranking_loss(clean)
         if noised_query is None:
             return ContrastiveOutput(loss=retrieval, retrieval_loss=retrieval)
         noised_queries = self.embed(noised_query)  # (B, D)
-        noised = self.scores_of(noised_queries, passages, same_positive)  # (B, B)
+        noised = self.scores(noised_queries, passages, same_positive)  # (B, B)
         noised_retrieval = multiple_negatives_ranking_loss(noised)
         loss = (retrieval + noised_retrieval) / 2 if self.query_noise else retrieval
         teaching = alignment = None

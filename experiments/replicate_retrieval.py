@@ -124,6 +124,11 @@ def selected_rows(args) -> list[str]:
     return [r for r in ROWS if r in wanted]
 
 
+def row_recipe(row: str, args) -> str:
+    """The fine-tuning recipe of a trained row (a key of RECIPES): the CharBERT rows share --charbert_recipe."""
+    return args.charbert_recipe if row in CHARBERT_ROWS else row
+
+
 def row_label(row: str, args) -> str:
     recipe = RECIPE_NAMES[args.charbert_recipe]
     label = {"minilm": "MiniLM as shipped", "clean": "MiniLM fine-tuned, clean pairs",
@@ -131,8 +136,7 @@ def row_label(row: str, args) -> str:
             "charbert": f"CharBERT on MiniLM (identity start), {recipe}",
             "charbert_pretrained": f"CharBERT after pretraining, {recipe}",
             "charbert_pretrained_frozen": f"CharBERT after pretraining, backbone frozen, {recipe}"}[row]
-    recipe_of_row = args.charbert_recipe if row in CHARBERT_ROWS else row
-    if args.query_alignment > 0 and "--query_noise" in RECIPES.get(recipe_of_row, []):
+    if args.query_alignment > 0 and "--query_noise" in RECIPES.get(row_recipe(row, args), []):
         label += f" + {args.query_alignment:g} x query alignment"
     return label
 
@@ -160,11 +164,11 @@ def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
     if row in CHARBERT_ROWS:
         model = {"charbert": base, "charbert_pretrained": args.charbert_pretrained,
                  "charbert_pretrained_frozen": args.charbert_pretrained_frozen}[row]
-        extra = ["--charbert", *recipe_flags(args.charbert_recipe, args)]
+        extra = ["--charbert", *recipe_flags(row_recipe(row, args), args)]
         if args.charbert_new_module_lr_multiplier != 1.0:
             extra += ["--new_module_lr_multiplier", str(args.charbert_new_module_lr_multiplier)]
     else:
-        model, extra = base, recipe_flags(row, args)
+        model, extra = base, recipe_flags(row_recipe(row, args), args)
     command = [sys.executable, "-m", "finetune.embedding", "--model_name_or_path", str(model),
                "--train_file", args.train_file, "--output_dir", str(out), "--seed", str(seed),
                "--max_train_steps", str(args.max_train_steps),

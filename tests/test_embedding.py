@@ -269,7 +269,7 @@ def test_contrastive_model_and_collator(st_dir, one_torch_thread):
     new = dict(model.named_parameters())
     assert model.loading_info["initialized_keys"] and all(k in new for k in model.loading_info["initialized_keys"])
     assert encoder[1].linear.weight.grad[:, 32:].abs().sum() > 0  # the character half of the projection learns
-    scores = model.scores(batch["query"], model.embed(batch["positive"]), batch["same_positive"])
+    scores = model.scores(model.embed(batch["query"]), model.embed(batch["positive"]), batch["same_positive"])
     assert scores[1, 2] == scores[2, 1] == EXCLUDED_SCORE and scores[1, 1] > EXCLUDED_SCORE
 
 
