@@ -24,7 +24,8 @@ than the model takes are truncated and counted (`truncation_count`).
 
 The training side (the program is finetune/embedding.py): `read_pairs` reads (query, positive) pairs,
 `PairCollator` tokenises them (and noises the queries, `QueryNoise`), `ContrastiveModel` computes the
-multiple-negatives ranking loss with in-batch negatives and, optionally, self-teaching.
+multiple-negatives ranking loss with in-batch negatives and, optionally, self-teaching, query alignment
+and a teacher's vectors as targets (`teacher`: e.g. the plain model CharBERT is built on).
 """
 
 from __future__ import annotations
@@ -449,14 +450,15 @@ class QueryNoise:
 
 
 class PairCollator:
-    """(query, positive) examples -> {"query": features, "positive": features[, "noised_query": features]},
-    each tokenised by the model's own input module (`SentenceTransformer.preprocess`). The noise is a
+    """(query, positive) examples -> {"query": features, "positive": features[, "noised_query": features]
+    [, "teacher_query": features]}, each tokenised by the model's (or the teacher's) own input module
+    (`SentenceTransformer.preprocess`). The noise is a
     function of the batch's generator (the training loop's `collator_rng`): the same seed, the same typos."""
 
     needs_rng = True
 
-    def __init__(self, model, noise: QueryNoise | None = None):
-        self.model, self.noise = model, noise
+    def __init__(self, model, noise: QueryNoise | None = None, teacher=None):
+        self.model, self.noise, self.teacher = model, noise, teacher
 
     def __call__(self, examples: Sequence[Pair | dict], rng: np.random.Generator | None = None) -> dict:
         queries = [e.query if isinstance(e, Pair) else e["query"] for e in examples]
@@ -466,6 +468,8 @@ class PairCollator:
         if self.noise is not None:
             rng = rng if rng is not None else np.random.default_rng(0)
             batch["noised_query"] = self.model.preprocess([self.noise(q, rng) for q in queries])
+        if self.teacher is not None:  # the clean queries in the teacher's own tokenisation
+            batch["teacher_query"] = self.teacher.preprocess(queries)
         return batch
 
 
@@ -481,14 +485,15 @@ def same_positive_mask(positives: Sequence[str]) -> torch.Tensor:
 @dataclass
 class ContrastiveOutput(ModelOutput):
     """loss: what is trained; the parts (logged by the training loop): retrieval_loss (clean queries),
-    noised_retrieval_loss (noised queries, --query_noise), self_teaching_loss and query_alignment_loss
-    (before their weights)."""
+    noised_retrieval_loss (noised queries, --query_noise), self_teaching_loss, query_alignment_loss and
+    teacher_loss (before their weights)."""
 
     loss: torch.FloatTensor | None = None
     retrieval_loss: torch.FloatTensor | None = None
     noised_retrieval_loss: torch.FloatTensor | None = None
     self_teaching_loss: torch.FloatTensor | None = None
     query_alignment_loss: torch.FloatTensor | None = None
+    teacher_loss: torch.FloatTensor | None = None
 
 
 def in_batch_scores(queries: torch.Tensor, passages: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Tensor:
@@ -512,33 +517,52 @@ def self_teaching_loss(clean_scores: torch.Tensor, noised_scores: torch.Tensor, 
     return F.kl_div(student, target, log_target=True, reduction="batchmean")
 
 
-def query_alignment_loss(clean_queries: torch.Tensor, noised_queries: torch.Tensor) -> torch.Tensor:
-    """1 - cos(noised query, clean query), mean over the batch ((B, D) each).
+def cosine_alignment_loss(targets: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """1 - cos(vector, its target), mean over the batch ((B, D) each); no gradient flows through the targets.
 
-    The clean query's vector is the target (no gradient flows through it): where self-teaching matches
-    the noised query's ranking of the batch's few passages, this asks for the clean query's whole vector,
-    which is what every passage of the corpus is scored against."""
-    cosine = F.cosine_similarity(noised_queries.float(), clean_queries.detach().float(), dim=-1)  # (B,)
+    Query alignment: the targets are the clean queries' vectors, the vectors the noised queries' (where
+    self-teaching matches the noised query's ranking of the batch's few passages, this asks for the clean
+    query's whole vector, which every passage of the corpus is scored against). Teacher: the targets are a
+    fixed model's vectors of the clean queries."""
+    cosine = F.cosine_similarity(vectors.float(), targets.detach().float(), dim=-1)  # (B,)
     return (1.0 - cosine).mean()
 
 
 class ContrastiveModel(nn.Module):
     """A SentenceTransformer trained on (query, positive) batches with in-batch negatives.
 
-    loss = MNRL(clean queries)                                           without noise
-         = (MNRL(clean) + MNRL(noised)) / 2                              query_noise (typos-aware training)
-         + self_teaching x KL(clean || noised)                           self_teaching > 0
-         + query_alignment x (1 - cos(noised, clean))                    query_alignment > 0
+    loss = ranking_weight x MNRL(clean queries)                               without noise
+         = ranking_weight x (MNRL(clean) + MNRL(noised)) / 2                  query_noise (typos-aware training)
+         + self_teaching x KL(clean || noised)                                self_teaching > 0
+         + query_alignment x (1 - cos(noised, clean))                         query_alignment > 0
+         + teacher_weight x mean of (1 - cos(q, teacher's clean q))           teacher given
+           over the clean queries and (with noise) the noised ones
+
+    The teacher is a fixed SentenceTransformer with the same vector size (usually the plain model CharBERT
+    was built on): its vectors of the clean queries keep the trained model's clean queries where they were
+    and pull the misspelt ones there. It is never trained (its parameters do not require gradients and it
+    stays in eval mode) and is not part of the saved model. With ranking_weight 0 and no self-teaching the
+    passages are not encoded: the loss needs the queries only.
     """
 
     def __init__(self, encoder, scale: float = DEFAULT_SCALE, query_noise: bool = False, self_teaching: float = 0.0,
-                 temperature: float = 1.0, query_alignment: float = 0.0):
+                 temperature: float = 1.0, query_alignment: float = 0.0, teacher=None, teacher_weight: float = 1.0,
+                 ranking_weight: float = 1.0):
         super().__init__()
         self.encoder = encoder
         self.scale, self.query_noise = scale, query_noise
         self.self_teaching, self.temperature = self_teaching, temperature
         self.query_alignment = query_alignment
+        self.teacher, self.teacher_weight, self.ranking_weight = teacher, teacher_weight, ranking_weight
+        if teacher is not None:
+            teacher.requires_grad_(False).eval()
         self.loading_info = {"initialized_keys": [f"encoder.{n}" for n in new_module_names(encoder)]}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # a fixed target: no dropout
+        return self
 
     def embed(self, features: dict) -> torch.Tensor:
         return self.encoder(dict(features))["sentence_embedding"]  # (B, D); the modules add keys: a copy
@@ -550,23 +574,47 @@ class ContrastiveModel(nn.Module):
         return scores if same_positive is None else scores.masked_fill(same_positive, EXCLUDED_SCORE)
 
     def forward(self, query: dict, positive: dict, noised_query: dict | None = None,
-                same_positive: torch.Tensor | None = None) -> ContrastiveOutput:
+                same_positive: torch.Tensor | None = None, teacher_query: dict | None = None) -> ContrastiveOutput:
+        if self.ranking_weight == 0 and not (noised_query is not None and self.self_teaching > 0):
+            return self.queries_only(query, noised_query, teacher_query)
         passages = self.embed(positive)  # (B, D)
         clean_queries = self.embed(query)  # (B, D)
         clean = self.scores(clean_queries, passages, same_positive)  # (B, B)
         retrieval = multiple_negatives_ranking_loss(clean)
-        if noised_query is None:
-            return ContrastiveOutput(loss=retrieval, retrieval_loss=retrieval)
-        noised_queries = self.embed(noised_query)  # (B, D)
-        noised = self.scores(noised_queries, passages, same_positive)  # (B, B)
-        noised_retrieval = multiple_negatives_ranking_loss(noised)
-        loss = (retrieval + noised_retrieval) / 2 if self.query_noise else retrieval
-        teaching = alignment = None
-        if self.self_teaching > 0:
+        noised_queries = noised = noised_retrieval = None
+        if noised_query is not None:
+            noised_queries = self.embed(noised_query)  # (B, D)
+            noised = self.scores(noised_queries, passages, same_positive)  # (B, B)
+            noised_retrieval = multiple_negatives_ranking_loss(noised)
+        ranking = (retrieval + noised_retrieval) / 2 if self.query_noise and noised is not None else retrieval
+        loss = self.ranking_weight * ranking
+        teaching = None
+        if noised is not None and self.self_teaching > 0:
             teaching = self_teaching_loss(clean, noised, self.temperature)
             loss = loss + self.self_teaching * teaching
-        if self.query_alignment > 0:
-            alignment = query_alignment_loss(clean_queries, noised_queries)
-            loss = loss + self.query_alignment * alignment
+        loss, alignment, taught = self.add_alignment(loss, clean_queries, noised_queries, teacher_query)
         return ContrastiveOutput(loss=loss, retrieval_loss=retrieval, noised_retrieval_loss=noised_retrieval,
-                                 self_teaching_loss=teaching, query_alignment_loss=alignment)
+                                 self_teaching_loss=teaching, query_alignment_loss=alignment, teacher_loss=taught)
+
+    def queries_only(self, query: dict, noised_query: dict | None, teacher_query: dict | None) -> ContrastiveOutput:
+        """The loss without the ranking terms: the alignment and teacher terms, which read the queries only."""
+        clean_queries = self.embed(query)  # (B, D)
+        noised_queries = self.embed(noised_query) if noised_query is not None else None  # (B, D)
+        loss, alignment, taught = self.add_alignment(clean_queries.new_zeros(()), clean_queries, noised_queries,
+                                                     teacher_query)
+        return ContrastiveOutput(loss=loss, query_alignment_loss=alignment, teacher_loss=taught)
+
+    def add_alignment(self, loss, clean_queries, noised_queries, teacher_query):
+        """loss + the query-alignment and teacher terms there are; returns (loss, alignment, teacher)."""
+        alignment = taught = None
+        if noised_queries is not None and self.query_alignment > 0:
+            alignment = cosine_alignment_loss(clean_queries, noised_queries)
+            loss = loss + self.query_alignment * alignment
+        if self.teacher is not None and teacher_query is not None:
+            with torch.no_grad():
+                targets = self.teacher(dict(teacher_query))["sentence_embedding"]  # (B, D)
+            taught = cosine_alignment_loss(targets, clean_queries)
+            if noised_queries is not None:
+                taught = (taught + cosine_alignment_loss(targets, noised_queries)) / 2
+            loss = loss + self.teacher_weight * taught
+        return loss, alignment, taught

@@ -32,8 +32,11 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
   rewrite the subword channel; ``experiments/embedding_drift.py``).
 
 Screens of the fine-tuning, each in its own ``--output_dir``: ``--charbert_new_module_lr_multiplier M``
-(the CharBERT rows' new modules at M x the learning rate) and ``--query_alignment A`` (every row trained
-with noised queries also pulls the noised query's vector to the clean one's).
+(the CharBERT rows' new modules at M x the learning rate), ``--query_alignment A`` (every row trained
+with noised queries also pulls the noised query's vector to the clean one's), ``--teacher W`` (every row
+trained with noised queries pulls its clean and noised query vectors to the plain model's vectors of the
+clean queries) and ``--ranking_weight R`` (0: no ranking loss; with ``--teacher``, training reads the
+questions only).
 
 Each stage is a subprocess (command and log in ``OUTPUT_DIR/logs/``); a finished stage leaves
 ``OUTPUT_DIR/stages/<name>.done`` and is not redone, so a killed run resumes where it stopped.
@@ -108,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--query_alignment", type=float, default=0.0,
                    help="finetune.embedding's --query_alignment A for every row trained with noised queries (a "
                         "screen; default: %(default)s, off)")
+    f.add_argument("--teacher", type=float, default=0.0,
+                   help="finetune.embedding's --teacher_weight W, the plain model the teacher, for every row trained "
+                        "with noised queries (a screen; default: %(default)s, off)")
+    f.add_argument("--ranking_weight", type=float, default=1.0,
+                   help="finetune.embedding's --ranking_weight for those rows (a screen; default: %(default)s)")
     e = p.add_argument_group("scoring")
     e.add_argument("--max_eval_queries", type=int, default=None, help="score the first N questions only (smoke runs)")
     e.add_argument("--eval_batch_size", type=int, default=64)
@@ -136,8 +144,10 @@ def row_label(row: str, args) -> str:
             "charbert": f"CharBERT on MiniLM (identity start), {recipe}",
             "charbert_pretrained": f"CharBERT after pretraining, {recipe}",
             "charbert_pretrained_frozen": f"CharBERT after pretraining, backbone frozen, {recipe}"}[row]
-    if args.query_alignment > 0 and "--query_noise" in RECIPES.get(row_recipe(row, args), []):
-        label += f" + {args.query_alignment:g} x query alignment"
+    if "--query_noise" in RECIPES.get(row_recipe(row, args), []):
+        label += f" + {args.query_alignment:g} x query alignment" if args.query_alignment > 0 else ""
+        label += f" + {args.teacher:g} x teacher (the plain model)" if args.teacher > 0 else ""
+        label += f", ranking loss x {args.ranking_weight:g}" if args.ranking_weight != 1 else ""
     return label
 
 
@@ -146,7 +156,7 @@ def row_label(row: str, args) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def recipe_flags(recipe: str, args) -> list[str]:
+def recipe_flags(recipe: str, args, base: str) -> list[str]:
     flags = list(RECIPES[recipe])
     if "--self_teaching" in flags:
         flags.insert(flags.index("--self_teaching") + 1, str(args.self_teaching))
@@ -156,6 +166,10 @@ def recipe_flags(recipe: str, args) -> list[str]:
         flags += ["--noise_probability", str(args.noise_probability)]
     if "--query_noise" in flags and args.query_alignment > 0:
         flags += ["--query_alignment", str(args.query_alignment)]
+    if "--query_noise" in flags and args.teacher > 0:
+        flags += ["--teacher_model", str(base), "--teacher_weight", str(args.teacher)]
+    if "--query_noise" in flags and args.ranking_weight != 1:
+        flags += ["--ranking_weight", str(args.ranking_weight)]
     return flags
 
 
@@ -164,11 +178,11 @@ def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
     if row in CHARBERT_ROWS:
         model = {"charbert": base, "charbert_pretrained": args.charbert_pretrained,
                  "charbert_pretrained_frozen": args.charbert_pretrained_frozen}[row]
-        extra = ["--charbert", *recipe_flags(row_recipe(row, args), args)]
+        extra = ["--charbert", *recipe_flags(row_recipe(row, args), args, base)]
         if args.charbert_new_module_lr_multiplier != 1.0:
             extra += ["--new_module_lr_multiplier", str(args.charbert_new_module_lr_multiplier)]
     else:
-        model, extra = base, recipe_flags(row_recipe(row, args), args)
+        model, extra = base, recipe_flags(row_recipe(row, args), args, base)
     command = [sys.executable, "-m", "finetune.embedding", "--model_name_or_path", str(model),
                "--train_file", args.train_file, "--output_dir", str(out), "--seed", str(seed),
                "--max_train_steps", str(args.max_train_steps),
@@ -359,6 +373,7 @@ def write_results(args, out: Path, rows: Sequence[str], runner: Runner) -> dict:
     budget = {k: getattr(args, k) for k in ("max_train_steps", "per_device_train_batch_size", "learning_rate",
                                             "warmup_ratio", "max_seq_length", "max_train_samples", "noise_probability",
                                             "self_teaching", "self_teaching_temperature", "query_alignment",
+                                            "teacher", "ranking_weight",
                                             "charbert_recipe",
                                             "charbert_new_module_lr_multiplier",
                                             "charbert_pretrained", "train_file", "test_file", "max_eval_queries")}

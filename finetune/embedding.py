@@ -11,7 +11,10 @@ its pooling and normalisation are kept). Pairs come from --train_file (JSON line
 a negative; a passage equal to the positive is not). --query_noise trains on misspelt copies of the
 queries too (typos-aware training); --self_teaching W adds W x KL(clean || noised) of the two score
 distributions over the batch's passages (CharacterBERT-DR's self-teaching); --query_alignment W adds
-W x (1 - cos) of the noised and the clean query's vectors. The output folder is a
+W x (1 - cos) of the noised and the clean query's vectors; --teacher_model FOLDER (usually the plain
+model itself) makes its vectors of the clean queries the targets of the trained model's clean and
+misspelt queries (--teacher_weight W); --ranking_weight 0 leaves the ranking loss out (with a teacher:
+the misspelt queries learn to land where the teacher puts the clean ones, passages unused). The output folder is a
 sentence-transformers model (modules.json): `SentenceTransformer(folder)` after `import charbert`,
 or `charbert.embedding.load_embedding_model(folder)`.
 """
@@ -102,6 +105,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     n.add_argument("--query_alignment", type=float, default=0.0,
                    help="Weight of the alignment term, 1 - cos(noised query, clean query) of the two query vectors (the "
                         "clean one the target, no gradient through it; 0: off; default: %(default)s).")
+    n.add_argument("--teacher_model", default=None,
+                   help="A fixed sentence-transformers model with the same vector size (usually the plain model "
+                        "itself): its vectors of the clean queries become the targets of the trained model's clean "
+                        "queries and (with --query_noise) misspelt ones, + W x (1 - cos). Not trained, not saved.")
+    n.add_argument("--teacher_weight", type=float, default=1.0,
+                   help="W of the teacher term (default: %(default)s).")
+    n.add_argument("--ranking_weight", type=float, default=1.0,
+                   help="Weight of the multiple-negatives ranking loss (0: left out; then the passages are unused "
+                        "unless --self_teaching; default: %(default)s).")
     n.add_argument("--similarity_scale", type=float, default=DEFAULT_SCALE,
                    help="Cosine similarities are multiplied by this before the softmax (default: %(default)s, "
                         "sentence-transformers' MultipleNegativesRankingLoss).")
@@ -124,6 +136,12 @@ def check_args(args) -> QueryNoise | None:
     if args.self_teaching < 0 or args.query_alignment < 0:
         raise UsageError(f"--self_teaching and --query_alignment must be >= 0; got {args.self_teaching}, "
                          f"{args.query_alignment}")
+    if args.teacher_weight < 0 or args.ranking_weight < 0:
+        raise UsageError(f"--teacher_weight and --ranking_weight must be >= 0; got {args.teacher_weight}, "
+                         f"{args.ranking_weight}")
+    if args.ranking_weight == 0 and not (args.teacher_model or args.self_teaching > 0 or args.query_alignment > 0):
+        raise UsageError("--ranking_weight 0 leaves nothing to train: add --teacher_model, --query_alignment or "
+                         "--self_teaching")
     if not args.self_teaching_temperature > 0 or not args.similarity_scale > 0:
         raise UsageError("--self_teaching_temperature and --similarity_scale must be > 0")
     if args.per_device_train_batch_size < 2:
@@ -168,6 +186,29 @@ def open_model(args):
     return model
 
 
+def describe_loss(args) -> str:
+    """The loss in words, e.g. "MNRL + noised queries + 1.0 x self-teaching"."""
+    ranking = "" if args.ranking_weight == 0 else "MNRL" if args.ranking_weight == 1 else f"{args.ranking_weight} x MNRL"
+    parts = [ranking + (" + noised queries" if ranking and args.query_noise else "")]
+    parts += [f"{args.self_teaching} x self-teaching"] if args.self_teaching > 0 else []
+    parts += [f"{args.query_alignment} x query alignment"] if args.query_alignment > 0 else []
+    parts += [f"{args.teacher_weight} x teacher ({args.teacher_model})"] if args.teacher_model else []
+    return " + ".join(p for p in parts if p)
+
+
+def open_teacher(args, encoder):
+    """The --teacher_model (None without it), with the trained model's input length; its vectors must be the same size."""
+    if not args.teacher_model:
+        return None
+    teacher = load_embedding_model(args.teacher_model)
+    size, own = teacher.get_embedding_dimension(), encoder.get_embedding_dimension()
+    if size != own:
+        raise UsageError(f"--teacher_model {args.teacher_model} gives {size}-dimensional vectors; the model trained "
+                         f"gives {own}")
+    teacher.max_seq_length = encoder.max_seq_length
+    return teacher
+
+
 def run(args, argv: Sequence[str], prog: str) -> dict[str, Any]:
     start = time.perf_counter()
     noise = check_args(args)
@@ -191,15 +232,15 @@ def run(args, argv: Sequence[str], prog: str) -> dict[str, Any]:
 
     set_seed(args.seed)  # the character encoder's and fusion's initial weights
     encoder = open_model(args)
+    teacher = open_teacher(args, encoder)
     model = ContrastiveModel(encoder, scale=args.similarity_scale, query_noise=args.query_noise,
                              self_teaching=args.self_teaching, temperature=args.self_teaching_temperature,
-                             query_alignment=args.query_alignment)
-    collator = PairCollator(encoder, noise)
-    logger.info("embedding: %s (%s), %d pairs from %s, max_seq_length %s, loss: MNRL%s%s%s",
+                             query_alignment=args.query_alignment, teacher=teacher,
+                             teacher_weight=args.teacher_weight, ranking_weight=args.ranking_weight)
+    collator = PairCollator(encoder, noise, teacher)
+    logger.info("embedding: %s (%s), %d pairs from %s, max_seq_length %s, loss: %s",
                 args.model_name_or_path, "CharBERT, both channels" if is_charbert_embedding(encoder) else "plain",
-                len(pairs), source, encoder.max_seq_length, " + noised queries" if args.query_noise else "",
-                f" + {args.self_teaching} x self-teaching" if args.self_teaching > 0 else "",
-                f" + {args.query_alignment} x query alignment" if args.query_alignment > 0 else "")
+                len(pairs), source, encoder.max_seq_length, describe_loss(args))
 
     outcome = train(model, FeatureDataset(pairs), config, collator, accelerator=accelerator)
     unwrapped = accelerator.unwrap_model(model).encoder

@@ -17,12 +17,12 @@ from charbert.embedding import (
     PairCollator,
     QueryNoise,
     build_charbert_embedding,
+    cosine_alignment_loss,
     in_batch_scores,
     is_charbert_embedding,
     load_embedding_model,
     multiple_negatives_ranking_loss,
     parse_operations,
-    query_alignment_loss,
     read_pairs,
     same_positive_mask,
     self_teaching_loss,
@@ -229,16 +229,16 @@ def test_self_teaching_distils_the_noised_distribution_from_the_clean_one():
     assert clean.grad is None and noised.grad.abs().sum() > 0  # the clean query is the teacher only
 
 
-def test_query_alignment_pulls_the_noised_vector_to_the_clean_one():
+def test_cosine_alignment_pulls_the_vectors_to_their_targets():
     generator = torch.Generator().manual_seed(2)
     clean = torch.randn(3, 8, generator=generator, requires_grad=True)
-    assert query_alignment_loss(clean, 5 * clean.detach().clone()).abs() < 1e-6  # the direction counts, not the length
-    torch.testing.assert_close(query_alignment_loss(clean, -clean.detach()), torch.tensor(2.0))
+    assert cosine_alignment_loss(clean, 5 * clean.detach().clone()).abs() < 1e-6  # the direction counts, not the length
+    torch.testing.assert_close(cosine_alignment_loss(clean, -clean.detach()), torch.tensor(2.0))
     noised = torch.randn(3, 8, generator=generator, requires_grad=True)
-    loss = query_alignment_loss(clean, noised)
+    loss = cosine_alignment_loss(clean, noised)
     torch.testing.assert_close(loss, (1 - F.cosine_similarity(clean, noised, dim=-1)).mean())
     loss.backward()
-    assert clean.grad is None and noised.grad.abs().sum() > 0  # the clean query is the target only
+    assert clean.grad is None and noised.grad.abs().sum() > 0  # the target only
 
 
 def test_same_positives_are_not_negatives():
@@ -271,6 +271,47 @@ def test_contrastive_model_and_collator(st_dir, one_torch_thread):
     assert encoder[1].linear.weight.grad[:, 32:].abs().sum() > 0  # the character half of the projection learns
     scores = model.scores(model.embed(batch["query"]), model.embed(batch["positive"]), batch["same_positive"])
     assert scores[1, 2] == scores[2, 1] == EXCLUDED_SCORE and scores[1, 1] > EXCLUDED_SCORE
+
+
+def test_teacher_vectors_are_the_queries_targets(st_dir, one_torch_thread):
+    encoder = build_charbert_embedding(st_dir, device="cpu")
+    teacher = load_embedding_model(str(st_dir), device="cpu")
+    pairs = [{"query": "parliament house", "positive": SENTENCES[0]}, {"query": "roman history", "positive": SENTENCES[3]}]
+    batch = PairCollator(encoder, QueryNoise(probability=1.0), teacher)(pairs, rng=np.random.default_rng(0))
+    assert "char_input_ids" not in batch["teacher_query"]  # the teacher's own tokenisation
+    model = ContrastiveModel(encoder, query_noise=True, teacher=teacher, teacher_weight=3.0).eval()
+    out = model(**batch)
+    torch.testing.assert_close(out.loss, (out.retrieval_loss + out.noised_retrieval_loss) / 2 + 3.0 * out.teacher_loss)
+    clean_part = cosine_alignment_loss(teacher.encode(["parliament house", "roman history"], convert_to_tensor=True),
+                                       model.embed(batch["query"]))
+    assert clean_part.abs() < 1e-5  # the identity start encodes clean queries as the teacher does
+    assert out.teacher_loss > 0.01  # the misspelt ones do not (yet)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert encoder[1].linear.weight.grad[:, 32:].abs().sum() > 0
+    assert not model.train().teacher.training and model.encoder.training  # a fixed target: no dropout
+
+    alone = ContrastiveModel(encoder, query_noise=True, teacher=teacher, ranking_weight=0.0).eval()
+    out = alone(query=batch["query"], positive=None, noised_query=batch["noised_query"],
+                teacher_query=batch["teacher_query"])  # the passages are not read
+    assert out.retrieval_loss is None and out.noised_retrieval_loss is None
+    torch.testing.assert_close(out.loss, out.teacher_loss)
+
+
+def test_teacher_of_another_size_is_one_line(st_dir):
+    import argparse
+
+    from finetune.embedding import UsageError, open_teacher
+
+    class Encoder:
+        max_seq_length = 16
+
+        def get_embedding_dimension(self):
+            return 7
+
+    with pytest.raises(UsageError, match=r"gives 32-dimensional vectors; the model trained gives 7$"):
+        open_teacher(argparse.Namespace(teacher_model=str(st_dir)), Encoder())
+    assert open_teacher(argparse.Namespace(teacher_model=None), Encoder()) is None
 
 
 def test_new_module_lr_multiplier_reaches_charbert_modules_only(st_dir, tmp_path, one_torch_thread):
@@ -321,6 +362,23 @@ def test_program_trains_a_charbert_embedding_model(tmp_path, st_dir, tiny_texts,
 
 
 @pytest.mark.slow
+def test_program_trains_on_a_teachers_vectors_alone(tmp_path, st_dir, tiny_texts, one_torch_thread):
+    from sentence_transformers import SentenceTransformer
+
+    pairs = _pairs_file(tmp_path / "pairs.jsonl", tiny_texts)
+    args = ["--model_name_or_path", st_dir, "--charbert", "--train_file", pairs, "--max_train_steps", 2,
+            "--per_device_train_batch_size", 6, "--query_noise", "--teacher_model", st_dir, "--ranking_weight", 0,
+            "--new_module_lr_multiplier", 50, "--seed", 3, "--logging_steps", 1, "--optim", "adamw_torch"]
+    assert run_cli("embedding", *args, "--output_dir", tmp_path / "a") == 0
+    logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert len(logs) == 2 and all("teacher_loss" in r and "retrieval_loss" not in r for r in logs)
+    assert logs[0]["loss"] == pytest.approx(logs[0]["teacher_loss"])
+    trained = SentenceTransformer(str(tmp_path / "a"), device="cpu")
+    assert is_charbert_embedding(trained) and len(trained) == len(build_charbert_embedding(st_dir))  # no teacher inside
+    assert not torch.allclose(_encode(trained), _encode(load_embedding_model(str(st_dir), device="cpu")), atol=1e-4)
+
+
+@pytest.mark.slow
 def test_program_bad_input_is_one_line(tmp_path, st_dir, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "passage": "p"}\n')
@@ -364,3 +422,9 @@ def test_typo_flags_choose_the_query_noise():
                                                            ["--query_alignment", "1"]))
     with pytest.raises(UsageError, match="--query_alignment must be >= 0"):
         noise("--query_alignment", "-1")
+    with pytest.raises(UsageError, match="--ranking_weight 0 leaves nothing to train"):
+        noise("--ranking_weight", "0")
+    with pytest.raises(UsageError, match="--teacher_weight and --ranking_weight must be >= 0"):
+        noise("--teacher_model", "t", "--teacher_weight", "-1")
+    assert noise("--teacher_model", "t") is None  # the teacher alone: clean queries only
+    assert isinstance(noise("--teacher_model", "t", "--ranking_weight", "0", "--query_noise"), QueryNoise)

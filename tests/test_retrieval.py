@@ -357,6 +357,17 @@ def test_replicate_retrieval_commands_share_pairs_steps_and_seeds(rr, tmp_path):
         given = command[command.index("--query_alignment") + 1] if "--query_alignment" in command else None
         assert given == (None if row == "clean" else "2.0")  # every row trained with noised queries
         assert ("query alignment" in rr.row_label(row, aligned)) == (row != "clean")
+    assert all("--teacher_model" not in c and "--ranking_weight" not in c for c in commands.values())
+    taught = rr.build_parser().parse_args(["--teacher", "1", "--ranking_weight", "0", "--charbert_recipe", "noise",
+                                           "--charbert_pretrained", str(tmp_path)])
+    for row in rr.DEFAULT_ROWS[1:]:
+        command = rr.train_command(taught, row, "base", 43, tmp_path / row)
+        noised = row != "clean"
+        assert ("--teacher_model" in command) == ("--ranking_weight" in command) == noised
+        if noised:  # the plain model teaches every row trained with noised queries, CharBERT's too
+            assert command[command.index("--teacher_model") + 1] == "base"
+            assert command[command.index("--ranking_weight") + 1] == "0.0"
+        assert ("x teacher (the plain model), ranking loss x 0" in rr.row_label(row, taught)) == noised
 
 
 def test_replicate_retrieval_pretrains_the_pretrained_row_with_the_ner_replications_recipe(rr, tmp_path):
