@@ -610,7 +610,10 @@ class ContrastiveModel(nn.Module):
         if noised_queries is not None and self.query_alignment > 0:
             alignment = cosine_alignment_loss(clean_queries, noised_queries)
             loss = loss + self.query_alignment * alignment
-        if self.teacher is not None and teacher_query is not None:
+        if self.teacher is not None:
+            if teacher_query is None:
+                raise ValueError("a ContrastiveModel with a teacher needs the batch's teacher_query: "
+                                 "PairCollator(model, noise, teacher) makes it")
             with torch.no_grad():
                 targets = self.teacher(dict(teacher_query))["sentence_embedding"]  # (B, D)
             taught = cosine_alignment_loss(targets, clean_queries)

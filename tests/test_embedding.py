@@ -296,6 +296,8 @@ def test_teacher_vectors_are_the_queries_targets(st_dir, one_torch_thread):
                 teacher_query=batch["teacher_query"])  # the passages are not read
     assert out.retrieval_loss is None and out.noised_retrieval_loss is None
     torch.testing.assert_close(out.loss, out.teacher_loss)
+    with pytest.raises(ValueError, match="needs the batch's teacher_query"):
+        alone(query=batch["query"], positive=None, noised_query=batch["noised_query"])
 
 
 def test_teacher_of_another_size_is_one_line(st_dir):
