@@ -249,8 +249,33 @@ def _encoder_folder(path: Path) -> Path:
     return path / first.get("path", "")
 
 
+# The CharBertConfig fields that shape the character encoder (CharEncoder) and its input: what a character encoder
+# taken from another CharBERT brings with it.
+CHAR_ENCODER_FIELDS = ("char_vocab_size", "char_embedding_size", "char_hidden_size", "char_pad_token_id",
+                       "char_token_norm", "char_padding", "char_layout", "max_chars_per_token", "char_vocab_hash")
+
+
+def character_encoder_of(folder: str | os.PathLike) -> tuple[dict, dict, Path | None]:
+    """The character encoder of a CharBERT folder (a pretraining output, or a CharBERT sentence-transformers
+    folder): its config fields (CHAR_ENCODER_FIELDS), its weights (`CharBertModel.char_embeddings`' state dict)
+    and its character vocabulary file (None: the default vocabulary). One line (NotAnEmbeddingModel) when the
+    folder holds no CharBERT."""
+    from .modeling import CharBertModel
+
+    path = Path(folder)
+    if embedding_kind(path) == "sentence-transformers":
+        path = _encoder_folder(path)
+    if (_read_json(path / "config.json") or {}).get("model_type") != "charbert":
+        raise NotAnEmbeddingModel(f"{folder}: no CharBERT there to take a character encoder from")
+    source = CharBertModel.from_pretrained(str(path))
+    fields = {name: getattr(source.config, name) for name in CHAR_ENCODER_FIELDS}
+    vocab = path / CHAR_VOCAB_FILE
+    return fields, source.char_embeddings.state_dict(), vocab if vocab.is_file() else None
+
+
 def build_charbert_embedding(name_or_path: str | os.PathLike, device: str | None = None,
-                             max_seq_length: int | None = None, **config_kwargs):
+                             max_seq_length: int | None = None, char_encoder_from: str | os.PathLike | None = None,
+                             **config_kwargs):
     """A CharBERT embedding model (see the module docstring) on:
 
     * a plain sentence-transformers folder: CharBERT is built on its Transformer's weights with the identity
@@ -261,7 +286,11 @@ def build_charbert_embedding(name_or_path: str | os.PathLike, device: str | None
 
     `config_kwargs` set CharBertConfig fields of a new CharBERT (default new_module_init="identity",
     share_fusion=False). A fresh model encodes as its backbone does (exactly when no layer norm has more
-    than one dead dimension, see `identity_fusion_`)."""
+    than one dead dimension, see `identity_fusion_`). `char_encoder_from` (a CharBERT folder, e.g. a
+    pretraining output) gives a new CharBERT that folder's character encoder and character vocabulary
+    instead of random ones: the backbone stays as it is, the fusion still starts at the identity (so the
+    model still encodes as its backbone), and training starts from a character channel that already reads
+    misspelt words (NLM)."""
     _require_sentence_transformers()
     from sentence_transformers.sentence_transformer.modules import Pooling
 
@@ -284,16 +313,27 @@ def build_charbert_embedding(name_or_path: str | os.PathLike, device: str | None
         limit = max_seq_length or base.max_seq_length
         path = _encoder_folder(path)
     model_type = (_read_json(path / "config.json") or {}).get("model_type")
+    own_chars = path / CHAR_VOCAB_FILE
+    char_vocab = own_chars if own_chars.is_file() else None
     if model_type == "charbert":
+        if char_encoder_from is not None:
+            raise NotAnEmbeddingModel(f"{name_or_path} is a CharBERT already: a character encoder from "
+                                      f"{char_encoder_from} goes into a CharBERT built on a plain model")
         model = CharBertModel.from_pretrained(str(path))
     elif model_type in backbones.BACKBONES:
         config_kwargs = {"new_module_init": "identity", "share_fusion": False, **config_kwargs}
+        char_weights = None
+        if char_encoder_from is not None:
+            char_fields, char_weights, char_vocab = character_encoder_of(char_encoder_from)
+            config_kwargs.update(char_fields)
         model = CharBertModel.from_pretrained(str(path), **config_kwargs)
+        if char_weights is not None:
+            model.char_embeddings.load_state_dict(char_weights)
+            logger.info("character encoder and vocabulary from %s", char_encoder_from)
     else:
         raise NotAnEmbeddingModel(f"{path} holds a {model_type!r} model; CharBERT is built on "
                                   f"{backbones.supported()} encoders")
-    own_chars = path / CHAR_VOCAB_FILE
-    tokenizer = CharBertTokenizer.from_pretrained(str(path), char_vocab=own_chars if own_chars.is_file() else None)
+    tokenizer = CharBertTokenizer.from_pretrained(str(path), char_vocab=char_vocab)
     tokenizer.max_chars_per_token = model.config.max_chars_per_token
     tokenizer.max_chars_per_sequence = model.config.max_chars_per_sequence
     if limit is not None:

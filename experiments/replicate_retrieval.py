@@ -29,7 +29,11 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
   frozen throughout (``--freeze_backbone_steps`` = its steps: only the modules CharBERT adds learn; the
   ``charbert_pretrained`` row's pretraining trains the backbone too), stage ``pretrain_charbert_frozen``,
   then the same fine-tuning. Measured: it moves the sentence space as far as the other (the fusion blocks
-  rewrite the subword channel; ``experiments/embedding_drift.py``).
+  rewrite the subword channel; ``experiments/embedding_drift.py``);
+* ``charbert_char_encoder`` (a screen, only with ``--rows``): the ``charbert`` row (identity start on the
+  plain model as shipped) with the character encoder and vocabulary of the pretrained row's folder
+  (``--char_encoder_from``): a character channel that NLM taught to read misspelt words, on an unmoved
+  backbone.
 
 Screens of the fine-tuning, each in its own ``--output_dir``: ``--charbert_new_module_lr_multiplier M``
 (the CharBERT rows' new modules at M x the learning rate), ``--query_alignment A`` (every row trained
@@ -64,10 +68,11 @@ ATTACKS = ("drop", "add", "swap", "keyboard", "all")
 BUDGETS = (1, 2)
 RECIPES = {"clean": [], "noise": ["--query_noise"], "noise_st": ["--query_noise", "--self_teaching"]}
 RECIPE_NAMES = {"clean": "clean pairs", "noise": "noised queries", "noise_st": "noised queries + self-teaching"}
-ROWS = ("minilm", "clean", "noise", "noise_st", "charbert", "charbert_pretrained", "charbert_pretrained_frozen")
-DEFAULT_ROWS = ROWS[:6]  # the replication's rows; the frozen-backbone pretraining is a screen, asked for by name
+ROWS = ("minilm", "clean", "noise", "noise_st", "charbert", "charbert_pretrained", "charbert_pretrained_frozen",
+        "charbert_char_encoder")
+DEFAULT_ROWS = ROWS[:6]  # the replication's rows; the last two are screens, asked for by name
 PLAIN_ROWS = ("minilm", "clean", "noise", "noise_st")
-CHARBERT_ROWS = ("charbert", "charbert_pretrained", "charbert_pretrained_frozen")
+CHARBERT_ROWS = ("charbert", "charbert_pretrained", "charbert_pretrained_frozen", "charbert_char_encoder")
 PRETRAINED_ROWS = {"charbert_pretrained": "pretrain_charbert", "charbert_pretrained_frozen": "pretrain_charbert_frozen"}
 METRICS = ("mrr@10", "recall@1", "recall@10", "ndcg@10")
 PROG = "replicate_retrieval"
@@ -83,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_file", default=str(DATA / "squad" / "v1.1-dev.json"), help="the SQuAD JSON file scored")
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
     p.add_argument("--rows", default=None,
-                   help=f"comma-separated rows of {list(ROWS)} (default: all but the last, a screen)")
+                   help=f"comma-separated rows of {list(ROWS)} (default: the first six; the last two are screens)")
     p.add_argument("--charbert_pretrained", default=None,
                    help="a pretrained CharBERT folder (e.g. a 500-step pretraining run on MiniLM) for that row "
                         "(default: pretrain one with replicate_small.py's recipe, a stage of this experiment)")
@@ -143,7 +148,8 @@ def row_label(row: str, args) -> str:
             "noise": "MiniLM + noised queries", "noise_st": "MiniLM + noised queries + self-teaching",
             "charbert": f"CharBERT on MiniLM (identity start), {recipe}",
             "charbert_pretrained": f"CharBERT after pretraining, {recipe}",
-            "charbert_pretrained_frozen": f"CharBERT after pretraining, backbone frozen, {recipe}"}[row]
+            "charbert_pretrained_frozen": f"CharBERT after pretraining, backbone frozen, {recipe}",
+            "charbert_char_encoder": f"CharBERT on MiniLM (identity start), pretrained character encoder, {recipe}"}[row]
     if "--query_noise" in RECIPES.get(row_recipe(row, args), []):
         label += f" + {args.query_alignment:g} x query alignment" if args.query_alignment > 0 else ""
         label += f" + {args.teacher:g} x teacher (the plain model)" if args.teacher > 0 else ""
@@ -177,8 +183,10 @@ def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
     """``python -m finetune.embedding`` for one trained row and seed."""
     if row in CHARBERT_ROWS:
         model = {"charbert": base, "charbert_pretrained": args.charbert_pretrained,
-                 "charbert_pretrained_frozen": args.charbert_pretrained_frozen}[row]
+                 "charbert_pretrained_frozen": args.charbert_pretrained_frozen, "charbert_char_encoder": base}[row]
         extra = ["--charbert", *recipe_flags(row_recipe(row, args), args, base)]
+        if row == "charbert_char_encoder":
+            extra += ["--char_encoder_from", str(args.charbert_pretrained)]
         if args.charbert_new_module_lr_multiplier != 1.0:
             extra += ["--new_module_lr_multiplier", str(args.charbert_new_module_lr_multiplier)]
     else:
@@ -305,7 +313,8 @@ def comparisons(rows: Sequence[str], charbert_recipe: str) -> list[tuple[str, st
     """(row, the row it adds one option to): fine-tuning, noised queries, self-teaching, CharBERT (against
     MiniLM with the same fine-tuning), pretraining (against CharBERT's identity start)."""
     pairs = [("clean", "minilm"), ("noise", "clean"), ("noise_st", "noise"), ("charbert", charbert_recipe),
-             ("charbert_pretrained", "charbert"), ("charbert_pretrained_frozen", "charbert")]
+             ("charbert_pretrained", "charbert"), ("charbert_pretrained_frozen", "charbert"),
+             ("charbert_char_encoder", "charbert")]
     return [(row, base) for row, base in pairs if row in rows and base in rows]
 
 
@@ -421,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "args.json").write_text(json.dumps(vars(args), indent=1))
     for seed in args.seeds:  # a seed's rows one after the other: the first seed's table is complete first
         for row in rows:
-            if row == "charbert_pretrained" and not args.charbert_pretrained:
+            if row in ("charbert_pretrained", "charbert_char_encoder") and not args.charbert_pretrained:
                 args.charbert_pretrained = pretrain_charbert(args, runner, base, out / "models")
             if row == "charbert_pretrained_frozen" and not args.charbert_pretrained_frozen:
                 args.charbert_pretrained_frozen = pretrain_charbert(args, runner, base, out / "models", frozen=True)

@@ -5,7 +5,8 @@
 
 The model is a sentence-transformers folder, a plain Hugging Face encoder, or a CharBERT; --charbert
 builds CharBERT on a plain one (identity start: it encodes as its backbone until training moves it;
-its pooling and normalisation are kept). Pairs come from --train_file (JSON lines with `query` and
+its pooling and normalisation are kept; --char_encoder_from takes the character encoder of a pretrained
+CharBERT instead of a random one). Pairs come from --train_file (JSON lines with `query` and
 `positive` fields, a .tsv with a header row, or a SQuAD .json read as (question, paragraph)) or
 --dataset_name. The loss is the multiple-negatives ranking loss (every other passage of the batch is
 a negative; a passage equal to the positive is not). --query_noise trains on misspelt copies of the
@@ -66,6 +67,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     m.add_argument("--charbert", action="store_true",
                    help="Build CharBERT on a plain model (identity start, both channels pooled; its pooling and "
                         "normalisation kept). A CharBERT folder is used as it is.")
+    m.add_argument("--char_encoder_from", default=None,
+                   help="With --charbert: the character encoder and character vocabulary of this CharBERT folder (e.g. "
+                        "a pretraining output) instead of random ones; the backbone and the identity start unchanged.")
     d = parser.add_argument_group("data")
     d.add_argument("--train_file", default=None,
                    help="Pairs: JSON lines with the query and positive fields, a .tsv with a header row, or a SQuAD "
@@ -123,6 +127,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 def check_args(args) -> QueryNoise | None:
     """Flags that cannot work together -> UsageError; the query noise the run uses (None: none)."""
+    if args.char_encoder_from and not args.charbert:
+        raise UsageError("--char_encoder_from goes with --charbert (a CharBERT built on a plain model)")
     if bool(args.train_file) == bool(args.dataset_name):
         raise UsageError("give --train_file or --dataset_name (one of them)")
     if args.max_train_samples is not None and args.max_train_samples < 1:
@@ -174,7 +180,7 @@ def read_training_pairs(args) -> tuple[list, str]:
 def open_model(args):
     """The SentenceTransformer to train: CharBERT built on the given one with --charbert, else as it is."""
     if args.charbert:
-        model = build_charbert_embedding(args.model_name_or_path)
+        model = build_charbert_embedding(args.model_name_or_path, char_encoder_from=args.char_encoder_from)
     else:
         model = load_embedding_model(args.model_name_or_path)
     if args.max_seq_length is not None:

@@ -124,6 +124,35 @@ def test_opens_encoder_and_charbert_folders(tmp_path, bert_dir, one_torch_thread
     torch.testing.assert_close(_encode(charbert), _encode(plain), atol=1e-5, rtol=0)  # identity start, mean pooling
 
 
+def test_character_encoder_from_a_pretrained_charbert(tmp_path, st_dir, bert_dir, one_torch_thread):
+    from charbert import CharBertForPreTraining, CharBertTokenizer
+    from charbert.chars import CharVocab
+
+    # A "pretrained" CharBERT with its own (smaller) character vocabulary and a trained-looking encoder.
+    chars = CharVocab.build(SENTENCES + ["parlament hosue"])
+    source = CharBertForPreTraining.from_pretrained(str(bert_dir), new_module_init="identity", share_fusion=False,
+                                                   char_vocab_size=len(chars))
+    with torch.no_grad():
+        for param in source.charbert.char_embeddings.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    source.save_pretrained(tmp_path / "pretrained")
+    CharBertTokenizer.from_pretrained(str(bert_dir), char_vocab=chars).save_pretrained(tmp_path / "pretrained")
+
+    model = build_charbert_embedding(st_dir, device="cpu", char_encoder_from=tmp_path / "pretrained")
+    charbert = model[0].auto_model
+    for name, value in source.charbert.char_embeddings.state_dict().items():
+        torch.testing.assert_close(charbert.char_embeddings.state_dict()[name], value, rtol=0, atol=0)
+    assert charbert.config.char_vocab_size == source.config.char_vocab_size
+    assert chars.fingerprint() != CharVocab.default().fingerprint()
+    assert model.tokenizer.char_vocab.fingerprint() == chars.fingerprint()  # the source's vocabulary, not the default
+    plain = load_embedding_model(str(st_dir), device="cpu")
+    torch.testing.assert_close(_encode(model), _encode(plain), atol=1e-5, rtol=0)  # still the identity start
+    with pytest.raises(NotAnEmbeddingModel, match="no CharBERT there to take a character encoder from"):
+        build_charbert_embedding(st_dir, char_encoder_from=st_dir)
+    with pytest.raises(NotAnEmbeddingModel, match="is a CharBERT already"):
+        build_charbert_embedding(tmp_path / "pretrained", char_encoder_from=tmp_path / "pretrained")
+
+
 def test_not_an_embedding_model_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file.txt").write_text("hello")
@@ -430,3 +459,5 @@ def test_typo_flags_choose_the_query_noise():
         noise("--teacher_model", "t", "--teacher_weight", "-1")
     assert noise("--teacher_model", "t") is None  # the teacher alone: clean queries only
     assert isinstance(noise("--teacher_model", "t", "--ranking_weight", "0", "--query_noise"), QueryNoise)
+    with pytest.raises(UsageError, match="--char_encoder_from goes with --charbert"):
+        noise("--char_encoder_from", "pretrained/")

@@ -368,6 +368,11 @@ def test_replicate_retrieval_commands_share_pairs_steps_and_seeds(rr, tmp_path):
             assert command[command.index("--teacher_model") + 1] == "base"
             assert command[command.index("--ranking_weight") + 1] == "0.0"
         assert ("x teacher (the plain model), ranking loss x 0" in rr.row_label(row, taught)) == noised
+    transplant = rr.train_command(args, "charbert_char_encoder", "base", 43, tmp_path / "t")
+    assert transplant[transplant.index("--model_name_or_path") + 1] == "base"  # the backbone as shipped
+    assert transplant[transplant.index("--char_encoder_from") + 1] == args.charbert_pretrained
+    assert "--charbert" in transplant and all("--char_encoder_from" not in c for c in commands.values())
+    assert "charbert_char_encoder" not in rr.DEFAULT_ROWS
 
 
 def test_replicate_retrieval_pretrains_the_pretrained_row_with_the_ner_replications_recipe(rr, tmp_path):
