@@ -273,6 +273,11 @@ def character_encoder_of(folder: str | os.PathLike) -> tuple[dict, dict, Path | 
     return fields, source.char_embeddings.state_dict(), vocab if vocab.is_file() else None
 
 
+def _charbert_already(name_or_path, char_encoder_from) -> NotAnEmbeddingModel:
+    return NotAnEmbeddingModel(f"{name_or_path} is a CharBERT already: a character encoder from {char_encoder_from} "
+                               "goes into a CharBERT built on a plain model")
+
+
 def build_charbert_embedding(name_or_path: str | os.PathLike, device: str | None = None,
                              max_seq_length: int | None = None, char_encoder_from: str | os.PathLike | None = None,
                              **config_kwargs):
@@ -306,6 +311,8 @@ def build_charbert_embedding(name_or_path: str | os.PathLike, device: str | None
     if kind == "sentence-transformers":
         base = _open(str(path), "cpu")
         if is_charbert_embedding(base):
+            if char_encoder_from is not None:
+                raise _charbert_already(name_or_path, char_encoder_from)
             if max_seq_length is not None:
                 base.max_seq_length = max_seq_length
             return base.to(device) if device is not None else base
@@ -317,8 +324,7 @@ def build_charbert_embedding(name_or_path: str | os.PathLike, device: str | None
     char_vocab = own_chars if own_chars.is_file() else None
     if model_type == "charbert":
         if char_encoder_from is not None:
-            raise NotAnEmbeddingModel(f"{name_or_path} is a CharBERT already: a character encoder from "
-                                      f"{char_encoder_from} goes into a CharBERT built on a plain model")
+            raise _charbert_already(name_or_path, char_encoder_from)
         model = CharBertModel.from_pretrained(str(path))
     elif model_type in backbones.BACKBONES:
         config_kwargs = {"new_module_init": "identity", "share_fusion": False, **config_kwargs}

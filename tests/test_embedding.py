@@ -17,6 +17,7 @@ from charbert.embedding import (
     PairCollator,
     QueryNoise,
     build_charbert_embedding,
+    character_encoder_of,
     cosine_alignment_loss,
     in_batch_scores,
     is_charbert_embedding,
@@ -149,8 +150,12 @@ def test_character_encoder_from_a_pretrained_charbert(tmp_path, st_dir, bert_dir
     torch.testing.assert_close(_encode(model), _encode(plain), atol=1e-5, rtol=0)  # still the identity start
     with pytest.raises(NotAnEmbeddingModel, match="no CharBERT there to take a character encoder from"):
         build_charbert_embedding(st_dir, char_encoder_from=st_dir)
-    with pytest.raises(NotAnEmbeddingModel, match="is a CharBERT already"):
-        build_charbert_embedding(tmp_path / "pretrained", char_encoder_from=tmp_path / "pretrained")
+    model.save(str(tmp_path / "st"))
+    for charbert_already in (tmp_path / "pretrained", tmp_path / "st"):
+        with pytest.raises(NotAnEmbeddingModel, match="is a CharBERT already"):
+            build_charbert_embedding(charbert_already, char_encoder_from=tmp_path / "pretrained")
+    fields, _, _ = character_encoder_of(tmp_path / "st")  # a CharBERT sentence-transformers folder gives one too
+    assert fields["char_vocab_size"] == len(chars)
 
 
 def test_not_an_embedding_model_is_one_line(tmp_path):
