@@ -498,19 +498,20 @@ class QueryNoise:
 class PairCollator:
     """(query, positive) examples -> {"query": features, "positive": features[, "noised_query": features]
     [, "teacher_query": features]}, each tokenised by the model's (or the teacher's) own input module
-    (`SentenceTransformer.preprocess`). The noise is a
+    (`SentenceTransformer.preprocess`); "positive" is None with passages=False. The noise is a
     function of the batch's generator (the training loop's `collator_rng`): the same seed, the same typos."""
 
     needs_rng = True
 
-    def __init__(self, model, noise: QueryNoise | None = None, teacher=None):
-        self.model, self.noise, self.teacher = model, noise, teacher
+    def __init__(self, model, noise: QueryNoise | None = None, teacher=None, passages: bool = True):
+        self.model, self.noise, self.teacher, self.passages = model, noise, teacher, passages
 
     def __call__(self, examples: Sequence[Pair | dict], rng: np.random.Generator | None = None) -> dict:
         queries = [e.query if isinstance(e, Pair) else e["query"] for e in examples]
         positives = [e.positive if isinstance(e, Pair) else e["positive"] for e in examples]
-        batch = {"query": self.model.preprocess(queries), "positive": self.model.preprocess(positives),
-                 "same_positive": same_positive_mask(positives)}
+        batch = {"query": self.model.preprocess(queries), "same_positive": same_positive_mask(positives),
+                 # a loss that reads the queries only (ContrastiveModel.reads_passages) gets no passage features
+                 "positive": self.model.preprocess(positives) if self.passages else None}
         if self.noise is not None:
             rng = rng if rng is not None else np.random.default_rng(0)
             batch["noised_query"] = self.model.preprocess([self.noise(q, rng) for q in queries])
@@ -619,9 +620,14 @@ class ContrastiveModel(nn.Module):
         scores = in_batch_scores(queries, passages, self.scale)  # (B, B)
         return scores if same_positive is None else scores.masked_fill(same_positive, EXCLUDED_SCORE)
 
-    def forward(self, query: dict, positive: dict, noised_query: dict | None = None,
+    @property
+    def reads_passages(self) -> bool:
+        """Whether the loss needs the passages (the ranking terms or self-teaching)."""
+        return self.ranking_weight > 0 or self.self_teaching > 0
+
+    def forward(self, query: dict, positive: dict | None, noised_query: dict | None = None,
                 same_positive: torch.Tensor | None = None, teacher_query: dict | None = None) -> ContrastiveOutput:
-        if self.ranking_weight == 0 and not (noised_query is not None and self.self_teaching > 0):
+        if not self.reads_passages or (self.ranking_weight == 0 and noised_query is None):
             return self.queries_only(query, noised_query, teacher_query)
         passages = self.embed(positive)  # (B, D)
         clean_queries = self.embed(query)  # (B, D)

@@ -243,7 +243,7 @@ def run(args, argv: Sequence[str], prog: str) -> dict[str, Any]:
                              self_teaching=args.self_teaching, temperature=args.self_teaching_temperature,
                              query_alignment=args.query_alignment, teacher=teacher,
                              teacher_weight=args.teacher_weight, ranking_weight=args.ranking_weight)
-    collator = PairCollator(encoder, noise, teacher)
+    collator = PairCollator(encoder, noise, teacher, passages=model.reads_passages)
     logger.info("embedding: %s (%s), %d pairs from %s, max_seq_length %s, loss: %s",
                 args.model_name_or_path, "CharBERT, both channels" if is_charbert_embedding(encoder) else "plain",
                 len(pairs), source, encoder.max_seq_length, describe_loss(args))

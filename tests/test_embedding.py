@@ -326,8 +326,11 @@ def test_teacher_vectors_are_the_queries_targets(st_dir, one_torch_thread):
     assert not model.train().teacher.training and model.encoder.training  # a fixed target: no dropout
 
     alone = ContrastiveModel(encoder, query_noise=True, teacher=teacher, ranking_weight=0.0).eval()
-    out = alone(query=batch["query"], positive=None, noised_query=batch["noised_query"],
-                teacher_query=batch["teacher_query"])  # the passages are not read
+    assert not alone.reads_passages and model.reads_passages
+    queries_only = PairCollator(encoder, QueryNoise(probability=1.0), teacher, passages=False)(
+        pairs, rng=np.random.default_rng(0))
+    assert queries_only["positive"] is None  # the passages are not even tokenised
+    out = alone(**queries_only)
     assert out.retrieval_loss is None and out.noised_retrieval_loss is None
     torch.testing.assert_close(out.loss, out.teacher_loss)
     with pytest.raises(ValueError, match="needs the batch's teacher_query"):
