@@ -34,6 +34,7 @@ import csv
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -365,7 +366,7 @@ def new_module_names(model) -> list[str]:
 @dataclass
 class Pair:
     query: str
-    positive: str
+    positive: str | None = None  # None: a text without a passage (a texts file, for the query-only losses)
 
 
 def _is_squad(data: Any) -> bool:
@@ -377,7 +378,9 @@ def read_pairs(path: str | os.PathLike, query_column: str = "query", positive_co
 
     * a SQuAD JSON (v1.1/v2.0 layout): (question, paragraph) for every question;
     * JSON lines: one object a line with the two fields;
-    * TSV (a .tsv file): a header row naming the columns, then one pair a line.
+    * TSV (a .tsv file): a header row naming the columns, then one pair a line;
+    * plain text (a .txt file): one text a line, no passages (`Pair.positive` None), for the losses that
+      read the queries only (a teacher's vectors as targets): any corpus is training data for them.
 
     A missing or empty field ends with one line naming the file, the line and the column."""
     path = Path(path)
@@ -398,6 +401,8 @@ def read_pairs(path: str | os.PathLike, query_column: str = "query", positive_co
             return [Pair(e.question, e.context) for e in read_squad(path, labelled=False)]
     if path.suffix in (".tsv", ".tab"):
         return _tsv_pairs(path, text, query_column, positive_column)
+    if path.suffix == ".txt":
+        return [Pair(line.strip()) for line in text.splitlines() if line.strip()]
     return _jsonl_pairs(path, text, query_column, positive_column)
 
 
@@ -498,26 +503,75 @@ class QueryNoise:
 class PairCollator:
     """(query, positive) examples -> {"query": features, "positive": features[, "noised_query": features]
     [, "teacher_query": features]}, each tokenised by the model's (or the teacher's) own input module
-    (`SentenceTransformer.preprocess`); "positive" is None with passages=False. The noise is a
-    function of the batch's generator (the training loop's `collator_rng`): the same seed, the same typos."""
+    (`SentenceTransformer.preprocess`); "positive" and "same_positive" are None with passages=False (then
+    the examples need no passages: a texts file). words=True adds each of those query features' word
+    index ("query_words", "noised_query_words", "teacher_query_words", `word_index`), for the word-level
+    teacher term. The noise is a function of the batch's generator (the training loop's `collator_rng`):
+    the same seed, the same typos."""
 
     needs_rng = True
 
-    def __init__(self, model, noise: QueryNoise | None = None, teacher=None, passages: bool = True):
-        self.model, self.noise, self.teacher, self.passages = model, noise, teacher, passages
+    def __init__(self, model, noise: QueryNoise | None = None, teacher=None, passages: bool = True,
+                 words: bool = False):
+        self.model, self.noise, self.teacher, self.passages, self.words = model, noise, teacher, passages, words
 
     def __call__(self, examples: Sequence[Pair | dict], rng: np.random.Generator | None = None) -> dict:
         queries = [e.query if isinstance(e, Pair) else e["query"] for e in examples]
-        positives = [e.positive if isinstance(e, Pair) else e["positive"] for e in examples]
-        batch = {"query": self.model.preprocess(queries), "same_positive": same_positive_mask(positives),
-                 # a loss that reads the queries only (ContrastiveModel.reads_passages) gets no passage features
-                 "positive": self.model.preprocess(positives) if self.passages else None}
+        batch = {"positive": None, "same_positive": None}
+        if self.passages:  # a loss that reads the queries only (ContrastiveModel.reads_passages) needs no passages
+            positives = [e.positive if isinstance(e, Pair) else e["positive"] for e in examples]
+            batch = {"positive": self.model.preprocess(positives), "same_positive": same_positive_mask(positives)}
+        self.add_queries(batch, "query", self.model, queries)
         if self.noise is not None:
             rng = rng if rng is not None else np.random.default_rng(0)
-            batch["noised_query"] = self.model.preprocess([self.noise(q, rng) for q in queries])
+            noised = [self.noise(q, rng) for q in queries]
+            self.add_queries(batch, "noised_query", self.model, noised)
+            if self.words:  # a misspelt copy whose words do not pair one to one with the clean text's: no word targets
+                apart = [len(text_word_ends(a)) != len(text_word_ends(b)) for a, b in zip(noised, queries)]
+                batch["noised_query_words"][torch.tensor(apart, dtype=torch.bool)] = -1
         if self.teacher is not None:  # the clean queries in the teacher's own tokenisation
-            batch["teacher_query"] = self.teacher.preprocess(queries)
+            self.add_queries(batch, "teacher_query", self.teacher, queries)
         return batch
+
+    def add_queries(self, batch: dict, name: str, model, texts: list[str]) -> None:
+        if not self.words:
+            batch[name] = model.preprocess(texts)
+            return
+        features = model.preprocess(texts, processing_kwargs=WITH_OFFSETS)
+        batch[f"{name}_words"] = word_index(features, texts)
+        batch[name] = features
+
+
+# ---- words ------------------------------------------------------------------------------
+
+WITH_OFFSETS = {"text": {"return_offsets_mapping": True}}
+_WORD = re.compile(r"\S+")
+
+
+def text_word_ends(text: str) -> np.ndarray:
+    """Where each word of a text ends (words: whitespace-separated, as the query noise keeps them)."""
+    return np.fromiter((m.end() for m in _WORD.finditer(text)), dtype=np.int64)
+
+
+def word_index(features: dict, texts: Sequence[str]) -> torch.Tensor:
+    """(B, L) long: the word of its text each token belongs to (`text_word_ends`'s words, 0-based), -1 for
+    special and padding tokens; takes the offsets out of `features` (tokenised with `WITH_OFFSETS`), since
+    the model does not read them. The token-to-word rule is the pretraining collator's `token_words`."""
+    from .pretraining.collator import token_words
+
+    offsets = features.pop("offset_mapping").numpy()  # (B, L, 2)
+    real = (offsets[..., 1] > offsets[..., 0]) & features["attention_mask"].bool().numpy()  # (B, L)
+    rows = [token_words(offsets[b], real[b], text_word_ends(text)) for b, text in enumerate(texts)]
+    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, 0, dtype=torch.long)
+
+
+def word_vectors(states: torch.Tensor, words: torch.Tensor, num_words: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each word's mean token state: states (B, L, H), words (B, L) (-1: no word) -> (B, W, H) and the
+    token counts (B, W) (0: the word has no token here, e.g. cut by truncation)."""
+    member = (words.unsqueeze(1) == torch.arange(num_words, device=words.device)[None, :, None])  # (B, W, L)
+    counts = member.sum(-1)  # (B, W)
+    sums = member.to(states.dtype) @ states  # (B, W, H)
+    return sums / counts.clamp(min=1).unsqueeze(-1).to(states.dtype), counts
 
 
 def same_positive_mask(positives: Sequence[str]) -> torch.Tensor:
@@ -532,8 +586,8 @@ def same_positive_mask(positives: Sequence[str]) -> torch.Tensor:
 @dataclass
 class ContrastiveOutput(ModelOutput):
     """loss: what is trained; the parts (logged by the training loop): retrieval_loss (clean queries),
-    noised_retrieval_loss (noised queries, --query_noise), self_teaching_loss, query_alignment_loss and
-    teacher_loss (before their weights)."""
+    noised_retrieval_loss (noised queries, --query_noise), self_teaching_loss, query_alignment_loss,
+    teacher_loss and teacher_word_loss (before their weights)."""
 
     loss: torch.FloatTensor | None = None
     retrieval_loss: torch.FloatTensor | None = None
@@ -541,6 +595,7 @@ class ContrastiveOutput(ModelOutput):
     self_teaching_loss: torch.FloatTensor | None = None
     query_alignment_loss: torch.FloatTensor | None = None
     teacher_loss: torch.FloatTensor | None = None
+    teacher_word_loss: torch.FloatTensor | None = None
 
 
 def in_batch_scores(queries: torch.Tensor, passages: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Tensor:
@@ -575,6 +630,23 @@ def cosine_alignment_loss(targets: torch.Tensor, vectors: torch.Tensor) -> torch
     return (1.0 - cosine).mean()
 
 
+def word_alignment_loss(target_states: torch.Tensor, target_words: torch.Tensor, states: torch.Tensor,
+                        words: torch.Tensor) -> torch.Tensor:
+    """1 - cos(a word's mean token state, the target's mean token state of the same word), mean over the words
+    that have tokens on both sides; no gradient flows through the targets. States (B, L, H) and (B, L', H),
+    words (B, L) and (B, L') from `word_index` (the two tokenisations may differ: a misspelt word is split
+    into other pieces, a teacher has its own vocabulary). The sentence-level terms say where the whole
+    query goes; this says it of every word, the misspelt ones included, so each gets its own target."""
+    num_words = int(max(target_words.max(), words.max(), -1)) + 1 if words.numel() and target_words.numel() else 0
+    targets, target_counts = word_vectors(target_states.detach().float(), target_words, num_words)  # (B, W, H)
+    vectors, counts = word_vectors(states.float(), words, num_words)  # (B, W, H)
+    both = (target_counts > 0) & (counts > 0)  # (B, W)
+    if not both.any():
+        return states.sum() * 0.0  # no word to align: a zero that keeps the graph
+    cosine = F.cosine_similarity(vectors[both], targets[both], dim=-1)  # (N,)
+    return (1.0 - cosine).mean()
+
+
 class ContrastiveModel(nn.Module):
     """A SentenceTransformer trained on (query, positive) batches with in-batch negatives.
 
@@ -584,23 +656,30 @@ class ContrastiveModel(nn.Module):
          + query_alignment x (1 - cos(noised, clean))                         query_alignment > 0
          + teacher_weight x mean of (1 - cos(q, teacher's clean q))           teacher given
            over the clean queries and (with noise) the noised ones
+         + teacher_word_weight x the same, word by word                       teacher_word_weight > 0
+           (`word_alignment_loss`: each word's mean token state against the teacher's of the clean word)
 
     The teacher is a fixed SentenceTransformer with the same vector size (usually the plain model CharBERT
     was built on): its vectors of the clean queries keep the trained model's clean queries where they were
     and pull the misspelt ones there. It is never trained (its parameters do not require gradients and it
     stays in eval mode) and is not part of the saved model. With ranking_weight 0 and no self-teaching the
-    passages are not encoded: the loss needs the queries only.
+    passages are not encoded: the loss needs the queries only. The word-level term needs the batch's word
+    indices (`PairCollator(..., words=True)`) and compares token states after the model's last token-level
+    module (CharBERT's channel projection, or the plain model's transformer) with the teacher's.
     """
 
     def __init__(self, encoder, scale: float = DEFAULT_SCALE, query_noise: bool = False, self_teaching: float = 0.0,
                  temperature: float = 1.0, query_alignment: float = 0.0, teacher=None, teacher_weight: float = 1.0,
-                 ranking_weight: float = 1.0):
+                 ranking_weight: float = 1.0, teacher_word_weight: float = 0.0):
         super().__init__()
         self.encoder = encoder
         self.scale, self.query_noise = scale, query_noise
         self.self_teaching, self.temperature = self_teaching, temperature
         self.query_alignment = query_alignment
         self.teacher, self.teacher_weight, self.ranking_weight = teacher, teacher_weight, ranking_weight
+        self.teacher_word_weight = teacher_word_weight
+        if teacher_word_weight > 0 and teacher is None:
+            raise ValueError("the word-level teacher term (teacher_word_weight > 0) needs a teacher")
         if teacher is not None:
             teacher.requires_grad_(False).eval()
         self.loading_info = {"initialized_keys": [f"encoder.{n}" for n in new_module_names(encoder)]}
@@ -611,8 +690,11 @@ class ContrastiveModel(nn.Module):
             self.teacher.eval()  # a fixed target: no dropout
         return self
 
+    def encode(self, features: dict) -> dict:
+        return self.encoder(dict(features))  # sentence_embedding (B, D), token_embeddings (B, L, H); a copy
+
     def embed(self, features: dict) -> torch.Tensor:
-        return self.encoder(dict(features))["sentence_embedding"]  # (B, D); the modules add keys: a copy
+        return self.encode(features)["sentence_embedding"]  # (B, D)
 
     def scores(self, queries: torch.Tensor, passages: torch.Tensor, same_positive: torch.Tensor | None) -> torch.Tensor:
         """(B, D), (B, D) -> (B, B) in-batch scores; a passage equal to the row's positive is left out (a large
@@ -625,18 +707,26 @@ class ContrastiveModel(nn.Module):
         """Whether the loss needs the passages (the ranking terms or self-teaching)."""
         return self.ranking_weight > 0 or self.self_teaching > 0
 
+    @property
+    def reads_words(self) -> bool:
+        """Whether the loss needs the queries' word indices (`PairCollator(..., words=True)`)."""
+        return self.teacher is not None and self.teacher_word_weight > 0
+
     def forward(self, query: dict, positive: dict | None, noised_query: dict | None = None,
-                same_positive: torch.Tensor | None = None, teacher_query: dict | None = None) -> ContrastiveOutput:
+                same_positive: torch.Tensor | None = None, teacher_query: dict | None = None,
+                query_words: torch.Tensor | None = None, noised_query_words: torch.Tensor | None = None,
+                teacher_query_words: torch.Tensor | None = None) -> ContrastiveOutput:
+        words = {"query": query_words, "noised_query": noised_query_words, "teacher_query": teacher_query_words}
         if not self.reads_passages or (self.ranking_weight == 0 and noised_query is None):
-            return self.queries_only(query, noised_query, teacher_query)
+            return self.queries_only(query, noised_query, teacher_query, words)
         passages = self.embed(positive)  # (B, D)
-        clean_queries = self.embed(query)  # (B, D)
-        clean = self.scores(clean_queries, passages, same_positive)  # (B, B)
+        clean_out = self.encode(query)
+        clean = self.scores(clean_out["sentence_embedding"], passages, same_positive)  # (B, B)
         retrieval = multiple_negatives_ranking_loss(clean)
-        noised_queries = noised = noised_retrieval = None
+        noised_out = noised = noised_retrieval = None
         if noised_query is not None:
-            noised_queries = self.embed(noised_query)  # (B, D)
-            noised = self.scores(noised_queries, passages, same_positive)  # (B, B)
+            noised_out = self.encode(noised_query)
+            noised = self.scores(noised_out["sentence_embedding"], passages, same_positive)  # (B, B)
             noised_retrieval = multiple_negatives_ranking_loss(noised)
         ranking = (retrieval + noised_retrieval) / 2 if self.query_noise and noised is not None else retrieval
         loss = self.ranking_weight * ranking
@@ -644,32 +734,44 @@ class ContrastiveModel(nn.Module):
         if noised is not None and self.self_teaching > 0:
             teaching = self_teaching_loss(clean, noised, self.temperature)
             loss = loss + self.self_teaching * teaching
-        loss, alignment, taught = self.add_alignment(loss, clean_queries, noised_queries, teacher_query)
+        loss, parts = self.add_alignment(loss, clean_out, noised_out, teacher_query, words)
         return ContrastiveOutput(loss=loss, retrieval_loss=retrieval, noised_retrieval_loss=noised_retrieval,
-                                 self_teaching_loss=teaching, query_alignment_loss=alignment, teacher_loss=taught)
+                                 self_teaching_loss=teaching, **parts)
 
-    def queries_only(self, query: dict, noised_query: dict | None, teacher_query: dict | None) -> ContrastiveOutput:
+    def queries_only(self, query: dict, noised_query: dict | None, teacher_query: dict | None,
+                     words: dict) -> ContrastiveOutput:
         """The loss without the ranking terms: the alignment and teacher terms, which read the queries only."""
-        clean_queries = self.embed(query)  # (B, D)
-        noised_queries = self.embed(noised_query) if noised_query is not None else None  # (B, D)
-        loss, alignment, taught = self.add_alignment(clean_queries.new_zeros(()), clean_queries, noised_queries,
-                                                     teacher_query)
-        return ContrastiveOutput(loss=loss, query_alignment_loss=alignment, teacher_loss=taught)
+        clean_out = self.encode(query)
+        noised_out = self.encode(noised_query) if noised_query is not None else None
+        zero = clean_out["sentence_embedding"].new_zeros(())
+        loss, parts = self.add_alignment(zero, clean_out, noised_out, teacher_query, words)
+        return ContrastiveOutput(loss=loss, **parts)
 
-    def add_alignment(self, loss, clean_queries, noised_queries, teacher_query):
-        """loss + the query-alignment and teacher terms there are; returns (loss, alignment, teacher)."""
-        alignment = taught = None
-        if noised_queries is not None and self.query_alignment > 0:
-            alignment = cosine_alignment_loss(clean_queries, noised_queries)
-            loss = loss + self.query_alignment * alignment
-        if self.teacher is not None:
-            if teacher_query is None:
-                raise ValueError("a ContrastiveModel with a teacher needs the batch's teacher_query: "
-                                 "PairCollator(model, noise, teacher) makes it")
-            with torch.no_grad():
-                targets = self.teacher(dict(teacher_query))["sentence_embedding"]  # (B, D)
-            taught = cosine_alignment_loss(targets, clean_queries)
-            if noised_queries is not None:
-                taught = (taught + cosine_alignment_loss(targets, noised_queries)) / 2
-            loss = loss + self.teacher_weight * taught
-        return loss, alignment, taught
+    def add_alignment(self, loss, clean: dict, noised: dict | None, teacher_query: dict | None,
+                      words: dict) -> tuple[torch.Tensor, dict]:
+        """loss + the query-alignment and teacher terms there are (clean, noised: the queries' encoder
+        outputs); returns the loss and the terms by their ContrastiveOutput names."""
+        parts = {}
+        if noised is not None and self.query_alignment > 0:
+            parts["query_alignment_loss"] = cosine_alignment_loss(clean["sentence_embedding"], noised["sentence_embedding"])
+            loss = loss + self.query_alignment * parts["query_alignment_loss"]
+        if self.teacher is None:
+            return loss, parts
+        if teacher_query is None:
+            raise ValueError("a ContrastiveModel with a teacher needs the batch's teacher_query: "
+                             "PairCollator(model, noise, teacher) makes it")
+        with torch.no_grad():
+            target = self.teacher(dict(teacher_query))  # sentence_embedding (B, D), token_embeddings (B, L, H)
+        queries = [("query", clean)] + ([("noised_query", noised)] if noised is not None else [])
+        parts["teacher_loss"] = torch.stack([cosine_alignment_loss(target["sentence_embedding"], out["sentence_embedding"])
+                                             for _, out in queries]).mean()
+        loss = loss + self.teacher_weight * parts["teacher_loss"]
+        if self.reads_words:
+            if words.get("teacher_query") is None:
+                raise ValueError("the word-level teacher term needs the batch's word indices: "
+                                 "PairCollator(..., words=True) makes them")
+            parts["teacher_word_loss"] = torch.stack([
+                word_alignment_loss(target["token_embeddings"], words["teacher_query"], out["token_embeddings"], words[name])
+                for name, out in queries]).mean()
+            loss = loss + self.teacher_word_weight * parts["teacher_word_loss"]
+        return loss, parts

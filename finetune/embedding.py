@@ -14,8 +14,10 @@ queries too (typos-aware training); --self_teaching W adds W x KL(clean || noise
 distributions over the batch's passages (CharacterBERT-DR's self-teaching); --query_alignment W adds
 W x (1 - cos) of the noised and the clean query's vectors; --teacher_model FOLDER (usually the plain
 model itself) makes its vectors of the clean queries the targets of the trained model's clean and
-misspelt queries (--teacher_weight W); --ranking_weight 0 leaves the ranking loss out (with a teacher:
-the misspelt queries learn to land where the teacher puts the clean ones, passages unused). The output folder is a
+misspelt queries (--teacher_weight W), and --teacher_word_weight W its token states of each clean word
+the targets of that word's; --ranking_weight 0 leaves the ranking loss out (with a teacher: the misspelt
+queries learn to land where the teacher puts the clean ones, passages unused, so a .txt file of texts, one
+a line, is training data too). The output folder is a
 sentence-transformers model (modules.json): `SentenceTransformer(folder)` after `import charbert`,
 or `charbert.embedding.load_embedding_model(folder)`.
 """
@@ -73,7 +75,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     d = parser.add_argument_group("data")
     d.add_argument("--train_file", default=None,
                    help="Pairs: JSON lines with the query and positive fields, a .tsv with a header row, or a SQuAD "
-                        ".json (question, paragraph).")
+                        ".json (question, paragraph); or texts, a .txt file with one a line (the query-only losses).")
     d.add_argument("--dataset_name", default=None,
                    help="Instead of --train_file: a datasets Hub name, a local dataset folder or a save_to_disk folder.")
     d.add_argument("--dataset_config_name", default=None, help="The dataset's configuration.")
@@ -115,6 +117,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         "queries and (with --query_noise) misspelt ones, + W x (1 - cos). Not trained, not saved.")
     n.add_argument("--teacher_weight", type=float, default=1.0,
                    help="W of the teacher term (default: %(default)s).")
+    n.add_argument("--teacher_word_weight", type=float, default=0.0,
+                   help="With --teacher_model: + W x the teacher term word by word (each word's mean token state, "
+                        "misspelt or not, against the teacher's of the clean word; 0: off; default: %(default)s).")
     n.add_argument("--ranking_weight", type=float, default=1.0,
                    help="Weight of the multiple-negatives ranking loss (0: left out; then the passages are unused "
                         "unless --self_teaching; default: %(default)s).")
@@ -142,9 +147,14 @@ def check_args(args) -> QueryNoise | None:
     if args.self_teaching < 0 or args.query_alignment < 0:
         raise UsageError(f"--self_teaching and --query_alignment must be >= 0; got {args.self_teaching}, "
                          f"{args.query_alignment}")
-    if args.teacher_weight < 0 or args.ranking_weight < 0:
-        raise UsageError(f"--teacher_weight and --ranking_weight must be >= 0; got {args.teacher_weight}, "
-                         f"{args.ranking_weight}")
+    if min(args.teacher_weight, args.teacher_word_weight, args.ranking_weight) < 0:
+        raise UsageError(f"--teacher_weight, --teacher_word_weight and --ranking_weight must be >= 0; got "
+                         f"{args.teacher_weight}, {args.teacher_word_weight}, {args.ranking_weight}")
+    if args.teacher_word_weight > 0 and not args.teacher_model:
+        raise UsageError("--teacher_word_weight needs --teacher_model (the words' targets are its token states)")
+    if args.train_file and Path(args.train_file).suffix == ".txt" and (args.ranking_weight > 0 or args.self_teaching > 0):
+        raise UsageError(f"--train_file {args.train_file} holds texts (one a line), not pairs: train on it with "
+                         "--ranking_weight 0 and a teacher (--teacher_model), no --self_teaching")
     if args.ranking_weight == 0 and not (args.teacher_model or args.self_teaching > 0 or args.query_alignment > 0):
         raise UsageError("--ranking_weight 0 leaves nothing to train: add --teacher_model, --query_alignment or "
                          "--self_teaching")
@@ -199,6 +209,7 @@ def describe_loss(args) -> str:
     parts += [f"{args.self_teaching} x self-teaching"] if args.self_teaching > 0 else []
     parts += [f"{args.query_alignment} x query alignment"] if args.query_alignment > 0 else []
     parts += [f"{args.teacher_weight} x teacher ({args.teacher_model})"] if args.teacher_model else []
+    parts += [f"{args.teacher_word_weight} x teacher, word by word"] if args.teacher_word_weight > 0 else []
     return " + ".join(p for p in parts if p)
 
 
@@ -242,8 +253,9 @@ def run(args, argv: Sequence[str], prog: str) -> dict[str, Any]:
     model = ContrastiveModel(encoder, scale=args.similarity_scale, query_noise=args.query_noise,
                              self_teaching=args.self_teaching, temperature=args.self_teaching_temperature,
                              query_alignment=args.query_alignment, teacher=teacher,
-                             teacher_weight=args.teacher_weight, ranking_weight=args.ranking_weight)
-    collator = PairCollator(encoder, noise, teacher, passages=model.reads_passages)
+                             teacher_weight=args.teacher_weight, ranking_weight=args.ranking_weight,
+                             teacher_word_weight=args.teacher_word_weight)
+    collator = PairCollator(encoder, noise, teacher, passages=model.reads_passages, words=model.reads_words)
     logger.info("embedding: %s (%s), %d pairs from %s, max_seq_length %s, loss: %s",
                 args.model_name_or_path, "CharBERT, both channels" if is_charbert_embedding(encoder) else "plain",
                 len(pairs), source, encoder.max_seq_length, describe_loss(args))

@@ -27,7 +27,11 @@ from charbert.embedding import (
     read_pairs,
     same_positive_mask,
     self_teaching_loss,
+    text_word_ends,
     truncation_count,
+    word_alignment_loss,
+    word_index,
+    word_vectors,
 )
 from charbert.tasks.errors import TaskDataError
 
@@ -337,6 +341,82 @@ def test_teacher_vectors_are_the_queries_targets(st_dir, one_torch_thread):
         alone(query=batch["query"], positive=None, noised_query=batch["noised_query"])
 
 
+def test_word_index_follows_whitespace_words(st_dir):
+    from charbert.embedding import WITH_OFFSETS
+
+    texts = ["parliament house, rome", "a  b"]
+    assert text_word_ends(texts[0]).tolist() == [10, 17, 22] and text_word_ends("  ").tolist() == []
+    for model in (load_embedding_model(str(st_dir), device="cpu"), build_charbert_embedding(st_dir, device="cpu")):
+        features = model.preprocess(texts, processing_kwargs=WITH_OFFSETS)
+        words = word_index(features, texts)
+        assert "offset_mapping" not in features and words.shape == features["input_ids"].shape
+        tokens = model[0].tokenizer.convert_ids_to_tokens(features["input_ids"][0].tolist())
+        for token, word in zip(tokens, words[0].tolist()):
+            expected = -1 if token in ("[CLS]", "[SEP]", "[PAD]") else 2 if token == "rome" else None
+            if expected is not None:
+                assert word == expected, (token, word)
+        assert words[0].max() == 2 and set(words[0].tolist()) >= {0, 1, 2}  # the comma joins "house,"
+        assert sorted(set(words[1].tolist()) - {-1}) == [0, 1]  # two words, padding -1
+
+
+def test_word_vectors_and_word_alignment_by_hand():
+    states = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [9.0, 9.0]]])  # (1, 4, 2)
+    words = torch.tensor([[0, 0, 1, -1]])
+    vectors, counts = word_vectors(states, words, 3)
+    torch.testing.assert_close(vectors, torch.tensor([[[2.0, 0.0], [0.0, 2.0], [0.0, 0.0]]]))
+    assert counts.tolist() == [[2, 1, 0]]
+    # The target splits word 0 into one token and word 1 into two: words pair up, not tokens.
+    target = torch.tensor([[[5.0, 0.0], [1.0, 1.0], [1.0, 1.0]]], requires_grad=True)
+    target_words = torch.tensor([[0, 1, 1]])
+    student = states.clone().requires_grad_(True)
+    loss = word_alignment_loss(target, target_words, student, words)
+    expected = ((1 - 1.0) + (1 - 1 / 2 ** 0.5)) / 2  # word 0: same direction; word 1: 45 degrees
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    assert target.grad is None and student.grad[0, 3].abs().sum() == 0  # no word, no gradient
+    # A word on one side only (cut by truncation, or a row set to -1) is left out; none at all gives 0.
+    assert word_alignment_loss(target, torch.tensor([[0, -1, -1]]), student, words).item() == pytest.approx(0.0, abs=1e-6)
+    assert word_alignment_loss(target, torch.full((1, 3), -1), student, words).item() == 0.0
+
+
+def test_word_level_teacher_term(st_dir, one_torch_thread):
+    encoder = build_charbert_embedding(st_dir, device="cpu")
+    teacher = load_embedding_model(str(st_dir), device="cpu")
+    pairs = [{"query": "parliament house", "positive": SENTENCES[0]}, {"query": "roman history", "positive": SENTENCES[3]}]
+    batch = PairCollator(encoder, QueryNoise(probability=1.0), teacher, words=True)(pairs, rng=np.random.default_rng(0))
+    assert {"query_words", "noised_query_words", "teacher_query_words"} <= set(batch)
+    assert all("offset_mapping" not in batch[k] for k in ("query", "noised_query", "teacher_query", "positive"))
+    model = ContrastiveModel(encoder, query_noise=True, teacher=teacher, teacher_weight=0.0,
+                             teacher_word_weight=2.0).eval()
+    assert model.reads_words
+    out = model(**batch)
+    torch.testing.assert_close(out.loss, (out.retrieval_loss + out.noised_retrieval_loss) / 2 + 2.0 * out.teacher_word_loss)
+    clean_part = word_alignment_loss(teacher(dict(batch["teacher_query"]))["token_embeddings"], batch["teacher_query_words"],
+                                     model.encode(batch["query"])["token_embeddings"], batch["query_words"])
+    assert clean_part.abs() < 1e-5  # the identity start: every clean word as the teacher has it
+    assert out.teacher_word_loss > 0.01  # the misspelt words are not (yet)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert encoder[1].linear.weight.grad[:, 32:].abs().sum() > 0  # the character half of the projection learns
+    with pytest.raises(ValueError, match="needs the batch's word indices"):
+        model(**{k: v for k, v in batch.items() if not k.endswith("_words")})
+    with pytest.raises(ValueError, match="needs a teacher"):
+        ContrastiveModel(encoder, teacher_word_weight=1.0)
+    # A misspelt copy with another number of words (a space added) gets no word targets: row all -1.
+    split = PairCollator(encoder, lambda text, rng: text.replace("rl", "r l"), teacher, words=True)(pairs)
+    assert (split["noised_query_words"][0] == -1).all() and (split["noised_query_words"][1] >= 0).any()
+
+
+def test_texts_file_gives_queries_without_passages(tmp_path, st_dir):
+    path = tmp_path / "corpus.txt"
+    path.write_text("The first sentence .\n\n  A second one  \n", encoding="utf-8")
+    pairs = read_pairs(path)
+    assert [(p.query, p.positive) for p in pairs] == [("The first sentence .", None), ("A second one", None)]
+    encoder = load_embedding_model(str(st_dir), device="cpu")
+    batch = PairCollator(encoder, None, encoder, passages=False)(pairs)
+    assert batch["positive"] is None and batch["same_positive"] is None and "teacher_query" in batch
+
+
 def test_teacher_of_another_size_is_one_line(st_dir):
     import argparse
 
@@ -418,6 +498,22 @@ def test_program_trains_on_a_teachers_vectors_alone(tmp_path, st_dir, tiny_texts
 
 
 @pytest.mark.slow
+def test_program_trains_on_texts_word_by_word(tmp_path, st_dir, tiny_texts, one_torch_thread):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(t.split()[:12]) for t in tiny_texts[:24]) + "\n", encoding="utf-8")
+    args = ["--model_name_or_path", st_dir, "--charbert", "--train_file", corpus, "--max_train_steps", 2,
+            "--per_device_train_batch_size", 6, "--query_noise", "--teacher_model", st_dir, "--ranking_weight", 0,
+            "--teacher_word_weight", 2, "--seed", 3, "--logging_steps", 1, "--optim", "adamw_torch"]
+    assert run_cli("embedding", *args, "--output_dir", tmp_path / "a") == 0
+    logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert len(logs) == 2 and all("teacher_word_loss" in r and "retrieval_loss" not in r for r in logs)
+    assert logs[0]["loss"] == pytest.approx(logs[0]["teacher_loss"] + 2 * logs[0]["teacher_word_loss"], rel=1e-4)
+    assert logs[0]["teacher_word_loss"] > 0
+    record = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert record["train"]["num_pairs"] == 24 and record["train"]["source"] == str(corpus)
+
+
+@pytest.mark.slow
 def test_program_bad_input_is_one_line(tmp_path, st_dir, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "passage": "p"}\n')
@@ -463,8 +559,14 @@ def test_typo_flags_choose_the_query_noise():
         noise("--query_alignment", "-1")
     with pytest.raises(UsageError, match="--ranking_weight 0 leaves nothing to train"):
         noise("--ranking_weight", "0")
-    with pytest.raises(UsageError, match="--teacher_weight and --ranking_weight must be >= 0"):
+    with pytest.raises(UsageError, match="--teacher_weight, --teacher_word_weight and --ranking_weight must be >= 0"):
         noise("--teacher_model", "t", "--teacher_weight", "-1")
+    with pytest.raises(UsageError, match="--teacher_word_weight needs --teacher_model"):
+        noise("--teacher_word_weight", "1")
+    with pytest.raises(UsageError, match=r"holds texts \(one a line\), not pairs"):
+        check_args(build_parser().parse_args(["--model_name_or_path", "m", "--train_file", "corpus.txt"]))
+    texts = ["--model_name_or_path", "m", "--train_file", "corpus.txt", "--ranking_weight", "0", "--teacher_model", "t"]
+    assert check_args(build_parser().parse_args([*texts, "--teacher_word_weight", "1"])) is None
     assert noise("--teacher_model", "t") is None  # the teacher alone: clean queries only
     assert isinstance(noise("--teacher_model", "t", "--ranking_weight", "0", "--query_noise"), QueryNoise)
     with pytest.raises(UsageError, match="--char_encoder_from goes with --charbert"):
