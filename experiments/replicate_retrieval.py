@@ -39,8 +39,9 @@ Screens of the fine-tuning, each in its own ``--output_dir``: ``--charbert_new_m
 (the CharBERT rows' new modules at M x the learning rate), ``--query_alignment A`` (every row trained
 with noised queries also pulls the noised query's vector to the clean one's), ``--teacher W`` (every row
 trained with noised queries pulls its clean and noised query vectors to the plain model's vectors of the
-clean queries) and ``--ranking_weight R`` (0: no ranking loss; with ``--teacher``, training reads the
-questions only).
+clean queries), ``--teacher_word W`` (the same word by word: each word's token states to the plain
+model's of the clean word) and ``--ranking_weight R`` (0: no ranking loss; with a teacher, training
+reads the questions only, so ``--train_file`` may be a .txt file of texts, one a line).
 
 Each stage is a subprocess (command and log in ``OUTPUT_DIR/logs/``); a finished stage leaves
 ``OUTPUT_DIR/stages/<name>.done`` and is not redone, so a killed run resumes where it stopped.
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--teacher", type=float, default=0.0,
                    help="finetune.embedding's --teacher_weight W, the plain model the teacher, for every row trained "
                         "with noised queries (a screen; default: %(default)s, off)")
+    f.add_argument("--teacher_word", type=float, default=0.0,
+                   help="finetune.embedding's --teacher_word_weight W (the plain model the teacher: each word's token "
+                        "states against its own of the clean word) for those rows (a screen; default: %(default)s, off)")
     f.add_argument("--ranking_weight", type=float, default=1.0,
                    help="finetune.embedding's --ranking_weight for those rows (a screen; default: %(default)s)")
     e = p.add_argument_group("scoring")
@@ -153,6 +157,7 @@ def row_label(row: str, args) -> str:
     if "--query_noise" in RECIPES.get(row_recipe(row, args), []):
         label += f" + {args.query_alignment:g} x query alignment" if args.query_alignment > 0 else ""
         label += f" + {args.teacher:g} x teacher (the plain model)" if args.teacher > 0 else ""
+        label += f" + {args.teacher_word:g} x teacher word by word" if args.teacher_word > 0 else ""
         label += f", ranking loss x {args.ranking_weight:g}" if args.ranking_weight != 1 else ""
     return label
 
@@ -172,8 +177,9 @@ def recipe_flags(recipe: str, args, base: str) -> list[str]:
         flags += ["--noise_probability", str(args.noise_probability)]
     if "--query_noise" in flags and args.query_alignment > 0:
         flags += ["--query_alignment", str(args.query_alignment)]
-    if "--query_noise" in flags and args.teacher > 0:
+    if "--query_noise" in flags and (args.teacher > 0 or args.teacher_word > 0):
         flags += ["--teacher_model", str(base), "--teacher_weight", str(args.teacher)]
+        flags += ["--teacher_word_weight", str(args.teacher_word)] if args.teacher_word > 0 else []
     if "--query_noise" in flags and args.ranking_weight != 1:
         flags += ["--ranking_weight", str(args.ranking_weight)]
     return flags

@@ -368,6 +368,14 @@ def test_replicate_retrieval_commands_share_pairs_steps_and_seeds(rr, tmp_path):
             assert command[command.index("--teacher_model") + 1] == "base"
             assert command[command.index("--ranking_weight") + 1] == "0.0"
         assert ("x teacher (the plain model), ranking loss x 0" in rr.row_label(row, taught)) == noised
+        assert "--teacher_word_weight" not in command
+    words = rr.build_parser().parse_args(["--teacher_word", "2", "--ranking_weight", "0", "--charbert_recipe", "noise"])
+    command = rr.train_command(words, "charbert", "base", 43, tmp_path / "w")
+    assert command[command.index("--teacher_model") + 1] == "base"  # the word term alone: the vectors' weight 0
+    assert command[command.index("--teacher_weight") + 1] == "0.0"
+    assert command[command.index("--teacher_word_weight") + 1] == "2.0"
+    assert "2 x teacher word by word" in rr.row_label("charbert", words)
+    assert "--teacher_model" not in rr.train_command(words, "clean", "base", 43, tmp_path / "c")
     transplant = rr.train_command(args, "charbert_char_encoder", "base", 43, tmp_path / "t")
     assert transplant[transplant.index("--model_name_or_path") + 1] == "base"  # the backbone as shipped
     assert transplant[transplant.index("--char_encoder_from") + 1] == args.charbert_pretrained
