@@ -33,7 +33,15 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
 * ``charbert_char_encoder`` (a screen, only with ``--rows``): the ``charbert`` row (identity start on the
   plain model as shipped) with the character encoder and vocabulary of the pretrained row's folder
   (``--char_encoder_from``): a character channel that NLM taught to read misspelt words, on an unmoved
-  backbone.
+  backbone;
+* ``charbert_distilled`` (a screen, only with ``--rows``): CharBERT on the plain model (identity start)
+  first distilled from the plain model on texts (stage ``distill_charbert``, once, seed 42, or the folder
+  of ``--charbert_distilled``): ``finetune.embedding`` on ``--distill_file`` (one text a line, default
+  Brown) with misspelt copies of the texts, no ranking loss, and the plain model's vectors and token
+  states of the clean texts as the targets (``--teacher_model``, ``--teacher_word_weight``), the backbone
+  frozen (``--distill_train_backbone`` trains it too); then the CharBERT rows' fine-tuning. The character
+  channel learns to put a misspelt word where the plain model puts the clean one, from a corpus instead of
+  the training questions alone.
 
 Screens of the fine-tuning, each in its own ``--output_dir``: ``--charbert_new_module_lr_multiplier M``
 (the CharBERT rows' new modules at M x the learning rate), ``--query_alignment A`` (every row trained
@@ -70,10 +78,11 @@ BUDGETS = (1, 2)
 RECIPES = {"clean": [], "noise": ["--query_noise"], "noise_st": ["--query_noise", "--self_teaching"]}
 RECIPE_NAMES = {"clean": "clean pairs", "noise": "noised queries", "noise_st": "noised queries + self-teaching"}
 ROWS = ("minilm", "clean", "noise", "noise_st", "charbert", "charbert_pretrained", "charbert_pretrained_frozen",
-        "charbert_char_encoder")
-DEFAULT_ROWS = ROWS[:6]  # the replication's rows; the last two are screens, asked for by name
+        "charbert_char_encoder", "charbert_distilled")
+DEFAULT_ROWS = ROWS[:6]  # the replication's rows; the others are screens, asked for by name
 PLAIN_ROWS = ("minilm", "clean", "noise", "noise_st")
-CHARBERT_ROWS = ("charbert", "charbert_pretrained", "charbert_pretrained_frozen", "charbert_char_encoder")
+CHARBERT_ROWS = ("charbert", "charbert_pretrained", "charbert_pretrained_frozen", "charbert_char_encoder",
+                 "charbert_distilled")
 PRETRAINED_ROWS = {"charbert_pretrained": "pretrain_charbert", "charbert_pretrained_frozen": "pretrain_charbert_frozen"}
 METRICS = ("mrr@10", "recall@1", "recall@10", "ndcg@10")
 PROG = "replicate_retrieval"
@@ -89,11 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_file", default=str(DATA / "squad" / "v1.1-dev.json"), help="the SQuAD JSON file scored")
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
     p.add_argument("--rows", default=None,
-                   help=f"comma-separated rows of {list(ROWS)} (default: the first six; the last two are screens)")
+                   help=f"comma-separated rows of {list(ROWS)} (default: the first six; the others are screens)")
     p.add_argument("--charbert_pretrained", default=None,
                    help="a pretrained CharBERT folder (e.g. a 500-step pretraining run on MiniLM) for that row "
                         "(default: pretrain one with replicate_small.py's recipe, a stage of this experiment)")
     p.add_argument("--data_dir", default=str(DATA), help="the shared data folder (its corpus/ for that pretraining)")
+    p.add_argument("--charbert_distilled", default=None,
+                   help="a distilled CharBERT embedding folder for the charbert_distilled row (default: distil one, "
+                        "the stage distill_charbert)")
     p.set_defaults(charbert_pretrained_frozen=None)  # the screen row's folder: always its own stage's
     p.add_argument("--charbert_recipe", choices=sorted(RECIPES), default="noise_st",
                    help="the fine-tuning of both CharBERT rows (default: %(default)s)")
@@ -125,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "states against its own of the clean word) for those rows (a screen; default: %(default)s, off)")
     f.add_argument("--ranking_weight", type=float, default=1.0,
                    help="finetune.embedding's --ranking_weight for those rows (a screen; default: %(default)s)")
+    t = p.add_argument_group("the distillation on texts (the charbert_distilled row)")
+    t.add_argument("--distill_file", default=str(DATA / "corpus" / "brown.txt"), help="texts, one a line")
+    t.add_argument("--distill_steps", type=int, default=1000)
+    t.add_argument("--distill_batch_size", type=int, default=32)
+    t.add_argument("--distill_learning_rate", type=float, default=2e-5)
+    t.add_argument("--distill_new_module_lr_multiplier", type=float, default=20.0,
+                   help="the new modules' rate as a multiple of --distill_learning_rate (default: %(default)s)")
+    t.add_argument("--distill_word_weight", type=float, default=1.0,
+                   help="--teacher_word_weight of the distillation (the vectors' term has weight 1; default: %(default)s)")
+    t.add_argument("--distill_train_backbone", action="store_true",
+                   help="train the backbone during the distillation too (default: frozen, only the modules CharBERT "
+                        "adds learn)")
     e = p.add_argument_group("scoring")
     e.add_argument("--max_eval_queries", type=int, default=None, help="score the first N questions only (smoke runs)")
     e.add_argument("--eval_batch_size", type=int, default=64)
@@ -153,7 +177,9 @@ def row_label(row: str, args) -> str:
             "charbert": f"CharBERT on MiniLM (identity start), {recipe}",
             "charbert_pretrained": f"CharBERT after pretraining, {recipe}",
             "charbert_pretrained_frozen": f"CharBERT after pretraining, backbone frozen, {recipe}",
-            "charbert_char_encoder": f"CharBERT on MiniLM (identity start), pretrained character encoder, {recipe}"}[row]
+            "charbert_char_encoder": f"CharBERT on MiniLM (identity start), pretrained character encoder, {recipe}",
+            "charbert_distilled": f"CharBERT on MiniLM (identity start), distilled on texts ({args.distill_steps} "
+                                  f"steps), {recipe}"}[row]
     if "--query_noise" in RECIPES.get(row_recipe(row, args), []):
         label += f" + {args.query_alignment:g} x query alignment" if args.query_alignment > 0 else ""
         label += f" + {args.teacher:g} x teacher (the plain model)" if args.teacher > 0 else ""
@@ -189,7 +215,8 @@ def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
     """``python -m finetune.embedding`` for one trained row and seed."""
     if row in CHARBERT_ROWS:
         model = {"charbert": base, "charbert_pretrained": args.charbert_pretrained,
-                 "charbert_pretrained_frozen": args.charbert_pretrained_frozen, "charbert_char_encoder": base}[row]
+                 "charbert_pretrained_frozen": args.charbert_pretrained_frozen, "charbert_char_encoder": base,
+                 "charbert_distilled": args.charbert_distilled}[row]
         extra = ["--charbert", *recipe_flags(row_recipe(row, args), args, base)]
         if row == "charbert_char_encoder":
             extra += ["--char_encoder_from", str(args.charbert_pretrained)]
@@ -230,6 +257,25 @@ def pretrain_charbert(args, runner: Runner, base: str, out: Path, frozen: bool =
     name = PRETRAINED_ROWS["charbert_pretrained_frozen" if frozen else "charbert_pretrained"]
     runner.run(name, rs.pretrain_command(recipe, base, "charbert", out / name, vocab, corpus, validation))
     return str(out / name)
+
+
+def distill_command(args, base: str, out: Path) -> list[str]:
+    """The stage ``distill_charbert``: ``python -m finetune.embedding`` on texts, CharBERT built on ``base``
+    learning to encode misspelt texts as ``base`` encodes the clean ones (its vectors and, word by word, its
+    token states), no ranking loss; seed 42, like the pretraining stages."""
+    command = [sys.executable, "-m", "finetune.embedding", "--model_name_or_path", str(base), "--charbert",
+               "--train_file", args.distill_file, "--output_dir", str(out), "--seed", "42",
+               "--query_noise", "--noise_max_words", "0", "--teacher_model", str(base), "--teacher_weight", "1",
+               "--teacher_word_weight", str(args.distill_word_weight), "--ranking_weight", "0",
+               "--max_train_steps", str(args.distill_steps), "--per_device_train_batch_size", str(args.distill_batch_size),
+               "--learning_rate", str(args.distill_learning_rate), "--warmup_ratio", str(args.warmup_ratio),
+               "--new_module_lr_multiplier", str(args.distill_new_module_lr_multiplier),
+               "--max_seq_length", str(args.max_seq_length), "--logging_steps", "10",
+               "--checkpointing_steps", str(max(10, args.distill_steps // 10)), "--save_total_limit", "1",
+               "--resume_from_checkpoint", "latest"]
+    if not args.distill_train_backbone:
+        command += ["--freeze_backbone_steps", str(args.distill_steps)]
+    return command
 
 
 def eval_command(args, model: str, name: str, seed: int, out: Path) -> list[str]:
@@ -320,7 +366,7 @@ def comparisons(rows: Sequence[str], charbert_recipe: str) -> list[tuple[str, st
     MiniLM with the same fine-tuning), pretraining (against CharBERT's identity start)."""
     pairs = [("clean", "minilm"), ("noise", "clean"), ("noise_st", "noise"), ("charbert", charbert_recipe),
              ("charbert_pretrained", "charbert"), ("charbert_pretrained_frozen", "charbert"),
-             ("charbert_char_encoder", "charbert")]
+             ("charbert_char_encoder", "charbert"), ("charbert_distilled", "charbert")]
     return [(row, base) for row, base in pairs if row in rows and base in rows]
 
 
@@ -388,10 +434,13 @@ def write_results(args, out: Path, rows: Sequence[str], runner: Runner) -> dict:
     budget = {k: getattr(args, k) for k in ("max_train_steps", "per_device_train_batch_size", "learning_rate",
                                             "warmup_ratio", "max_seq_length", "max_train_samples", "noise_probability",
                                             "self_teaching", "self_teaching_temperature", "query_alignment",
-                                            "teacher", "ranking_weight",
+                                            "teacher", "teacher_word", "ranking_weight",
                                             "charbert_recipe",
                                             "charbert_new_module_lr_multiplier",
-                                            "charbert_pretrained", "train_file", "test_file", "max_eval_queries")}
+                                            "charbert_pretrained", "train_file", "test_file", "max_eval_queries",
+                                            "charbert_distilled", "distill_file", "distill_steps", "distill_batch_size",
+                                            "distill_learning_rate", "distill_new_module_lr_multiplier",
+                                            "distill_word_weight", "distill_train_backbone")}
     record = {"budget": budget, "seeds": list(args.seeds), "rows": {r: labels[r] for r in rows},
               "metrics": {r: {str(s): m for s, m in by_seed.items()} for r, by_seed in results.items()},
               "targets": found, "stage_wall_times_s": runner.times, "command": shlex.join([sys.executable, *sys.argv])}
@@ -424,8 +473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag in ("train_file", "test_file"):
         if not Path(getattr(args, flag)).is_file():
             sys.exit(f"{PROG}: --{flag} {getattr(args, flag)}: no such file")
-    if args.charbert_pretrained and not Path(args.charbert_pretrained).is_dir():
-        sys.exit(f"{PROG}: --charbert_pretrained {args.charbert_pretrained}: no such folder")
+    for flag in ("charbert_pretrained", "charbert_distilled"):
+        if getattr(args, flag) and not Path(getattr(args, flag)).is_dir():
+            sys.exit(f"{PROG}: --{flag} {getattr(args, flag)}: no such folder")
+    if "charbert_distilled" in rows and not args.charbert_distilled and not Path(args.distill_file).is_file():
+        sys.exit(f"{PROG}: --distill_file {args.distill_file}: no such file (the charbert_distilled row distils on it)")
     if args.model_name_or_path is None:
         from benchmarks.common import minilm_path
 
@@ -438,6 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in rows:
             if row in ("charbert_pretrained", "charbert_char_encoder") and not args.charbert_pretrained:
                 args.charbert_pretrained = pretrain_charbert(args, runner, base, out / "models")
+            if row == "charbert_distilled" and not args.charbert_distilled:
+                args.charbert_distilled = str(out / "models" / "distill_charbert")
+                runner.run("distill_charbert", distill_command(args, base, Path(args.charbert_distilled)))
             if row == "charbert_pretrained_frozen" and not args.charbert_pretrained_frozen:
                 args.charbert_pretrained_frozen = pretrain_charbert(args, runner, base, out / "models", frozen=True)
             model = base

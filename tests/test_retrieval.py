@@ -380,7 +380,42 @@ def test_replicate_retrieval_commands_share_pairs_steps_and_seeds(rr, tmp_path):
     assert transplant[transplant.index("--model_name_or_path") + 1] == "base"  # the backbone as shipped
     assert transplant[transplant.index("--char_encoder_from") + 1] == args.charbert_pretrained
     assert "--charbert" in transplant and all("--char_encoder_from" not in c for c in commands.values())
-    assert "charbert_char_encoder" not in rr.DEFAULT_ROWS
+    assert "charbert_char_encoder" not in rr.DEFAULT_ROWS and "charbert_distilled" not in rr.DEFAULT_ROWS
+
+
+def test_replicate_retrieval_distils_on_texts_before_the_distilled_row(rr, tmp_path, monkeypatch):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one text\n")
+    args = rr.build_parser().parse_args(["--distill_file", str(texts), "--distill_steps", "50"])
+    command = rr.distill_command(args, "base", tmp_path / "d")
+    flag = {name: command[command.index(name) + 1] for name in
+            ("--model_name_or_path", "--train_file", "--teacher_model", "--teacher_word_weight", "--ranking_weight",
+             "--freeze_backbone_steps", "--new_module_lr_multiplier", "--seed")}
+    assert flag == {"--model_name_or_path": "base", "--train_file": str(texts), "--teacher_model": "base",
+                    "--teacher_word_weight": "1.0", "--ranking_weight": "0", "--freeze_backbone_steps": "50",
+                    "--new_module_lr_multiplier": "20.0", "--seed": "42"}
+    assert "--charbert" in command and "--query_noise" in command
+    both = rr.build_parser().parse_args(["--distill_train_backbone"])
+    assert "--freeze_backbone_steps" not in rr.distill_command(both, "base", tmp_path / "d")
+    # The row fine-tunes the distilled folder with the CharBERT recipe, against the identity-start row.
+    args.charbert_distilled = str(tmp_path / "d")
+    row = rr.train_command(args, "charbert_distilled", "base", 43, tmp_path / "r")
+    assert row[row.index("--model_name_or_path") + 1] == str(tmp_path / "d") and "--self_teaching" in row
+    assert ("charbert_distilled", "charbert") in rr.comparisons(["charbert", "charbert_distilled"], "noise_st")
+    assert "distilled on texts (50 steps)" in rr.row_label("charbert_distilled", args)
+    # main: the stage runs once, before the first seed's row, into models/distill_charbert.
+    ran = []
+    monkeypatch.setattr(rr.Runner, "run", lambda self, name, cmd, *a, **k: ran.append((name, cmd)))
+    monkeypatch.setattr(rr, "write_results", lambda *a, **k: {})
+    squad = tmp_path / "squad.json"
+    squad.write_text("{}")
+    assert rr.main(["--rows", "charbert_distilled", "--distill_file", str(texts), "--train_file", str(squad),
+                    "--test_file", str(squad), "--model_name_or_path", "base", "--output_dir", str(tmp_path / "o")]) == 0
+    names = [name for name, _ in ran]
+    assert names == ["distill_charbert", "train_charbert_distilled_s42", "eval_charbert_distilled_s42",
+                     "train_charbert_distilled_s43", "eval_charbert_distilled_s43"]
+    trained = dict(ran)["train_charbert_distilled_s43"]
+    assert trained[trained.index("--model_name_or_path") + 1] == str((tmp_path / "o" / "models" / "distill_charbert"))
 
 
 def test_replicate_retrieval_pretrains_the_pretrained_row_with_the_ner_replications_recipe(rr, tmp_path):
