@@ -415,7 +415,7 @@ def test_replicate_retrieval_distils_on_texts_before_the_distilled_row(rr, tmp_p
     assert names == ["distill_charbert", "train_charbert_distilled_s42", "eval_charbert_distilled_s42",
                      "train_charbert_distilled_s43", "eval_charbert_distilled_s43"]
     trained = dict(ran)["train_charbert_distilled_s43"]
-    assert trained[trained.index("--model_name_or_path") + 1] == str((tmp_path / "o" / "models" / "distill_charbert"))
+    assert trained[trained.index("--model_name_or_path") + 1] == str(tmp_path / "o" / "models" / "distill_charbert")
 
 
 def test_replicate_retrieval_pretrains_the_pretrained_row_with_the_ner_replications_recipe(rr, tmp_path):
