@@ -28,7 +28,8 @@ checkpoints (the last, the first, then the middle ones), seed 43 the same, then 
 
 Each stage is a subprocess of the project's programs (command and log in ``OUTPUT_DIR/logs/``);
 a finished stage leaves ``OUTPUT_DIR/stages/<name>.done`` and is not redone, and a killed
-pretraining stage resumes from its last checkpoint (one every 250 steps).  Each finished stage
+pretraining stage resumes from its last checkpoint (one every 50 steps; only the last and the curve's
+steps are kept).  Each finished stage
 also writes its small result to ``OUTPUT_DIR/results/<name>.json``: that folder (plus
 ``stages/wall_times.json``) is all ``--results_only`` needs, so stages finished on different
 machines can be copied together and reported as one.  Give ``--results_only`` the experiment's
@@ -72,6 +73,7 @@ PAPER_TOKENS = PAPER_STEPS * PAPER_SEQUENCES * PAPER_LENGTH
 # What the recipe should reach at the last step, mean of the seeds.
 GOALS = {"ratio": 0.75, "clean_gain": 2.0, "nlm_accuracy": 0.45}
 OBJECTIVES = {"CharBERT": "charbert", "AdvBERT": "advbert"}
+RESUME_EVERY = 50  # steps between a pretraining's resumable checkpoints (about 4 minutes on 2 CPU cores)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,13 +219,14 @@ def run_stages(args, runner: Runner, base: str, data: Path) -> None:
     out = runner.out
     corpus, validation = rs.corpus_files(data)
     vocab = rs.vocab_stage(runner, corpus, out / "vocab")
-    every = math.gcd(*args.curve_steps)  # held-out metrics at every kept step; a resumable checkpoint as often
+    every = math.gcd(*args.curve_steps)  # held-out metrics at every kept step
+    resume_every = min(every, RESUME_EVERY)  # a stopped stage redoes at most that many steps
     runs = [("CharBERT", s) for s in args.seeds] + [("AdvBERT", s) for s in args.advbert_seeds]
     bert_done: set[tuple[str, int]] = set()
     for model, seed in runs:
         run_dir = out / "pretrain" / point_name(model, seed)
         command = rs.pretrain_command(with_seed(args, seed), base, OBJECTIVES[model], run_dir, vocab, corpus,
-                                      validation, eval_steps=every, checkpointing_steps=every,
+                                      validation, eval_steps=every, checkpointing_steps=resume_every,
                                       keep_checkpoints_at=args.curve_steps)
         command += ["--cache_dir", str(out / "cache")]  # the corpus is packed once for every run (same tokenizer)
         runner.run(f"pretrain_{point_name(model, seed)}", command)

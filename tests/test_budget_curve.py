@@ -92,6 +92,7 @@ def test_stage_order_and_commands(bc, tmp_path, monkeypatch):
     keep = pretrain.index("--keep_checkpoints_at")
     assert pretrain[keep + 1:keep + 5] == ["250", "500", "1000", "2000"]
     assert pretrain[pretrain.index("--eval_steps") + 1] == "250" and pretrain[pretrain.index("--seed") + 1] == "43"
+    assert pretrain[pretrain.index("--checkpointing_steps") + 1] == "50"  # a stopped stage redoes at most 50 steps
     assert pretrain[pretrain.index("--max_train_steps") + 1] == "2000"
     assert pretrain[pretrain.index("--objective") + 1] == "charbert"
     assert "--new_module_init" not in pretrain  # pretrain's own defaults: the recipe on a plain checkpoint
