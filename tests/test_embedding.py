@@ -480,16 +480,21 @@ def test_program_trains_a_charbert_embedding_model(tmp_path, st_dir, tiny_texts,
     assert not torch.allclose(_encode(trained), _encode(start), atol=1e-4)  # it trained
 
 
+def _train_on_a_teacher(out, st_dir, train_file, *flags) -> list[dict]:
+    """Two steps of CharBERT on the tiny model, the tiny model the teacher, no ranking loss; the log's rows."""
+    args = ["--model_name_or_path", st_dir, "--charbert", "--train_file", train_file, "--max_train_steps", 2,
+            "--per_device_train_batch_size", 6, "--query_noise", "--teacher_model", st_dir, "--ranking_weight", 0,
+            "--seed", 3, "--logging_steps", 1, "--optim", "adamw_torch", *flags]
+    assert run_cli("embedding", *args, "--output_dir", out) == 0
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.slow
 def test_program_trains_on_a_teachers_vectors_alone(tmp_path, st_dir, tiny_texts, one_torch_thread):
     from sentence_transformers import SentenceTransformer
 
     pairs = _pairs_file(tmp_path / "pairs.jsonl", tiny_texts)
-    args = ["--model_name_or_path", st_dir, "--charbert", "--train_file", pairs, "--max_train_steps", 2,
-            "--per_device_train_batch_size", 6, "--query_noise", "--teacher_model", st_dir, "--ranking_weight", 0,
-            "--new_module_lr_multiplier", 50, "--seed", 3, "--logging_steps", 1, "--optim", "adamw_torch"]
-    assert run_cli("embedding", *args, "--output_dir", tmp_path / "a") == 0
-    logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    logs = _train_on_a_teacher(tmp_path / "a", st_dir, pairs, "--new_module_lr_multiplier", 50)
     assert len(logs) == 2 and all("teacher_loss" in r and "retrieval_loss" not in r for r in logs)
     assert logs[0]["loss"] == pytest.approx(logs[0]["teacher_loss"])
     trained = SentenceTransformer(str(tmp_path / "a"), device="cpu")
@@ -501,11 +506,7 @@ def test_program_trains_on_a_teachers_vectors_alone(tmp_path, st_dir, tiny_texts
 def test_program_trains_on_texts_word_by_word(tmp_path, st_dir, tiny_texts, one_torch_thread):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(" ".join(t.split()[:12]) for t in tiny_texts[:24]) + "\n", encoding="utf-8")
-    args = ["--model_name_or_path", st_dir, "--charbert", "--train_file", corpus, "--max_train_steps", 2,
-            "--per_device_train_batch_size", 6, "--query_noise", "--teacher_model", st_dir, "--ranking_weight", 0,
-            "--teacher_word_weight", 2, "--seed", 3, "--logging_steps", 1, "--optim", "adamw_torch"]
-    assert run_cli("embedding", *args, "--output_dir", tmp_path / "a") == 0
-    logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    logs = _train_on_a_teacher(tmp_path / "a", st_dir, corpus, "--teacher_word_weight", 2)
     assert len(logs) == 2 and all("teacher_word_loss" in r and "retrieval_loss" not in r for r in logs)
     assert logs[0]["loss"] == pytest.approx(logs[0]["teacher_loss"] + 2 * logs[0]["teacher_word_loss"], rel=1e-4)
     assert logs[0]["teacher_word_loss"] > 0
