@@ -41,7 +41,9 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
   states of the clean texts as the targets (``--teacher_model``, ``--teacher_word_weight``), the backbone
   frozen (``--distill_train_backbone`` trains it too); then the CharBERT rows' fine-tuning. The character
   channel learns to put a misspelt word where the plain model puts the clean one, from a corpus instead of
-  the training questions alone.
+  the training questions alone;
+* ``distilled`` (a screen, only with ``--rows``): that distilled model scored as it is, before any
+  fine-tuning on the pairs (against ``minilm``).
 
 Screens of the fine-tuning, each in its own ``--output_dir``: ``--charbert_new_module_lr_multiplier M``
 (the CharBERT rows' new modules at M x the learning rate), ``--query_alignment A`` (every row trained
@@ -78,11 +80,12 @@ BUDGETS = (1, 2)
 RECIPES = {"clean": [], "noise": ["--query_noise"], "noise_st": ["--query_noise", "--self_teaching"]}
 RECIPE_NAMES = {"clean": "clean pairs", "noise": "noised queries", "noise_st": "noised queries + self-teaching"}
 ROWS = ("minilm", "clean", "noise", "noise_st", "charbert", "charbert_pretrained", "charbert_pretrained_frozen",
-        "charbert_char_encoder", "charbert_distilled")
+        "charbert_char_encoder", "distilled", "charbert_distilled")
 DEFAULT_ROWS = ROWS[:6]  # the replication's rows; the others are screens, asked for by name
 PLAIN_ROWS = ("minilm", "clean", "noise", "noise_st")
 CHARBERT_ROWS = ("charbert", "charbert_pretrained", "charbert_pretrained_frozen", "charbert_char_encoder",
-                 "charbert_distilled")
+                 "distilled", "charbert_distilled")
+UNTRAINED_ROWS = ("minilm", "distilled")  # scored as they are: no fine-tuning on the pairs
 PRETRAINED_ROWS = {"charbert_pretrained": "pretrain_charbert", "charbert_pretrained_frozen": "pretrain_charbert_frozen"}
 METRICS = ("mrr@10", "recall@1", "recall@10", "ndcg@10")
 PROG = "replicate_retrieval"
@@ -178,9 +181,11 @@ def row_label(row: str, args) -> str:
             "charbert_pretrained": f"CharBERT after pretraining, {recipe}",
             "charbert_pretrained_frozen": f"CharBERT after pretraining, backbone frozen, {recipe}",
             "charbert_char_encoder": f"CharBERT on MiniLM (identity start), pretrained character encoder, {recipe}",
+            "distilled": f"CharBERT on MiniLM (identity start), distilled on texts ({args.distill_steps} steps), "
+                         "no fine-tuning",
             "charbert_distilled": f"CharBERT on MiniLM (identity start), distilled on texts ({args.distill_steps} "
                                   f"steps), {recipe}"}[row]
-    if "--query_noise" in RECIPES.get(row_recipe(row, args), []):
+    if row not in UNTRAINED_ROWS and "--query_noise" in RECIPES.get(row_recipe(row, args), []):
         label += f" + {args.query_alignment:g} x query alignment" if args.query_alignment > 0 else ""
         label += f" + {args.teacher:g} x teacher (the plain model)" if args.teacher > 0 else ""
         label += f" + {args.teacher_word:g} x teacher word by word" if args.teacher_word > 0 else ""
@@ -366,7 +371,7 @@ def comparisons(rows: Sequence[str], charbert_recipe: str) -> list[tuple[str, st
     MiniLM with the same fine-tuning), pretraining (against CharBERT's identity start)."""
     pairs = [("clean", "minilm"), ("noise", "clean"), ("noise_st", "noise"), ("charbert", charbert_recipe),
              ("charbert_pretrained", "charbert"), ("charbert_pretrained_frozen", "charbert"),
-             ("charbert_char_encoder", "charbert"), ("charbert_distilled", "charbert")]
+             ("charbert_char_encoder", "charbert"), ("distilled", "minilm"), ("charbert_distilled", "charbert")]
     return [(row, base) for row, base in pairs if row in rows and base in rows]
 
 
@@ -476,8 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag in ("charbert_pretrained", "charbert_distilled"):
         if getattr(args, flag) and not Path(getattr(args, flag)).is_dir():
             sys.exit(f"{PROG}: --{flag} {getattr(args, flag)}: no such folder")
-    if "charbert_distilled" in rows and not args.charbert_distilled and not Path(args.distill_file).is_file():
-        sys.exit(f"{PROG}: --distill_file {args.distill_file}: no such file (the charbert_distilled row distils on it)")
+    distils = {"distilled", "charbert_distilled"} & set(rows)
+    if distils and not args.charbert_distilled and not Path(args.distill_file).is_file():
+        sys.exit(f"{PROG}: --distill_file {args.distill_file}: no such file (the {', '.join(sorted(distils))} row "
+                 "distils on it)")
     if args.model_name_or_path is None:
         from benchmarks.common import minilm_path
 
@@ -490,13 +497,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in rows:
             if row in ("charbert_pretrained", "charbert_char_encoder") and not args.charbert_pretrained:
                 args.charbert_pretrained = pretrain_charbert(args, runner, base, out / "models")
-            if row == "charbert_distilled" and not args.charbert_distilled:
+            if row in ("distilled", "charbert_distilled") and not args.charbert_distilled:
                 args.charbert_distilled = str(out / "models" / "distill_charbert")
                 runner.run("distill_charbert", distill_command(args, base, Path(args.charbert_distilled)))
             if row == "charbert_pretrained_frozen" and not args.charbert_pretrained_frozen:
                 args.charbert_pretrained_frozen = pretrain_charbert(args, runner, base, out / "models", frozen=True)
-            model = base
-            if row != "minilm":
+            model = args.charbert_distilled if row == "distilled" else base
+            if row not in UNTRAINED_ROWS:
                 model = str(out / "models" / f"{row}_s{seed}")
                 runner.run(f"train_{row}_s{seed}", train_command(args, row, base, seed, Path(model)))
             runner.run(f"eval_{row}_s{seed}", eval_command(args, model, row, seed, out / "eval" / f"{row}_s{seed}"))

@@ -409,13 +409,18 @@ def test_replicate_retrieval_distils_on_texts_before_the_distilled_row(rr, tmp_p
     monkeypatch.setattr(rr, "write_results", lambda *a, **k: {})
     squad = tmp_path / "squad.json"
     squad.write_text("{}")
-    assert rr.main(["--rows", "charbert_distilled", "--distill_file", str(texts), "--train_file", str(squad),
+    assert rr.main(["--rows", "distilled,charbert_distilled", "--distill_file", str(texts), "--train_file", str(squad),
                     "--test_file", str(squad), "--model_name_or_path", "base", "--output_dir", str(tmp_path / "o")]) == 0
     names = [name for name, _ in ran]
-    assert names == ["distill_charbert", "train_charbert_distilled_s42", "eval_charbert_distilled_s42",
-                     "train_charbert_distilled_s43", "eval_charbert_distilled_s43"]
-    trained = dict(ran)["train_charbert_distilled_s43"]
-    assert trained[trained.index("--model_name_or_path") + 1] == str(tmp_path / "o" / "models" / "distill_charbert")
+    assert names == ["distill_charbert", "eval_distilled_s42", "train_charbert_distilled_s42",
+                     "eval_charbert_distilled_s42", "eval_distilled_s43", "train_charbert_distilled_s43",
+                     "eval_charbert_distilled_s43"]
+    distilled = str(tmp_path / "o" / "models" / "distill_charbert")
+    trained, scored = dict(ran)["train_charbert_distilled_s43"], dict(ran)["eval_distilled_s43"]
+    assert trained[trained.index("--model_name_or_path") + 1] == distilled
+    assert scored[scored.index("--model_name_or_path") + 1] == distilled  # the distilled model as it is
+    assert rr.row_label("distilled", args).endswith("no fine-tuning") and "distilled" not in rr.DEFAULT_ROWS
+    assert ("distilled", "minilm") in rr.comparisons(["minilm", "distilled"], "noise_st")
 
 
 def test_replicate_retrieval_pretrains_the_pretrained_row_with_the_ner_replications_recipe(rr, tmp_path):
