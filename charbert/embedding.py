@@ -670,14 +670,14 @@ class ContrastiveModel(nn.Module):
 
     def __init__(self, encoder, scale: float = DEFAULT_SCALE, query_noise: bool = False, self_teaching: float = 0.0,
                  temperature: float = 1.0, query_alignment: float = 0.0, teacher=None, teacher_weight: float = 1.0,
-                 ranking_weight: float = 1.0, teacher_word_weight: float = 0.0):
+                 ranking_weight: float = 1.0, teacher_word_weight: float = 0.0, word_side_base_lr: bool = False):
         super().__init__()
         self.encoder = encoder
         self.scale, self.query_noise = scale, query_noise
         self.self_teaching, self.temperature = self_teaching, temperature
         self.query_alignment = query_alignment
         self.teacher, self.teacher_weight, self.ranking_weight = teacher, teacher_weight, ranking_weight
-        self.teacher_word_weight = teacher_word_weight
+        self.teacher_word_weight, self.word_side_base_lr = teacher_word_weight, word_side_base_lr
         if teacher_word_weight > 0 and teacher is None:
             raise ValueError("the word-level teacher term (teacher_word_weight > 0) needs a teacher")
         if teacher is not None:
@@ -706,6 +706,30 @@ class ContrastiveModel(nn.Module):
     def reads_passages(self) -> bool:
         """Whether the loss needs the passages (the ranking terms or self-teaching)."""
         return self.ranking_weight > 0 or self.self_teaching > 0
+
+    def base_lr_parts(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """With word_side_base_lr, on a CharBERT encoder: the subword side of the modules CharBERT adds, as
+        (parameter, mask of its elements), which the optimizer keeps at the base learning rate under
+        --new_module_lr_multiplier (`charbert.training.setup.damp_updates`), so that only the character side
+        is sped up: the projection's subword half, and in each fusion block the word map, the conv's subword
+        half and its bias, and the word norm. Those carry the plain model's own path (the identity start);
+        at 20x they rewrite it (docs/results.md)."""
+        if not self.word_side_base_lr or not is_charbert_embedding(self.encoder):
+            return []
+        parts = []
+        for name, param in self.encoder.named_parameters():
+            mask = None
+            if name.startswith("1.") and param.dim() == 2:  # the projection W (H, 2H) = [subword | character]
+                mask = torch.zeros_like(param, dtype=torch.bool)
+                mask[:, :param.size(0)] = True
+            elif ".fusion." in name and name.endswith("fuse.weight"):  # (H, 2H, k): [subword | character] inputs
+                mask = torch.zeros_like(param, dtype=torch.bool)
+                mask[:, :param.size(0)] = True
+            elif ".fusion." in name and (name.endswith("fuse.bias") or ".word_proj." in name or ".word_norm." in name):
+                mask = torch.ones_like(param, dtype=torch.bool)
+            if mask is not None:
+                parts.append((param, mask))
+        return parts
 
     @property
     def reads_words(self) -> bool:

@@ -46,7 +46,8 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
   fine-tuning on the pairs (against ``minilm``).
 
 Screens of the fine-tuning, each in its own ``--output_dir``: ``--charbert_new_module_lr_multiplier M``
-(the CharBERT rows' new modules at M x the learning rate), ``--query_alignment A`` (every row trained
+(the CharBERT rows' new modules at M x the learning rate; with ``--charbert_word_side_base_lr`` only their
+character side), ``--query_alignment A`` (every row trained
 with noised queries also pulls the noised query's vector to the clean one's), ``--teacher W`` (every row
 trained with noised queries pulls its clean and noised query vectors to the plain model's vectors of the
 clean queries), ``--teacher_word W`` (the same word by word: each word's token states to the plain
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the CharBERT rows' learning rate for the modules CharBERT adds (character encoder, fusion, "
                         "projection) as a multiple of --learning_rate (default: %(default)s, the same fine-tuning as "
                         "the plain rows; they start at zero, a larger value lets the character channel in sooner)")
+    p.add_argument("--charbert_word_side_base_lr", action="store_true",
+                   help="with --charbert_new_module_lr_multiplier: only the character side of the new modules is sped "
+                        "up, their subword side keeps --learning_rate (finetune.embedding's --word_side_base_lr)")
     f = p.add_argument_group("fine-tuning (identical for every trained row)")
     # 400 x 16 pairs (0.8 epochs of the 8,123 training pairs): a budget two CPU cores can finish (hours per
     # CharBERT row); a GPU run can afford more.
@@ -227,6 +231,7 @@ def train_command(args, row: str, base: str, seed: int, out: Path) -> list[str]:
             extra += ["--char_encoder_from", str(args.charbert_pretrained)]
         if args.charbert_new_module_lr_multiplier != 1.0:
             extra += ["--new_module_lr_multiplier", str(args.charbert_new_module_lr_multiplier)]
+            extra += ["--word_side_base_lr"] if args.charbert_word_side_base_lr else []
     else:
         model, extra = base, recipe_flags(row_recipe(row, args), args, base)
     command = [sys.executable, "-m", "finetune.embedding", "--model_name_or_path", str(model),
@@ -441,7 +446,7 @@ def write_results(args, out: Path, rows: Sequence[str], runner: Runner) -> dict:
                                             "self_teaching", "self_teaching_temperature", "query_alignment",
                                             "teacher", "teacher_word", "ranking_weight",
                                             "charbert_recipe",
-                                            "charbert_new_module_lr_multiplier",
+                                            "charbert_new_module_lr_multiplier", "charbert_word_side_base_lr",
                                             "charbert_pretrained", "train_file", "test_file", "max_eval_queries",
                                             "charbert_distilled", "distill_file", "distill_steps", "distill_batch_size",
                                             "distill_learning_rate", "distill_new_module_lr_multiplier",
@@ -478,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag in ("train_file", "test_file"):
         if not Path(getattr(args, flag)).is_file():
             sys.exit(f"{PROG}: --{flag} {getattr(args, flag)}: no such file")
+    if args.charbert_word_side_base_lr and args.charbert_new_module_lr_multiplier == 1.0:
+        sys.exit(f"{PROG}: --charbert_word_side_base_lr goes with --charbert_new_module_lr_multiplier")
     for flag in ("charbert_pretrained", "charbert_distilled"):
         if getattr(args, flag) and not Path(getattr(args, flag)).is_dir():
             sys.exit(f"{PROG}: --{flag} {getattr(args, flag)}: no such folder")

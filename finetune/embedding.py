@@ -123,6 +123,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     n.add_argument("--ranking_weight", type=float, default=1.0,
                    help="Weight of the multiple-negatives ranking loss (0: left out; then the passages are unused "
                         "unless --self_teaching; default: %(default)s).")
+    n.add_argument("--word_side_base_lr", action="store_true",
+                   help="With --charbert and --new_module_lr_multiplier: only the character side of CharBERT's new "
+                        "modules is sped up; their subword side (the projection's subword half, each fusion's word map, "
+                        "conv subword half and bias, word norm), which carries the plain model's own path, keeps the "
+                        "base learning rate.")
     n.add_argument("--similarity_scale", type=float, default=DEFAULT_SCALE,
                    help="Cosine similarities are multiplied by this before the softmax (default: %(default)s, "
                         "sentence-transformers' MultipleNegativesRankingLoss).")
@@ -160,6 +165,9 @@ def check_args(args) -> QueryNoise | None:
                          "--self_teaching")
     if not args.self_teaching_temperature > 0 or not args.similarity_scale > 0:
         raise UsageError("--self_teaching_temperature and --similarity_scale must be > 0")
+    if args.word_side_base_lr and args.new_module_lr_multiplier == 1.0:
+        raise UsageError("--word_side_base_lr goes with --new_module_lr_multiplier (it keeps the subword side of "
+                         "CharBERT's new modules at the base rate while the character side is sped up)")
     if args.per_device_train_batch_size < 2:
         raise UsageError("--per_device_train_batch_size must be >= 2: the other passages of a batch are the negatives")
     if not (args.query_noise or args.self_teaching > 0 or args.query_alignment > 0):
@@ -254,7 +262,9 @@ def run(args, argv: Sequence[str], prog: str) -> dict[str, Any]:
                              self_teaching=args.self_teaching, temperature=args.self_teaching_temperature,
                              query_alignment=args.query_alignment, teacher=teacher,
                              teacher_weight=args.teacher_weight, ranking_weight=args.ranking_weight,
-                             teacher_word_weight=args.teacher_word_weight)
+                             teacher_word_weight=args.teacher_word_weight, word_side_base_lr=args.word_side_base_lr)
+    if args.word_side_base_lr and not is_charbert_embedding(encoder):
+        raise UsageError(f"--word_side_base_lr: {args.model_name_or_path} is not a CharBERT embedding model (add --charbert)")
     collator = PairCollator(encoder, noise, teacher, passages=model.reads_passages, words=model.reads_words)
     logger.info("embedding: %s (%s), %d pairs from %s, max_seq_length %s, loss: %s",
                 args.model_name_or_path, "CharBERT, both channels" if is_charbert_embedding(encoder) else "plain",

@@ -449,6 +449,47 @@ def test_new_module_lr_multiplier_reaches_charbert_modules_only(st_dir, tmp_path
     assert not any(".fusion." in n or ".char_embeddings." in n or n.startswith("encoder.1.") for n in slow)
 
 
+def test_damp_updates_keeps_masked_elements_at_a_slower_rate():
+    from charbert.training.setup import damp_updates
+
+    param = torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    damp_updates(optimizer, [(param, torch.tensor([True, False, True, False]))], 0.25)
+    for _ in range(2):
+        param.grad = torch.ones(4)
+        optimizer.step()
+    torch.testing.assert_close(param.detach(), torch.tensor([-0.5, -2.0, -0.5, -2.0]))
+
+
+def test_word_side_keeps_the_base_rate(st_dir, tmp_path, one_torch_thread):
+    from charbert.training import TrainingConfig
+    from charbert.training.setup import build_optimizer
+
+    encoder = build_charbert_embedding(st_dir, device="cpu")
+    model = ContrastiveModel(encoder, word_side_base_lr=True)
+    names = {id(p): n for n, p in encoder.named_parameters()}
+    parts = {names[id(p)]: mask for p, mask in model.base_lr_parts()}
+    assert parts["1.linear.weight"][:, :32].all() and not parts["1.linear.weight"][:, 32:].any()
+    fuse = [n for n in parts if n.endswith("fusion.0.fuse.weight")][0]
+    assert parts[fuse][:, :32].all() and not parts[fuse][:, 32:].any()
+    assert any(".word_proj." in n for n in parts) and any(".word_norm." in n for n in parts)
+    assert not any(".char_" in n or "char_embeddings" in n for n in parts)  # the character side is sped up
+    assert ContrastiveModel(encoder).base_lr_parts() == []
+    assert ContrastiveModel(load_embedding_model(str(st_dir), device="cpu"), word_side_base_lr=True).base_lr_parts() == []
+
+    # One AdamW step at 10x for the new modules: the projection's subword half moves at the base rate.
+    optimizer = build_optimizer(model, TrainingConfig(output_dir=str(tmp_path), learning_rate=1e-3,
+                                                      new_module_lr_multiplier=10.0, weight_decay=0.0))
+    pairs = [{"query": "parliament house", "positive": SENTENCES[0]}, {"query": "roman history", "positive": SENTENCES[3]}]
+    _move_off_identity(encoder)  # so that both halves get a gradient
+    before = encoder[1].linear.weight.detach().clone()
+    model(**PairCollator(encoder)(pairs)).loss.backward()
+    optimizer.step()
+    moved = (encoder[1].linear.weight.detach() - before).abs()
+    assert moved[:, :32].max() == pytest.approx(1e-3, rel=0.05)  # AdamW's first step: about lr per element
+    assert moved[:, 32:].max() == pytest.approx(1e-2, rel=0.05)
+
+
 # ---- the program ---------------------------------------------------------------------------
 
 
@@ -526,6 +567,10 @@ def test_program_bad_input_is_one_line(tmp_path, st_dir, capsys):
     code = run_cli("embedding", "--model_name_or_path", tmp_path, "--train_file", good, "--output_dir", tmp_path / "o2")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "is not an embedding model" in err[-1]
+    code = run_cli("embedding", "--model_name_or_path", st_dir, "--train_file", good, "--output_dir", tmp_path / "o3",
+                   "--word_side_base_lr", "--new_module_lr_multiplier", 5)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].endswith("is not a CharBERT embedding model (add --charbert)")
 
 
 def test_pairs_from_a_dataset(tmp_path):
@@ -562,6 +607,9 @@ def test_typo_flags_choose_the_query_noise():
         noise("--ranking_weight", "0")
     with pytest.raises(UsageError, match="--teacher_weight, --teacher_word_weight and --ranking_weight must be >= 0"):
         noise("--teacher_model", "t", "--teacher_weight", "-1")
+    with pytest.raises(UsageError, match="--word_side_base_lr goes with --new_module_lr_multiplier"):
+        noise("--word_side_base_lr")
+    assert noise("--word_side_base_lr", "--new_module_lr_multiplier", "20") is None
     with pytest.raises(UsageError, match="--teacher_word_weight needs --teacher_model"):
         noise("--teacher_word_weight", "1")
     with pytest.raises(UsageError, match=r"holds texts \(one a line\), not pairs"):

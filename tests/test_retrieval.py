@@ -350,6 +350,11 @@ def test_replicate_retrieval_commands_share_pairs_steps_and_seeds(rr, tmp_path):
         command = rr.train_command(faster, row, "base", 43, tmp_path / row)
         given = command[command.index("--new_module_lr_multiplier") + 1] if "--new_module_lr_multiplier" in command else None
         assert given == ("10.0" if row in rr.CHARBERT_ROWS else None)
+        assert "--word_side_base_lr" not in command
+    character_side = rr.build_parser().parse_args(["--charbert_new_module_lr_multiplier", "20",
+                                                   "--charbert_word_side_base_lr"])
+    assert "--word_side_base_lr" in rr.train_command(character_side, "charbert", "base", 43, tmp_path / "cs")
+    assert "--word_side_base_lr" not in rr.train_command(character_side, "noise", "base", 43, tmp_path / "ns")
     assert all("--query_alignment" not in command for command in commands.values())  # off unless asked for
     aligned = rr.build_parser().parse_args(["--query_alignment", "2", "--charbert_pretrained", str(tmp_path)])
     for row in rr.DEFAULT_ROWS[1:]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -89,7 +90,9 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
 
     With --new_module_lr_multiplier or --freeze_backbone_steps, the parameters the checkpoint did not
     provide (`new_parameter_names`) get groups of their own, marked ``new_module: True``, at
-    ``learning_rate x new_module_lr_multiplier``."""
+    ``learning_rate x new_module_lr_multiplier``. A model with a ``base_lr_parts()`` method (tensors and
+    boolean masks of their elements) keeps those elements at the base rate under the multiplier
+    (`damp_updates`), e.g. the subword half of a new weight whose character half is sped up."""
     split = uses_new_module_groups(config)
     new = new_parameter_names(model) if split else set()
     if split and not new:
@@ -121,8 +124,35 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
         if devices:
             raise ValueError(f"--optim adamw_torch_fused runs on {', '.join(FUSED_ADAMW_DEVICES)} parameters, not "
                              f"{', '.join(sorted(devices))}: pass --optim adamw_torch")
-    return torch.optim.AdamW(param_groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                             eps=config.adam_epsilon, fused=fused)
+    optimizer = torch.optim.AdamW(param_groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                  eps=config.adam_epsilon, fused=fused)
+    base_lr_parts = getattr(model, "base_lr_parts", None)
+    if split and config.new_module_lr_multiplier != 1.0 and callable(base_lr_parts):
+        parts = base_lr_parts()
+        if parts:
+            damp_updates(optimizer, parts, 1.0 / config.new_module_lr_multiplier)
+    return optimizer
+
+
+def damp_updates(optimizer: torch.optim.Optimizer, parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 factor: float) -> None:
+    """After every optimizer step, the masked elements of each part keep only ``factor`` of the step's change;
+    the rest of the tensor moves as the optimizer moved it. AdamW's step does not depend on the gradient's
+    scale, so scaling gradients cannot give part of a tensor another learning rate; this does (weight
+    decay included). Nothing is stored: a resumed run damps its steps the same way."""
+    before: list[torch.Tensor] = []
+
+    def keep(opt, args, kwargs):
+        before[:] = [param.detach().clone() for param, _ in parts]
+
+    @torch.no_grad()
+    def damp(opt, args, kwargs):
+        for (param, mask), old in zip(parts, before):
+            param.copy_(torch.where(mask, old + factor * (param - old), param))
+        before.clear()
+
+    optimizer.register_step_pre_hook(keep)
+    optimizer.register_step_post_hook(damp)
 
 
 def loaded_weights(optimizer) -> list[torch.Tensor]:
