@@ -521,24 +521,28 @@ class PairCollator:
         if self.passages:  # a loss that reads the queries only (ContrastiveModel.reads_passages) needs no passages
             positives = [e.positive if isinstance(e, Pair) else e["positive"] for e in examples]
             batch = {"positive": self.model.preprocess(positives), "same_positive": same_positive_mask(positives)}
-        self.add_queries(batch, "query", self.model, queries)
+        ends = [text_word_ends(q) for q in queries] if self.words else None
+        self.add_queries(batch, "query", self.model, queries, ends)
         if self.noise is not None:
             rng = rng if rng is not None else np.random.default_rng(0)
             noised = [self.noise(q, rng) for q in queries]
-            self.add_queries(batch, "noised_query", self.model, noised)
+            noised_ends = [text_word_ends(q) for q in noised] if self.words else None
+            self.add_queries(batch, "noised_query", self.model, noised, noised_ends)
             if self.words:  # a misspelt copy whose words do not pair one to one with the clean text's: no word targets
-                apart = [len(text_word_ends(a)) != len(text_word_ends(b)) for a, b in zip(noised, queries)]
-                batch["noised_query_words"][torch.tensor(apart, dtype=torch.bool)] = -1
+                apart = torch.tensor([len(a) != len(b) for a, b in zip(noised_ends, ends)], dtype=torch.bool)
+                batch["noised_query_words"][apart] = -1
         if self.teacher is not None:  # the clean queries in the teacher's own tokenisation
-            self.add_queries(batch, "teacher_query", self.teacher, queries)
+            self.add_queries(batch, "teacher_query", self.teacher, queries, ends)
         return batch
 
-    def add_queries(self, batch: dict, name: str, model, texts: list[str]) -> None:
-        if not self.words:
+    @staticmethod
+    def add_queries(batch: dict, name: str, model, texts: list[str], word_ends: list[np.ndarray] | None) -> None:
+        """batch[name]: the texts' features; with word_ends (words=True) also batch[name + "_words"]."""
+        if word_ends is None:
             batch[name] = model.preprocess(texts)
             return
         features = model.preprocess(texts, processing_kwargs=WITH_OFFSETS)
-        batch[f"{name}_words"] = word_index(features, texts)
+        batch[f"{name}_words"] = word_index(features, word_ends)
         batch[name] = features
 
 
@@ -553,15 +557,16 @@ def text_word_ends(text: str) -> np.ndarray:
     return np.fromiter((m.end() for m in _WORD.finditer(text)), dtype=np.int64)
 
 
-def word_index(features: dict, texts: Sequence[str]) -> torch.Tensor:
-    """(B, L) long: the word of its text each token belongs to (`text_word_ends`'s words, 0-based), -1 for
-    special and padding tokens; takes the offsets out of `features` (tokenised with `WITH_OFFSETS`), since
-    the model does not read them. The token-to-word rule is the pretraining collator's `token_words`."""
+def word_index(features: dict, word_ends: Sequence[np.ndarray]) -> torch.Tensor:
+    """(B, L) long: the word of its text each token belongs to (0-based; word_ends: each text's
+    `text_word_ends`), -1 for special and padding tokens; takes the offsets out of `features` (tokenised
+    with `WITH_OFFSETS`), since the model does not read them. The token-to-word rule is the pretraining
+    collator's `token_words`."""
     from .pretraining.collator import token_words
 
     offsets = features.pop("offset_mapping").numpy()  # (B, L, 2)
     real = (offsets[..., 1] > offsets[..., 0]) & features["attention_mask"].bool().numpy()  # (B, L)
-    rows = [token_words(offsets[b], real[b], text_word_ends(text)) for b, text in enumerate(texts)]
+    rows = [token_words(offsets[b], real[b], ends) for b, ends in enumerate(word_ends)]
     return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, 0, dtype=torch.long)
 
 
@@ -637,7 +642,7 @@ def word_alignment_loss(target_states: torch.Tensor, target_words: torch.Tensor,
     words (B, L) and (B, L') from `word_index` (the two tokenisations may differ: a misspelt word is split
     into other pieces, a teacher has its own vocabulary). The sentence-level terms say where the whole
     query goes; this says it of every word, the misspelt ones included, so each gets its own target."""
-    num_words = int(max(target_words.max(), words.max(), -1)) + 1 if words.numel() and target_words.numel() else 0
+    num_words = 1 + max((int(w.max()) for w in (target_words, words) if w.numel()), default=-1)
     targets, target_counts = word_vectors(target_states.detach().float(), target_words, num_words)  # (B, W, H)
     vectors, counts = word_vectors(states.float(), words, num_words)  # (B, W, H)
     both = (target_counts > 0) & (counts > 0)  # (B, W)

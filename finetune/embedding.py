@@ -159,7 +159,7 @@ def check_args(args) -> QueryNoise | None:
         raise UsageError("--teacher_word_weight needs --teacher_model (the words' targets are its token states)")
     if args.train_file and Path(args.train_file).suffix == ".txt" and (args.ranking_weight > 0 or args.self_teaching > 0):
         raise UsageError(f"--train_file {args.train_file} holds texts (one a line), not pairs: train on it with "
-                         "--ranking_weight 0 and a teacher (--teacher_model), no --self_teaching")
+                         "--ranking_weight 0 and --teacher_model or --query_alignment, no --self_teaching")
     if args.ranking_weight == 0 and not (args.teacher_model or args.self_teaching > 0 or args.query_alignment > 0):
         raise UsageError("--ranking_weight 0 leaves nothing to train: add --teacher_model, --query_alignment or "
                          "--self_teaching")

@@ -348,7 +348,7 @@ def test_word_index_follows_whitespace_words(st_dir):
     assert text_word_ends(texts[0]).tolist() == [10, 17, 22] and text_word_ends("  ").tolist() == []
     for model in (load_embedding_model(str(st_dir), device="cpu"), build_charbert_embedding(st_dir, device="cpu")):
         features = model.preprocess(texts, processing_kwargs=WITH_OFFSETS)
-        words = word_index(features, texts)
+        words = word_index(features, [text_word_ends(t) for t in texts])
         assert "offset_mapping" not in features and words.shape == features["input_ids"].shape
         tokens = model[0].tokenizer.convert_ids_to_tokens(features["input_ids"][0].tolist())
         for token, word in zip(tokens, words[0].tolist()):

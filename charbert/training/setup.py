@@ -139,7 +139,8 @@ def damp_updates(optimizer: torch.optim.Optimizer, parts: Sequence[tuple[torch.T
     """After every optimizer step, the masked elements of each part keep only ``factor`` of the step's change;
     the rest of the tensor moves as the optimizer moved it. AdamW's step does not depend on the gradient's
     scale, so scaling gradients cannot give part of a tensor another learning rate; this does (weight
-    decay included). Nothing is stored: a resumed run damps its steps the same way."""
+    decay included). No state outlives a step, so checkpoints are unchanged and a resumed run damps its
+    steps the same way."""
     before: list[torch.Tensor] = []
 
     def keep(opt, args, kwargs):
