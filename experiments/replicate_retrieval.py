@@ -43,7 +43,16 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
   channel learns to put a misspelt word where the plain model puts the clean one, from a corpus instead of
   the training questions alone;
 * ``distilled`` (a screen, only with ``--rows``): that distilled model scored as it is, before any
-  fine-tuning on the pairs (against ``minilm``).
+  fine-tuning on the pairs (against ``minilm``);
+* ``noise_charbert_distilled`` (a screen, only with ``--rows``): a character channel added to the model one
+  already runs. CharBERT built on the ``noise`` row's trained model of the same seed (identity start),
+  distilled from that model (stage ``distill_noise_charbert_distilled_s<seed>``, the distillation above with
+  that model as base and teacher, the row's seed) and scored as it is: no further training on the pairs;
+* ``noise_self_distilled`` (a screen, only with ``--rows``): its control, the ``noise`` row's model given
+  the same distillation from itself, without a character channel (the whole model trains, at
+  ``--distill_learning_rate``): what the distillation buys on its own.
+  Both start from the ``noise`` row's models: trained by this run's own stages, or taken from an earlier
+  run of this experiment with ``--trained_from DIR`` (its fine-tuning flags must be this run's).
 
 Screens of the fine-tuning, each in its own ``--output_dir``: ``--charbert_new_module_lr_multiplier M``
 (the CharBERT rows' new modules at M x the learning rate; with ``--charbert_word_side_base_lr`` only their
@@ -81,12 +90,18 @@ BUDGETS = (1, 2)
 RECIPES = {"clean": [], "noise": ["--query_noise"], "noise_st": ["--query_noise", "--self_teaching"]}
 RECIPE_NAMES = {"clean": "clean pairs", "noise": "noised queries", "noise_st": "noised queries + self-teaching"}
 ROWS = ("minilm", "clean", "noise", "noise_st", "charbert", "charbert_pretrained", "charbert_pretrained_frozen",
-        "charbert_char_encoder", "distilled", "charbert_distilled")
+        "charbert_char_encoder", "distilled", "charbert_distilled", "noise_self_distilled", "noise_charbert_distilled")
 DEFAULT_ROWS = ROWS[:6]  # the replication's rows; the others are screens, asked for by name
-PLAIN_ROWS = ("minilm", "clean", "noise", "noise_st")
+PLAIN_ROWS = ("minilm", "clean", "noise", "noise_st", "noise_self_distilled")
 CHARBERT_ROWS = ("charbert", "charbert_pretrained", "charbert_pretrained_frozen", "charbert_char_encoder",
-                 "distilled", "charbert_distilled")
+                 "distilled", "charbert_distilled", "noise_charbert_distilled")
 UNTRAINED_ROWS = ("minilm", "distilled")  # scored as they are: no fine-tuning on the pairs
+# rows distilled, seed by seed, from a trained row's model (row -> the trained row): no fine-tuning on the pairs after
+DISTILLED_FROM_TRAINED = {"noise_self_distilled": "noise", "noise_charbert_distilled": "noise"}
+# the fine-tuning flags a model reused with --trained_from must share with this run
+FINE_TUNING_FLAGS = ("train_file", "max_train_steps", "per_device_train_batch_size", "learning_rate", "warmup_ratio",
+                     "max_seq_length", "max_train_samples", "noise_probability", "self_teaching",
+                     "self_teaching_temperature", "query_alignment", "teacher", "teacher_word", "ranking_weight")
 PRETRAINED_ROWS = {"charbert_pretrained": "pretrain_charbert", "charbert_pretrained_frozen": "pretrain_charbert_frozen"}
 METRICS = ("mrr@10", "recall@1", "recall@10", "ndcg@10")
 PROG = "replicate_retrieval"
@@ -110,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--charbert_distilled", default=None,
                    help="a distilled CharBERT embedding folder for the charbert_distilled row (default: distil one, "
                         "the stage distill_charbert)")
+    p.add_argument("--trained_from", default=None,
+                   help="an earlier run of this experiment (its --output_dir) with the same fine-tuning flags: its "
+                        "trained plain rows' models are scored and distilled from instead of trained again")
     p.set_defaults(charbert_pretrained_frozen=None)  # the screen row's folder: always its own stage's
     p.add_argument("--charbert_recipe", choices=sorted(RECIPES), default="noise_st",
                    help="the fine-tuning of both CharBERT rows (default: %(default)s)")
@@ -144,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "states against its own of the clean word) for those rows (a screen; default: %(default)s, off)")
     f.add_argument("--ranking_weight", type=float, default=1.0,
                    help="finetune.embedding's --ranking_weight for those rows (a screen; default: %(default)s)")
-    t = p.add_argument_group("the distillation on texts (the charbert_distilled row)")
-    t.add_argument("--distill_file", default=str(DATA / "corpus" / "brown.txt"), help="texts, one a line")
+    t = p.add_argument_group("the distillation on texts (the distilled rows)")
+    t.add_argument("--distill_file", default=str(DATA / "corpus" / "brown.txt"),
+                   help="texts, one a line (or a pairs file such as --train_file: its queries are the texts)")
     t.add_argument("--distill_steps", type=int, default=1000)
     t.add_argument("--distill_batch_size", type=int, default=32)
     t.add_argument("--distill_learning_rate", type=float, default=2e-5)
@@ -188,8 +207,13 @@ def row_label(row: str, args) -> str:
             "distilled": f"CharBERT on MiniLM (identity start), distilled on texts ({args.distill_steps} steps), "
                          "no fine-tuning",
             "charbert_distilled": f"CharBERT on MiniLM (identity start), distilled on texts ({args.distill_steps} "
-                                  f"steps), {recipe}"}[row]
-    if row not in UNTRAINED_ROWS and "--query_noise" in RECIPES.get(row_recipe(row, args), []):
+                                  f"steps), {recipe}",
+            "noise_self_distilled": f"MiniLM + noised queries, then distilled from itself on misspelt "
+                                    f"{Path(args.distill_file).name} ({args.distill_steps} steps)",
+            "noise_charbert_distilled": f"CharBERT on (MiniLM + noised queries), distilled from it on misspelt "
+                                        f"{Path(args.distill_file).name} ({args.distill_steps} steps)"}[row]
+    fine_tuned = row not in UNTRAINED_ROWS and row not in DISTILLED_FROM_TRAINED
+    if fine_tuned and "--query_noise" in RECIPES.get(row_recipe(row, args), []):
         label += f" + {args.query_alignment:g} x query alignment" if args.query_alignment > 0 else ""
         label += f" + {args.teacher:g} x teacher (the plain model)" if args.teacher > 0 else ""
         label += f" + {args.teacher_word:g} x teacher word by word" if args.teacher_word > 0 else ""
@@ -269,23 +293,51 @@ def pretrain_charbert(args, runner: Runner, base: str, out: Path, frozen: bool =
     return str(out / name)
 
 
-def distill_command(args, base: str, out: Path) -> list[str]:
-    """The stage ``distill_charbert``: ``python -m finetune.embedding`` on texts, CharBERT built on ``base``
-    learning to encode misspelt texts as ``base`` encodes the clean ones (its vectors and, word by word, its
-    token states), no ranking loss; seed 42, like the pretraining stages."""
-    command = [sys.executable, "-m", "finetune.embedding", "--model_name_or_path", str(base), "--charbert",
-               "--train_file", args.distill_file, "--output_dir", str(out), "--seed", "42",
+def distill_command(args, base: str, out: Path, seed: int = 42, charbert: bool = True) -> list[str]:
+    """A distillation stage: ``python -m finetune.embedding`` on texts, CharBERT built on ``base`` (or, with
+    ``charbert`` False, ``base`` itself) learning to encode misspelt texts as ``base`` encodes the clean ones
+    (its vectors and, word by word, its token states), no ranking loss. The stage ``distill_charbert`` runs it
+    with seed 42, like the pretraining stages; the rows distilled from a trained row with the row's seed."""
+    command = [sys.executable, "-m", "finetune.embedding", "--model_name_or_path", str(base),
+               *(["--charbert"] if charbert else []),
+               "--train_file", args.distill_file, "--output_dir", str(out), "--seed", str(seed),
                "--query_noise", "--noise_max_words", "0", "--teacher_model", str(base), "--teacher_weight", "1",
                "--teacher_word_weight", str(args.distill_word_weight), "--ranking_weight", "0",
                "--max_train_steps", str(args.distill_steps), "--per_device_train_batch_size", str(args.distill_batch_size),
                "--learning_rate", str(args.distill_learning_rate), "--warmup_ratio", str(args.warmup_ratio),
-               "--new_module_lr_multiplier", str(args.distill_new_module_lr_multiplier),
                "--max_seq_length", str(args.max_seq_length), "--logging_steps", "10",
                "--checkpointing_steps", str(max(10, args.distill_steps // 10)), "--save_total_limit", "1",
                "--resume_from_checkpoint", "latest"]
-    if not args.distill_train_backbone:
-        command += ["--freeze_backbone_steps", str(args.distill_steps)]
+    if charbert:  # the new modules learn at their own rate; without a character channel there are none
+        command += ["--new_module_lr_multiplier", str(args.distill_new_module_lr_multiplier)]
+        command += [] if args.distill_train_backbone else ["--freeze_backbone_steps", str(args.distill_steps)]
     return command
+
+
+def reusable_run(args) -> Path | None:
+    """The run of ``--trained_from``, after checking that its fine-tuning flags are this run's (one line if not)."""
+    if not args.trained_from:
+        return None
+    earlier = Path(args.trained_from)
+    try:
+        given = json.loads((earlier / "args.json").read_text())
+    except (OSError, ValueError):
+        sys.exit(f"{PROG}: --trained_from {earlier}: no readable args.json there (not a run of this experiment)")
+    differ = [flag for flag in FINE_TUNING_FLAGS if given.get(flag) != getattr(args, flag)]
+    if differ:
+        sys.exit(f"{PROG}: --trained_from {earlier}: its fine-tuning differs from this run's in "
+                 + ", ".join(f"--{flag} ({given.get(flag)!r} there, {getattr(args, flag)!r} here)" for flag in differ))
+    return earlier
+
+
+def trained_model(args, runner: Runner, row: str, base: str, seed: int, out: Path, earlier: Path | None) -> str:
+    """The model of a trained row and seed: the earlier run's (``--trained_from``) when it has it, else this run's
+    own stage ``train_<row>_s<seed>`` (run once: a finished stage is not redone)."""
+    if earlier is not None and row in PLAIN_ROWS and (earlier / "models" / f"{row}_s{seed}" / "modules.json").is_file():
+        return str((earlier / "models" / f"{row}_s{seed}").resolve())
+    model = out / "models" / f"{row}_s{seed}"
+    runner.run(f"train_{row}_s{seed}", train_command(args, row, base, seed, model))
+    return str(model)
 
 
 def eval_command(args, model: str, name: str, seed: int, out: Path) -> list[str]:
@@ -376,7 +428,9 @@ def comparisons(rows: Sequence[str], charbert_recipe: str) -> list[tuple[str, st
     MiniLM with the same fine-tuning), pretraining (against CharBERT's identity start)."""
     pairs = [("clean", "minilm"), ("noise", "clean"), ("noise_st", "noise"), ("charbert", charbert_recipe),
              ("charbert_pretrained", "charbert"), ("charbert_pretrained_frozen", "charbert"),
-             ("charbert_char_encoder", "charbert"), ("distilled", "minilm"), ("charbert_distilled", "charbert")]
+             ("charbert_char_encoder", "charbert"), ("distilled", "minilm"), ("charbert_distilled", "charbert"),
+             ("noise_self_distilled", "noise"), ("noise_charbert_distilled", "noise"),
+             ("noise_charbert_distilled", "noise_self_distilled")]
     return [(row, base) for row, base in pairs if row in rows and base in rows]
 
 
@@ -450,7 +504,7 @@ def write_results(args, out: Path, rows: Sequence[str], runner: Runner) -> dict:
                                             "charbert_pretrained", "train_file", "test_file", "max_eval_queries",
                                             "charbert_distilled", "distill_file", "distill_steps", "distill_batch_size",
                                             "distill_learning_rate", "distill_new_module_lr_multiplier",
-                                            "distill_word_weight", "distill_train_backbone")}
+                                            "distill_word_weight", "distill_train_backbone", "trained_from")}
     record = {"budget": budget, "seeds": list(args.seeds), "rows": {r: labels[r] for r in rows},
               "metrics": {r: {str(s): m for s, m in by_seed.items()} for r, by_seed in results.items()},
               "targets": found, "stage_wall_times_s": runner.times, "command": shlex.join([sys.executable, *sys.argv])}
@@ -488,8 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag in ("charbert_pretrained", "charbert_distilled"):
         if getattr(args, flag) and not Path(getattr(args, flag)).is_dir():
             sys.exit(f"{PROG}: --{flag} {getattr(args, flag)}: no such folder")
-    distils = {"distilled", "charbert_distilled"} & set(rows)
-    if distils and not args.charbert_distilled and not Path(args.distill_file).is_file():
+    distils = ({"distilled", "charbert_distilled"} & set(rows) if not args.charbert_distilled else set()) | \
+        (set(DISTILLED_FROM_TRAINED) & set(rows))
+    if distils and not Path(args.distill_file).is_file():
         sys.exit(f"{PROG}: --distill_file {args.distill_file}: no such file (the {', '.join(sorted(distils))} row "
                  "distils on it)")
     if args.model_name_or_path is None:
@@ -497,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args.model_name_or_path = str(minilm_path())
     base = args.model_name_or_path
+    earlier = reusable_run(args)
     out = Path(args.output_dir).resolve()
     runner = Runner(out, prog=PROG)
     (out / "args.json").write_text(json.dumps(vars(args), indent=1))
@@ -510,9 +566,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if row == "charbert_pretrained_frozen" and not args.charbert_pretrained_frozen:
                 args.charbert_pretrained_frozen = pretrain_charbert(args, runner, base, out / "models", frozen=True)
             model = args.charbert_distilled if row == "distilled" else base
-            if row not in UNTRAINED_ROWS:
+            if row in DISTILLED_FROM_TRAINED:
+                start = trained_model(args, runner, DISTILLED_FROM_TRAINED[row], base, seed, out, earlier)
                 model = str(out / "models" / f"{row}_s{seed}")
-                runner.run(f"train_{row}_s{seed}", train_command(args, row, base, seed, Path(model)))
+                runner.run(f"distill_{row}_s{seed}", distill_command(args, start, Path(model), seed,
+                                                                     charbert=row in CHARBERT_ROWS))
+            elif row not in UNTRAINED_ROWS:
+                model = trained_model(args, runner, row, base, seed, out, earlier)
             runner.run(f"eval_{row}_s{seed}", eval_command(args, model, row, seed, out / "eval" / f"{row}_s{seed}"))
     write_results(args, out, rows, runner)
     return 0

@@ -428,6 +428,66 @@ def test_replicate_retrieval_distils_on_texts_before_the_distilled_row(rr, tmp_p
     assert ("distilled", "minilm") in rr.comparisons(["minilm", "distilled"], "noise_st")
 
 
+def test_replicate_retrieval_distils_each_seeds_trained_noise_model(rr, tmp_path, monkeypatch):
+    ran = []
+
+    def run_once(self, name, command):  # as the Runner does: a stage already run is not run again
+        if name not in dict(ran):
+            ran.append((name, command))
+
+    monkeypatch.setattr(rr.Runner, "run", run_once)
+    monkeypatch.setattr(rr, "write_results", lambda *a, **k: {})
+    squad = tmp_path / "squad.json"
+    squad.write_text("{}")
+    argv = ["--rows", "noise,noise_self_distilled,noise_charbert_distilled", "--distill_file", str(squad),
+            "--distill_steps", "30", "--train_file", str(squad), "--test_file", str(squad),
+            "--model_name_or_path", "base"]
+    assert rr.main([*argv, "--output_dir", str(tmp_path / "o")]) == 0
+    names = [name for name, _ in ran]
+    # the noise row trains once per seed; both distilled rows start from that seed's model, with that seed
+    assert names[:6] == ["train_noise_s42", "eval_noise_s42", "distill_noise_self_distilled_s42",
+                         "eval_noise_self_distilled_s42", "distill_noise_charbert_distilled_s42",
+                         "eval_noise_charbert_distilled_s42"]
+    assert names[6:] == [name.replace("s42", "s43") for name in names[:6]]
+    commands = dict(ran)
+
+    def flag(stage, name):
+        return commands[stage][commands[stage].index(name) + 1] if name in commands[stage] else None
+
+    trained = str(tmp_path / "o" / "models" / "noise_s43")
+    for row, charbert in (("noise_self_distilled", False), ("noise_charbert_distilled", True)):
+        stage = f"distill_{row}_s43"
+        assert flag(stage, "--model_name_or_path") == flag(stage, "--teacher_model") == trained
+        assert (flag(stage, "--seed"), flag(stage, "--train_file"), flag(stage, "--ranking_weight")) == \
+            ("43", str(squad), "0")
+        assert ("--charbert" in commands[stage]) == charbert
+        assert flag(stage, "--new_module_lr_multiplier") == ("20.0" if charbert else None)
+        assert flag(stage, "--freeze_backbone_steps") == ("30" if charbert else None)
+        scored = f"eval_{row}_s43"
+        assert flag(scored, "--model_name_or_path") == str(tmp_path / "o" / "models" / f"{row}_s43")
+    assert "noise_self_distilled" in rr.PLAIN_ROWS and "noise_charbert_distilled" in rr.CHARBERT_ROWS
+    assert ("noise_charbert_distilled", "noise_self_distilled") in rr.comparisons(rr.ROWS, "noise_st")
+    args = rr.build_parser().parse_args(argv)
+    assert rr.row_label("noise_charbert_distilled", args) == \
+        "CharBERT on (MiniLM + noised queries), distilled from it on misspelt squad.json (30 steps)"
+    # --trained_from: an earlier run's noise models are scored and distilled from, not trained again
+    earlier = tmp_path / "earlier"
+    assert rr.main([*argv, "--output_dir", str(earlier)]) == 0
+    (earlier / "models" / "noise_s42").mkdir(parents=True)
+    (earlier / "models" / "noise_s42" / "modules.json").write_text("[]")
+    ran.clear()
+    assert rr.main([*argv, "--output_dir", str(tmp_path / "p"), "--trained_from", str(earlier)]) == 0
+    commands = dict(ran)
+    assert "train_noise_s42" not in commands and "train_noise_s43" in commands  # seed 43's model is not there
+    reused = str((earlier / "models" / "noise_s42").resolve())
+    assert flag("eval_noise_s42", "--model_name_or_path") == reused
+    assert flag("distill_noise_charbert_distilled_s42", "--model_name_or_path") == reused
+    with pytest.raises(SystemExit, match="max_train_steps"):  # another fine-tuning: refused in one line
+        rr.main([*argv, "--output_dir", str(tmp_path / "q"), "--trained_from", str(earlier), "--max_train_steps", "5"])
+    with pytest.raises(SystemExit, match="no readable args.json"):
+        rr.main([*argv, "--output_dir", str(tmp_path / "q"), "--trained_from", str(tmp_path)])
+
+
 def test_replicate_retrieval_pretrains_the_pretrained_row_with_the_ner_replications_recipe(rr, tmp_path):
     data = tmp_path / "data"
     (data / "corpus").mkdir(parents=True)
@@ -522,6 +582,25 @@ def test_replicate_retrieval_end_to_end_on_tiny_models_resumes(rr, embedding_dir
     capsys.readouterr()
     assert rr.main(argv) == 0  # run again: every stage done before, nothing redone
     assert capsys.readouterr().out.count("done before, skipped") == 5
+
+
+@pytest.mark.slow
+def test_replicate_retrieval_distilled_rows_run_on_tiny_models(rr, embedding_dirs, task_files, squad_file, tmp_path):
+    out = tmp_path / "rr"
+    assert rr.main(["--model_name_or_path", str(embedding_dirs["bert"]), "--train_file", str(task_files["squad_v1_train"]),
+                    "--test_file", str(squad_file), "--rows", "noise_self_distilled,noise_charbert_distilled",
+                    "--distill_file", str(task_files["squad_v1_train"]), "--distill_steps", "2",
+                    "--distill_batch_size", "4", "--seeds", "3", "--max_train_steps", "2",
+                    "--per_device_train_batch_size", "4", "--max_seq_length", "48", "--learning_rate", "1e-3",
+                    "--eval_batch_size", "8", "--output_dir", str(out)]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert set(record["metrics"]) == {"noise_self_distilled", "noise_charbert_distilled"}
+    for row, charbert in (("noise_self_distilled", False), ("noise_charbert_distilled", True)):
+        trained = json.loads((out / "models" / f"{row}_s3" / "metrics.json").read_text())
+        assert trained["train"]["global_step"] == 2 and bool(trained["model"]["charbert"]) == charbert
+        log = [json.loads(line) for line in (out / "models" / f"{row}_s3" / "log.jsonl").read_text().splitlines()]
+        assert any("teacher_word_loss" in entry for entry in log)
+    assert (out / "stages" / "train_noise_s3.done").is_file()
 
 
 def test_embedding_drift_measures_how_far_a_model_moved(embedding_dirs, squad_file, tmp_path):
