@@ -323,10 +323,12 @@ def reusable_run(args) -> Path | None:
         given = json.loads((earlier / "args.json").read_text())
     except (OSError, ValueError):
         sys.exit(f"{PROG}: --trained_from {earlier}: no readable args.json there (not a run of this experiment)")
-    differ = [flag for flag in FINE_TUNING_FLAGS if given.get(flag) != getattr(args, flag)]
+    defaults = build_parser()  # a flag added after that run was at its default there
+    there = {flag: given.get(flag, defaults.get_default(flag)) for flag in FINE_TUNING_FLAGS}
+    differ = [flag for flag in FINE_TUNING_FLAGS if there[flag] != getattr(args, flag)]
     if differ:
         sys.exit(f"{PROG}: --trained_from {earlier}: its fine-tuning differs from this run's in "
-                 + ", ".join(f"--{flag} ({given.get(flag)!r} there, {getattr(args, flag)!r} here)" for flag in differ))
+                 + ", ".join(f"--{flag} ({there[flag]!r} there, {getattr(args, flag)!r} here)" for flag in differ))
     return earlier
 
 

@@ -484,6 +484,10 @@ def test_replicate_retrieval_distils_each_seeds_trained_noise_model(rr, tmp_path
     assert flag("distill_noise_charbert_distilled_s42", "--model_name_or_path") == reused
     with pytest.raises(SystemExit, match="max_train_steps"):  # another fine-tuning: refused in one line
         rr.main([*argv, "--output_dir", str(tmp_path / "q"), "--trained_from", str(earlier), "--max_train_steps", "5"])
+    older = json.loads((earlier / "args.json").read_text())
+    del older["teacher_word"]  # a run from before a flag existed: it ran at the flag's default
+    (earlier / "args.json").write_text(json.dumps(older))
+    assert rr.main([*argv, "--output_dir", str(tmp_path / "p"), "--trained_from", str(earlier)]) == 0
     with pytest.raises(SystemExit, match="no readable args.json"):
         rr.main([*argv, "--output_dir", str(tmp_path / "q"), "--trained_from", str(tmp_path)])
 
