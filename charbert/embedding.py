@@ -243,6 +243,27 @@ def load_embedding_model(name_or_path: str, device: str | None = None):
     return _open(name_or_path, device)
 
 
+def query_document_model(query_model, document_model, device: str | None = None):
+    """One model that encodes queries with `query_model` and documents with `document_model`
+    (sentence-transformers' Router: `encode_query` and `encode_document`; a plain `encode` takes the
+    document route). A query encoder trained to land where `document_model` puts clean queries (the
+    teacher-only losses of `finetune.embedding`) keeps every document vector `document_model` already
+    made valid: nothing is re-indexed. `save(folder)` writes one folder that `SentenceTransformer(folder)`
+    opens (after `import charbert`)."""
+    from sentence_transformers.base.modules import Router
+
+    router = Router.for_query_document(query_modules=list(query_model), document_modules=list(document_model),
+                                       default_route="document")
+    return embedding_model_class()(modules=[router], device=device)
+
+
+def is_query_document_model(model) -> bool:
+    """Whether a SentenceTransformer routes queries and documents to modules of their own."""
+    from sentence_transformers.base.modules import Router
+
+    return len(model) == 1 and isinstance(model[0], Router)
+
+
 def _encoder_folder(path: Path) -> Path:
     """The folder of a sentence-transformers model's Transformer module (the root, or e.g. 0_Transformer)."""
     modules = _read_json(path / "modules.json") or []

@@ -401,8 +401,10 @@ class CharBertPreTrainedModel(PreTrainedModel):
         if pretrained_model_name_or_path is None:  # transformers' form: the weights are in `state_dict`, with `config`
             return super().from_pretrained(None, *model_args, **kwargs)
         path = checkpoint.resolve_checkpoint(pretrained_model_name_or_path, **checkpoint.hub_kwargs(kwargs))
+        path = path / (kwargs.get("subfolder") or "")  # e.g. a route of a sentence-transformers Router
         if checkpoint.read_model_type(path) == CharBertConfig.model_type:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        kwargs.pop("subfolder", None)
         return checkpoint.build_on_backbone(cls, path, **kwargs)
 
     def resize_token_embeddings(self, *args, **kwargs):

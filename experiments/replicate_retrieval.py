@@ -52,7 +52,11 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
   the same distillation from itself, without a character channel (the whole model trains, at
   ``--distill_learning_rate``): what the distillation buys on its own.
   Both start from the ``noise`` row's models: trained by this run's own stages, or taken from an earlier
-  run of this experiment with ``--trained_from DIR`` (its fine-tuning flags must be this run's).
+  run of this experiment with ``--trained_from DIR`` (its fine-tuning flags must be this run's);
+* ``noise_charbert_distilled_query`` and ``noise_self_distilled_query`` (screens, only with ``--rows``):
+  the same distilled models for the queries only, the documents encoded by the ``noise`` row's model (the
+  teacher) as before (``charbert.embedding.query_document_model``: an index built with the teacher stays
+  valid). The distillation never encodes a document, so these rows reuse the distilled models.
 
 Screens of the fine-tuning, each in its own ``--output_dir``: ``--charbert_new_module_lr_multiplier M``
 (the CharBERT rows' new modules at M x the learning rate; with ``--charbert_word_side_base_lr`` only their
@@ -90,14 +94,18 @@ BUDGETS = (1, 2)
 RECIPES = {"clean": [], "noise": ["--query_noise"], "noise_st": ["--query_noise", "--self_teaching"]}
 RECIPE_NAMES = {"clean": "clean pairs", "noise": "noised queries", "noise_st": "noised queries + self-teaching"}
 ROWS = ("minilm", "clean", "noise", "noise_st", "charbert", "charbert_pretrained", "charbert_pretrained_frozen",
-        "charbert_char_encoder", "distilled", "charbert_distilled", "noise_self_distilled", "noise_charbert_distilled")
+        "charbert_char_encoder", "distilled", "charbert_distilled", "noise_self_distilled", "noise_charbert_distilled",
+        "noise_self_distilled_query", "noise_charbert_distilled_query")
 DEFAULT_ROWS = ROWS[:6]  # the replication's rows; the others are screens, asked for by name
-PLAIN_ROWS = ("minilm", "clean", "noise", "noise_st", "noise_self_distilled")
+PLAIN_ROWS = ("minilm", "clean", "noise", "noise_st", "noise_self_distilled", "noise_self_distilled_query")
 CHARBERT_ROWS = ("charbert", "charbert_pretrained", "charbert_pretrained_frozen", "charbert_char_encoder",
-                 "distilled", "charbert_distilled", "noise_charbert_distilled")
+                 "distilled", "charbert_distilled", "noise_charbert_distilled", "noise_charbert_distilled_query")
 UNTRAINED_ROWS = ("minilm", "distilled")  # scored as they are: no fine-tuning on the pairs
 # rows distilled, seed by seed, from a trained row's model (row -> the trained row): no fine-tuning on the pairs after
 DISTILLED_FROM_TRAINED = {"noise_self_distilled": "noise", "noise_charbert_distilled": "noise"}
+# query/document rows: the distilled row's model for the queries, the trained row's (its teacher) for the documents
+QUERY_ENCODER_ROWS = {"noise_self_distilled_query": "noise_self_distilled",
+                      "noise_charbert_distilled_query": "noise_charbert_distilled"}
 # the fine-tuning flags a model reused with --trained_from must share with this run
 FINE_TUNING_FLAGS = ("train_file", "max_train_steps", "per_device_train_batch_size", "learning_rate", "warmup_ratio",
                      "max_seq_length", "max_train_samples", "noise_probability", "self_teaching",
@@ -211,8 +219,10 @@ def row_label(row: str, args) -> str:
             "noise_self_distilled": f"MiniLM + noised queries, then distilled from itself on misspelt "
                                     f"{Path(args.distill_file).name} ({args.distill_steps} steps)",
             "noise_charbert_distilled": f"CharBERT on (MiniLM + noised queries), distilled from it on misspelt "
-                                        f"{Path(args.distill_file).name} ({args.distill_steps} steps)"}[row]
-    fine_tuned = row not in UNTRAINED_ROWS and row not in DISTILLED_FROM_TRAINED
+                                        f"{Path(args.distill_file).name} ({args.distill_steps} steps)"}.get(row)
+    if row in QUERY_ENCODER_ROWS:
+        return row_label(QUERY_ENCODER_ROWS[row], args) + ", for the queries only (the documents by its teacher)"
+    fine_tuned = row not in UNTRAINED_ROWS and row not in DISTILLED_FROM_TRAINED and row not in QUERY_ENCODER_ROWS
     if fine_tuned and "--query_noise" in RECIPES.get(row_recipe(row, args), []):
         label += f" + {args.query_alignment:g} x query alignment" if args.query_alignment > 0 else ""
         label += f" + {args.teacher:g} x teacher (the plain model)" if args.teacher > 0 else ""
@@ -332,6 +342,32 @@ def reusable_run(args) -> Path | None:
     return earlier
 
 
+def distilled_model(args, runner: Runner, row: str, base: str, seed: int, out: Path,
+                    earlier: Path | None) -> tuple[str, str]:
+    """(the trained model, the distilled one) of a row of DISTILLED_FROM_TRAINED and a seed; the stage
+    ``distill_<row>_s<seed>`` (and the trained row's) run once."""
+    start = trained_model(args, runner, DISTILLED_FROM_TRAINED[row], base, seed, out, earlier)
+    model = out / "models" / f"{row}_s{seed}"
+    runner.run(f"distill_{row}_s{seed}", distill_command(args, start, model, seed, charbert=row in CHARBERT_ROWS))
+    return start, str(model)
+
+
+def join_query_document(queries: str, documents: str, out: Path) -> None:
+    """The query/document model of ``queries`` and ``documents`` (``charbert.embedding.query_document_model``),
+    saved to ``out`` unless it is there already (seconds: no stage of its own)."""
+    if (out / "modules.json").is_file():
+        return
+    import shutil
+
+    from charbert.embedding import load_embedding_model, query_document_model
+
+    partial = out.with_name(out.name + ".partial")  # a killed save leaves no folder that looks finished
+    shutil.rmtree(partial, ignore_errors=True)
+    query_document_model(load_embedding_model(queries, device="cpu"), load_embedding_model(documents, device="cpu"),
+                         device="cpu").save(str(partial))
+    partial.rename(out)
+
+
 def trained_model(args, runner: Runner, row: str, base: str, seed: int, out: Path, earlier: Path | None) -> str:
     """The model of a trained row and seed: the earlier run's (``--trained_from``) when it has it, else this run's
     own stage ``train_<row>_s<seed>`` (run once: a finished stage is not redone)."""
@@ -432,7 +468,10 @@ def comparisons(rows: Sequence[str], charbert_recipe: str) -> list[tuple[str, st
              ("charbert_pretrained", "charbert"), ("charbert_pretrained_frozen", "charbert"),
              ("charbert_char_encoder", "charbert"), ("distilled", "minilm"), ("charbert_distilled", "charbert"),
              ("noise_self_distilled", "noise"), ("noise_charbert_distilled", "noise"),
-             ("noise_charbert_distilled", "noise_self_distilled")]
+             ("noise_charbert_distilled", "noise_self_distilled"),
+             ("noise_self_distilled_query", "noise_self_distilled"), ("noise_self_distilled_query", "noise"),
+             ("noise_charbert_distilled_query", "noise_charbert_distilled"), ("noise_charbert_distilled_query", "noise"),
+             ("noise_charbert_distilled_query", "noise_self_distilled_query")]
     return [(row, base) for row, base in pairs if row in rows and base in rows]
 
 
@@ -545,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, flag) and not Path(getattr(args, flag)).is_dir():
             sys.exit(f"{PROG}: --{flag} {getattr(args, flag)}: no such folder")
     distils = ({"distilled", "charbert_distilled"} & set(rows) if not args.charbert_distilled else set()) | \
-        (set(DISTILLED_FROM_TRAINED) & set(rows))
+        ((set(DISTILLED_FROM_TRAINED) | set(QUERY_ENCODER_ROWS)) & set(rows))
     if distils and not Path(args.distill_file).is_file():
         sys.exit(f"{PROG}: --distill_file {args.distill_file}: no such file (the {', '.join(sorted(distils))} row "
                  "distils on it)")
@@ -569,10 +608,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.charbert_pretrained_frozen = pretrain_charbert(args, runner, base, out / "models", frozen=True)
             model = args.charbert_distilled if row == "distilled" else base
             if row in DISTILLED_FROM_TRAINED:
-                start = trained_model(args, runner, DISTILLED_FROM_TRAINED[row], base, seed, out, earlier)
+                model = distilled_model(args, runner, row, base, seed, out, earlier)[1]
+            elif row in QUERY_ENCODER_ROWS:
+                teacher, queries = distilled_model(args, runner, QUERY_ENCODER_ROWS[row], base, seed, out, earlier)
                 model = str(out / "models" / f"{row}_s{seed}")
-                runner.run(f"distill_{row}_s{seed}", distill_command(args, start, Path(model), seed,
-                                                                     charbert=row in CHARBERT_ROWS))
+                join_query_document(queries, teacher, Path(model))
             elif row not in UNTRAINED_ROWS:
                 model = trained_model(args, runner, row, base, seed, out, earlier)
             runner.run(f"eval_{row}_s{seed}", eval_command(args, model, row, seed, out / "eval" / f"{row}_s{seed}"))

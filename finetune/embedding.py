@@ -17,7 +17,8 @@ model itself) makes its vectors of the clean queries the targets of the trained 
 misspelt queries (--teacher_weight W), and --teacher_word_weight W its token states of each clean word
 the targets of that word's; --ranking_weight 0 leaves the ranking loss out (with a teacher: the misspelt
 queries learn to land where the teacher puts the clean ones, passages unused, so a .txt file of texts, one
-a line, is training data too). The output folder is a
+a line, is training data too; --query_encoder_only then saves a query/document model whose documents are
+still the teacher's). The output folder is a
 sentence-transformers model (modules.json): `SentenceTransformer(folder)` after `import charbert`,
 or `charbert.embedding.load_embedding_model(folder)`.
 """
@@ -48,6 +49,7 @@ from charbert.embedding import (
     load_embedding_model,
     pairs_from_rows,
     parse_operations,
+    query_document_model,
     read_pairs,
 )
 from charbert.tasks.errors import TaskDataError
@@ -120,6 +122,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     n.add_argument("--teacher_word_weight", type=float, default=0.0,
                    help="With --teacher_model: + W x the teacher term word by word (each word's mean token state, "
                         "misspelt or not, against the teacher's of the clean word; 0: off; default: %(default)s).")
+    n.add_argument("--query_encoder_only", action="store_true",
+                   help="With --teacher_model and the query-only losses (--ranking_weight 0, no --self_teaching): "
+                        "save a query/document model (sentence-transformers' Router) that encodes queries with the "
+                        "trained model and documents with the teacher, so that documents the teacher already "
+                        "encoded stay valid (encode_query / encode_document).")
     n.add_argument("--ranking_weight", type=float, default=1.0,
                    help="Weight of the multiple-negatives ranking loss (0: left out; then the passages are unused "
                         "unless --self_teaching; default: %(default)s).")
@@ -163,6 +170,9 @@ def check_args(args) -> QueryNoise | None:
     if args.ranking_weight == 0 and not (args.teacher_model or args.self_teaching > 0 or args.query_alignment > 0):
         raise UsageError("--ranking_weight 0 leaves nothing to train: add --teacher_model, --query_alignment or "
                          "--self_teaching")
+    if args.query_encoder_only and not (args.teacher_model and args.ranking_weight == 0 and args.self_teaching == 0):
+        raise UsageError("--query_encoder_only needs --teacher_model and the query-only losses (--ranking_weight 0, no "
+                         "--self_teaching): the documents stay the teacher's, so training must not encode them")
     if not args.self_teaching_temperature > 0 or not args.similarity_scale > 0:
         raise UsageError("--self_teaching_temperature and --similarity_scale must be > 0")
     if args.word_side_base_lr and args.new_module_lr_multiplier == 1.0:
@@ -284,8 +294,13 @@ def run(args, argv: Sequence[str], prog: str) -> dict[str, Any]:
                   "num_pairs": len(pairs), "source": source,
                   "truncated_inputs": getattr(unwrapped, "truncated_inputs", 0)},
     }
+    if args.query_encoder_only:
+        record["model"]["query_encoder_only"] = {"documents": args.teacher_model}
     if accelerator.is_main_process:
-        unwrapped.save(str(output_dir))
+        # the documents' route is the teacher as given (its own max_seq_length, not the one the training set)
+        saved = query_document_model(unwrapped, load_embedding_model(args.teacher_model)) if args.query_encoder_only \
+            else unwrapped
+        saved.save(str(output_dir))
         record["args"] = {k: v for k, v in sorted(vars(args).items())}
         record["wall_time_s"] = round(time.perf_counter() - start, 2)
         write_json(output_dir / METRICS_FILE, record)

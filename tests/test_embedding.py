@@ -103,6 +103,28 @@ def test_save_and_reopen_give_the_same_vectors(st_dir, tmp_path, one_torch_threa
         torch.testing.assert_close(_encode(reopened), before, atol=1e-6, rtol=0)
 
 
+def test_query_document_model_routes_and_round_trips(st_dir, tmp_path, one_torch_thread):
+    from sentence_transformers import SentenceTransformer
+
+    from charbert.embedding import is_query_document_model, query_document_model
+
+    queries = build_charbert_embedding(st_dir, device="cpu")
+    _move_off_identity(queries)
+    documents = load_embedding_model(str(st_dir), device="cpu")
+    expected_q, expected_d = _encode(queries), _encode(documents)
+    assert not torch.allclose(expected_q, expected_d, atol=1e-3)
+    model = query_document_model(queries, documents, device="cpu")
+    assert is_query_document_model(model) and not is_query_document_model(documents)
+    model.save(str(tmp_path / "qd"))
+    # the CharBERT route loads from its subfolder of the saved model (CharBertModel.from_pretrained's subfolder)
+    for opened in (model, SentenceTransformer(str(tmp_path / "qd"), device="cpu"),
+                   load_embedding_model(str(tmp_path / "qd"), device="cpu")):
+        torch.testing.assert_close(opened.encode_query(SENTENCES, convert_to_tensor=True), expected_q, atol=1e-6, rtol=0)
+        torch.testing.assert_close(opened.encode_document(SENTENCES, convert_to_tensor=True), expected_d, atol=1e-6,
+                                   rtol=0)
+        torch.testing.assert_close(_encode(opened), expected_d, atol=1e-6, rtol=0)  # plain encode: the documents'
+
+
 def test_keeps_the_backbones_pooling_and_normalisation(tmp_path, bert_dir, one_torch_thread):
     folder = _st_folder(tmp_path / "cls", bert_dir, pooling="cls", normalize=False)
     plain = load_embedding_model(str(folder), device="cpu")
@@ -553,6 +575,31 @@ def test_program_trains_on_texts_word_by_word(tmp_path, st_dir, tiny_texts, one_
     assert logs[0]["teacher_word_loss"] > 0
     record = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert record["train"]["num_pairs"] == 24 and record["train"]["source"] == str(corpus)
+
+
+@pytest.mark.slow
+def test_program_trains_a_query_encoder_for_the_teachers_documents(tmp_path, st_dir, tiny_texts, capsys,
+                                                                    one_torch_thread):
+    from sentence_transformers import SentenceTransformer
+
+    from charbert.embedding import is_query_document_model
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(t.split()[:12]) for t in tiny_texts[:24]) + "\n", encoding="utf-8")
+    _train_on_a_teacher(tmp_path / "a", st_dir, corpus, "--new_module_lr_multiplier", 50, "--query_encoder_only")
+    saved = SentenceTransformer(str(tmp_path / "a"), device="cpu")
+    teacher = load_embedding_model(str(st_dir), device="cpu")
+    assert is_query_document_model(saved)
+    torch.testing.assert_close(saved.encode_document(SENTENCES, convert_to_tensor=True), _encode(teacher), atol=1e-6,
+                               rtol=0)  # the teacher's documents, untouched
+    queries = saved.encode_query(SENTENCES, convert_to_tensor=True)
+    assert not torch.allclose(queries, _encode(teacher), atol=1e-4)  # the trained CharBERT
+    record = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert record["model"]["query_encoder_only"] == {"documents": str(st_dir)} and record["model"]["charbert"]
+    code = run_cli("embedding", "--model_name_or_path", st_dir, "--train_file", corpus, "--output_dir", tmp_path / "b",
+                   "--query_encoder_only", "--ranking_weight", 0, "--query_alignment", 1)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "--query_encoder_only needs --teacher_model" in err[-1]
 
 
 @pytest.mark.slow

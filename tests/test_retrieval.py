@@ -192,6 +192,29 @@ def test_evaluate_retrieval_matches_the_evaluator_on_a_model(embedding_dirs, squ
     assert ours["truncated_paragraphs"] == 8  # 80 words, max_seq_length 48
 
 
+def test_a_query_document_model_is_scored_by_its_routes(embedding_dirs, squad_file):
+    import torch
+
+    from charbert.embedding import load_embedding_model, query_document_model
+
+    queries = load_embedding_model(str(embedding_dirs["charbert"]), device="cpu")
+    with torch.no_grad():  # a character channel with a say, so that the two routes differ
+        dense = queries[1].linear.weight  # (H, 2H)
+        dense[:, dense.size(0):] = 0.5 * torch.randn(dense.size(0), dense.size(0), generator=torch.Generator().manual_seed(0))
+    documents = load_embedding_model(str(embedding_dirs["bert"]), device="cpu")
+    model = query_document_model(queries, documents, device="cpu")
+    data = read_squad_retrieval(squad_file)
+    ours = evaluate_retrieval(model, data, {"clean": data.queries}, batch_size=8)["clean"]
+    evaluator = _evaluator(dict(zip(data.query_ids, data.queries)), dict(zip(data.corpus_ids, data.corpus)),
+                           data.relevant)
+    scores = evaluator(model)  # sentence-transformers' evaluator: encode_query and encode_document too
+    for name in METRICS:
+        assert ours[name] == pytest.approx(scores[f"cosine_{name}"], abs=1e-6), name
+    one_model = {name: evaluate_retrieval(m, data, {"clean": data.queries}, batch_size=8)["clean"]["mrr@10"]
+                 for name, m in (("queries", queries), ("documents", documents))}
+    assert ours["mrr@10"] not in one_model.values()  # neither model alone: each text went through its own route
+
+
 @pytest.mark.parametrize("kind", ["plain", "bert", "charbert"])
 def test_long_queries_are_truncated_and_counted(embedding_dirs, squad_file, kind):
     """Any SentenceTransformer (``plain``), and the models of load_embedding_model, which count themselves."""
@@ -466,10 +489,27 @@ def test_replicate_retrieval_distils_each_seeds_trained_noise_model(rr, tmp_path
         scored = f"eval_{row}_s43"
         assert flag(scored, "--model_name_or_path") == str(tmp_path / "o" / "models" / f"{row}_s43")
     assert "noise_self_distilled" in rr.PLAIN_ROWS and "noise_charbert_distilled" in rr.CHARBERT_ROWS
+    # the query-only rows reuse the distilled models: no stage of their own beside the scoring
+    joined = []
+    monkeypatch.setattr(rr, "join_query_document", lambda queries, documents, out: joined.append((queries, documents, out)))
+    ran.clear()
+    assert rr.main([*argv[:1], "noise_charbert_distilled_query", *argv[2:], "--seeds", "42",
+                    "--output_dir", str(tmp_path / "o")]) == 0
+    assert [name for name, _ in ran] == ["train_noise_s42", "distill_noise_charbert_distilled_s42",
+                                         "eval_noise_charbert_distilled_query_s42"]
+    models = tmp_path / "o" / "models"
+    assert joined == [(str(models / "noise_charbert_distilled_s42"), str(models / "noise_s42"),
+                       models / "noise_charbert_distilled_query_s42")]
+    commands = dict(ran)
+    assert flag("eval_noise_charbert_distilled_query_s42", "--model_name_or_path") == \
+        str(models / "noise_charbert_distilled_query_s42")
+    assert "noise_charbert_distilled_query" in rr.CHARBERT_ROWS and "noise_self_distilled_query" in rr.PLAIN_ROWS
     assert ("noise_charbert_distilled", "noise_self_distilled") in rr.comparisons(rr.ROWS, "noise_st")
     args = rr.build_parser().parse_args(argv)
     assert rr.row_label("noise_charbert_distilled", args) == \
         "CharBERT on (MiniLM + noised queries), distilled from it on misspelt squad.json (30 steps)"
+    assert rr.row_label("noise_charbert_distilled_query", args) == rr.row_label("noise_charbert_distilled", args) + \
+        ", for the queries only (the documents by its teacher)"
     # --trained_from: an earlier run's noise models are scored and distilled from, not trained again
     earlier = tmp_path / "earlier"
     assert rr.main([*argv, "--output_dir", str(earlier)]) == 0
@@ -592,13 +632,24 @@ def test_replicate_retrieval_end_to_end_on_tiny_models_resumes(rr, embedding_dir
 def test_replicate_retrieval_distilled_rows_run_on_tiny_models(rr, embedding_dirs, task_files, squad_file, tmp_path):
     out = tmp_path / "rr"
     assert rr.main(["--model_name_or_path", str(embedding_dirs["bert"]), "--train_file", str(task_files["squad_v1_train"]),
-                    "--test_file", str(squad_file), "--rows", "noise_self_distilled,noise_charbert_distilled",
+                    "--test_file", str(squad_file), "--rows",
+                    "noise_self_distilled,noise_charbert_distilled,noise_charbert_distilled_query",
                     "--distill_file", str(task_files["squad_v1_train"]), "--distill_steps", "2",
                     "--distill_batch_size", "4", "--seeds", "3", "--max_train_steps", "2",
                     "--per_device_train_batch_size", "4", "--max_seq_length", "48", "--learning_rate", "1e-3",
                     "--eval_batch_size", "8", "--output_dir", str(out)]) == 0
     record = json.loads((out / "results.json").read_text())
-    assert set(record["metrics"]) == {"noise_self_distilled", "noise_charbert_distilled"}
+    assert set(record["metrics"]) == {"noise_self_distilled", "noise_charbert_distilled", "noise_charbert_distilled_query"}
+    from sentence_transformers import SentenceTransformer
+
+    from charbert.embedding import is_query_document_model
+
+    joined = SentenceTransformer(str(out / "models" / "noise_charbert_distilled_query_s3"), device="cpu")
+    assert is_query_document_model(joined) and not (out / "models" / "noise_charbert_distilled_query_s3.partial").exists()
+    texts = ["who wrote it", "a paragraph about it"]
+    for encode, folder in ((joined.encode_query, "noise_charbert_distilled_s3"), (joined.encode_document, "noise_s3")):
+        alone = SentenceTransformer(str(out / "models" / folder), device="cpu")
+        assert abs(encode(texts) - alone.encode(texts)).max() < 1e-6
     for row, charbert in (("noise_self_distilled", False), ("noise_charbert_distilled", True)):
         trained = json.loads((out / "models" / f"{row}_s3" / "metrics.json").read_text())
         assert trained["train"]["global_step"] == 2 and bool(trained["model"]["charbert"]) == charbert

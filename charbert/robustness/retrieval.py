@@ -179,15 +179,21 @@ def count_truncated(model, texts: Sequence[str]) -> int:
     return sum(n > limit for n in lengths)
 
 
-def encode_texts(model, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> tuple[np.ndarray, int]:
+def encode_texts(model, texts: Sequence[str], batch_size: int = 64, progress: bool = False,
+                 role: str = "document") -> tuple[np.ndarray, int]:
     """Unit-length vectors of ``texts``, ``(N, D)`` float32 (cosine similarity is a dot product), and
-    how many texts the model truncated."""
+    how many texts the model truncated. ``role`` "query" or "document": sentence-transformers'
+    ``encode_query`` / ``encode_document``, which a query/document model routes to its own modules (and
+    which add a model's query or document prompt, if it has one); a model without them, plain ``encode``."""
     from charbert.embedding import truncation_count
 
+    if role not in ("query", "document"):
+        raise ValueError(f"role must be 'query' or 'document'; got {role!r}")
     counts_itself = hasattr(model, "truncated_inputs")  # an EmbeddingModel of charbert.embedding
     truncation_count(model, reset=True)
-    vectors = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                           show_progress_bar=progress)
+    encode = getattr(model, f"encode_{role}", model.encode)
+    vectors = encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                     show_progress_bar=progress)
     truncated = truncation_count(model, reset=True) if counts_itself else count_truncated(model, texts)
     return np.asarray(vectors, dtype=np.float32), truncated
 
@@ -245,7 +251,7 @@ def evaluate_retrieval(model, data: RetrievalSet, query_sets: Mapping[str, Seque
         if len(queries) != len(data.query_ids):
             raise ValueError(f"query set {label!r} has {len(queries)} queries; the corpus's file has "
                              f"{len(data.query_ids)}")
-        query_vectors, truncated_queries = encode_texts(model, queries, batch_size)
+        query_vectors, truncated_queries = encode_texts(model, queries, batch_size, role="query")
         top, _ = rank_corpus(query_vectors, corpus_vectors)
         rankings = [[data.corpus_ids[i] for i in row] for row in top]
         out[label] = {**retrieval_metrics(rankings, relevant), "queries": len(queries),
