@@ -39,7 +39,8 @@ seeded by the row's seed (every row sees the same misspelt questions for a seed)
   of ``--charbert_distilled``): ``finetune.embedding`` on ``--distill_file`` (one text a line, default
   Brown) with misspelt copies of the texts, no ranking loss, and the plain model's vectors and token
   states of the clean texts as the targets (``--teacher_model``, ``--teacher_word_weight``), the backbone
-  frozen (``--distill_train_backbone`` trains it too); then the CharBERT rows' fine-tuning. The character
+  frozen (``--distill_train_backbone`` trains it too) and only the new modules' character side at the fast
+  rate (``--distill_all_new_modules_fast``: all of them); then the CharBERT rows' fine-tuning. The character
   channel learns to put a misspelt word where the plain model puts the clean one, from a corpus instead of
   the training questions alone;
 * ``distilled`` (a screen, only with ``--rows``): that distilled model scored as it is, before any
@@ -180,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the new modules' rate as a multiple of --distill_learning_rate (default: %(default)s)")
     t.add_argument("--distill_word_weight", type=float, default=1.0,
                    help="--teacher_word_weight of the distillation (the vectors' term has weight 1; default: %(default)s)")
+    t.add_argument("--distill_all_new_modules_fast", action="store_true",
+                   help="the multiplier for every new module (default: for their character side only, the subword "
+                        "side at --distill_learning_rate: finetune.embedding's --word_side_base_lr, so that the "
+                        "clean texts' path, the teacher's, is not rewritten at the fast rate)")
     t.add_argument("--distill_train_backbone", action="store_true",
                    help="train the backbone during the distillation too (default: frozen, only the modules CharBERT "
                         "adds learn)")
@@ -320,6 +325,7 @@ def distill_command(args, base: str, out: Path, seed: int = 42, charbert: bool =
                "--resume_from_checkpoint", "latest"]
     if charbert:  # the new modules learn at their own rate; without a character channel there are none
         command += ["--new_module_lr_multiplier", str(args.distill_new_module_lr_multiplier)]
+        command += [] if args.distill_all_new_modules_fast else ["--word_side_base_lr"]
         command += [] if args.distill_train_backbone else ["--freeze_backbone_steps", str(args.distill_steps)]
     return command
 
@@ -545,7 +551,8 @@ def write_results(args, out: Path, rows: Sequence[str], runner: Runner) -> dict:
                                             "charbert_pretrained", "train_file", "test_file", "max_eval_queries",
                                             "charbert_distilled", "distill_file", "distill_steps", "distill_batch_size",
                                             "distill_learning_rate", "distill_new_module_lr_multiplier",
-                                            "distill_word_weight", "distill_train_backbone", "trained_from")}
+                                            "distill_word_weight", "distill_all_new_modules_fast", "distill_train_backbone",
+                                            "trained_from")}
     record = {"budget": budget, "seeds": list(args.seeds), "rows": {r: labels[r] for r in rows},
               "metrics": {r: {str(s): m for s, m in by_seed.items()} for r, by_seed in results.items()},
               "targets": found, "stage_wall_times_s": runner.times, "command": shlex.join([sys.executable, *sys.argv])}

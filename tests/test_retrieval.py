@@ -422,7 +422,9 @@ def test_replicate_retrieval_distils_on_texts_before_the_distilled_row(rr, tmp_p
     assert flag == {"--model_name_or_path": "base", "--train_file": str(texts), "--teacher_model": "base",
                     "--teacher_word_weight": "1.0", "--ranking_weight": "0", "--freeze_backbone_steps": "50",
                     "--new_module_lr_multiplier": "20.0", "--seed": "42"}
-    assert "--charbert" in command and "--query_noise" in command
+    assert "--charbert" in command and "--query_noise" in command and "--word_side_base_lr" in command
+    every = rr.build_parser().parse_args(["--distill_all_new_modules_fast"])
+    assert "--word_side_base_lr" not in rr.distill_command(every, "base", tmp_path / "d")
     both = rr.build_parser().parse_args(["--distill_train_backbone"])
     assert "--freeze_backbone_steps" not in rr.distill_command(both, "base", tmp_path / "d")
     # The row fine-tunes the distilled folder with the CharBERT recipe, against the identity-start row.
@@ -486,6 +488,7 @@ def test_replicate_retrieval_distils_each_seeds_trained_noise_model(rr, tmp_path
         assert ("--charbert" in commands[stage]) == charbert
         assert flag(stage, "--new_module_lr_multiplier") == ("20.0" if charbert else None)
         assert flag(stage, "--freeze_backbone_steps") == ("30" if charbert else None)
+        assert ("--word_side_base_lr" in commands[stage]) == charbert
         scored = f"eval_{row}_s43"
         assert flag(scored, "--model_name_or_path") == str(tmp_path / "o" / "models" / f"{row}_s43")
     assert "noise_self_distilled" in rr.PLAIN_ROWS and "noise_charbert_distilled" in rr.CHARBERT_ROWS
