@@ -681,7 +681,8 @@ class ContrastiveModel(nn.Module):
          + self_teaching x KL(clean || noised)                                self_teaching > 0
          + query_alignment x (1 - cos(noised, clean))                         query_alignment > 0
          + teacher_weight x mean of (1 - cos(q, teacher's clean q))           teacher given
-           over the clean queries and (with noise) the noised ones
+           over the clean queries and (with noise) the noised ones, the clean
+           part weighted teacher_clean_weight to the noised part's 1
          + teacher_word_weight x the same, word by word                       teacher_word_weight > 0
            (`word_alignment_loss`: each word's mean token state against the teacher's of the clean word)
 
@@ -696,7 +697,8 @@ class ContrastiveModel(nn.Module):
 
     def __init__(self, encoder, scale: float = DEFAULT_SCALE, query_noise: bool = False, self_teaching: float = 0.0,
                  temperature: float = 1.0, query_alignment: float = 0.0, teacher=None, teacher_weight: float = 1.0,
-                 ranking_weight: float = 1.0, teacher_word_weight: float = 0.0, word_side_base_lr: bool = False):
+                 ranking_weight: float = 1.0, teacher_word_weight: float = 0.0, word_side_base_lr: bool = False,
+                 teacher_clean_weight: float = 1.0):
         super().__init__()
         self.encoder = encoder
         self.scale, self.query_noise = scale, query_noise
@@ -704,6 +706,7 @@ class ContrastiveModel(nn.Module):
         self.query_alignment = query_alignment
         self.teacher, self.teacher_weight, self.ranking_weight = teacher, teacher_weight, ranking_weight
         self.teacher_word_weight, self.word_side_base_lr = teacher_word_weight, word_side_base_lr
+        self.teacher_clean_weight = teacher_clean_weight
         if teacher_word_weight > 0 and teacher is None:
             raise ValueError("the word-level teacher term (teacher_word_weight > 0) needs a teacher")
         if teacher is not None:
@@ -813,15 +816,18 @@ class ContrastiveModel(nn.Module):
         with torch.no_grad():
             target = self.teacher(dict(teacher_query))  # sentence_embedding (B, D), token_embeddings (B, L, H)
         queries = [("query", clean)] + ([("noised_query", noised)] if noised is not None else [])
-        parts["teacher_loss"] = torch.stack([cosine_alignment_loss(target["sentence_embedding"], out["sentence_embedding"])
-                                             for _, out in queries]).mean()
+        # the clean queries' part weighted teacher_clean_weight, the noised ones' 1 (1: the plain mean of the two)
+        weights = torch.tensor([self.teacher_clean_weight, 1.0][:len(queries)], device=target["sentence_embedding"].device)
+        weights = weights / weights.sum()
+        parts["teacher_loss"] = (weights * torch.stack([
+            cosine_alignment_loss(target["sentence_embedding"], out["sentence_embedding"]) for _, out in queries])).sum()
         loss = loss + self.teacher_weight * parts["teacher_loss"]
         if self.reads_words:
             if words.get("teacher_query") is None:
                 raise ValueError("the word-level teacher term needs the batch's word indices: "
                                  "PairCollator(..., words=True) makes them")
-            parts["teacher_word_loss"] = torch.stack([
+            parts["teacher_word_loss"] = (weights * torch.stack([
                 word_alignment_loss(target["token_embeddings"], words["teacher_query"], out["token_embeddings"], words[name])
-                for name, out in queries]).mean()
+                for name, out in queries])).sum()
             loss = loss + self.teacher_word_weight * parts["teacher_word_loss"]
         return loss, parts

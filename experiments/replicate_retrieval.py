@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the new modules' rate as a multiple of --distill_learning_rate (default: %(default)s)")
     t.add_argument("--distill_word_weight", type=float, default=1.0,
                    help="--teacher_word_weight of the distillation (the vectors' term has weight 1; default: %(default)s)")
+    t.add_argument("--distill_clean_weight", type=float, default=1.0,
+                   help="--teacher_clean_weight of the distillation: the clean texts' part of the teacher terms "
+                        "against the misspelt ones' 1 (default: %(default)s)")
     t.add_argument("--distill_all_new_modules_fast", action="store_true",
                    help="the multiplier for every new module (default: for their character side only, the subword "
                         "side at --distill_learning_rate: finetune.embedding's --word_side_base_lr, so that the "
@@ -318,6 +321,7 @@ def distill_command(args, base: str, out: Path, seed: int = 42, charbert: bool =
                "--train_file", args.distill_file, "--output_dir", str(out), "--seed", str(seed),
                "--query_noise", "--noise_max_words", "0", "--teacher_model", str(base), "--teacher_weight", "1",
                "--teacher_word_weight", str(args.distill_word_weight), "--ranking_weight", "0",
+               "--teacher_clean_weight", str(args.distill_clean_weight),
                "--max_train_steps", str(args.distill_steps), "--per_device_train_batch_size", str(args.distill_batch_size),
                "--learning_rate", str(args.distill_learning_rate), "--warmup_ratio", str(args.warmup_ratio),
                "--max_seq_length", str(args.max_seq_length), "--logging_steps", "10",
@@ -551,8 +555,8 @@ def write_results(args, out: Path, rows: Sequence[str], runner: Runner) -> dict:
                                             "charbert_pretrained", "train_file", "test_file", "max_eval_queries",
                                             "charbert_distilled", "distill_file", "distill_steps", "distill_batch_size",
                                             "distill_learning_rate", "distill_new_module_lr_multiplier",
-                                            "distill_word_weight", "distill_all_new_modules_fast", "distill_train_backbone",
-                                            "trained_from")}
+                                            "distill_word_weight", "distill_clean_weight",
+                                            "distill_all_new_modules_fast", "distill_train_backbone", "trained_from")}
     record = {"budget": budget, "seeds": list(args.seeds), "rows": {r: labels[r] for r in rows},
               "metrics": {r: {str(s): m for s, m in by_seed.items()} for r, by_seed in results.items()},
               "targets": found, "stage_wall_times_s": runner.times, "command": shlex.join([sys.executable, *sys.argv])}

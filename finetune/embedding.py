@@ -122,6 +122,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     n.add_argument("--teacher_word_weight", type=float, default=0.0,
                    help="With --teacher_model: + W x the teacher term word by word (each word's mean token state, "
                         "misspelt or not, against the teacher's of the clean word; 0: off; default: %(default)s).")
+    n.add_argument("--teacher_clean_weight", type=float, default=1.0,
+                   help="In the teacher terms, the clean queries' part weighted C to the misspelt ones' 1 (default: "
+                        "%(default)s, their plain mean; a larger C keeps the clean queries closer to where the teacher "
+                        "puts them).")
     n.add_argument("--query_encoder_only", action="store_true",
                    help="With --teacher_model and the query-only losses (--ranking_weight 0, no --self_teaching): "
                         "save a query/document model (sentence-transformers' Router) that encodes queries with the "
@@ -162,6 +166,8 @@ def check_args(args) -> QueryNoise | None:
     if min(args.teacher_weight, args.teacher_word_weight, args.ranking_weight) < 0:
         raise UsageError(f"--teacher_weight, --teacher_word_weight and --ranking_weight must be >= 0; got "
                          f"{args.teacher_weight}, {args.teacher_word_weight}, {args.ranking_weight}")
+    if not args.teacher_clean_weight > 0:
+        raise UsageError(f"--teacher_clean_weight must be > 0; got {args.teacher_clean_weight}")
     if args.teacher_word_weight > 0 and not args.teacher_model:
         raise UsageError("--teacher_word_weight needs --teacher_model (the words' targets are its token states)")
     if args.train_file and Path(args.train_file).suffix == ".txt" and (args.ranking_weight > 0 or args.self_teaching > 0):
@@ -226,7 +232,8 @@ def describe_loss(args) -> str:
     parts = [ranking + (" + noised queries" if ranking and args.query_noise else "")]
     parts += [f"{args.self_teaching} x self-teaching"] if args.self_teaching > 0 else []
     parts += [f"{args.query_alignment} x query alignment"] if args.query_alignment > 0 else []
-    parts += [f"{args.teacher_weight} x teacher ({args.teacher_model})"] if args.teacher_model else []
+    clean = f", clean part x {args.teacher_clean_weight}" if args.teacher_clean_weight != 1 else ""
+    parts += [f"{args.teacher_weight} x teacher ({args.teacher_model}{clean})"] if args.teacher_model else []
     parts += [f"{args.teacher_word_weight} x teacher, word by word"] if args.teacher_word_weight > 0 else []
     return " + ".join(p for p in parts if p)
 
@@ -272,7 +279,8 @@ def run(args, argv: Sequence[str], prog: str) -> dict[str, Any]:
                              self_teaching=args.self_teaching, temperature=args.self_teaching_temperature,
                              query_alignment=args.query_alignment, teacher=teacher,
                              teacher_weight=args.teacher_weight, ranking_weight=args.ranking_weight,
-                             teacher_word_weight=args.teacher_word_weight, word_side_base_lr=args.word_side_base_lr)
+                             teacher_word_weight=args.teacher_word_weight, word_side_base_lr=args.word_side_base_lr,
+                             teacher_clean_weight=args.teacher_clean_weight)
     if args.word_side_base_lr and not is_charbert_embedding(encoder):
         raise UsageError(f"--word_side_base_lr: {args.model_name_or_path} is not a CharBERT embedding model (add --charbert)")
     collator = PairCollator(encoder, noise, teacher, passages=model.reads_passages, words=model.reads_words)

@@ -346,6 +346,11 @@ def test_teacher_vectors_are_the_queries_targets(st_dir, one_torch_thread):
                                        model.embed(batch["query"]))
     assert clean_part.abs() < 1e-5  # the identity start encodes clean queries as the teacher does
     assert out.teacher_loss > 0.01  # the misspelt ones do not (yet)
+    noised_part = cosine_alignment_loss(teacher.encode(["parliament house", "roman history"], convert_to_tensor=True),
+                                        model.embed(batch["noised_query"]))
+    torch.testing.assert_close(out.teacher_loss, (clean_part + noised_part) / 2)
+    anchored = ContrastiveModel(encoder, query_noise=True, teacher=teacher, teacher_clean_weight=3.0).eval()
+    torch.testing.assert_close(anchored(**batch).teacher_loss, (3 * clean_part + noised_part) / 4)
     out.loss.backward()
     assert all(p.grad is None for p in model.teacher.parameters())
     assert encoder[1].linear.weight.grad[:, 32:].abs().sum() > 0
@@ -417,6 +422,10 @@ def test_word_level_teacher_term(st_dir, one_torch_thread):
                                      model.encode(batch["query"])["token_embeddings"], batch["query_words"])
     assert clean_part.abs() < 1e-5  # the identity start: every clean word as the teacher has it
     assert out.teacher_word_loss > 0.01  # the misspelt words are not (yet)
+    anchored = ContrastiveModel(encoder, query_noise=True, teacher=teacher, teacher_weight=0.0, teacher_word_weight=2.0,
+                                teacher_clean_weight=3.0).eval()
+    noised_part = 2 * out.teacher_word_loss - clean_part  # the default weighs the two parts equally
+    torch.testing.assert_close(anchored(**batch).teacher_word_loss, (3 * clean_part + noised_part) / 4)
     out.loss.backward()
     assert all(p.grad is None for p in model.teacher.parameters())
     assert encoder[1].linear.weight.grad[:, 32:].abs().sum() > 0  # the character half of the projection learns
@@ -667,3 +676,7 @@ def test_typo_flags_choose_the_query_noise():
     assert isinstance(noise("--teacher_model", "t", "--ranking_weight", "0", "--query_noise"), QueryNoise)
     with pytest.raises(UsageError, match="--char_encoder_from goes with --charbert"):
         noise("--char_encoder_from", "pretrained/")
+    with pytest.raises(UsageError, match="--teacher_clean_weight must be > 0"):
+        noise("--teacher_model", "t", "--teacher_clean_weight", "0")
+    with pytest.raises(UsageError, match="--query_encoder_only needs --teacher_model"):
+        noise("--teacher_model", "t", "--query_encoder_only")  # with the ranking loss: it encodes documents

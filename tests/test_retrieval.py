@@ -423,6 +423,10 @@ def test_replicate_retrieval_distils_on_texts_before_the_distilled_row(rr, tmp_p
                     "--teacher_word_weight": "1.0", "--ranking_weight": "0", "--freeze_backbone_steps": "50",
                     "--new_module_lr_multiplier": "20.0", "--seed": "42"}
     assert "--charbert" in command and "--query_noise" in command and "--word_side_base_lr" in command
+    assert command[command.index("--teacher_clean_weight") + 1] == "1.0"
+    anchored = rr.build_parser().parse_args(["--distill_clean_weight", "4"])
+    command = rr.distill_command(anchored, "base", tmp_path / "d")
+    assert command[command.index("--teacher_clean_weight") + 1] == "4.0"
     every = rr.build_parser().parse_args(["--distill_all_new_modules_fast"])
     assert "--word_side_base_lr" not in rr.distill_command(every, "base", tmp_path / "d")
     both = rr.build_parser().parse_args(["--distill_train_backbone"])
