@@ -230,6 +230,8 @@ def row_label(row: str, args) -> str:
                                         f"{Path(args.distill_file).name} ({args.distill_steps} steps)"}.get(row)
     if row in QUERY_ENCODER_ROWS:
         return row_label(QUERY_ENCODER_ROWS[row], args) + ", for the queries only (the documents by its teacher)"
+    if row in DISTILLED_FROM_TRAINED and args.distill_clean_weight != 1:
+        return label + f", the clean texts weighted {args.distill_clean_weight:g}"
     fine_tuned = row not in UNTRAINED_ROWS and row not in DISTILLED_FROM_TRAINED and row not in QUERY_ENCODER_ROWS
     if fine_tuned and "--query_noise" in RECIPES.get(row_recipe(row, args), []):
         label += f" + {args.query_alignment:g} x query alignment" if args.query_alignment > 0 else ""

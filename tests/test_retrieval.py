@@ -427,6 +427,8 @@ def test_replicate_retrieval_distils_on_texts_before_the_distilled_row(rr, tmp_p
     anchored = rr.build_parser().parse_args(["--distill_clean_weight", "4"])
     command = rr.distill_command(anchored, "base", tmp_path / "d")
     assert command[command.index("--teacher_clean_weight") + 1] == "4.0"
+    assert rr.row_label("noise_charbert_distilled_query", anchored).endswith(
+        "(1000 steps), the clean texts weighted 4, for the queries only (the documents by its teacher)")
     every = rr.build_parser().parse_args(["--distill_all_new_modules_fast"])
     assert "--word_side_base_lr" not in rr.distill_command(every, "base", tmp_path / "d")
     both = rr.build_parser().parse_args(["--distill_train_backbone"])
