@@ -332,6 +332,9 @@ def build_charbert_embedding(name_or_path: str | os.PathLike, device: str | None
     rest, limit = None, max_seq_length
     if kind == "sentence-transformers":
         base = _open(str(path), "cpu")
+        if is_query_document_model(base):
+            raise NotAnEmbeddingModel(f"{name_or_path} is a query/document model: build CharBERT on one of its two "
+                                      "models instead")
         if is_charbert_embedding(base):
             if char_encoder_from is not None:
                 raise _charbert_already(name_or_path, char_encoder_from)
@@ -707,6 +710,9 @@ class ContrastiveModel(nn.Module):
         self.teacher, self.teacher_weight, self.ranking_weight = teacher, teacher_weight, ranking_weight
         self.teacher_word_weight, self.word_side_base_lr = teacher_word_weight, word_side_base_lr
         self.teacher_clean_weight = teacher_clean_weight
+        for role, model in (("the model trained", encoder), ("the teacher", teacher)):
+            if model is not None and is_query_document_model(model):  # its forward would take the document route
+                raise NotAnEmbeddingModel(f"{role} is a query/document model: give one of its two models instead")
         if teacher_word_weight > 0 and teacher is None:
             raise ValueError("the word-level teacher term (teacher_word_weight > 0) needs a teacher")
         if teacher is not None:
@@ -816,18 +822,20 @@ class ContrastiveModel(nn.Module):
         with torch.no_grad():
             target = self.teacher(dict(teacher_query))  # sentence_embedding (B, D), token_embeddings (B, L, H)
         queries = [("query", clean)] + ([("noised_query", noised)] if noised is not None else [])
-        # the clean queries' part weighted teacher_clean_weight, the noised ones' 1 (1: the plain mean of the two)
-        weights = torch.tensor([self.teacher_clean_weight, 1.0][:len(queries)], device=target["sentence_embedding"].device)
-        weights = weights / weights.sum()
-        parts["teacher_loss"] = (weights * torch.stack([
-            cosine_alignment_loss(target["sentence_embedding"], out["sentence_embedding"]) for _, out in queries])).sum()
+        weights = [self.teacher_clean_weight, 1.0][:len(queries)]  # clean, noised (1, 1: the plain mean of the two)
+
+        def weighted_mean(losses: list[torch.Tensor]) -> torch.Tensor:
+            return sum(w * part for w, part in zip(weights, losses)) / sum(weights)
+
+        parts["teacher_loss"] = weighted_mean([cosine_alignment_loss(target["sentence_embedding"], out["sentence_embedding"])
+                                               for _, out in queries])
         loss = loss + self.teacher_weight * parts["teacher_loss"]
         if self.reads_words:
             if words.get("teacher_query") is None:
                 raise ValueError("the word-level teacher term needs the batch's word indices: "
                                  "PairCollator(..., words=True) makes them")
-            parts["teacher_word_loss"] = (weights * torch.stack([
+            parts["teacher_word_loss"] = weighted_mean([
                 word_alignment_loss(target["token_embeddings"], words["teacher_query"], out["token_embeddings"], words[name])
-                for name, out in queries])).sum()
+                for name, out in queries])
             loss = loss + self.teacher_word_weight * parts["teacher_word_loss"]
         return loss, parts

@@ -548,17 +548,13 @@ def write_results(args, out: Path, rows: Sequence[str], runner: Runner) -> dict:
     labels = {row: row_label(row, args) for row in rows}
     results = collect(out, rows, args.seeds)
     found = targets(results, rows, args.seeds)
-    budget = {k: getattr(args, k) for k in ("max_train_steps", "per_device_train_batch_size", "learning_rate",
-                                            "warmup_ratio", "max_seq_length", "max_train_samples", "noise_probability",
-                                            "self_teaching", "self_teaching_temperature", "query_alignment",
-                                            "teacher", "teacher_word", "ranking_weight",
-                                            "charbert_recipe",
-                                            "charbert_new_module_lr_multiplier", "charbert_word_side_base_lr",
-                                            "charbert_pretrained", "train_file", "test_file", "max_eval_queries",
-                                            "charbert_distilled", "distill_file", "distill_steps", "distill_batch_size",
-                                            "distill_learning_rate", "distill_new_module_lr_multiplier",
-                                            "distill_word_weight", "distill_clean_weight",
-                                            "distill_all_new_modules_fast", "distill_train_backbone", "trained_from")}
+    budget = {k: getattr(args, k) for k in (*FINE_TUNING_FLAGS, "charbert_recipe", "charbert_new_module_lr_multiplier",
+                                            "charbert_word_side_base_lr", "charbert_pretrained", "test_file",
+                                            "max_eval_queries", "charbert_distilled", "distill_file", "distill_steps",
+                                            "distill_batch_size", "distill_learning_rate",
+                                            "distill_new_module_lr_multiplier", "distill_word_weight",
+                                            "distill_clean_weight", "distill_all_new_modules_fast",
+                                            "distill_train_backbone", "trained_from")}
     record = {"budget": budget, "seeds": list(args.seeds), "rows": {r: labels[r] for r in rows},
               "metrics": {r: {str(s): m for s, m in by_seed.items()} for r, by_seed in results.items()},
               "targets": found, "stage_wall_times_s": runner.times, "command": shlex.join([sys.executable, *sys.argv])}

@@ -123,6 +123,13 @@ def test_query_document_model_routes_and_round_trips(st_dir, tmp_path, one_torch
         torch.testing.assert_close(opened.encode_document(SENTENCES, convert_to_tensor=True), expected_d, atol=1e-6,
                                    rtol=0)
         torch.testing.assert_close(_encode(opened), expected_d, atol=1e-6, rtol=0)  # plain encode: the documents'
+    # training one would push the queries through the document route: refused in one line
+    with pytest.raises(NotAnEmbeddingModel, match="the model trained is a query/document model"):
+        ContrastiveModel(model)
+    with pytest.raises(NotAnEmbeddingModel, match="the teacher is a query/document model"):
+        ContrastiveModel(documents, teacher=model)
+    with pytest.raises(NotAnEmbeddingModel, match="is a query/document model: build CharBERT on one of its two"):
+        build_charbert_embedding(tmp_path / "qd")
 
 
 def test_keeps_the_backbones_pooling_and_normalisation(tmp_path, bert_dir, one_torch_thread):
