@@ -34,6 +34,10 @@ also writes its small result to ``OUTPUT_DIR/results/<name>.json``: that folder 
 ``stages/wall_times.json``) is all ``--results_only`` needs, so stages finished on different
 machines can be copied together and reported as one.  Give ``--results_only`` the experiment's
 flags: it reports the seeds and steps of its own command line (by default the real run's).
+Results measured earlier elsewhere are kept in ``experiments/budget_curve_results/`` (with the
+flags they were measured with, ``flags.json``): a run with the same flags counts them and does not
+run their stages again, so a fresh machine picks up where the last one stopped
+(``--recorded_results DIR`` names another such folder, ``none`` ignores them).
 The report: ``results.md``, ``results.json`` and ``budget_curve.png`` (relative-drop ratio to
 BERT's and clean F1 against tokens seen), with a least-squares fit ratio = a + b log10(tokens)
 and its prediction at the paper's budget (320K steps x 8 sequences x 384 tokens).
@@ -58,6 +62,7 @@ import math
 import shlex
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,6 +71,13 @@ import replicate_small as rs
 from stages import REPO, Runner
 
 PROG = "budget_curve"
+# Results measured earlier (on other machines) with this script's default flags: a stage whose result is
+# on record there is not run again, and the report counts it (see --recorded_results).
+RECORDED = Path(__file__).resolve().parent / "budget_curve_results"
+# The flags a recorded result depends on: it is used only by a run whose flags all match.
+MEASURED_FLAGS = ("model_name_or_path", "pretrain_steps", "pretrain_batch_size", "max_seq_length",
+                  "pretrain_learning_rate", "glue_task", "train_samples", "eval_samples", "finetune_epochs",
+                  "finetune_batch_size", "finetune_learning_rate", *rs.RECIPE_FLAGS)
 # The paper's pretraining budget, from the authors' code (/work/shared/reference, README's pretraining
 # command): --per_gpu_train_batch_size 4 on two V100s (the paper), --block_size 384, no gradient accumulation.
 PAPER_STEPS, PAPER_SEQUENCES, PAPER_LENGTH = 320_000, 8, 384
@@ -91,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results_only", action="store_true",
                    help="run nothing: rebuild the report from OUTPUT_DIR/results/ (the stages finished so far, for the "
                         "seeds and steps given by the other flags)")
+    p.add_argument("--recorded_results", default=None,
+                   help="a folder of results measured earlier with the same flags (its flags.json says which), "
+                        "e.g. on another machine: their stages are not run again and the report counts them "
+                        "(default: experiments/budget_curve_results, used when this run's flags match it; 'none': no "
+                        "earlier results)")
     rs.add_pretraining_args(p, steps=2000)
     rs.add_recipe_args(p)
     rs.add_finetune_args(p)
@@ -182,10 +199,52 @@ def write_record(out: Path, name: str, record: dict) -> None:
     (folder / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
-def load_records(out: Path) -> tuple[dict, dict]:
-    """(pretraining records by (model, seed), robustness records by (task, model, seed, step)) of OUTPUT_DIR/results."""
+def measured_flags(args) -> dict:
+    return {k: getattr(args, k) for k in MEASURED_FLAGS}
+
+
+def recorded_folder(args) -> Path | None:
+    """The --recorded_results folder this run may use: None for 'none', or for the default folder when it is
+    absent or was measured with other flags; a folder named by the user must match (one-line error)."""
+    if args.recorded_results == "none":
+        return None
+    folder = Path(args.recorded_results) if args.recorded_results else RECORDED
+    flags_path = folder / "flags.json"
+    if not flags_path.is_file():
+        if args.recorded_results:
+            sys.exit(f"{PROG}: --recorded_results {folder}: no flags.json there (the flags its results were measured with)")
+        return None
+    recorded = json.loads(flags_path.read_text(encoding="utf-8"))
+    differ = sorted(k for k in MEASURED_FLAGS if recorded.get(k) != getattr(args, k))
+    if differ:
+        if args.recorded_results:
+            sys.exit(f"{PROG}: --recorded_results {folder} was measured with other flags: "
+                     + ", ".join(f"--{k} {recorded.get(k)} (here {getattr(args, k)})" for k in differ))
+        print(f"{PROG}: the results on record in {folder} were measured with other flags ({', '.join(differ)}): "
+              "not used", flush=True)
+        return None
+    return folder
+
+
+def write_recorded_flags(args, folder: Path) -> None:
+    """flags.json of a folder of results, for --recorded_results."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "flags.json").write_text(json.dumps(measured_flags(args), indent=1) + "\n", encoding="utf-8")
+
+
+def record_paths(out: Path | None, recorded: Path | None) -> dict[str, Path]:
+    """Each stage's result file by stage name: OUTPUT_DIR/results/ (``out``) over the recorded folder's."""
+    paths = {p.stem: p for p in sorted(recorded.glob("*.json")) if p.name != "flags.json"} if recorded else {}
+    if out is not None:
+        paths.update({p.stem: p for p in sorted((out / "results").glob("*.json"))})
+    return paths
+
+
+def load_records(out: Path, recorded: Path | None = None) -> tuple[dict, dict]:
+    """(pretraining records by (model, seed), robustness records by (task, model, seed, step)) of OUTPUT_DIR/results
+    and of the recorded folder (OUTPUT_DIR's win)."""
     pretraining, robustness = {}, {}
-    for path in sorted((out / "results").glob("*.json")):
+    for path in record_paths(out, recorded).values():
         record = json.loads(path.read_text(encoding="utf-8"))
         if "eval" in record:
             pretraining[(record["model"], record["seed"])] = record
@@ -200,10 +259,14 @@ def load_records(out: Path) -> tuple[dict, dict]:
 
 
 def evaluate_point(runner: Runner, args, task: str, model: str, seed: int, step: int | None, model_path: str,
-                   export=None) -> None:
+                   export=None, on_record: frozenset[str] = frozenset()) -> None:
     """Fine-tune one model on ``task`` and attack it (replicate_small's commands), then record the scores.
-    ``export``: a callable that makes ``model_path`` first (a kept checkpoint), called only when needed."""
+    ``export``: a callable that makes ``model_path`` first (a kept checkpoint), called only when needed.
+    A point whose result is ``on_record`` (see --recorded_results) is not run again."""
     out, name, seeded = runner.out, point_name(model, seed, step), with_seed(args, seed)
+    if f"robustness_{task}_{name}" in on_record:
+        print(f"[{time.strftime('%H:%M:%S')}] {task} {name}: on record, skipped", flush=True)
+        return
     finetuned = out / "finetune" / task / name
     robust = out / "robustness" / task / name
     if export is not None and not runner.done(f"finetune_{task}_{name}"):
@@ -222,22 +285,27 @@ def run_stages(args, runner: Runner, base: str, data: Path) -> None:
     every = math.gcd(*args.curve_steps)  # held-out metrics at every kept step
     resume_every = min(every, RESUME_EVERY)  # a stopped stage redoes at most that many steps
     runs = [("CharBERT", s) for s in args.seeds] + [("AdvBERT", s) for s in args.advbert_seeds]
+    tasks = [(task, steps) for task, steps in (("ner", args.curve_steps), (args.glue_task, args.sst2_steps)) if steps]
+    on_record = frozenset(record_paths(out, recorded_folder(args)))
     bert_done: set[tuple[str, int]] = set()
     for model, seed in runs:
         run_dir = out / "pretrain" / point_name(model, seed)
-        command = rs.pretrain_command(with_seed(args, seed), base, OBJECTIVES[model], run_dir, vocab, corpus,
-                                      validation, eval_steps=every, checkpointing_steps=resume_every,
-                                      keep_checkpoints_at=args.curve_steps)
-        command += ["--cache_dir", str(out / "cache")]  # the corpus is packed once for every run (same tokenizer)
-        runner.run(f"pretrain_{point_name(model, seed)}", command)
-        if (run_dir / "log.jsonl").exists():
-            write_record(out, f"pretrain_{point_name(model, seed)}",
-                         pretraining_record(run_dir, model, seed, args.pretrain_steps))
-        for task, steps in (("ner", args.curve_steps), (args.glue_task, args.sst2_steps)):
-            if not steps:
-                continue
+        points = [f"robustness_{task}_{point_name(model, seed, step)}" for task, steps in tasks for step in steps]
+        if {f"pretrain_{point_name(model, seed)}", *points} <= on_record:  # nothing left that needs its checkpoints
+            print(f"[{time.strftime('%H:%M:%S')}] pretrain_{point_name(model, seed)}: it and every point of it on "
+                  "record, skipped", flush=True)
+        else:
+            command = rs.pretrain_command(with_seed(args, seed), base, OBJECTIVES[model], run_dir, vocab, corpus,
+                                          validation, eval_steps=every, checkpointing_steps=resume_every,
+                                          keep_checkpoints_at=args.curve_steps)
+            command += ["--cache_dir", str(out / "cache")]  # the corpus is packed once for every run (same tokenizer)
+            runner.run(f"pretrain_{point_name(model, seed)}", command)
+            if (run_dir / "log.jsonl").exists():
+                write_record(out, f"pretrain_{point_name(model, seed)}",
+                             pretraining_record(run_dir, model, seed, args.pretrain_steps))
+        for task, steps in tasks:
             if (task, seed) not in bert_done:  # the plain checkpoint, fine-tuned with this seed
-                evaluate_point(runner, args, task, "BERT", seed, None, base)
+                evaluate_point(runner, args, task, "BERT", seed, None, base, on_record=on_record)
                 bert_done.add((task, seed))
             for step in informative_order(steps):
                 model_dir = out / "models" / point_name(model, seed, step)
@@ -245,7 +313,7 @@ def run_stages(args, runner: Runner, base: str, data: Path) -> None:
                 def export(step=step, model_dir=model_dir):
                     export_checkpoint_model(run_dir / f"step_{step}", run_dir, model_dir)
 
-                evaluate_point(runner, args, task, model, seed, step, str(model_dir), export)
+                evaluate_point(runner, args, task, model, seed, step, str(model_dir), export, on_record)
 
 
 # --------------------------------------------------------------------------------------
@@ -487,7 +555,9 @@ def plot_curve(rows: list[dict], seeds: Sequence[int], advbert_seeds: Sequence[i
 
 def write_report(args, out: Path) -> dict:
     """results.json, results.md and budget_curve.png from OUTPUT_DIR/results (whatever stages finished)."""
-    pretraining, robustness = load_records(out)
+    recorded = recorded_folder(args)
+    pretraining, robustness = load_records(out, recorded)
+    out.mkdir(parents=True, exist_ok=True)
     times_path = out / "stages" / "wall_times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     tokens_per_step = args.pretrain_batch_size * args.max_seq_length
@@ -516,7 +586,8 @@ def write_report(args, out: Path) -> dict:
                "conll2003": ner_rows, args.glue_task: glue_rows, "pretraining": pre_rows, "fit": fit,
                "prediction_at_paper_budget": at_paper, "stage_wall_times_s": times,
                "total_stage_wall_time_s": sum(times.values()),
-               "stages_with_results": sorted(p.stem for p in (out / "results").glob("*.json")),
+               "stages_with_results": sorted(record_paths(out, recorded)),
+               "recorded_results": str(recorded) if recorded else None,
                "command": shlex.join([sys.executable, *sys.argv])}
     plot = plot_curve(ner_rows, args.seeds, args.advbert_seeds, fit, out / "budget_curve.png")
     def seeds_text(seeds):
@@ -568,6 +639,11 @@ def write_report(args, out: Path) -> dict:
     if times:
         md += [f"Stage wall times (min), {sum(times.values()) / 60:.0f} min in all: "
                + ", ".join(f"{k} {v / 60:.1f}" for k, v in times.items()), ""]
+    if recorded:
+        earlier = sorted(set(record_paths(None, recorded)) - {p.stem for p in (out / "results").glob("*.json")})
+        if earlier:
+            md += [f"Results on record from earlier runs with the same flags ({recorded}), not run here: "
+                   + ", ".join(earlier) + ".", ""]
     md += ["Command:", "", "```bash", results["command"], "```", ""]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out / "results.md").write_text("\n".join(md), encoding="utf-8")
@@ -582,8 +658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.output_dir).resolve()
     if args.results_only:
-        if not (out / "results").is_dir():
-            sys.exit(f"{PROG}: {out / 'results'} not found: no stage has finished there yet")
+        if not record_paths(out, recorded_folder(args)):
+            sys.exit(f"{PROG}: no results in {out / 'results'} (nor on record): no stage has finished there yet")
         write_report(args, out)
         return 0
     data = rs.check_data(args, PROG)

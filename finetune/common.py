@@ -57,6 +57,7 @@ from charbert.training import (
     add_training_args,
     create_accelerator,
     save_model,
+    stopped_line,
     train,
     training_config_from_args,
 )
@@ -356,6 +357,9 @@ def run(task: Task, args, argv: Sequence[str], prog: str) -> dict[str, Any]:
         outcome = train(model, FeatureDataset(train_split.rows), config, collator,
                         eval_fn=eval_fn if eval_split is not None else None, accelerator=accelerator,
                         eval_dataset=FeatureDataset(eval_split.rows) if eval_split is not None else None)
+        if outcome.stopped_early:
+            accelerator.print(stopped_line(outcome))
+            return record
         record["train"] = {"global_step": outcome.global_step, "epochs_completed": outcome.epochs_completed,
                            "train_loss": outcome.train_loss, "wall_time_s": round(outcome.wall_time_s, 2),
                            "num_examples": len(train_split.data), "num_features": len(train_split.rows),

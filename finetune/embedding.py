@@ -54,7 +54,14 @@ from charbert.embedding import (
 )
 from charbert.tasks.errors import TaskDataError
 from charbert.tasks.features import FeatureDataset
-from charbert.training import CheckpointError, add_training_args, create_accelerator, train, training_config_from_args
+from charbert.training import (
+    CheckpointError,
+    add_training_args,
+    create_accelerator,
+    stopped_line,
+    train,
+    training_config_from_args,
+)
 from charbert.training.lock import OutputDirError, lock_output_dir
 
 from .common import METRICS_FILE, _versions
@@ -289,6 +296,9 @@ def run(args, argv: Sequence[str], prog: str) -> dict[str, Any]:
                 len(pairs), source, encoder.max_seq_length, describe_loss(args))
 
     outcome = train(model, FeatureDataset(pairs), config, collator, accelerator=accelerator)
+    if outcome.stopped_early:
+        accelerator.print(stopped_line(outcome))
+        return {"task": "embedding", "stopped_early": True, "global_step": outcome.global_step}
     unwrapped = accelerator.unwrap_model(model).encoder
     record: dict[str, Any] = {
         "task": "embedding", "command": f"{prog} {shlex.join(list(argv))}", "seed": args.seed,

@@ -178,7 +178,7 @@ def run(args) -> dict:
         pretraining_metrics,
         resolve_vocabularies,
     )
-    from charbert.training import create_accelerator, save_model, train, training_config_from_args
+    from charbert.training import create_accelerator, save_model, stopped_line, train, training_config_from_args
     from charbert.training.lock import lock_output_dir
 
     start = time.time()
@@ -231,6 +231,10 @@ def run(args) -> dict:
         model, train_blocks, config, collator, eval_fn=pretraining_metrics if eval_blocks is not None else None,
         accelerator=accelerator, eval_dataset=eval_blocks,
     )
+    if result.stopped_early:
+        accelerator.print(stopped_line(result))
+        return {"output_dir": args.output_dir, "objective": args.objective, "steps": result.global_step,
+                "stopped_early": True, "eval": result.last_eval, "log": str(result.log_path)}
     extra = {"pretraining_args.json": json.dumps(vars(args), indent=1, default=str)}
     if word_vocab is not None:
         extra["word_vocab.txt"] = "\n".join([word_vocab.UNK, *word_vocab.words]) + "\n"

@@ -25,6 +25,8 @@ def bc():
     spec = importlib.util.spec_from_file_location("budget_curve", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    # the results on record in the repository are the real run's; these tests build their own
+    module.COMMITTED, module.RECORDED = module.RECORDED, SCRIPT.parent / "no-results-on-record-here"
     return module
 
 
@@ -223,6 +225,87 @@ def test_missing_points_leave_gaps_not_errors(bc, tmp_path):
     assert row["CharBERT"]["clean"][42] == pytest.approx(80.0) and row["CharBERT"]["ratio_mean"] is None
     assert results["fit"] is None
     assert "not measured yet" in (out / "results.md").read_text()
+
+
+# ---- results on record from earlier runs -------------------------------------------------------
+
+
+def record_seed42(bc, folder: Path, args) -> None:
+    """Every result of seed 42 (its pretraining, BERT's and each point's), as an earlier run left them."""
+    bc.write_recorded_flags(args, folder)
+    for task, steps in (("ner", args.curve_steps), ("sst2", args.sst2_steps)):
+        label = bc.task_label(task)
+        for model, step in [("BERT", None), *(("CharBERT", s) for s in steps)]:
+            bc.write_record(folder.parent, f"robustness_{task}_{bc.point_name(model, 42, step)}",
+                            {"task": label, "model": model, "seed": 42, "step": step, "metric": "f1",
+                             "attacks": ATTACKS, "scores": scores(0.8, 0.48 if model == "BERT" else 0.6)})
+    bc.write_record(folder.parent, "pretrain_CharBERT_s42", {"model": "CharBERT", "seed": 42, "objective": "charbert",
+                                                            "steps": 2000, "eval": {"2000": {"eval_nlm_accuracy": 0.5}},
+                                                            "epochs_at_step": None})
+
+
+def test_recorded_results_are_not_run_again(bc, tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(bc.Runner, "run", lambda self, name, command: ran.append(name))
+    monkeypatch.setattr(bc, "export_checkpoint_model", lambda ckpt, model_dir, out: None)
+    flags = ["--data_dir", str(fake_data(tmp_path / "data")), "--model_name_or_path", str(tmp_path / "base")]
+    recorded = tmp_path / "earlier" / "results"  # write_record writes into <folder>/results
+    record_seed42(bc, recorded, bc.parse_args(flags))
+    out = tmp_path / "out"
+    assert bc.main([*flags, "--output_dir", str(out), "--recorded_results", str(recorded)]) == 0
+    assert not [n for n in ran if "s42" in n and "AdvBERT" not in n], "seed 42 is on record: nothing of it reruns"
+    assert "pretrain_CharBERT_s43" in ran and "robustness_ner_BERT_s43" in ran
+    assert "pretrain_AdvBERT_s42" in ran and "robustness_ner_AdvBERT_s42_step2000" in ran
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["step"]: r for r in results["conll2003"]}
+    assert rows[2000]["CharBERT"]["ratio"]["42"] == pytest.approx(0.25 / 0.4)  # counted in the report
+    assert "Results on record from earlier runs" in (out / "results.md").read_text()
+
+    # one result missing: the pretraining runs again to make its checkpoint
+    (recorded / "robustness_ner_CharBERT_s42_step500.json").unlink()
+    ran.clear()
+    assert bc.main([*flags, "--output_dir", str(tmp_path / "out2"), "--recorded_results", str(recorded)]) == 0
+    assert "pretrain_CharBERT_s42" in ran and "robustness_ner_CharBERT_s42_step500" in ran
+    assert "robustness_ner_CharBERT_s42_step2000" not in ran
+
+
+def test_recorded_results_need_the_same_flags(bc, tmp_path, monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr(bc.Runner, "run", lambda self, name, command: ran.append(name))
+    monkeypatch.setattr(bc, "export_checkpoint_model", lambda ckpt, model_dir, out: None)
+    flags = ["--data_dir", str(fake_data(tmp_path / "data")), "--model_name_or_path", str(tmp_path / "base")]
+    recorded = tmp_path / "earlier" / "results"
+    record_seed42(bc, recorded, bc.parse_args(flags))
+    other = [*flags, "--train_samples", "100", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="measured with other flags: --train_samples 5000 \\(here 100\\)"):
+        bc.main([*other, "--recorded_results", str(recorded)])
+    with pytest.raises(SystemExit, match="no flags.json"):
+        bc.main([*other, "--recorded_results", str(tmp_path)])
+    monkeypatch.setattr(bc, "RECORDED", recorded)  # the default folder: used only when the flags match
+    assert bc.main(other) == 0
+    assert "not used" in capsys.readouterr().out and "pretrain_CharBERT_s42" in ran
+    ran.clear()
+    assert bc.main([*flags, "--output_dir", str(tmp_path / "out3")]) == 0
+    assert "pretrain_CharBERT_s42" not in ran and "pretrain_CharBERT_s43" in ran
+    ran.clear()
+    assert bc.main([*flags, "--output_dir", str(tmp_path / "out4"), "--recorded_results", "none"]) == 0
+    assert "pretrain_CharBERT_s42" in ran
+
+
+def test_the_results_on_record_give_the_published_figures(bc, tmp_path):
+    """experiments/budget_curve_results holds seed 42's results as docs/results.md publishes them: the
+    report rebuilt from them gives the published ratios, fit and prediction."""
+    if not (bc.COMMITTED / "flags.json").exists():
+        pytest.skip(f"{bc.COMMITTED} is not in this checkout")
+    args = bc.parse_args(["--output_dir", str(tmp_path / "out"), "--recorded_results", str(bc.COMMITTED),
+                          "--seeds", "42", "--advbert_seeds"])
+    results = bc.write_report(args, tmp_path / "out")
+    rows = {r["step"]: r for r in results["conll2003"]}
+    assert [round(rows[s]["CharBERT"]["ratio"][42], 2) for s in (250, 500, 1000, 2000)] == [0.86, 0.82, 0.77, 0.75]
+    assert round(results["fit"]["a"], 3) == 1.583 and round(results["fit"]["b"], 3) == -0.127
+    assert round(results["prediction_at_paper_budget"]["value"], 2) == 0.44
+    sst2 = {r["step"]: r for r in results["sst2"]}
+    assert [round(sst2[s]["CharBERT"]["ratio"][42], 2) for s in (500, 2000)] == [1.08, 1.01]
 
 
 # ---- end to end (tiny) -------------------------------------------------------------------------

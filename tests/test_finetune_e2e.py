@@ -207,6 +207,15 @@ def test_label_file_checkpointing_and_exact_resume(task_files, bert_dir, tmp_pat
     same_numbers(resumed["eval"], full["eval"], ["precision", "recall", "f1", "accuracy"])
     assert (resumed_dir / "eval_predictions.txt").read_text() == (full_dir / "eval_predictions.txt").read_text()
 
+    # a run in two sittings (--stop_after_steps): the first saves no model and no scores, the second ends
+    # where the uninterrupted run ended
+    split_dir = tmp_path / "split"
+    assert run_cli("ner", *common, "--output_dir", split_dir, "--stop_after_steps", "2") == 0
+    assert (split_dir / "step_2").is_dir()
+    assert not (split_dir / "model.safetensors").exists() and not (split_dir / "metrics.json").exists()
+    assert run_cli("ner", *common, "--output_dir", split_dir, "--resume_from_checkpoint", "latest") == 0
+    same_numbers(metrics(split_dir)["eval"], full["eval"], ["precision", "recall", "f1", "accuracy"])
+
 
 def test_unlabelled_test_files_get_predictions_only(task_files, bert_dir, tmp_path):
     # GLUE: the official test layout (index + sentence, no label column)

@@ -224,6 +224,34 @@ def test_exact_resume_reproduces_losses(job, tmp_path):
     assert model.config.word_vocab_size == len(WordVocab.load(full)) and len(tok.char_vocab) <= model.config.char_vocab_size
 
 
+def test_stop_after_steps_splits_a_run_into_sittings(job, tmp_path, capsys):
+    """--stop_after_steps 5 of 8 ends the sitting with a checkpoint at step 5 and no final model; resuming
+    from it finishes the run with the losses of an uninterrupted one (the schedule kept its 8 steps)."""
+    from pretrain.__main__ import main
+
+    def losses(out):
+        return {r["step"]: (r["loss"], r["lr"]) for r in read_log(out / "log.jsonl") if "loss" in r}
+
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert main(pretrain_args(job, full, "--max_train_steps", "8", "--checkpointing_steps", "4")) == 0
+    assert main(pretrain_args(job, split, "--max_train_steps", "8", "--checkpointing_steps", "4",
+                              "--stop_after_steps", "5")) == 0
+    assert "Stopped after step 5" in capsys.readouterr().out
+    assert (split / "step_5").is_dir() and not (split / "model.safetensors").exists()
+    assert set(losses(split)) == set(range(1, 6))
+    # a stop at or before the step the run resumes at is one line, not an empty sitting
+    assert main(pretrain_args(job, split, "--max_train_steps", "8", "--stop_after_steps", "5",
+                              "--resume_from_checkpoint", "latest")) == 2
+    assert "--stop_after_steps 5" in capsys.readouterr().err
+    assert main(pretrain_args(job, split, "--max_train_steps", "8", "--checkpointing_steps", "4",
+                              "--resume_from_checkpoint", "latest")) == 0
+    a, b = losses(full), losses(split)
+    assert set(b) == set(range(1, 9))
+    for step in range(1, 9):
+        assert b[step] == pytest.approx(a[step], abs=1e-5), step
+    assert (split / "model.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_dataloader_workers_give_the_same_batches_and_resume_exactly(job, tmp_path):
     """--dataloader_num_workers 2 trains on the same batches as 0 workers (the collator's draws are keyed

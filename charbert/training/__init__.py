@@ -58,7 +58,7 @@ from .checkpoints import (
     save_model,
 )
 from .determinism import EVAL_EPOCH, EpochShuffleSampler, IndexedCollator, IndexedDataset, collator_rng
-from .loop import TrainResult, train
+from .loop import TrainResult, stopped_line, train
 from .metrics import evaluate_loss
 from .setup import build_optimizer, create_accelerator, num_warmup_steps
 
@@ -88,6 +88,7 @@ __all__ = [
     "read_trainer_state",
     "resolve_checkpoint",
     "save_model",
+    "stopped_line",
     "train",
     "training_config_from_args",
 ]

@@ -122,6 +122,10 @@ class TrainingConfig:
         "Resume from a checkpoint that lacks a file the loop restores (e.g. random_states_0.pkl), with a warning "
         "that the run will not reproduce the uninterrupted one; without it such a checkpoint is an error.",
         action="store_true"))
+    stop_after_steps: int | None = field(default=None, metadata=_help(
+        "End this sitting after N optimizer steps in all, with a resumable checkpoint there, while the learning-rate "
+        "schedule keeps the run's full length: a long run in several sittings (e.g. time-limited machines). Resume "
+        "with --resume_from_checkpoint latest; the final model is saved only at the run's last step."))
     save_total_limit: int | None = field(default=None, metadata=_help("Keep only the N newest checkpoints."))
     keep_checkpoints_at: list[int] = field(default_factory=list, metadata=_help(
         "Also save a checkpoint at these optimizer steps and never prune them (--save_total_limit counts only the "
@@ -157,7 +161,7 @@ class TrainingConfig:
         self.keep_checkpoints_at = sorted({int(step) for step in self.keep_checkpoints_at or ()})
         if any(step < 1 for step in self.keep_checkpoints_at):
             raise ValueError(f"keep_checkpoints_at must be steps >= 1, got {self.keep_checkpoints_at}")
-        for name in ("max_train_steps", "eval_steps", "save_total_limit"):
+        for name in ("max_train_steps", "eval_steps", "save_total_limit", "stop_after_steps"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")

@@ -55,6 +55,7 @@ class TrainResult:
     last_eval: dict[str, float] = field(default_factory=dict)
     log_path: Path | None = None
     wall_time_s: float = 0.0
+    stopped_early: bool = False  # --stop_after_steps ended this sitting before the schedule's last step
 
 
 @dataclass
@@ -187,6 +188,12 @@ class TrainingRun:
     def done(self) -> bool:
         return self.state.global_step >= self.schedule.max_train_steps
 
+    @property
+    def stop_requested(self) -> bool:
+        """--stop_after_steps reached before the schedule's end: this sitting ends here."""
+        stop = self.config.stop_after_steps
+        return stop is not None and not self.done and self.state.global_step >= stop
+
     def elapsed(self) -> float:
         return self.state.elapsed_s + time.perf_counter() - self.run_start
 
@@ -289,7 +296,8 @@ class TrainingRun:
 
     def maybe_checkpoint(self, epoch: int, batches_done: int) -> None:
         every, step = self.config.checkpointing_steps, self.state.global_step
-        if (isinstance(every, int) and step % every == 0) or step in self.config.keep_checkpoints_at:
+        if ((isinstance(every, int) and step % every == 0) or step in self.config.keep_checkpoints_at
+                or self.stop_requested):  # a sitting that stops leaves a checkpoint to resume from
             self.checkpoint(f"step_{self.state.global_step}", epoch, batches_done)
 
     def end_epoch(self, epoch: int, batches_done: int) -> None:
@@ -335,8 +343,14 @@ class TrainingRun:
         return TrainResult(
             global_step=self.state.global_step, epochs_completed=self.state.epochs_completed,
             train_loss=loss_sum / loss_count if loss_count else float("nan"), last_eval=dict(self.last_eval),
-            log_path=self.log_path, wall_time_s=time.perf_counter() - wall_start,
+            log_path=self.log_path, wall_time_s=time.perf_counter() - wall_start, stopped_early=self.stop_requested,
         )
+
+
+def stopped_line(result: TrainResult) -> str:
+    """What a program prints when --stop_after_steps ended the sitting (no final model is saved)."""
+    return (f"Stopped after step {result.global_step} (--stop_after_steps), no final model saved yet: the same command "
+            f"with --resume_from_checkpoint latest and a later --stop_after_steps (or none) continues the run.")
 
 
 def train(model, train_dataset, config: TrainingConfig, collate_fn, eval_fn=None, accelerator=None,
@@ -395,13 +409,16 @@ def train(model, train_dataset, config: TrainingConfig, collate_fn, eval_fn=None
     if saved is not None:
         load_checkpoint(accelerator, checkpoint)
         state = restored_state(saved, state, checkpoint, output_dir)
+    if config.stop_after_steps is not None and config.stop_after_steps <= state.global_step < schedule.max_train_steps:
+        raise ValueError(f"--stop_after_steps {config.stop_after_steps}: the run resumes at step {state.global_step} "
+                         f"already; give a later step (or none, to run to step {schedule.max_train_steps})")
     run = TrainingRun(config, accelerator, model, optimizer, lr_scheduler, data, schedule, state, eval_fn, output_dir)
     run.start_trackers(resumed_from=checkpoint)
 
     # ---- the loop
     model.train()
     for epoch in range(run.resume_epoch, schedule.num_epochs):
-        if run.done:
+        if run.done or run.stop_requested:
             break
         batches, batches_done = run.epoch_batches(epoch)
         for batch in batches:
@@ -414,7 +431,7 @@ def train(model, train_dataset, config: TrainingConfig, collate_fn, eval_fn=None
             with run.meter.paused():  # tokens/s measures training, not eval or saving
                 run.maybe_evaluate()  # before checkpointing, so the checkpoint carries its metrics
                 run.maybe_checkpoint(epoch, batches_done)
-            if run.done:
+            if run.done or run.stop_requested:
                 break
         if batches_done >= schedule.batches_per_epoch:
             run.end_epoch(epoch, batches_done)
