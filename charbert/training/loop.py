@@ -330,7 +330,7 @@ class TrainingRun:
 
     def finish(self, wall_start: float) -> TrainResult:
         self.progress.close()
-        if self.last_eval_step != self.state.global_step:
+        if self.last_eval_step != self.state.global_step and not self.stop_requested:  # a stopped sitting reports nothing
             self.evaluate()
         run_sum, run_count = self.meter_total.reduce_loss(self.accelerator)
         loss_sum, loss_count = self.state.train_loss_sum + run_sum, self.state.train_loss_count + run_count
