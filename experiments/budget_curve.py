@@ -214,12 +214,12 @@ def recorded_folder(args) -> Path | None:
         if args.recorded_results:
             sys.exit(f"{PROG}: --recorded_results {folder}: no flags.json there (the flags its results were measured with)")
         return None
-    recorded = json.loads(flags_path.read_text(encoding="utf-8"))
-    differ = sorted(k for k in MEASURED_FLAGS if recorded.get(k) != getattr(args, k))
+    recorded, here = json.loads(flags_path.read_text(encoding="utf-8")), measured_flags(args)
+    differ = sorted(k for k in MEASURED_FLAGS if recorded.get(k) != here[k])
     if differ:
         if args.recorded_results:
             sys.exit(f"{PROG}: --recorded_results {folder} was measured with other flags: "
-                     + ", ".join(f"--{k} {recorded.get(k)} (here {getattr(args, k)})" for k in differ))
+                     + ", ".join(f"--{k} {recorded.get(k)} (here {here[k]})" for k in differ))
         print(f"{PROG}: the results on record in {folder} were measured with other flags ({', '.join(differ)}): "
               "not used", flush=True)
         return None
@@ -227,16 +227,16 @@ def recorded_folder(args) -> Path | None:
 
 
 def write_recorded_flags(args, folder: Path) -> None:
-    """flags.json of a folder of results, for --recorded_results."""
+    """flags.json beside a run's results (OUTPUT_DIR/results), so that the folder serves as --recorded_results."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "flags.json").write_text(json.dumps(measured_flags(args), indent=1) + "\n", encoding="utf-8")
 
 
 def record_paths(out: Path | None, recorded: Path | None) -> dict[str, Path]:
     """Each stage's result file by stage name: OUTPUT_DIR/results/ (``out``) over the recorded folder's."""
-    paths = {p.stem: p for p in sorted(recorded.glob("*.json")) if p.name != "flags.json"} if recorded else {}
-    if out is not None:
-        paths.update({p.stem: p for p in sorted((out / "results").glob("*.json"))})
+    paths = {}
+    for folder in [f for f in (recorded, out / "results" if out is not None else None) if f is not None]:
+        paths.update({p.stem: p for p in sorted(folder.glob("*.json")) if p.name != "flags.json"})
     return paths
 
 
@@ -278,15 +278,16 @@ def evaluate_point(runner: Runner, args, task: str, model: str, seed: int, step:
         write_record(out, f"robustness_{task}_{name}", robustness_record(report, task, model, seed, step))
 
 
-def run_stages(args, runner: Runner, base: str, data: Path) -> None:
+def run_stages(args, runner: Runner, base: str, data: Path, recorded: Path | None) -> None:
     out = runner.out
+    write_recorded_flags(args, out / "results")
     corpus, validation = rs.corpus_files(data)
     vocab = rs.vocab_stage(runner, corpus, out / "vocab")
     every = math.gcd(*args.curve_steps)  # held-out metrics at every kept step
     resume_every = min(every, RESUME_EVERY)  # a stopped stage redoes at most that many steps
     runs = [("CharBERT", s) for s in args.seeds] + [("AdvBERT", s) for s in args.advbert_seeds]
     tasks = [(task, steps) for task, steps in (("ner", args.curve_steps), (args.glue_task, args.sst2_steps)) if steps]
-    on_record = frozenset(record_paths(out, recorded_folder(args)))
+    on_record = frozenset(record_paths(out, recorded))
     bert_done: set[tuple[str, int]] = set()
     for model, seed in runs:
         run_dir = out / "pretrain" / point_name(model, seed)
@@ -553,9 +554,9 @@ def plot_curve(rows: list[dict], seeds: Sequence[int], advbert_seeds: Sequence[i
     return path if drawn else None
 
 
-def write_report(args, out: Path) -> dict:
-    """results.json, results.md and budget_curve.png from OUTPUT_DIR/results (whatever stages finished)."""
-    recorded = recorded_folder(args)
+def write_report(args, out: Path, recorded: Path | None = None) -> dict:
+    """results.json, results.md and budget_curve.png from OUTPUT_DIR/results (whatever stages finished) and the
+    ``recorded`` folder's results (see :func:`recorded_folder`)."""
     pretraining, robustness = load_records(out, recorded)
     out.mkdir(parents=True, exist_ok=True)
     times_path = out / "stages" / "wall_times.json"
@@ -640,7 +641,7 @@ def write_report(args, out: Path) -> dict:
         md += [f"Stage wall times (min), {sum(times.values()) / 60:.0f} min in all: "
                + ", ".join(f"{k} {v / 60:.1f}" for k, v in times.items()), ""]
     if recorded:
-        earlier = sorted(set(record_paths(None, recorded)) - {p.stem for p in (out / "results").glob("*.json")})
+        earlier = sorted(set(record_paths(None, recorded)) - set(record_paths(out, None)))
         if earlier:
             md += [f"Results on record from earlier runs with the same flags ({recorded}), not run here: "
                    + ", ".join(earlier) + ".", ""]
@@ -657,17 +658,18 @@ def write_report(args, out: Path) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.output_dir).resolve()
+    recorded = recorded_folder(args)
     if args.results_only:
-        if not record_paths(out, recorded_folder(args)):
+        if not record_paths(out, recorded):
             sys.exit(f"{PROG}: no results in {out / 'results'} (nor on record): no stage has finished there yet")
-        write_report(args, out)
+        write_report(args, out, recorded)
         return 0
     data = rs.check_data(args, PROG)
     base = rs.starting_checkpoint(args)
     runner = Runner(out, prog=PROG)
     (out / "args.json").write_text(json.dumps(vars(args), indent=1))
-    run_stages(args, runner, base, data)
-    write_report(args, out)
+    run_stages(args, runner, base, data, recorded)
+    write_report(args, out, recorded)
     return 0
 
 

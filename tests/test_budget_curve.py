@@ -260,6 +260,8 @@ def test_recorded_results_are_not_run_again(bc, tmp_path, monkeypatch):
     rows = {r["step"]: r for r in results["conll2003"]}
     assert rows[2000]["CharBERT"]["ratio"]["42"] == pytest.approx(0.25 / 0.4)  # counted in the report
     assert "Results on record from earlier runs" in (out / "results.md").read_text()
+    # the run's own results folder carries its flags: it serves as --recorded_results as it is
+    assert bc.recorded_folder(bc.parse_args([*flags, "--recorded_results", str(out / "results")])) == out / "results"
 
     # one result missing: the pretraining runs again to make its checkpoint
     (recorded / "robustness_ner_CharBERT_s42_step500.json").unlink()
@@ -299,7 +301,7 @@ def test_the_results_on_record_give_the_published_figures(bc, tmp_path):
         pytest.skip(f"{bc.COMMITTED} is not in this checkout")
     args = bc.parse_args(["--output_dir", str(tmp_path / "out"), "--recorded_results", str(bc.COMMITTED),
                           "--seeds", "42", "--advbert_seeds"])
-    results = bc.write_report(args, tmp_path / "out")
+    results = bc.write_report(args, tmp_path / "out", bc.recorded_folder(args))
     rows = {r["step"]: r for r in results["conll2003"]}
     assert [round(rows[s]["CharBERT"]["ratio"][42], 2) for s in (250, 500, 1000, 2000)] == [0.86, 0.82, 0.77, 0.75]
     assert round(results["fit"]["a"], 3) == 1.583 and round(results["fit"]["b"], 3) == -0.127
@@ -309,7 +311,7 @@ def test_the_results_on_record_give_the_published_figures(bc, tmp_path):
     # both seeds, as docs/results.md publishes them: the three goals at 2,000 steps
     args = bc.parse_args(["--output_dir", str(tmp_path / "both"), "--recorded_results", str(bc.COMMITTED),
                           "--advbert_seeds"])
-    results = bc.write_report(args, tmp_path / "both")
+    results = bc.write_report(args, tmp_path / "both", bc.recorded_folder(args))
     rows = {r["step"]: r for r in results["conll2003"]}
     assert [round(rows[s]["CharBERT"]["ratio_mean"], 2) for s in (250, 500, 1000, 2000)] == [0.86, 0.79, 0.78, 0.74]
     assert round(rows[2000]["CharBERT"]["clean_mean"] - rows[2000]["bert_clean"], 2) == 2.02
