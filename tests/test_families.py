@@ -411,3 +411,39 @@ def test_deberta_v2_convolution_after_the_first_layer(family_dirs, tmp_path):
         expected = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         got = model(**batch).last_hidden_state
     assert (got[real] - expected[real]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["electra", "bert"])
+def test_large_cpu_inference_batches_run_each_channel_alone_with_the_same_outputs(family_dirs, family, request,
+                                                                                   monkeypatch):
+    """CPU inference past `CPU_STACKED_TOKENS_LIMIT` tokens a channel calls each layer once per channel (B rows),
+    below it once on the stacked batch (2B rows); both give the same states on a padded batch (every position)."""
+    from charbert import modeling
+
+    path = request.getfixturevalue("bert_dir") if family == "bert" else family_path(family, family_dirs, request)
+    tok, batch = padded_batch(path)
+    torch.manual_seed(0)
+    model = CharBertModel.from_pretrained(path, new_module_init="normal", char_vocab_size=len(tok.char_vocab)).eval()
+    adapter = model.backbone_adapter
+    call_layer, rows = adapter.call_layer, []
+
+    def spy(layer, hidden, *args, **kwargs):
+        rows.append(hidden.size(0))
+        return call_layer(layer, hidden, *args, **kwargs)
+
+    monkeypatch.setattr(adapter, "call_layer", spy)
+    outputs = {}
+    for limit in (10**9, 0):
+        monkeypatch.setattr(modeling, "CPU_STACKED_TOKENS_LIMIT", limit)
+        rows.clear()
+        with torch.no_grad():
+            outputs[limit] = model(**batch, output_hidden_states=True)
+        layers = model.config.num_hidden_layers
+        assert rows == ([8] * layers if limit else [4] * (2 * layers)), family
+    stacked, per_channel = outputs[10**9], outputs[0]
+    for a, b in zip(stacked.hidden_states + stacked.char_hidden_states,
+                    per_channel.hidden_states + per_channel.char_hidden_states):
+        assert (a - b).abs().max() <= 1e-5, family
+    rows.clear()
+    model(**batch)  # gradients taken: the stacked call at any size
+    assert rows == [8] * model.config.num_hidden_layers

@@ -615,3 +615,14 @@ def test_model_on_a_padded_batch_packs_the_fusion_and_keeps_its_outputs(monkeypa
     with torch.enable_grad():
         model.eval()(**batch)  # gradients taken
     assert len(packed_calls) == 1
+
+
+def test_stacks_channels_except_for_large_cpu_inference_batches(monkeypatch):
+    from charbert import modeling
+
+    monkeypatch.setattr(modeling, "CPU_STACKED_TOKENS_LIMIT", 100)
+    small, large = torch.zeros(4, 25, 8), torch.zeros(4, 26, 8)
+    assert modeling.stacks_channels(small) and modeling.stacks_channels(large)  # gradients taken
+    with torch.no_grad():
+        assert modeling.stacks_channels(small) and not modeling.stacks_channels(large)
+        assert modeling.stacks_channels(torch.zeros(4, 26, 8, device="meta"))  # not the CPU
