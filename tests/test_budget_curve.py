@@ -308,9 +308,8 @@ def test_the_results_on_record_give_the_published_figures(bc, tmp_path):
     assert round(results["prediction_at_paper_budget"]["value"], 2) == 0.44
     sst2 = {r["step"]: r for r in results["sst2"]}
     assert [round(sst2[s]["CharBERT"]["ratio"][42], 2) for s in (500, 2000)] == [1.08, 1.01]
-    # both seeds, as docs/results.md publishes them: the three goals at 2,000 steps
-    args = bc.parse_args(["--output_dir", str(tmp_path / "both"), "--recorded_results", str(bc.COMMITTED),
-                          "--advbert_seeds"])
+    # both seeds and AdvBERT (the defaults), as docs/results.md publishes them: the three goals at 2,000 steps
+    args = bc.parse_args(["--output_dir", str(tmp_path / "both"), "--recorded_results", str(bc.COMMITTED)])
     results = bc.write_report(args, tmp_path / "both", bc.recorded_folder(args))
     rows = {r["step"]: r for r in results["conll2003"]}
     assert [round(rows[s]["CharBERT"]["ratio_mean"], 2) for s in (250, 500, 1000, 2000)] == [0.86, 0.79, 0.78, 0.74]
@@ -318,6 +317,9 @@ def test_the_results_on_record_give_the_published_figures(bc, tmp_path):
     assert round(results["prediction_at_paper_budget"]["value"], 2) == 0.44
     pre = {r["step"]: r for r in results["pretraining"]}
     assert round(100 * pre[2000]["nlm_accuracy"]["mean"], 1) == 54.7
+    # AdvBERT (seed 42): the ratios and clean F1 docs/results.md publishes
+    assert [round(rows[s]["AdvBERT"]["ratio_mean"], 2) for s in (250, 500, 1000, 2000)] == [1.00, 0.97, 0.97, 0.97]
+    assert round(rows[2000]["AdvBERT"]["clean_mean"], 2) == 82.35
 
 
 # ---- end to end (tiny) -------------------------------------------------------------------------
