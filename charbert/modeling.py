@@ -10,7 +10,8 @@ The bracketed steps are our previous variant's (`PREVIOUS_VARIANT` in configurat
 default is the authors' released architecture. Pre-norm backbones (ModernBERT, `fusion_norm="pre"`)
 normalise the fusion's inputs instead: w = w + f(LN_w w, LN_c c). Without gradients (inference) the
 fusion runs the same function faster (fusion_inference.py: the maps merged into the conv's taps, two
-matrix products on the batch's real tokens only). The backbone's
+matrix products on the batch's real tokens only), the character GRU runs its two directions at once
+(gru_inference.py), and a large CPU batch goes through each layer one channel at a time. The backbone's
 own modules (its embeddings, encoder layers, pooler) are used as they are and keep their names, so a
 plain checkpoint's weights load under the same keys; what differs between backbone families (BERT, RoBERTa, ...)
 is asked of the family's adapter (backbones.py). Loading checkpoints lives in checkpoint.py.
@@ -59,6 +60,7 @@ from .fusion_inference import (  # noqa: F401  (RealTokens, sum_shifted_taps, ..
     sum_taps_on_grid,
     uses_merged_fusion,
 )
+from .gru_inference import both_directions, runs_directions_in_parallel
 
 logger = logging.getLogger(__name__)
 
@@ -189,14 +191,18 @@ class CharEncoder(nn.Module):
 
     def forward(self, char_input_ids, char_attention_mask, char_start_positions, char_end_positions):
         chars = self.embeddings(char_input_ids)  # (B, C, E)
-        forward_states, _ = self.forward_gru(chars)  # (B, C, G)
         if self.padding_exact:
             reverse = reverse_within_length(row_lengths(char_attention_mask), chars.size(1))  # (B, C)
-            backward_states, _ = self.backward_gru(gather_positions(chars, reverse))
-            backward_states = gather_positions(backward_states, reverse)  # (B, C, G), back in text order
+            reversed_chars = gather_positions(chars, reverse)
         else:  # the authors' plain Bi-GRU: the backward direction starts at the end of the padded row
-            backward_states, _ = self.backward_gru(chars.flip(1))
-            backward_states = backward_states.flip(1)  # (B, C, G)
+            reversed_chars = chars.flip(1)
+        if runs_directions_in_parallel(chars):  # inference: both directions at once (gru_inference.py)
+            forward_states, backward_states = both_directions(self.forward_gru, chars, self.backward_gru, reversed_chars)
+        else:
+            forward_states, _ = self.forward_gru(chars)  # (B, C, G)
+            backward_states, _ = self.backward_gru(reversed_chars)  # (B, C, G), reversed
+        # back in text order
+        backward_states = gather_positions(backward_states, reverse) if self.padding_exact else backward_states.flip(1)
         states = torch.cat([forward_states, backward_states], dim=-1)  # (B, C, 2G)
         first = gather_positions(states, char_start_positions)  # (B, L, 2G)
         last = gather_positions(states, char_end_positions)  # (B, L, 2G)

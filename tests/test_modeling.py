@@ -626,3 +626,67 @@ def test_stacks_channels_except_for_large_cpu_inference_batches(monkeypatch):
     with torch.no_grad():
         assert modeling.stacks_channels(small) and not modeling.stacks_channels(large)
         assert modeling.stacks_channels(torch.zeros(4, 26, 8, device="meta"))  # not the CPU
+
+
+@pytest.fixture
+def two_torch_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_gru_directions_at_once_give_the_same_states(variant, mode, two_torch_threads, monkeypatch):
+    """Inference runs the backward GRU in the worker thread (seen by a hook) and the forward one in the caller's,
+    with the same states as one after the other, on a padded batch; training and short rows stay in one thread."""
+    import threading
+
+    from charbert import gru_inference
+
+    torch.manual_seed(0)
+    encoder = CharEncoder(tiny_config(**variant)).eval()
+    g = torch.Generator().manual_seed(1)
+    chars = torch.randint(5, 300, (3, 80), generator=g)
+    mask = torch.ones_like(chars)
+    mask[1, 50:] = 0
+    chars[1, 50:] = 0
+    starts = torch.sort(torch.randint(0, 48, (3, 10), generator=g), dim=1).values
+    threads = {}
+    for name in ("forward_gru", "backward_gru"):
+        getattr(encoder, name).register_forward_hook(
+            lambda m, args, out, name=name: threads.__setitem__(name, threading.current_thread().name))
+    context = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    with context():
+        at_once = encoder(chars, mask, starts, starts + 1)
+        assert threads["backward_gru"].startswith("charbert-gru") and threads["forward_gru"] == "MainThread"
+        assert not at_once.requires_grad and at_once.is_inference() == (mode == "inference_mode")
+        monkeypatch.setattr(gru_inference, "MIN_PARALLEL_CHARS", 81)  # rows of 80: one thread
+        one_by_one = encoder(chars, mask, starts, starts + 1)
+        assert threads["backward_gru"] == "MainThread"
+    assert torch.equal(at_once, one_by_one)
+    monkeypatch.setattr(gru_inference, "MIN_PARALLEL_CHARS", 1)
+    trained = encoder(chars, mask, starts, starts + 1)  # gradients taken: one thread
+    assert threads["backward_gru"] == "MainThread" and trained.requires_grad
+    assert torch.allclose(trained, at_once, atol=1e-6)
+
+
+def test_gru_directions_at_once_only_with_two_threads_and_a_new_worker_after_a_fork(monkeypatch):
+    from charbert import gru_inference
+
+    chars = torch.zeros(2, 64, 4)
+    with torch.no_grad():
+        previous = torch.get_num_threads()
+        try:
+            torch.set_num_threads(2)
+            assert gru_inference.runs_directions_in_parallel(chars)
+            assert not gru_inference.runs_directions_in_parallel(chars[:, :63])
+            torch.set_num_threads(1)
+            assert not gru_inference.runs_directions_in_parallel(chars)
+        finally:
+            torch.set_num_threads(previous)
+    first = gru_inference.worker()
+    assert gru_inference.worker() is first
+    monkeypatch.setattr(gru_inference.os, "getpid", lambda: -1)  # as in a forked child: its own worker
+    assert gru_inference.worker() is not first
