@@ -6,6 +6,7 @@ import csv
 import os
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -80,15 +81,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tiny models run fastest single-threaded; extra threads only spin when the machine is busy."""
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to n inside the block, and back to what they were after it."""
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest single-threaded; extra threads only spin when the machine is busy."""
+    with torch_threads(1):
+        yield
 
 
 def reset_accelerate() -> None:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import torch_threads
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -630,10 +631,8 @@ def test_stacks_channels_except_for_large_cpu_inference_batches(monkeypatch):
 
 @pytest.fixture
 def two_torch_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(2):
+        yield
 
 
 @pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
@@ -677,15 +676,13 @@ def test_gru_directions_at_once_only_with_two_threads_and_a_new_worker_after_a_f
 
     chars = torch.zeros(2, 64, 4)
     with torch.no_grad():
-        previous = torch.get_num_threads()
-        try:
-            torch.set_num_threads(2)
+        with torch_threads(2):
             assert gru_inference.runs_directions_in_parallel(chars)
             assert not gru_inference.runs_directions_in_parallel(chars[:, :63])
-            torch.set_num_threads(1)
+        with torch_threads(1):
             assert not gru_inference.runs_directions_in_parallel(chars)
-        finally:
-            torch.set_num_threads(previous)
+    with torch_threads(2):
+        assert not gru_inference.runs_directions_in_parallel(chars)  # gradients taken
     first = gru_inference.worker()
     assert gru_inference.worker() is first
     monkeypatch.setattr(gru_inference.os, "getpid", lambda: -1)  # as in a forked child: its own worker
