@@ -155,7 +155,7 @@ def stacks_channels(hidden: torch.Tensor) -> bool:
 
     Stacked, except for CPU inference past `CPU_STACKED_TOKENS_LIMIT` tokens a channel: training (its weight
     gradients would sum in another order), a GPU and an ONNX trace keep the stacked call. Both give the same
-    outputs."""
+    outputs (tests compare them on every backbone family)."""
     if hidden.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing():
         return True
     return hidden.size(0) * hidden.size(1) <= CPU_STACKED_TOKENS_LIMIT

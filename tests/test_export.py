@@ -418,3 +418,20 @@ def test_denormals_are_flushed_during_a_run_and_the_threads_mode_restored(bert_d
         onnx_model.session.run = spy
         assert (onnx_model(**inputs).logits - eager).abs().max() <= TOLERANCE
         assert seen == [flush] and not flushing_denormals()
+
+
+@pytest.mark.slow
+def test_export_and_eager_inference_paths_at_two_threads(bert_dir, tiny_texts, tmp_path, monkeypatch):
+    """With two threads, and the GRU's directions at once and one layer call per channel forced on wherever
+    they apply: the export still works (a trace keeps the stacked call and one thread), and eager inference,
+    which takes both paths, gives the exported model's outputs."""
+    from conftest import torch_threads
+
+    from charbert import gru_inference, modeling
+
+    monkeypatch.setattr(gru_inference, "MIN_PARALLEL_CHARS", 1)
+    monkeypatch.setattr(modeling, "CPU_STACKED_TOKENS_LIMIT", 0)
+    with torch_threads(2):
+        model = save_charbert(tmp_path / "model", bert_dir, CharBertForTokenClassification, num_labels=3)
+        export(tmp_path / "model", tmp_path / "onnx")
+        check_against_eager(model, tmp_path / "onnx", tiny_texts)
