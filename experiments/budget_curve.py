@@ -235,7 +235,7 @@ def write_recorded_flags(args, folder: Path) -> None:
 def record_paths(out: Path | None, recorded: Path | None) -> dict[str, Path]:
     """Each stage's result file by stage name: OUTPUT_DIR/results/ (``out``) over the recorded folder's."""
     paths = {}
-    for folder in [f for f in (recorded, out / "results" if out is not None else None) if f is not None]:
+    for folder in filter(None, (recorded, out / "results" if out is not None else None)):
         paths.update({p.stem: p for p in sorted(folder.glob("*.json")) if p.name != "flags.json"})
     return paths
 
