@@ -15,7 +15,7 @@ otherwise (Brown + WebText, 16 x 128 tokens a step, lr 1e-4, 10% warmup, linear 
   (2,000), one run per ``--seeds`` (42 43), keeping the checkpoints at ``--curve_steps``
   (250 500 1000 2000) and the held-out MLM/NLM metrics at each of them;
 * **AdvBERT**: the plain model continued with MLM on the same noised text for the same steps,
-  one run per ``--advbert_seeds`` (42), so the baseline gets the same budget;
+  one run per ``--advbert_seeds`` (42 43), so the baseline gets the same budget;
 * **BERT**: the plain checkpoint, fine-tuned with each seed.
 
 Every kept checkpoint is fine-tuned on CoNLL-2003 and scored clean and under every attack exactly
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default=str(rs.DATA), help="the shared data folder (corpus/, conll2003/, glue/)")
     p.add_argument("--model_name_or_path", default=None, help="the starting BERT (default: MiniLM-L6-H384)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43], help="one CharBERT pretraining run per seed")
-    p.add_argument("--advbert_seeds", type=int, nargs="*", default=[42],
+    p.add_argument("--advbert_seeds", type=int, nargs="*", default=[42, 43],
                    help="one AdvBERT pretraining run per seed (none: no AdvBERT)")
     p.add_argument("--curve_steps", type=int, nargs="+", default=[250, 500, 1000, 2000],
                    help="pretraining steps whose checkpoints are kept, fine-tuned and attacked")
@@ -534,7 +534,8 @@ def plot_curve(rows: list[dict], seeds: Sequence[int], advbert_seeds: Sequence[i
             ax.plot(*zip(*pts), marker="s", linewidth=2, color="black", label="CharBERT mean")
         pts = [(r["tokens"], r["AdvBERT"][f"{key}_mean"]) for r in rows if r["AdvBERT"][f"{key}_mean"] is not None]
         if advbert_seeds and pts:
-            ax.plot(*zip(*pts), marker="^", color="tab:red", label="AdvBERT")
+            label = "AdvBERT mean" if len(advbert_seeds) > 1 else "AdvBERT"
+            ax.plot(*zip(*pts), marker="^", color="tab:red", label=label)
         if key == "ratio":
             ax.axhline(1.0, color="grey", linewidth=0.8, label="BERT")
             if fit is not None:
