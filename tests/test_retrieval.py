@@ -726,3 +726,11 @@ def test_embedding_drift_measures_how_far_a_model_moved(embedding_dirs, squad_fi
         assert report["identity start"][kind]["min"] > 0.999  # a fresh CharBERT encodes as its base
         assert report[str(embedding_dirs["charbert"])][kind]["min"] > 0.999  # the saved fresh one too
         assert report[str(tmp_path / "moved")][kind]["mean"] < 0.99
+    # misspelt questions against the base's clean vectors: the base's own row first, a typo moves the vector
+    texts = drift.squad_texts(str(squad_file), questions=6, paragraphs=4, misspelt_words=2, seed=3)
+    assert texts[drift.MISSPELT] != texts["questions"] and len(texts[drift.MISSPELT]) == 6
+    report = drift.drift(str(embedding_dirs["bert"]), [str(tmp_path / "moved")], texts, 48)
+    assert list(report) == ["base", "identity start", str(tmp_path / "moved")]
+    assert report["base"]["questions"]["min"] > 0.9999 and report["base"][drift.MISSPELT]["mean"] < 0.9999
+    assert report["identity start"][drift.MISSPELT]["mean"] == pytest.approx(report["base"][drift.MISSPELT]["mean"],
+                                                                           abs=1e-3)
