@@ -91,6 +91,8 @@ def drift(base: str, folders: Sequence[str], texts: dict[str, list[str]], max_se
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.misspelt_words < 0:
+        sys.exit(f"embedding_drift: --misspelt_words {args.misspelt_words}: expected K >= 0 (0: no misspelt questions)")
     if not Path(args.test_file).is_file():
         sys.exit(f"embedding_drift: --test_file {args.test_file}: no such file")
     if args.base is None:

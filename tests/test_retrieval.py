@@ -734,3 +734,5 @@ def test_embedding_drift_measures_how_far_a_model_moved(embedding_dirs, squad_fi
     assert report["base"]["questions"]["min"] > 0.9999 and report["base"][drift.MISSPELT]["mean"] < 0.9999
     assert report["identity start"][drift.MISSPELT]["mean"] == pytest.approx(report["base"][drift.MISSPELT]["mean"],
                                                                            abs=1e-3)
+    with pytest.raises(SystemExit, match="--misspelt_words -1: expected K >= 0"):
+        drift.main(["--misspelt_words", "-1", "--test_file", str(squad_file)])
